@@ -1,0 +1,12 @@
+//! One module per subcommand; each exposes `Args` (clap) and `run(args, &Global)`.
+
+pub mod drift;
+pub mod eval;
+pub mod export;
+pub mod predict;
+pub mod quickstart;
+pub mod serve;
+pub mod sim_teacher;
+pub mod spend;
+pub mod teach;
+pub mod train;

@@ -1,0 +1,543 @@
+//! The task spec: one TOML file that describes a task end to end — what the inputs are,
+//! which labels exist, which premium model teaches it and how it is prompted.
+//!
+//! Paths inside a spec are relative to the spec file's directory.
+
+use crate::error::{CoreError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// What the task asks for. Only `Classify` is implemented end to end; the others are
+/// accepted by the types (record outputs, schema) so they slot in without rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Classify,
+    Multilabel,
+    Extract,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Csv,
+    Jsonl,
+}
+
+impl InputFormat {
+    /// Infers the format from a file extension (`.csv`, `.jsonl`, `.json`).
+    pub fn from_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "csv" => Some(InputFormat::Csv),
+            "jsonl" | "ndjson" | "json" => Some(InputFormat::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// OpenAI Chat Completions or any server that speaks it (vLLM, llama.cpp, the sim-teacher).
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl Provider {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+        }
+    }
+    pub fn default_base_url(&self) -> &'static str {
+        match self {
+            Provider::Openai => "https://api.openai.com/v1",
+            Provider::Anthropic => "https://api.anthropic.com/v1",
+        }
+    }
+    pub fn default_api_key_env(&self) -> &'static str {
+        match self {
+            Provider::Openai => "OPENAI_API_KEY",
+            Provider::Anthropic => "ANTHROPIC_API_KEY",
+        }
+    }
+}
+
+/// Which JSON field carries the output-token cap. Newer OpenAI models reject `max_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+/// How the teacher is asked to format its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// OpenAI `response_format: {type: json_schema}` (strict); Anthropic gets the schema in the prompt.
+    #[default]
+    JsonSchema,
+    /// `response_format: {type: json_object, schema}` as llama.cpp's server honours it.
+    JsonObject,
+    /// Free text: the reply is parsed leniently (a bare label is accepted).
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Default input file for `teach` (relative to the spec).
+    pub path: Option<PathBuf>,
+    /// Default held-out test file for `eval` (relative to the spec).
+    #[serde(default)]
+    pub test_path: Option<PathBuf>,
+    /// `csv` or `jsonl`; inferred from the extension when absent.
+    #[serde(default)]
+    pub format: Option<InputFormat>,
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// Column with a known-correct label, if the data has one.
+    #[serde(default)]
+    pub gold_column: Option<String>,
+    /// Column with a stable id; when absent the 1-based data row number is the id.
+    #[serde(default)]
+    pub id_column: Option<String>,
+}
+
+fn default_text_column() -> String {
+    "text".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsSpec {
+    /// Inline list of labels.
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    /// A JSON file holding a list of labels (or an object label → description).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Optional one-line description per label, shown to the teacher.
+    #[serde(default)]
+    pub descriptions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSpec {
+    pub provider: Provider,
+    pub model: String,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub max_tokens_field: MaxTokensField,
+    #[serde(default)]
+    pub temperature: f32,
+    #[serde(default = "default_system_prompt")]
+    pub system_prompt: String,
+    #[serde(default = "default_user_template")]
+    pub user_template: String,
+    /// Requests per minute allowed by the provider account (0 = unlimited).
+    #[serde(default)]
+    pub rpm: u32,
+    /// Tokens per minute allowed by the provider account (0 = unlimited).
+    #[serde(default)]
+    pub tpm: u32,
+    /// Per-request timeout in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+}
+
+fn default_max_tokens() -> u32 {
+    32
+}
+fn default_timeout() -> u64 {
+    60
+}
+fn default_system_prompt() -> String {
+    "You are a careful annotator. Classify the user's message into exactly one of the allowed labels. \
+Reply with JSON only: {\"label\": \"<label>\"}."
+        .into()
+}
+fn default_user_template() -> String {
+    "Allowed labels:\n{labels}\n\nMessage:\n{text}".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    #[serde(default)]
+    pub format: ResponseFormat,
+}
+
+/// The raw TOML document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpecFile {
+    pub name: String,
+    pub kind: TaskKind,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub input: InputSpec,
+    pub labels: LabelsSpec,
+    pub teacher: TeacherSpec,
+    #[serde(default)]
+    pub output: OutputSpec,
+    /// Lower-case inputs before caching/serving (for case-insensitive tasks).
+    #[serde(default)]
+    pub case_insensitive: bool,
+}
+
+/// The label set, in a fixed order (the order of the spec), with optional descriptions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelSet {
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub descriptions: BTreeMap<String, String>,
+}
+
+impl LabelSet {
+    pub fn new(names: Vec<String>) -> Self {
+        Self {
+            names,
+            descriptions: BTreeMap::new(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+    pub fn index_of(&self, label: &str) -> Option<usize> {
+        self.names.iter().position(|l| l == label)
+    }
+    pub fn contains(&self, label: &str) -> bool {
+        self.index_of(label).is_some()
+    }
+    /// The `{labels}` text for prompts: one label per line, with its description if any.
+    pub fn prompt_list(&self) -> String {
+        let mut s = String::new();
+        for l in &self.names {
+            s.push_str("- ");
+            s.push_str(l);
+            if let Some(d) = self.descriptions.get(l) {
+                s.push_str(": ");
+                s.push_str(d);
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// A validated task spec with its label set loaded and paths resolved.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// The spec file this came from.
+    pub path: PathBuf,
+    pub name: String,
+    pub kind: TaskKind,
+    pub description: Option<String>,
+    pub input: InputSpec,
+    pub labels: LabelSet,
+    pub teacher: TeacherSpec,
+    pub output: OutputSpec,
+    pub case_insensitive: bool,
+}
+
+impl TaskSpec {
+    /// Reads, parses and validates a spec. Every error names the file and the field.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses spec text as if read from `path` (used for relative paths and messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let file: TaskSpecFile = toml::from_str(text).map_err(|e| {
+            let field = e
+                .message()
+                .split('`')
+                .nth(1)
+                .unwrap_or("(document)")
+                .to_string();
+            let at = e
+                .span()
+                .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+                .unwrap_or_default();
+            CoreError::spec(path, &field, format!("{}{at}", e.message().trim()))
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let resolve = |p: &PathBuf| if p.is_absolute() { p.clone() } else { dir.join(p) };
+
+        if file.name.trim().is_empty() {
+            return Err(CoreError::spec(path, "name", "must not be empty"));
+        }
+        if file.kind != TaskKind::Classify {
+            return Err(CoreError::spec(
+                path,
+                "kind",
+                format!(
+                    "`{:?}` tasks are not supported yet; use \"classify\"",
+                    file.kind
+                )
+                .to_lowercase(),
+            ));
+        }
+        let labels = load_labels(&file.labels, path, &resolve)?;
+        for key in file.labels.descriptions.keys() {
+            if !labels.contains(key) {
+                return Err(CoreError::spec(
+                    path,
+                    &format!("labels.descriptions.{key}"),
+                    format!("describes a label `{key}` that is not in the label set"),
+                ));
+            }
+        }
+        let t = &file.teacher;
+        if t.model.trim().is_empty() {
+            return Err(CoreError::spec(path, "teacher.model", "must not be empty"));
+        }
+        if !t.user_template.contains("{text}") {
+            return Err(CoreError::spec(
+                path,
+                "teacher.user_template",
+                "must contain the placeholder {text}",
+            ));
+        }
+        if t.max_tokens == 0 {
+            return Err(CoreError::spec(path, "teacher.max_tokens", "must be > 0"));
+        }
+        if !(0.0..=2.0).contains(&t.temperature) {
+            return Err(CoreError::spec(
+                path,
+                "teacher.temperature",
+                "must be between 0 and 2",
+            ));
+        }
+        if let Some(url) = &t.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(CoreError::spec(
+                    path,
+                    "teacher.base_url",
+                    format!("`{url}` is not an http(s) URL"),
+                ));
+            }
+        }
+        if let Some(env) = &t.api_key_env {
+            if env.is_empty() || env.starts_with("sk-") || env.contains(char::is_whitespace) {
+                return Err(CoreError::spec(
+                    path,
+                    "teacher.api_key_env",
+                    "must name an environment variable (e.g. OPENAI_API_KEY), not hold a key",
+                ));
+            }
+        }
+        if file.input.text_column.is_empty() {
+            return Err(CoreError::spec(
+                path,
+                "input.text_column",
+                "must not be empty",
+            ));
+        }
+        let mut input = file.input.clone();
+        input.path = input.path.as_ref().map(resolve);
+        input.test_path = input.test_path.as_ref().map(resolve);
+        let mut labels = labels;
+        labels.descriptions.extend(file.labels.descriptions.clone());
+        Ok(TaskSpec {
+            path: path.to_path_buf(),
+            name: file.name,
+            kind: file.kind,
+            description: file.description,
+            input,
+            labels,
+            teacher: file.teacher,
+            output: file.output,
+            case_insensitive: file.case_insensitive,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        self.teacher
+            .base_url
+            .as_deref()
+            .unwrap_or_else(|| self.teacher.provider.default_base_url())
+    }
+
+    pub fn api_key_env(&self) -> &str {
+        self.teacher
+            .api_key_env
+            .as_deref()
+            .unwrap_or_else(|| self.teacher.provider.default_api_key_env())
+    }
+
+    /// The user message for one input.
+    pub fn render_user(&self, text: &str) -> String {
+        self.teacher
+            .user_template
+            .replace("{labels}", &self.labels.prompt_list())
+            .replace("{text}", text)
+    }
+
+    /// The JSON schema the teacher's reply must satisfy: `{"label": <one of the labels>}`.
+    pub fn output_schema(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": self.labels.names}},
+            "required": ["label"],
+            "additionalProperties": false
+        })
+    }
+}
+
+fn load_labels(
+    spec: &LabelsSpec,
+    path: &Path,
+    resolve: &dyn Fn(&PathBuf) -> PathBuf,
+) -> Result<LabelSet> {
+    let mut set = match (&spec.values, &spec.file) {
+        (Some(_), Some(_)) => {
+            return Err(CoreError::spec(
+                path,
+                "labels",
+                "give either `values` or `file`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(CoreError::spec(
+                path,
+                "labels",
+                "give the label set as `values = [...]` or `file = \"labels.json\"`",
+            ))
+        }
+        (Some(v), None) => LabelSet::new(v.clone()),
+        (None, Some(f)) => {
+            let file = resolve(f);
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                CoreError::spec(path, "labels.file", format!("{}: {e}", file.display()))
+            })?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                CoreError::spec(path, "labels.file", format!("{}: {e}", file.display()))
+            })?;
+            match value {
+                serde_json::Value::Array(items) => {
+                    let mut names = Vec::with_capacity(items.len());
+                    for (i, it) in items.into_iter().enumerate() {
+                        match it {
+                            serde_json::Value::String(s) => names.push(s),
+                            _ => {
+                                return Err(CoreError::spec(
+                                    path,
+                                    "labels.file",
+                                    format!("{}: item {i} is not a string", file.display()),
+                                ))
+                            }
+                        }
+                    }
+                    LabelSet::new(names)
+                }
+                serde_json::Value::Object(map) => {
+                    let mut set = LabelSet::new(map.keys().cloned().collect());
+                    for (k, v) in map {
+                        if let serde_json::Value::String(d) = v {
+                            set.descriptions.insert(k, d);
+                        }
+                    }
+                    set
+                }
+                _ => {
+                    return Err(CoreError::spec(
+                        path,
+                        "labels.file",
+                        format!(
+                            "{}: expected a JSON list of labels or an object label → description",
+                            file.display()
+                        ),
+                    ))
+                }
+            }
+        }
+    };
+    if set.names.len() < 2 {
+        return Err(CoreError::spec(
+            path,
+            "labels",
+            "a classification task needs at least 2 labels",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for l in &set.names {
+        if l.trim().is_empty() {
+            return Err(CoreError::spec(path, "labels", "a label is empty"));
+        }
+        if !seen.insert(l.as_str()) {
+            return Err(CoreError::spec(
+                path,
+                "labels",
+                format!("label `{l}` appears twice"),
+            ));
+        }
+    }
+    set.names.shrink_to_fit();
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name = "toy"
+kind = "classify"
+[input]
+path = "in.csv"
+gold_column = "category"
+[labels]
+values = ["a", "b"]
+descriptions = { a = "first" }
+[teacher]
+provider = "openai"
+model = "gpt-4o-mini"
+"#;
+
+    #[test]
+    fn parses_and_resolves_paths() {
+        let s = TaskSpec::parse(SPEC, Path::new("/x/task.toml")).unwrap();
+        assert_eq!(s.input.path.clone().unwrap(), PathBuf::from("/x/in.csv"));
+        assert_eq!(s.labels.names, vec!["a", "b"]);
+        assert!(s.render_user("hi").contains("- a: first\n- b\n"));
+        assert_eq!(s.api_key_env(), "OPENAI_API_KEY");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = SPEC.replace("model = \"gpt-4o-mini\"", "model = \"m\"\ntemprature = 1");
+        let e = TaskSpec::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("temprature"), "{e}");
+        let bad = SPEC.replace("descriptions = { a = \"first\" }", "descriptions = { c = \"x\" }");
+        let e = TaskSpec::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("labels.descriptions.c"), "{e}");
+        let bad = SPEC.replace("values = [\"a\", \"b\"]", "values = [\"a\", \"a\"]");
+        let e = TaskSpec::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("appears twice"), "{e}");
+    }
+}

@@ -1,0 +1,21 @@
+//! distill-train: the students. Three kinds, one [`Student`] trait, one model-directory format
+//! (Hugging Face layout plus `distill.json`), so eval and serve never care which kind they load.
+//!
+//! - `linear`: hashed word/char n-grams into multinomial logistic regression.
+//! - `encoder-head`: a frozen BERT-family sentence encoder with a small head.
+//! - `encoder-finetune`: the whole encoder fine-tuned (our own differentiable BERT).
+
+pub mod device;
+pub mod encoder;
+pub mod error;
+pub mod linear;
+pub mod predict;
+pub mod student;
+pub mod train;
+
+pub use device::select_device;
+pub use error::{Result, TrainError};
+pub use student::{
+    load_student, write_model_dir, ModelMeta, Prediction, Student, StudentKind, TrainData,
+    TrainOptions,
+};

@@ -1,0 +1,1 @@
+//! Streaming batch prediction over an input file.

@@ -1,0 +1,305 @@
+//! The contract between stages: the [`Student`] trait that eval and serve call, and the model
+//! directory (`config.json`, `model.safetensors`, `tokenizer.json` where the kind has one, plus
+//! `distill.json` described by [`ModelMeta`]).
+
+use crate::error::{Result, TrainError};
+use distill_core::LabelSet;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StudentKind {
+    Linear,
+    EncoderHead,
+    EncoderFinetune,
+}
+
+impl StudentKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StudentKind::Linear => "linear",
+            StudentKind::EncoderHead => "encoder-head",
+            StudentKind::EncoderFinetune => "encoder-finetune",
+        }
+    }
+}
+
+impl std::str::FromStr for StudentKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "linear" => Ok(StudentKind::Linear),
+            "encoder-head" => Ok(StudentKind::EncoderHead),
+            "encoder-finetune" => Ok(StudentKind::EncoderFinetune),
+            _ => Err(format!(
+                "unknown student kind `{s}` (expected linear, encoder-head or encoder-finetune)"
+            )),
+        }
+    }
+}
+
+/// `distill.json`: everything later stages need to know about a trained student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub format_version: u32,
+    pub task: String,
+    pub labels: Vec<String>,
+    pub kind: StudentKind,
+    /// The pretrained encoder this student started from (path or hub id), if any.
+    #[serde(default)]
+    pub base_model: Option<String>,
+    /// SHA-256 of the training data file.
+    pub data_hash: String,
+    /// Where the labels came from: `teacher` (a teacher dataset) or `gold` (a labelled file).
+    pub label_source: String,
+    pub n_train: usize,
+    pub n_dev: usize,
+    pub dev_accuracy: f64,
+    #[serde(default)]
+    pub dev_loss: Option<f64>,
+    /// Softmax temperature fitted on the dev split (calibrated confidence = softmax(logits / T)).
+    pub temperature: f32,
+    /// Longest input in tokens the model accepts (longer inputs are truncated).
+    #[serde(default)]
+    pub max_len: Option<usize>,
+    pub epochs_run: usize,
+    pub train_wall_s: f64,
+    pub device: String,
+    pub threads: usize,
+    pub examples_per_s: f64,
+    /// Hardware cost of training at the default price (`DEFAULT_CPU_CORE_HOUR_USD` per core-hour
+    /// or `DEFAULT_GPU_HOUR_USD` per GPU-hour); eval may re-price it from `train_wall_s`.
+    pub train_cost_usd: f64,
+    pub seed: u64,
+    pub created: String,
+    pub distill_version: String,
+    /// Free-form hyper-parameters, for the record.
+    #[serde(default)]
+    pub hyper: serde_json::Value,
+}
+
+/// Default hardware prices (USD), documented in the README; eval can override them.
+pub const DEFAULT_CPU_CORE_HOUR_USD: f64 = 0.02;
+pub const DEFAULT_GPU_HOUR_USD: f64 = 2.5;
+
+impl ModelMeta {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let p = dir.join("distill.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            TrainError::model(
+                dir,
+                format!("cannot read distill.json ({e}); is this a distill model directory?"),
+            )
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::model(dir, format!("distill.json: {e}")))
+    }
+    pub fn label_set(&self) -> LabelSet {
+        LabelSet::new(self.labels.clone())
+    }
+}
+
+/// One prediction: calibrated probabilities over the labels, best first in `top`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub label: String,
+    pub confidence: f32,
+    /// Up to k (label, probability) pairs, most likely first.
+    pub top: Vec<(String, f32)>,
+}
+
+/// A trained student. Implementations are cheap to share across threads.
+pub trait Student: Send + Sync {
+    fn meta(&self) -> &ModelMeta;
+
+    /// Raw (uncalibrated) logits, one row per text, columns in `meta().labels` order.
+    fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+
+    /// Number of tokens `text` has for this model (for length limits and batching).
+    fn token_len(&self, text: &str) -> usize {
+        text.split_whitespace().count()
+    }
+
+    /// Calibrated probabilities: softmax(logits / temperature).
+    fn predict_proba(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let t = self.meta().temperature.max(1e-3);
+        Ok(self
+            .logits(texts)?
+            .into_iter()
+            .map(|row| softmax(&row, t))
+            .collect())
+    }
+
+    /// Labels with calibrated confidence and the top `k` alternatives.
+    fn predict(&self, texts: &[&str], k: usize) -> Result<Vec<Prediction>> {
+        let labels = &self.meta().labels;
+        Ok(self
+            .predict_proba(texts)?
+            .into_iter()
+            .map(|p| {
+                let mut idx: Vec<usize> = (0..p.len()).collect();
+                idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+                let top: Vec<(String, f32)> = idx
+                    .iter()
+                    .take(k.max(1))
+                    .map(|&i| (labels[i].clone(), p[i]))
+                    .collect();
+                Prediction {
+                    label: top[0].0.clone(),
+                    confidence: top[0].1,
+                    top,
+                }
+            })
+            .collect())
+    }
+}
+
+pub fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row
+        .iter()
+        .map(|x| ((x - m) / temperature).exp())
+        .collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+/// Fits the softmax temperature minimising dev negative log-likelihood (Guo et al. 2017),
+/// by golden-section search on log T in [0.05, 20].
+pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f32 {
+    if logits.is_empty() {
+        return 1.0;
+    }
+    let nll = |t: f32| -> f64 {
+        logits
+            .iter()
+            .zip(labels)
+            .map(|(row, &y)| -(softmax(row, t)[y].max(1e-12) as f64).ln())
+            .sum::<f64>()
+    };
+    let (mut a, mut b) = (0.05f32.ln(), 20f32.ln());
+    let g = 0.618_034f32;
+    for _ in 0..60 {
+        let c = b - g * (b - a);
+        let d = a + g * (b - a);
+        if nll(c.exp()) < nll(d.exp()) {
+            b = d;
+        } else {
+            a = c;
+        }
+    }
+    ((a + b) / 2.0).exp()
+}
+
+/// Loads any student from its model directory.
+pub fn load_student(dir: &Path, device: &candle_core::Device) -> Result<Box<dyn Student>> {
+    let meta = ModelMeta::load(dir)?;
+    match meta.kind {
+        StudentKind::Linear => Ok(Box::new(crate::linear::LinearStudent::load(dir, meta)?)),
+        StudentKind::EncoderHead | StudentKind::EncoderFinetune => {
+            crate::encoder::load(dir, meta, device)
+        }
+    }
+}
+
+/// Training data after splitting: texts with label indices into `labels`.
+#[derive(Debug, Clone)]
+pub struct TrainData {
+    pub task: String,
+    pub labels: LabelSet,
+    pub train: Vec<(String, usize)>,
+    pub dev: Vec<(String, usize)>,
+    /// SHA-256 of the source file.
+    pub data_hash: String,
+    /// `teacher` or `gold`.
+    pub label_source: String,
+}
+
+/// Options shared by all kinds; each kind ignores what does not apply to it.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub out: PathBuf,
+    pub seed: u64,
+    pub device: candle_core::Device,
+    pub threads: usize,
+    /// Upper bound on epochs; early stopping may end sooner.
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub max_len: Option<usize>,
+    /// Epochs without dev improvement before stopping.
+    pub patience: usize,
+    pub class_balanced: bool,
+    pub dropout: Option<f32>,
+    /// Base encoder (local dir or hub id) for encoder kinds.
+    pub base: Option<String>,
+    /// `logistic` or `mlp` for encoder-head.
+    pub head: Option<String>,
+    /// Directory for the embedding cache (encoder-head).
+    pub cache_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// Writes a model directory atomically: `fill` writes into a fresh temporary directory beside
+/// `out`, which then replaces `out` in one rename. A failure leaves `out` untouched.
+pub fn write_model_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| TrainError::io(&parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".distill-model-")
+        .tempdir_in(&parent)
+        .map_err(|e| TrainError::io(&parent, e))?;
+    fill(tmp.path())?;
+    let staged = tmp.keep();
+    if out.exists() {
+        let old = parent.join(format!(
+            ".distill-old-{}",
+            out.file_name().and_then(|s| s.to_str()).unwrap_or("model")
+        ));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out, &old).map_err(|e| TrainError::io(out, e))?;
+        std::fs::rename(&staged, out).map_err(|e| TrainError::io(out, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&staged, out).map_err(|e| TrainError::io(out, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_fit_softens_overconfident_logits() {
+        // Confident logits that are right only half the time want T > 1.
+        let logits: Vec<Vec<f32>> = (0..100).map(|_| vec![5.0, 0.0]).collect();
+        let labels: Vec<usize> = (0..100).map(|i| i % 2).collect();
+        assert!(fit_temperature(&logits, &labels) > 5.0);
+        let right: Vec<usize> = vec![0; 100];
+        assert!(fit_temperature(&logits, &right) < 1.0);
+    }
+
+    #[test]
+    fn failed_fill_leaves_no_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("m");
+        let r = write_model_dir(&out, |tmp| {
+            std::fs::write(tmp.join("x"), b"1").unwrap();
+            Err(TrainError::Other("boom".into()))
+        });
+        assert!(r.is_err());
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        write_model_dir(&out, |tmp| {
+            std::fs::write(tmp.join("x"), b"2").map_err(|e| TrainError::io(tmp, e))
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(out.join("x")).unwrap(), b"2");
+    }
+}

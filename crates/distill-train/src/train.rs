@@ -1,0 +1,1 @@
+//! Training entry point: load data, split, dispatch by student kind.
