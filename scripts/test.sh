@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need, then runs them all.
+#  - redis-server (Debian) for serve's shared-cache tests;
+#  - a Python venv (.venv-test) with the official `openai` client and scikit-learn, for the
+#    cross-checks that drive distill with a client we did not write and recompute metrics.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing redis-server"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
+  else
+    say "redis-server missing and cannot install it (not root): the Redis tests will fail"
+  fi
+fi
+
+venv="$root/.venv-test"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, sklearn' 2>/dev/null; then
+  say "creating $venv (openai, scikit-learn)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check openai scikit-learn numpy
+fi
+export DISTILL_TEST_PYTHON="$venv/bin/python"
+
+say "cargo test"
+cargo test --workspace --locked
+
+for check in scripts/verify/*.sh; do
+  [ -e "$check" ] || continue
+  say "$check"
+  bash "$check"
+done
