@@ -1,1 +1,20 @@
-//! The eval stage: student vs teacher quality, cost, break-even, cascade threshold and a readable report.
+//! distill-eval: the stage that answers "is the small model good enough, how much do I save,
+//! and when does distillation pay for itself?"
+//!
+//! Quality ([`metrics`]), money ([`cost`]) and the cascade threshold ([`cascade`]) are pure
+//! functions over predictions, so each is unit-tested without a model and cross-checked
+//! against scikit-learn in CI. [`run`] is the only part that touches students, and only
+//! through the `Student` trait. [`report`] renders `metrics.json`, `report.md` and a
+//! self-contained `report.html`; its module docs hold the `metrics.json` schema.
+
+pub mod cascade;
+pub mod cost;
+pub mod data;
+pub mod error;
+pub mod metrics;
+pub mod report;
+pub mod run;
+
+pub use error::{EvalError, Result};
+pub use report::EvalReport;
+pub use run::{run_eval, run_eval_with, EvalOptions, EvalOutcome, NamedStudent};

@@ -1,0 +1,336 @@
+//! The report's four charts as inline SVG strings (plotters' SVG backend, no fonts or files
+//! needed): cost-vs-accuracy frontier, cascade curve, confusion heatmap, reliability diagram.
+//!
+//! Each chart returns `None` when the report has no data for it, so the HTML can say why
+//! instead of drawing an empty frame. The SVGs keep their `viewBox` and lose their fixed
+//! size, so they scale to a phone's width.
+
+use super::{EvalReport, OptionKind};
+use crate::metrics::Quality;
+use plotters::prelude::*;
+
+const W: u32 = 720;
+const H: u32 = 440;
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+type Draw<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// Draws with `f` into an SVG string made responsive.
+fn svg(f: impl FnOnce(&Draw) -> Result<(), Box<dyn std::error::Error>>) -> Option<String> {
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, (W, H)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        if f(&root).is_err() {
+            return None;
+        }
+        root.present().ok()?;
+    }
+    let fixed = format!("width=\"{W}\" height=\"{H}\" ");
+    Some(s.replacen(&fixed, "role=\"img\" ", 1))
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Quality (accuracy or agreement) against $/request for every option, log-scaled cost.
+pub fn frontier(r: &EvalReport) -> Option<String> {
+    let pts: Vec<(String, f64, f64)> = r
+        .options
+        .iter()
+        .filter_map(|o| {
+            let q = o.headline()?.accuracy.value;
+            let c = o.cost.per_request_usd?;
+            (q.is_finite() && c > 0.0).then(|| (o.name.clone(), c.log10(), q))
+        })
+        .collect();
+    if pts.is_empty() {
+        return None;
+    }
+    let (mut x0, mut x1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    x0 = x0.floor() - 0.3;
+    x1 = x1.ceil() + 0.3;
+    let y0 = pts.iter().map(|p| p.2).fold(1.0, f64::min);
+    let y0 = ((y0 - 0.05) * 20.0).floor() / 20.0;
+    let metric = r.headline_metric();
+    svg(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("{metric} vs cost per request"), ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x0..x1, y0.max(0.0)..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("$ per request (log scale)")
+            .y_desc(metric)
+            .x_label_formatter(&|v| format!("{:.0e}", 10f64.powf(*v)))
+            .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .draw()?;
+        for (i, (name, x, y)) in pts.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            chart.draw_series(std::iter::once(Circle::new((*x, *y), 7, c.filled())))?;
+            chart.draw_series(std::iter::once(Text::new(
+                short(name, 28),
+                (*x, *y),
+                ("sans-serif", 15).into_font().color(&c),
+            )))?;
+        }
+        Ok(())
+    })
+}
+
+/// Calibration sweep of the recommended cascade: quality and its lower bound vs escalation.
+pub fn cascade_curve(r: &EvalReport) -> Option<String> {
+    let c = r.cascade.as_ref()?;
+    let sweep = &c.choice.sweep;
+    if sweep.is_empty() {
+        return None;
+    }
+    let y0 = sweep
+        .iter()
+        .map(|p| p.quality_lo)
+        .fold(c.floor.value, f64::min);
+    let y0 = ((y0 - 0.02) * 50.0).floor() / 50.0;
+    let metric = c.floor.metric.as_str();
+    svg(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("cascade: {metric} vs share escalated"),
+                ("sans-serif", 22),
+            )
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..1.0, y0.max(0.0)..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("share of requests escalated to the teacher")
+            .y_desc(format!("{metric} (calibration split)"))
+            .x_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(
+                sweep.iter().map(|p| (p.escalated_fraction, p.quality)),
+                PALETTE[0].stroke_width(3),
+            ))?
+            .label(metric)
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[0]));
+        chart
+            .draw_series(LineSeries::new(
+                sweep.iter().map(|p| (p.escalated_fraction, p.quality_lo)),
+                PALETTE[2].stroke_width(2),
+            ))?
+            .label("lower 95% bound")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[2]));
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, c.floor.value), (1.0, c.floor.value)],
+                PALETTE[1].stroke_width(2),
+            ))?
+            .label("floor")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[1]));
+        let ch = &c.choice;
+        chart.draw_series(std::iter::once(Circle::new(
+            (
+                ch.calibration.escalated_fraction,
+                ch.calibration.quality.value,
+            ),
+            8,
+            PALETTE[3].filled(),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("threshold {:.3}", ch.threshold),
+            (
+                ch.calibration.escalated_fraction,
+                ch.calibration.quality.value,
+            ),
+            ("sans-serif", 15),
+        )))?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// The quality the heatmap and reliability diagram show: the recommended cascade's student,
+/// else the first student, against gold when there is gold.
+pub fn focus(r: &EvalReport) -> Option<(&str, &Quality)> {
+    let preferred = r.cascade.as_ref().map(|c| c.model.as_str());
+    let students = || {
+        r.options
+            .iter()
+            .filter(|o| matches!(o.kind, OptionKind::Student | OptionKind::Api))
+    };
+    let o = students()
+        .find(|o| Some(o.name.as_str()) == preferred)
+        .or_else(|| students().next())?;
+    Some((o.name.as_str(), o.headline()?))
+}
+
+/// Confusion heatmap over the classes involved in the most errors (at most 12).
+pub fn confusion_heatmap(r: &EvalReport) -> Option<String> {
+    let (name, q) = focus(r)?;
+    let m = &q.confusion.matrix;
+    let k = m.len();
+    let mut errors: Vec<(usize, u32)> = (0..k)
+        .map(|i| {
+            let off: u32 = (0..k).filter(|&j| j != i).map(|j| m[i][j] + m[j][i]).sum();
+            (i, off)
+        })
+        .filter(|(_, e)| *e > 0)
+        .collect();
+    errors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut top: Vec<usize> = errors.iter().take(12).map(|e| e.0).collect();
+    if top.is_empty() {
+        top = (0..k.min(12)).collect();
+    }
+    top.sort_unstable();
+    let n = top.len();
+    let labels: Vec<String> = top.iter().map(|&i| q.confusion.labels[i].clone()).collect();
+    let max = top
+        .iter()
+        .flat_map(|&i| top.iter().map(move |&j| m[i][j]))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    svg(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!(
+                    "confusions of {} ({}), most-confused classes",
+                    short(name, 24),
+                    q.reference
+                ),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(190)
+            .build_cartesian_2d(0f64..n as f64, 0f64..n as f64)?;
+        let names = labels.clone();
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(n)
+            .y_labels(n)
+            .x_desc("predicted (row numbers)")
+            .x_label_formatter(&|v| {
+                let i = v.floor() as usize;
+                if (v - v.floor() - 0.5).abs() < 0.26 && i < n {
+                    format!("{}", i + 1)
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&move |v| {
+                let i = v.floor() as usize;
+                if i < n {
+                    format!("{} {}", n - i, short(&names[n - 1 - i], 24))
+                } else {
+                    String::new()
+                }
+            })
+            .draw()?;
+        for (ri, &i) in top.iter().enumerate() {
+            for (ci, &j) in top.iter().enumerate() {
+                let v = m[i][j] as f64 / max;
+                let colour = if i == j {
+                    RGBColor(
+                        (255.0 - 211.0 * v) as u8,
+                        (255.0 - 95.0 * v) as u8,
+                        (255.0 - 211.0 * v) as u8,
+                    )
+                } else {
+                    RGBColor(255, (255.0 - 216.0 * v) as u8, (255.0 - 215.0 * v) as u8)
+                };
+                let y = (n - 1 - ri) as f64;
+                let x = ci as f64;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x, y), (x + 1.0, y + 1.0)],
+                    colour.filled(),
+                )))?;
+                if m[i][j] > 0 {
+                    chart.draw_series(std::iter::once(Text::new(
+                        m[i][j].to_string(),
+                        (x + 0.35, y + 0.65),
+                        ("sans-serif", 13),
+                    )))?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Reliability diagram: accuracy per confidence bin against the diagonal.
+pub fn reliability(r: &EvalReport) -> Option<String> {
+    let (name, q) = focus(r)?;
+    let cal = q.calibration.as_ref()?;
+    svg(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!(
+                    "reliability of {} (ECE {:.3})",
+                    short(name, 28),
+                    cal.ece.value
+                ),
+                ("sans-serif", 22),
+            )
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("confidence")
+            .y_desc(format!(
+                "{} ({})",
+                if q.reference == "gold" {
+                    "accuracy"
+                } else {
+                    "agreement"
+                },
+                q.reference
+            ))
+            .draw()?;
+        chart.draw_series(cal.bins.iter().filter(|b| b.count > 0).map(|b| {
+            Rectangle::new(
+                [(b.lo + 0.004, 0.0), (b.hi - 0.004, b.accuracy)],
+                PALETTE[0].mix(0.75).filled(),
+            )
+        }))?;
+        chart.draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (1.0, 1.0)],
+            PALETTE[1].stroke_width(2),
+        ))?;
+        chart.draw_series(
+            cal.bins
+                .iter()
+                .filter(|b| b.count > 0)
+                .map(|b| Circle::new((b.mean_confidence, b.accuracy), 4, BLACK.filled())),
+        )?;
+        Ok(())
+    })
+}

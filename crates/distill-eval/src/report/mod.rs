@@ -1,0 +1,332 @@
+//! The eval's result as data ([`EvalReport`], serialised as `metrics.json`) and its three
+//! renderings: `metrics.json`, `report.md` and a self-contained `report.html`.
+//!
+//! # `metrics.json` (format_version 1)
+//!
+//! ```text
+//! {
+//!   "format_version": 1,
+//!   "task": "banking77", "created": "<RFC 3339>", "distill_version": "0.1.0",
+//!   "partial": false,                 // true when something could not be measured: see warnings
+//!   "warnings": ["..."],              // every missing input, estimate and undefined figure
+//!   "test": {"path": "...", "n": 3080, "n_gold": 3080, "teacher_labels": "path"|null,
+//!            "n_teacher": 3080, "n_calibration": 924, "n_held_out": 2156},
+//!   "settings": {"volume_per_day": 10000, "days_per_month": 30, "core_hour_usd": 0.02,
+//!                "gpu_hour_usd": 2.5, "teacher_price_model": "gpt-4o", "price_version": "...",
+//!                "seed": 0, "calibration_fraction": 0.3},
+//!   "teacher": {"model": "gpt-4o", "price_model": "gpt-4o",
+//!               "per_request_usd": 0.0016, "per_request_batch_usd": 0.0008,
+//!               "mean_prompt_tokens": 610.2, "mean_completion_tokens": 9.0,
+//!               "basis": "ledger"|"teacher records"|"estimated", "basis_detail": "..."},
+//!   "options": [{                     // one row of the summary table each
+//!       "name": "linear-a",           // also the key in predictions.jsonl
+//!       "kind": "teacher"|"teacher-batch"|"student"|"api"|"cascade",
+//!       "source": "models/linear-a"|"openai:gpt-4o-mini"|null,
+//!       "evaluated_on": "all"|"held_out", // cascades are scored on the held-out split only
+//!       "vs_gold": Quality|null, "vs_teacher": Quality|null,
+//!       "cost": {"per_request_usd": f|null, "per_request_basis": "...",
+//!                "one_time_usd": f, "one_time": [{"what": "labelling", "usd": f, "basis": "..."}],
+//!                "monthly_usd": f|null, "saving": f|null, "break_even_requests": f|null},
+//!       "runtime": {"device": "cpu", "threads": 2, "batch_size": 64,
+//!                   "batch_seconds_per_request": f, "latency": {"p50_ms","p95_ms","p99_ms","samples"}}|null,
+//!       "escalated_fraction": f|null  // cascades only
+//!   }],
+//!   "cascade": Cascade|null,          // the recommended cascade (what `distill serve` reads)
+//!   "cascades": [Cascade]             // one per student with confidences
+//! }
+//! Quality = {"reference": "gold"|"teacher", "n", "correct",
+//!            "accuracy": {"value","lo","hi"}, "macro_f1": {...}, "weighted_f1": {...},
+//!            "per_class": [{"label","precision","recall","f1","support"}],
+//!            "confusion": {"labels": [...], "matrix": [[row = reference, col = predicted]]},
+//!            "top_confusions": [{"reference","predicted","count"}],
+//!            "calibration": {"ece": {...}, "bins": [{"lo","hi","count","mean_confidence","accuracy"}]}|null,
+//!            "coverage_curve": [{"coverage","accuracy","min_confidence"}]|null}
+//! Cascade = {"model": "<option name>", "model_path": "models/linear-a"|null,
+//!            "threshold": 0.63,       // escalate when confidence < threshold; > 1 = escalate all
+//!            "floor": {"metric": "accuracy"|"agreement", "value": 0.94, "source": "..."},
+//!            "floor_met_on_calibration": true, "floor_held": true,
+//!            "calibration": Split, "held_out": Split, "sweep": [{"threshold","escalated_fraction",
+//!            "quality","quality_lo","cost_per_request_usd"}]}
+//! Split = {"n", "escalated_fraction", "quality": {...}, "teacher_quality": {...},
+//!          "student_quality": {...}, "cost_per_request_usd": f|null}
+//! ```
+//!
+//! `distill serve --threshold evals/x/metrics.json` reads `cascade.threshold` (and
+//! `cascade.model_path` to check it serves the model the threshold was chosen for).
+//! Intervals are 95%: Wilson for proportions, seeded percentile bootstrap for F1 and ECE.
+
+pub mod charts;
+pub mod html;
+pub mod markdown;
+
+use crate::cascade::{CascadeChoice, Floor};
+use crate::cost::Latency;
+use crate::metrics::Quality;
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub format_version: u32,
+    pub task: String,
+    pub created: String,
+    pub distill_version: String,
+    pub partial: bool,
+    pub warnings: Vec<String>,
+    pub test: TestInfo,
+    pub settings: Settings,
+    pub teacher: TeacherCostInfo,
+    pub options: Vec<OptionReport>,
+    pub cascade: Option<CascadeReport>,
+    pub cascades: Vec<CascadeReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestInfo {
+    pub path: String,
+    pub n: usize,
+    pub n_gold: usize,
+    pub teacher_labels: Option<String>,
+    pub n_teacher: usize,
+    pub n_calibration: usize,
+    pub n_held_out: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub volume_per_day: f64,
+    pub days_per_month: f64,
+    pub core_hour_usd: f64,
+    pub gpu_hour_usd: f64,
+    pub teacher_price_model: String,
+    pub price_version: String,
+    pub seed: u64,
+    pub calibration_fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeacherCostInfo {
+    pub model: String,
+    pub price_model: String,
+    pub per_request_usd: f64,
+    pub per_request_batch_usd: f64,
+    pub mean_prompt_tokens: f64,
+    pub mean_completion_tokens: f64,
+    pub basis: String,
+    pub basis_detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptionKind {
+    Teacher,
+    TeacherBatch,
+    Student,
+    Api,
+    Cascade,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostItem {
+    pub what: String,
+    pub usd: f64,
+    pub basis: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptionCost {
+    pub per_request_usd: Option<f64>,
+    pub per_request_basis: String,
+    pub one_time_usd: f64,
+    pub one_time: Vec<CostItem>,
+    pub monthly_usd: Option<f64>,
+    pub saving: Option<f64>,
+    pub break_even_requests: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub device: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub batch_seconds_per_request: f64,
+    pub latency: Option<Latency>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptionReport {
+    pub name: String,
+    pub kind: OptionKind,
+    pub source: Option<String>,
+    pub evaluated_on: String,
+    pub vs_gold: Option<Quality>,
+    pub vs_teacher: Option<Quality>,
+    pub cost: OptionCost,
+    pub runtime: Option<Runtime>,
+    pub escalated_fraction: Option<f64>,
+}
+
+impl OptionReport {
+    /// The figure the summary table shows: accuracy against gold, else agreement.
+    pub fn headline(&self) -> Option<&Quality> {
+        self.vs_gold.as_ref().or(self.vs_teacher.as_ref())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CascadeReport {
+    pub model: String,
+    pub model_path: Option<String>,
+    pub floor: Floor,
+    #[serde(flatten)]
+    pub choice: CascadeChoice,
+}
+
+impl EvalReport {
+    /// "accuracy" when the table's quality column is against gold, else "agreement".
+    pub fn headline_metric(&self) -> &'static str {
+        if self.test.n_gold > 0 {
+            "accuracy"
+        } else {
+            "agreement"
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain data cannot fail; NaN (no data) becomes null.
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+/// Formatting shared by the renderings.
+pub(crate) mod fmt {
+    pub fn pct(x: f64) -> String {
+        if x.is_finite() {
+            format!("{:.1}%", x * 100.0)
+        } else {
+            "—".into()
+        }
+    }
+
+    pub fn usd(x: f64) -> String {
+        let a = x.abs();
+        if a == 0.0 {
+            "$0".into()
+        } else if a >= 100.0 {
+            format!("${x:.0}")
+        } else if a >= 1.0 {
+            format!("${x:.2}")
+        } else if a >= 0.01 {
+            format!("${x:.4}")
+        } else {
+            // Sub-cent per-request prices need significant digits, not decimals.
+            format!("${x:.2e}")
+        }
+    }
+
+    pub fn count(x: f64) -> String {
+        if x >= 1e6 {
+            format!("{:.1}M", x / 1e6)
+        } else if x >= 1e3 {
+            format!("{:.1}k", x / 1e3)
+        } else {
+            format!("{x:.0}")
+        }
+    }
+}
+
+/// The summary table as rows of cells (shared by the terminal, markdown and HTML).
+pub fn summary_rows(r: &EvalReport) -> (Vec<String>, Vec<Vec<String>>) {
+    let header = vec![
+        "option".to_string(),
+        r.headline_metric().to_string(),
+        "$/request".into(),
+        "$/month".into(),
+        "saving".into(),
+        "break-even".into(),
+    ];
+    let rows = r
+        .options
+        .iter()
+        .map(|o| {
+            let q = o
+                .headline()
+                .map(|q| {
+                    format!(
+                        "{} [{}–{}]",
+                        fmt::pct(q.accuracy.value),
+                        fmt::pct(q.accuracy.lo),
+                        fmt::pct(q.accuracy.hi)
+                    )
+                })
+                .unwrap_or_else(|| "—".into());
+            let c = &o.cost;
+            let be = match (o.kind, c.break_even_requests) {
+                (OptionKind::Teacher | OptionKind::TeacherBatch, _) => "—".to_string(),
+                (_, Some(b)) => format!("{} requests", fmt::count(b.ceil())),
+                (_, None) if c.saving.is_some() => "never".into(),
+                (_, None) => "—".into(),
+            };
+            vec![
+                o.name.clone(),
+                q,
+                c.per_request_usd
+                    .map(fmt::usd)
+                    .unwrap_or_else(|| "—".into()),
+                c.monthly_usd.map(fmt::usd).unwrap_or_else(|| "—".into()),
+                c.saving.map(fmt::pct).unwrap_or_else(|| "—".into()),
+                be,
+            ]
+        })
+        .collect();
+    (header, rows)
+}
+
+/// The summary table as aligned plain text for the terminal.
+pub fn summary_text(r: &EvalReport) -> String {
+    let (header, rows) = summary_rows(r);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut s = line(&header);
+    s.push('\n');
+    for row in &rows {
+        s.push_str(&line(row));
+        s.push('\n');
+    }
+    if let Some(c) = &r.cascade {
+        s.push_str(&format!(
+            "cascade: {} with threshold {:.3} escalates {} ({} {} on held-out, floor {} {}: {})\n",
+            c.model,
+            c.choice.threshold,
+            fmt::pct(c.choice.held_out.escalated_fraction),
+            c.floor.metric.as_str(),
+            fmt::pct(c.choice.held_out.quality.value),
+            c.floor.metric.as_str(),
+            fmt::pct(c.floor.value),
+            if c.choice.floor_held {
+                "held"
+            } else {
+                "NOT held"
+            },
+        ));
+    }
+    for w in &r.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    s
+}
