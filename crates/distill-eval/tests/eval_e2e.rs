@@ -109,6 +109,18 @@ fn full_eval_writes_every_file_and_a_cascade_that_holds() {
         assert!(html.contains(&format!("data-chart=\"{id}\"")), "{id}");
     }
     assert!(!html.contains("http://") || html.contains("http://www.w3.org/2000/svg"));
+    // Keep a copy for scripts/check_report.sh (CI renders it in Chromium).
+    let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("eval-fixture");
+    let _ = std::fs::remove_dir_all(&keep);
+    std::fs::create_dir_all(&keep).unwrap();
+    for f in [
+        "report.md",
+        "report.html",
+        "metrics.json",
+        "predictions.jsonl",
+    ] {
+        std::fs::copy(out.out.join(f), keep.join(f)).unwrap();
+    }
     // The summary names every option.
     for name in ["teacher", "good", "weak", "cascade:good"] {
         assert!(out.summary.contains(name), "{}", out.summary);

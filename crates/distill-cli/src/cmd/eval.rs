@@ -1,8 +1,109 @@
+//! `distill eval`: score students against the teacher (and gold), price them, choose a cascade
+//! threshold and write `report.md`, `report.html`, `metrics.json` and `predictions.jsonl`.
+
 use crate::Global;
+use anyhow::Context;
+use distill_core::TaskSpec;
+use distill_eval::cascade::{parse_floor, FloorMetric};
+use distill_eval::cost::HardwarePrices;
+use distill_eval::EvalOptions;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The task spec (TOML).
+    #[arg(long)]
+    pub task: PathBuf,
+    /// A trained student's model directory; repeat to compare several.
+    #[arg(long = "model")]
+    pub models: Vec<PathBuf>,
+    /// A hosted model to evaluate as a student, as provider:model (e.g. openai:gpt-4o-mini).
+    #[arg(long = "api")]
+    pub api: Vec<String>,
+    /// Test file (CSV/JSONL with the spec's columns, or a teacher dataset). Default: the spec's input.test_path.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Teacher JSONL for the test items (`distill teach` run on the test file).
+    #[arg(long)]
+    pub teacher_labels: Option<PathBuf>,
+    /// Output directory (e.g. evals/banking77).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Requests per day for the monthly projection.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10_000.0)]
+    pub volume: f64,
+    /// Cascade quality floor: accuracy=X (against gold) or agreement=X (against the teacher).
+    /// Default: the teacher's own accuracy when there is gold, else agreement=0.95.
+    #[arg(long, value_parser = parse_floor_arg)]
+    pub floor: Option<(FloorMetric, f64)>,
+    /// Share of the test set held out to choose the cascade threshold.
+    #[arg(long, default_value_t = 0.3)]
+    pub calibration_fraction: f64,
+    /// Price of one CPU core for an hour, in USD.
+    #[arg(long, allow_negative_numbers = true, default_value_t = distill_train::student::DEFAULT_CPU_CORE_HOUR_USD)]
+    pub core_hour_usd: f64,
+    /// Price of one GPU for an hour, in USD.
+    #[arg(long, allow_negative_numbers = true, default_value_t = distill_train::student::DEFAULT_GPU_HOUR_USD)]
+    pub gpu_hour_usd: f64,
+    /// Price the teacher as this model (default: the spec's teacher.model).
+    #[arg(long)]
+    pub teacher_price_model: Option<String>,
+    /// A price-table file overriding the built-in prices.
+    #[arg(long)]
+    pub prices: Option<PathBuf>,
+    /// Seed for the calibration split and the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads for student inference (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Batch size for the timed batched inference pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Replay students' answers from a predictions.jsonl instead of running models
+    /// (for CI's scikit-learn cross-check).
+    #[arg(long, hide = true)]
+    pub predictions: Option<PathBuf>,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+fn parse_floor_arg(s: &str) -> Result<(FloorMetric, f64), String> {
+    parse_floor(s)
+}
+
+pub fn options(args: &Args, g: &Global) -> EvalOptions {
+    let mut o = EvalOptions::new(&args.out);
+    o.models = args.models.clone();
+    o.api = args.api.clone();
+    o.test = args.test.clone();
+    o.teacher_labels = args.teacher_labels.clone();
+    o.predictions = args.predictions.clone();
+    o.volume_per_day = args.volume;
+    o.floor = args.floor;
+    o.calibration_fraction = args.calibration_fraction;
+    o.hardware = HardwarePrices {
+        core_hour_usd: args.core_hour_usd,
+        gpu_hour_usd: args.gpu_hour_usd,
+    };
+    o.teacher_price_model = args.teacher_price_model.clone();
+    o.prices = args.prices.clone();
+    o.ledger = Some(g.ledger_path());
+    o.seed = args.seed;
+    o.device = args.device.clone();
+    o.threads = args.threads;
+    o.batch_size = args.batch_size;
+    o.progress = !g.quiet;
+    o
+}
+
+pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
+    let spec = TaskSpec::load(&args.task)?;
+    let opts = options(&args, g);
+    let outcome = distill_eval::run_eval(&spec, &opts)
+        .with_context(|| format!("eval of task `{}`", spec.name))?;
+    print!("{}", outcome.summary);
+    println!("report: {}", outcome.report_html().display());
+    Ok(())
 }

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Recompute distill eval's quality metrics with scikit-learn and fail on any mismatch.
+
+Usage: metrics_vs_sklearn.py EVAL_DIR
+
+EVAL_DIR holds `metrics.json` and `predictions.jsonl` as `distill eval` writes them. For
+every option in metrics.json and each reference (gold, teacher) it scored against, this
+recomputes accuracy, macro F1, weighted F1 and the confusion matrix from predictions.jsonl
+with scikit-learn and compares them to 1e-9 (the matrix exactly). Exit 0 when all match,
+1 on any mismatch (each one printed), 2 on unusable input.
+
+Item selection mirrors the eval: an option is scored on the items where both the reference
+label and its prediction exist; options with "evaluated_on": "held_out" (cascades) only on
+items whose split is "held_out"; the teacher rows' predictions are the `teacher` field.
+"""
+import json
+import sys
+from pathlib import Path
+
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+TOL = 1e-9
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    d = Path(sys.argv[1])
+    try:
+        metrics = json.loads((d / "metrics.json").read_text())
+        rows = [json.loads(l) for l in (d / "predictions.jsonl").read_text().splitlines() if l.strip()]
+    except (OSError, ValueError) as e:
+        print(f"cannot read the eval in {d}: {e}", file=sys.stderr)
+        return 2
+
+    failures = []
+    checked = 0
+    for opt in metrics["options"]:
+        kind = opt["kind"]
+        key = "teacher" if kind in ("teacher", "teacher-batch") else opt["name"]
+        for ref_name in ("gold", "teacher"):
+            q = opt.get(f"vs_{ref_name}")
+            if q is None:
+                continue
+            y_true, y_pred = [], []
+            for r in rows:
+                if opt["evaluated_on"] == "held_out" and r.get("split") != "held_out":
+                    continue
+                ref = r.get(ref_name)
+                if key == "teacher":
+                    pred = r.get("teacher")
+                else:
+                    p = r["predictions"].get(key)
+                    pred = p["label"] if p else None
+                if ref is None or pred is None:
+                    continue
+                y_true.append(ref)
+                y_pred.append(pred)
+            where = f"{opt['name']} vs {ref_name}"
+            if len(y_true) != q["n"]:
+                failures.append(f"{where}: n {len(y_true)} != {q['n']}")
+                continue
+            ours = {
+                "accuracy": q["accuracy"]["value"],
+                "macro_f1": q["macro_f1"]["value"],
+                "weighted_f1": q["weighted_f1"]["value"],
+            }
+            theirs = {
+                "accuracy": accuracy_score(y_true, y_pred),
+                "macro_f1": f1_score(y_true, y_pred, average="macro", zero_division=0),
+                "weighted_f1": f1_score(y_true, y_pred, average="weighted", zero_division=0),
+            }
+            for k in ours:
+                diff = abs(ours[k] - theirs[k])
+                if not diff <= TOL:
+                    failures.append(f"{where}: {k} distill={ours[k]!r} sklearn={theirs[k]!r} (|diff|={diff:.3g})")
+            labels = q["confusion"]["labels"]
+            cm = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+            if cm != q["confusion"]["matrix"]:
+                bad = sum(a != b for ra, rb in zip(cm, q["confusion"]["matrix"]) for a, b in zip(ra, rb))
+                failures.append(f"{where}: confusion matrix differs in {bad} cells")
+            checked += 1
+            print(f"ok  {where}: n={q['n']} accuracy={theirs['accuracy']:.6f} "
+                  f"macro_f1={theirs['macro_f1']:.6f} weighted_f1={theirs['weighted_f1']:.6f}")
+
+    if checked == 0:
+        print("nothing to check: no option has a quality figure", file=sys.stderr)
+        return 1
+    for f in failures:
+        print(f"MISMATCH {f}", file=sys.stderr)
+    if failures:
+        return 1
+    print(f"all {checked} metric sets match scikit-learn (tolerance {TOL})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
