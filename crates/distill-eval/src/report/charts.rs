@@ -208,6 +208,9 @@ pub fn confusion_heatmap(r: &EvalReport) -> Option<String> {
     }
     top.sort_unstable();
     let n = top.len();
+    if n == 0 {
+        return None;
+    }
     let labels: Vec<String> = top.iter().map(|&i| q.confusion.labels[i].clone()).collect();
     let max = top
         .iter()
@@ -215,45 +218,42 @@ pub fn confusion_heatmap(r: &EvalReport) -> Option<String> {
         .max()
         .unwrap_or(1)
         .max(1) as f64;
+    // Laid out by hand: long intent names need a readable label on every row.
+    let left = 240i32;
+    let top_px = 70i32;
+    let cell = ((W as i32 - left - 16) / n as i32)
+        .min((H as i32 - top_px - 16) / n as i32)
+        .max(8);
     svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!(
-                    "confusions of {} ({}), most-confused classes",
-                    short(name, 24),
-                    q.reference
-                ),
-                ("sans-serif", 20),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(190)
-            .build_cartesian_2d(0f64..n as f64, 0f64..n as f64)?;
-        let names = labels.clone();
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_labels(n)
-            .y_labels(n)
-            .x_desc("predicted (row numbers)")
-            .x_label_formatter(&|v| {
-                let i = v.floor() as usize;
-                if (v - v.floor() - 0.5).abs() < 0.26 && i < n {
-                    format!("{}", i + 1)
-                } else {
-                    String::new()
-                }
-            })
-            .y_label_formatter(&move |v| {
-                let i = v.floor() as usize;
-                if i < n {
-                    format!("{} {}", n - i, short(&names[n - 1 - i], 24))
-                } else {
-                    String::new()
-                }
-            })
-            .draw()?;
+        root.draw(&Text::new(
+            format!(
+                "confusions of {} vs {}: {} most-confused classes",
+                short(name, 24),
+                q.reference,
+                n
+            ),
+            (12, 10),
+            ("sans-serif", 20),
+        ))?;
+        root.draw(&Text::new(
+            "rows: reference label; columns: predicted label (same numbers)",
+            (12, 38),
+            ("sans-serif", 14).into_font().color(&RGBColor(90, 90, 90)),
+        ))?;
+        for ci in 0..n {
+            root.draw(&Text::new(
+                format!("{}", ci + 1),
+                (left + ci as i32 * cell + cell / 3, top_px - 16),
+                ("sans-serif", 13),
+            ))?;
+        }
         for (ri, &i) in top.iter().enumerate() {
+            let y = top_px + ri as i32 * cell;
+            root.draw(&Text::new(
+                format!("{}. {}", ri + 1, short(&labels[ri], 30)),
+                (8, y + cell / 2 - 7),
+                ("sans-serif", 13),
+            ))?;
             for (ci, &j) in top.iter().enumerate() {
                 let v = m[i][j] as f64 / max;
                 let colour = if i == j {
@@ -265,18 +265,17 @@ pub fn confusion_heatmap(r: &EvalReport) -> Option<String> {
                 } else {
                     RGBColor(255, (255.0 - 216.0 * v) as u8, (255.0 - 215.0 * v) as u8)
                 };
-                let y = (n - 1 - ri) as f64;
-                let x = ci as f64;
-                chart.draw_series(std::iter::once(Rectangle::new(
-                    [(x, y), (x + 1.0, y + 1.0)],
+                let x = left + ci as i32 * cell;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell - 1, y + cell - 1)],
                     colour.filled(),
-                )))?;
+                ))?;
                 if m[i][j] > 0 {
-                    chart.draw_series(std::iter::once(Text::new(
+                    root.draw(&Text::new(
                         m[i][j].to_string(),
-                        (x + 0.35, y + 0.65),
+                        (x + cell / 4, y + cell / 2 - 7),
                         ("sans-serif", 13),
-                    )))?;
+                    ))?;
                 }
             }
         }
