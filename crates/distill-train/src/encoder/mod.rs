@@ -1,9 +1,47 @@
-//! BERT-family students: `encoder-head` (frozen encoder + head) and `encoder-finetune`.
+//! BERT-family students: `encoder-head` (frozen encoder + head) and `encoder-finetune` (the
+//! whole encoder trained). They share base-model resolution, tokenisation and our own
+//! differentiable BERT ([`bert`]), so both load the same Hugging Face checkpoints.
+
+pub mod base;
+pub mod bert;
+pub mod embed;
+pub mod embed_cache;
+pub mod finetune;
+pub mod head;
+pub mod tokenize;
 
 use crate::error::{Result, TrainError};
-use crate::student::{ModelMeta, Student};
-use std::path::Path;
+use crate::student::{ModelMeta, Student, StudentKind, TrainData, TrainOptions};
+use candle_core::Device;
+use std::path::{Path, PathBuf};
 
-pub fn load(dir: &Path, _meta: ModelMeta, _device: &candle_core::Device) -> Result<Box<dyn Student>> {
-    Err(TrainError::model(dir, "encoder students are not implemented yet"))
+pub use base::DEFAULT_BASE;
+
+/// Loads an encoder student of either kind from its model directory.
+pub fn load(dir: &Path, meta: ModelMeta, device: &Device) -> Result<Box<dyn Student>> {
+    match meta.kind {
+        StudentKind::EncoderFinetune => Ok(Box::new(finetune::FinetuneStudent::load(
+            dir, meta, device,
+        )?)),
+        StudentKind::EncoderHead => head::load(dir, meta, device),
+        StudentKind::Linear => Err(TrainError::model(
+            dir,
+            "a linear student is not an encoder model",
+        )),
+    }
+}
+
+/// `--student encoder-finetune`.
+pub fn train_finetune(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
+    finetune::train(data, opts)
+}
+
+/// `--student encoder-head`.
+pub fn train_head(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
+    head::train(data, opts)
+}
+
+/// A `--base` value (local directory or hub repo id in the local cache) to a model directory.
+pub fn resolve_base(spec: &str) -> Result<PathBuf> {
+    base::resolve_base(spec)
 }

@@ -1,0 +1,746 @@
+//! Our own BERT encoder with a sequence-classification head, written so it can be *trained*.
+//!
+//! candle-transformers' BERT is inference-only: its fused LayerNorm records no backward op (so
+//! nothing below the first LayerNorm ever learns, silently), dropout is a no-op and there is no
+//! pooler or classifier. This module is Hugging Face's `BertForSequenceClassification`, op for op,
+//! with the same tensor names, so pretrained checkpoints load and exported students load back into
+//! `transformers`:
+//!
+//! ```text
+//! embeddings = LayerNorm(word[ids] + position[0..s] + token_type[tt]) -> dropout
+//! per layer:  a = LayerNorm(x + dropout(Wo · softmax(QKᵀ/√d + mask) V))
+//!             x = LayerNorm(a + dropout(W2 · gelu(W1 a)))
+//! pooled = tanh(Wp · x[CLS]);  logits = Wc · dropout(pooled)
+//! ```
+//!
+//! In training mode LayerNorm and softmax are built from ordinary differentiable ops; in
+//! inference mode the fused kernels are used, which are faster and give the same numbers.
+
+use crate::error::{Result, TrainError};
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The fields of a Hugging Face BERT `config.json` the model needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub hidden_dropout_prob: f32,
+    pub attention_probs_dropout_prob: f32,
+    pub classifier_dropout: Option<f32>,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub initializer_range: f32,
+    pub pad_token_id: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: the exact erf form, as in the original BERT.
+    GeluErf,
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn name(&self) -> &'static str {
+        match self {
+            Activation::GeluErf => "gelu",
+            Activation::GeluTanh => "gelu_new",
+            Activation::Relu => "relu",
+        }
+    }
+}
+
+impl BertConfig {
+    /// Reads `config.json`; `raw` is kept by callers so an exported config carries every field
+    /// of the base model, not just the ones we understand.
+    pub fn from_file(path: &Path) -> Result<(Self, Value)> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let raw: Value = serde_json::from_str(&text)
+            .map_err(|e| TrainError::model(path, format!("config.json is not valid JSON: {e}")))?;
+        let cfg = Self::from_value(&raw).map_err(|m| TrainError::model(path, m))?;
+        Ok((cfg, raw))
+    }
+
+    pub fn from_value(v: &Value) -> std::result::Result<Self, String> {
+        let model_type = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("bert");
+        if model_type != "bert" {
+            return Err(format!(
+                "model_type `{model_type}` is not supported (BERT-family checkpoints with \
+                 model_type \"bert\", e.g. BERT and MiniLM, are)"
+            ));
+        }
+        if let Some(p) = v.get("position_embedding_type").and_then(Value::as_str) {
+            if p != "absolute" {
+                return Err(format!(
+                    "position_embedding_type `{p}` is not supported (only `absolute`)"
+                ));
+            }
+        }
+        let usize_field = |k: &str| -> std::result::Result<usize, String> {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| format!("config.json: field `{k}` is missing or not an integer"))
+        };
+        let f_or = |k: &str, d: f64| v.get(k).and_then(Value::as_f64).unwrap_or(d);
+        let act = match v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu")
+        {
+            "gelu" => Activation::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(format!(
+                    "config.json: hidden_act `{other}` is not supported"
+                ))
+            }
+        };
+        let cfg = BertConfig {
+            vocab_size: usize_field("vocab_size")?,
+            hidden_size: usize_field("hidden_size")?,
+            num_hidden_layers: usize_field("num_hidden_layers")?,
+            num_attention_heads: usize_field("num_attention_heads")?,
+            intermediate_size: usize_field("intermediate_size")?,
+            hidden_act: act,
+            hidden_dropout_prob: f_or("hidden_dropout_prob", 0.1) as f32,
+            attention_probs_dropout_prob: f_or("attention_probs_dropout_prob", 0.1) as f32,
+            classifier_dropout: v
+                .get("classifier_dropout")
+                .and_then(Value::as_f64)
+                .map(|x| x as f32),
+            max_position_embeddings: v
+                .get("max_position_embeddings")
+                .and_then(Value::as_u64)
+                .unwrap_or(512) as usize,
+            type_vocab_size: v
+                .get("type_vocab_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(2) as usize,
+            layer_norm_eps: f_or("layer_norm_eps", 1e-12),
+            initializer_range: f_or("initializer_range", 0.02) as f32,
+            pad_token_id: v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(0) as u32,
+        };
+        if cfg.hidden_size == 0 || cfg.num_attention_heads == 0 {
+            return Err("config.json: hidden_size and num_attention_heads must be positive".into());
+        }
+        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(format!(
+                "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
+                cfg.hidden_size, cfg.num_attention_heads
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// A fresh `config.json` for a model built from scratch (tests, tiny models).
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "model_type": "bert",
+            "architectures": ["BertModel"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": self.hidden_act.name(),
+            "hidden_dropout_prob": self.hidden_dropout_prob,
+            "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "initializer_range": self.initializer_range,
+            "pad_token_id": self.pad_token_id,
+            "position_embedding_type": "absolute",
+        })
+    }
+
+    fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// The `config.json` of an exported classifier: the base config plus what
+/// `transformers.AutoModelForSequenceClassification` needs to rebuild the head.
+pub fn classifier_config_json(base: &Value, labels: &[String]) -> Value {
+    let mut v = match base {
+        Value::Object(_) => base.clone(),
+        _ => Value::Object(Default::default()),
+    };
+    let id2label: BTreeMap<String, String> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone()))
+        .collect();
+    let label2id: BTreeMap<String, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), i))
+        .collect();
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "architectures".into(),
+            serde_json::json!(["BertForSequenceClassification"]),
+        );
+        m.insert("model_type".into(), "bert".into());
+        m.insert("id2label".into(), serde_json::json!(id2label));
+        m.insert("label2id".into(), serde_json::json!(label2id));
+        m.insert("num_labels".into(), labels.len().into());
+        m.insert("problem_type".into(), "single_label_classification".into());
+        m.remove("_name_or_path");
+    }
+    v
+}
+
+/// One padded batch on the model's device.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// (b, s) u32 token ids.
+    pub ids: Tensor,
+    /// (b, s) u32 segment ids.
+    pub type_ids: Tensor,
+    /// (b, s) f32, 1 for real tokens, 0 for padding.
+    pub mask: Tensor,
+}
+
+impl Batch {
+    /// Pads `seqs` with `pad_id` to the longest one. Single-segment inputs: all type ids are 0.
+    pub fn from_ids(seqs: &[&[u32]], pad_id: u32, device: &Device) -> Result<Self> {
+        let b = seqs.len();
+        let s = seqs.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![pad_id; b * s];
+        let mut mask = vec![0f32; b * s];
+        for (r, seq) in seqs.iter().enumerate() {
+            ids[r * s..r * s + seq.len()].copy_from_slice(seq);
+            mask[r * s..r * s + seq.len()].fill(1.0);
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(ids, (b, s), device)?,
+            type_ids: Tensor::zeros((b, s), DType::U32, device)?,
+            mask: Tensor::from_vec(mask, (b, s), device)?,
+        })
+    }
+}
+
+/// Dropout that is reproducible from `--seed` on every device. candle's CPU RNG cannot be
+/// seeded, so on the CPU the keep-masks come from our own generator; on CUDA the device RNG is
+/// seeded once (`Device::set_seed`) and masks are drawn there, so no host round-trip sits in
+/// the hot path.
+pub struct Dropout {
+    state: u64,
+}
+
+impl Dropout {
+    pub fn new(seed: u64, device: &Device) -> Result<Self> {
+        if !device.is_cpu() {
+            device.set_seed(seed)?;
+        }
+        Ok(Dropout {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+        })
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        // splitmix64: tiny, fast and good enough for keep/drop decisions.
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn apply(&mut self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let scale = 1.0 / (1.0 - p);
+        let mask = if x.device().is_cpu() {
+            let n = x.elem_count();
+            let threshold = (p as f64 * u32::MAX as f64) as u32;
+            let mut m = Vec::with_capacity(n);
+            while m.len() < n {
+                let r = self.next_u64();
+                for half in [r as u32, (r >> 32) as u32] {
+                    if m.len() < n {
+                        m.push(if half >= threshold { scale } else { 0.0 });
+                    }
+                }
+            }
+            Tensor::from_vec(m, x.shape(), x.device())?
+        } else {
+            let r = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+            (r.ge(p as f64)?.to_dtype(DType::F32)? * scale as f64)?
+        };
+        Ok(x.mul(&mask)?)
+    }
+}
+
+/// How pretrained tensors are turned into parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Wrap every parameter in a `Var` so it can be trained.
+    pub trainable: bool,
+    /// Pooler and classifier may be freshly initialised when the checkpoint lacks them (a
+    /// sentence encoder as the base); when false (loading a trained student) they must exist.
+    pub init_missing_head: bool,
+    /// Seed for the initialisation of missing head weights.
+    pub seed: u64,
+}
+
+/// What loading matched: tests assert that nothing pretrained was left over.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub loaded: Vec<String>,
+    /// Parameters not in the checkpoint, initialised as in `transformers`.
+    pub initialised: Vec<String>,
+    /// Checkpoint tensors the model has no use for (e.g. a masked-LM head), by original name.
+    pub unused: Vec<String>,
+}
+
+/// Maps a checkpoint's tensor name to ours (`bert.`-prefixed, `LayerNorm.weight/bias`).
+/// `None` for non-parameter buffers.
+fn canonical_name(name: &str) -> Option<String> {
+    if name.ends_with("position_ids") {
+        return None;
+    }
+    let n = name
+        .replace("LayerNorm.gamma", "LayerNorm.weight")
+        .replace("LayerNorm.beta", "LayerNorm.bias");
+    if n.starts_with("bert.") || n.starts_with("classifier.") {
+        Some(n)
+    } else if n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("pooler.")
+    {
+        Some(format!("bert.{n}"))
+    } else {
+        Some(n)
+    }
+}
+
+enum Init {
+    Normal,
+    Zeros,
+    Ones,
+}
+
+struct ParamBuilder<'a> {
+    pretrained: HashMap<String, (String, Tensor)>,
+    source: &'a Path,
+    device: &'a Device,
+    opts: LoadOptions,
+    init_std: f32,
+    rng: Dropout,
+    report: LoadReport,
+    params: Vec<(String, Tensor)>,
+    vars: Vec<(String, Var)>,
+    hint: String,
+}
+
+impl ParamBuilder<'_> {
+    fn may_init(&self, name: &str) -> bool {
+        self.opts.init_missing_head
+            && (name.starts_with("bert.pooler.") || name.starts_with("classifier."))
+    }
+
+    fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let t = match self.pretrained.remove(name) {
+            Some((orig, t)) if t.dims() == shape => {
+                self.report.loaded.push(orig);
+                t
+            }
+            Some((orig, t)) if !self.may_init(name) => {
+                return Err(TrainError::model(
+                    self.source,
+                    format!(
+                        "tensor `{orig}` has shape {:?} but the model expects {shape:?} ({}); \
+                         is config.json from the same model as model.safetensors?",
+                        t.dims(),
+                        self.hint
+                    ),
+                ))
+            }
+            found => {
+                if !self.may_init(name) {
+                    return Err(TrainError::model(
+                        self.source,
+                        format!("missing tensor `{name}` in model.safetensors"),
+                    ));
+                }
+                if let Some((orig, _)) = found {
+                    // A classifier for another label set: start a fresh one.
+                    self.report.unused.push(orig);
+                }
+                self.report.initialised.push(name.to_string());
+                self.init(shape, init)?
+            }
+        };
+        let t = t
+            .to_dtype(DType::F32)?
+            .to_device(self.device)?
+            .contiguous()?;
+        if self.opts.trainable {
+            let v = Var::from_tensor(&t)?;
+            let t = v.as_tensor().clone();
+            self.vars.push((name.to_string(), v));
+            self.params.push((name.to_string(), t.clone()));
+            Ok(t)
+        } else {
+            self.params.push((name.to_string(), t.clone()));
+            Ok(t)
+        }
+    }
+
+    fn init(&mut self, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = match init {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Normal => (0..n)
+                .map(|_| {
+                    // Box-Muller from two uniforms in (0, 1].
+                    let u1 = ((self.rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                    let u2 = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    z as f32 * self.init_std
+                })
+                .collect(),
+        };
+        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+    }
+
+    fn linear(&mut self, prefix: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+        Ok(Linear {
+            w: self.get(
+                &format!("{prefix}.weight"),
+                &[out_dim, in_dim],
+                Init::Normal,
+            )?,
+            b: self.get(&format!("{prefix}.bias"), &[out_dim], Init::Zeros)?,
+        })
+    }
+
+    fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            w: self.get(&format!("{prefix}.weight"), &[dim], Init::Ones)?,
+            b: self.get(&format!("{prefix}.bias"), &[dim], Init::Zeros)?,
+            eps: eps as f32,
+        })
+    }
+}
+
+struct Linear {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Linear {
+    /// x: (n, in) -> (n, out). Kept 2-D so the matmul and its backward are plain GEMMs.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.w.t()?)?.broadcast_add(&self.b)?)
+    }
+}
+
+struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // The fused kernel has no backward (candle issue #3011): use it only for inference.
+        if train {
+            Ok(candle_nn::ops::layer_norm_slow(
+                x, &self.w, &self.b, self.eps,
+            )?)
+        } else {
+            Ok(candle_nn::ops::layer_norm(x, &self.w, &self.b, self.eps)?)
+        }
+    }
+}
+
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+/// `BertForSequenceClassification` with Hugging Face tensor names.
+pub struct BertClassifier {
+    pub config: BertConfig,
+    pub n_labels: usize,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Linear,
+    classifier: Linear,
+    params: Vec<(String, Tensor)>,
+    vars: Vec<(String, Var)>,
+}
+
+impl BertClassifier {
+    /// Loads `model.safetensors` (any float dtype; with or without the `bert.` prefix).
+    pub fn load(
+        weights: &Path,
+        config: &BertConfig,
+        n_labels: usize,
+        device: &Device,
+        opts: LoadOptions,
+    ) -> Result<(Self, LoadReport)> {
+        if !weights.is_file() {
+            return Err(TrainError::model(
+                weights,
+                "model.safetensors not found".to_string(),
+            ));
+        }
+        // Loaded on the CPU first: weights are converted and checked before they reach the device.
+        let tensors = candle_core::safetensors::load(weights, &Device::Cpu)
+            .map_err(|e| TrainError::model(weights, format!("cannot read safetensors: {e}")))?;
+        Self::from_tensors(tensors, weights, config, n_labels, device, opts)
+    }
+
+    /// Builds the model from named tensors. Every tensor the architecture needs must be
+    /// present with the right shape (except a missing head when `opts` allows it).
+    pub fn from_tensors(
+        tensors: HashMap<String, Tensor>,
+        source: &Path,
+        config: &BertConfig,
+        n_labels: usize,
+        device: &Device,
+        opts: LoadOptions,
+    ) -> Result<(Self, LoadReport)> {
+        if n_labels == 0 {
+            return Err(TrainError::Data(
+                "a classifier needs at least one label".into(),
+            ));
+        }
+        let mut pretrained = HashMap::new();
+        for (name, t) in tensors {
+            if let Some(c) = canonical_name(&name) {
+                pretrained.insert(c, (name, t));
+            }
+        }
+        let c = config;
+        let h = c.hidden_size;
+        let mut pb = ParamBuilder {
+            pretrained,
+            source,
+            device,
+            opts,
+            init_std: c.initializer_range,
+            rng: Dropout {
+                state: opts.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5DEE_CE66,
+            },
+            report: LoadReport::default(),
+            params: Vec::new(),
+            vars: Vec::new(),
+            hint: format!(
+                "config.json: vocab_size {}, hidden_size {}, intermediate_size {}, {} labels",
+                c.vocab_size, h, c.intermediate_size, n_labels
+            ),
+        };
+        let p = "bert.embeddings";
+        let embeddings = Embeddings {
+            word: pb.get(
+                &format!("{p}.word_embeddings.weight"),
+                &[c.vocab_size, h],
+                Init::Normal,
+            )?,
+            position: pb.get(
+                &format!("{p}.position_embeddings.weight"),
+                &[c.max_position_embeddings, h],
+                Init::Normal,
+            )?,
+            token_type: pb.get(
+                &format!("{p}.token_type_embeddings.weight"),
+                &[c.type_vocab_size, h],
+                Init::Normal,
+            )?,
+            norm: pb.layer_norm(&format!("{p}.LayerNorm"), h, c.layer_norm_eps)?,
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("bert.encoder.layer.{i}");
+            layers.push(Layer {
+                query: pb.linear(&format!("{p}.attention.self.query"), h, h)?,
+                key: pb.linear(&format!("{p}.attention.self.key"), h, h)?,
+                value: pb.linear(&format!("{p}.attention.self.value"), h, h)?,
+                attn_out: pb.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: pb.layer_norm(
+                    &format!("{p}.attention.output.LayerNorm"),
+                    h,
+                    c.layer_norm_eps,
+                )?,
+                intermediate: pb.linear(
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    c.intermediate_size,
+                )?,
+                output: pb.linear(&format!("{p}.output.dense"), c.intermediate_size, h)?,
+                out_norm: pb.layer_norm(&format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)?,
+            });
+        }
+        let pooler = pb.linear("bert.pooler.dense", h, h)?;
+        let classifier = pb.linear("classifier", h, n_labels)?;
+        let mut report = pb.report;
+        report
+            .unused
+            .extend(pb.pretrained.into_values().map(|(orig, _)| orig));
+        report.unused.sort();
+        Ok((
+            BertClassifier {
+                config: config.clone(),
+                n_labels,
+                embeddings,
+                layers,
+                pooler,
+                classifier,
+                params: pb.params,
+                vars: pb.vars,
+            },
+            report,
+        ))
+    }
+
+    /// Trainable parameters by name (empty unless loaded with `trainable`).
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// Every parameter by its Hugging Face name, in the model's current state.
+    pub fn named_tensors(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    /// Writes `model.safetensors` with Hugging Face names.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let map: HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.detach().to_device(&Device::Cpu)?)))
+            .collect::<Result<_>>()?;
+        candle_core::safetensors::save(&map, path)
+            .map_err(|e| TrainError::model(path, format!("cannot write safetensors: {e}")))
+    }
+
+    /// Last hidden states (b, s, hidden). `dropout` is `Some` in training mode.
+    pub fn encode(&self, batch: &Batch, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        let c = &self.config;
+        let train = dropout.is_some();
+        let (b, s) = batch.ids.dims2()?;
+        if s > c.max_position_embeddings {
+            return Err(TrainError::Other(format!(
+                "sequence of {s} tokens is longer than the model's {} positions",
+                c.max_position_embeddings
+            )));
+        }
+        let h = c.hidden_size;
+        let (heads, hd) = (c.num_attention_heads, c.head_dim());
+        let e = &self.embeddings;
+        let word = e.word.index_select(&batch.ids.flatten_all()?, 0)?;
+        let tt = e
+            .token_type
+            .index_select(&batch.type_ids.flatten_all()?, 0)?;
+        let pos = e.position.narrow(0, 0, s)?;
+        let x = (word + tt)?
+            .reshape((b, s, h))?
+            .broadcast_add(&pos)?
+            .reshape((b * s, h))?;
+        let mut x = e.norm.forward(&x, train)?;
+        if let Some(d) = dropout.as_deref_mut() {
+            x = d.apply(&x, c.hidden_dropout_prob)?;
+        }
+        // Additive mask, computed once for all layers: 0 for tokens, a large negative for padding.
+        let mask_add = ((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let to_heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, s, heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        for layer in &self.layers {
+            let q = to_heads((layer.query.forward(&x)? * scale)?)?;
+            let k = to_heads(layer.key.forward(&x)?)?;
+            let v = to_heads(layer.value.forward(&x)?)?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&mask_add)?;
+            let mut probs = if train {
+                candle_nn::ops::softmax(&scores, D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            };
+            if let Some(d) = dropout.as_deref_mut() {
+                probs = d.apply(&probs, c.attention_probs_dropout_prob)?;
+            }
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * s, h))?;
+            let mut a = layer.attn_out.forward(&ctx)?;
+            if let Some(d) = dropout.as_deref_mut() {
+                a = d.apply(&a, c.hidden_dropout_prob)?;
+            }
+            let a = layer.attn_norm.forward(&(a + &x)?, train)?;
+            let inter = layer.intermediate.forward(&a)?;
+            let inter = match c.hidden_act {
+                Activation::GeluErf => inter.gelu_erf()?,
+                Activation::GeluTanh => inter.gelu()?,
+                Activation::Relu => inter.relu()?,
+            };
+            let mut o = layer.output.forward(&inter)?;
+            if let Some(d) = dropout.as_deref_mut() {
+                o = d.apply(&o, c.hidden_dropout_prob)?;
+            }
+            x = layer.out_norm.forward(&(o + a)?, train)?;
+        }
+        Ok(x.reshape((b, s, h))?)
+    }
+
+    /// Classification logits (b, n_labels).
+    pub fn forward(&self, batch: &Batch, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        let hidden = self.encode(batch, dropout.as_deref_mut())?;
+        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let mut pooled = self.pooler.forward(&cls)?.tanh()?;
+        if let Some(d) = dropout.as_deref_mut() {
+            let p = self
+                .config
+                .classifier_dropout
+                .unwrap_or(self.config.hidden_dropout_prob);
+            pooled = d.apply(&pooled, p)?;
+        }
+        self.classifier.forward(&pooled)
+    }
+}
+
+/// Where a model directory's files are.
+pub fn model_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("config.json"),
+        dir.join("model.safetensors"),
+        dir.join("tokenizer.json"),
+    )
+}

@@ -1,0 +1,621 @@
+//! The `encoder-finetune` student: every weight of a pretrained BERT-family encoder trained on
+//! the task, with a fresh classification head. The recipe is the standard one from the BERT
+//! paper and `transformers`' Trainer: AdamW (no decay on biases and LayerNorm), linear warm-up
+//! then linear decay, clipping by global norm, dropout, and early stopping on dev accuracy.
+
+use super::base::{resolve_base, DEFAULT_BASE};
+use super::bert::{
+    classifier_config_json, model_files, Batch, BertClassifier, BertConfig, Dropout, LoadOptions,
+};
+use super::tokenize::TextTokenizer;
+use crate::device::device_name;
+use crate::error::{Result, TrainError};
+use crate::student::{
+    fit_temperature, write_model_dir, ModelMeta, Student, StudentKind, TrainData, TrainOptions,
+    DEFAULT_CPU_CORE_HOUR_USD, DEFAULT_GPU_HOUR_USD,
+};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::path::Path;
+use std::time::Instant;
+
+/// Batch size for inference (dev evaluation and `predict`).
+const INFER_BATCH: usize = 64;
+
+/// Fine-tuning hyper-parameters after defaults are applied.
+#[derive(Debug, Clone)]
+pub struct Hyper {
+    pub batch_size: usize,
+    pub max_len: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub epochs: usize,
+    pub warmup_frac: f64,
+    pub clip_norm: f64,
+    pub patience: usize,
+    pub class_balanced: bool,
+    pub seed: u64,
+}
+
+impl Hyper {
+    pub fn from_options(opts: &TrainOptions) -> Result<Self> {
+        let h = Hyper {
+            batch_size: opts.batch_size.unwrap_or(32),
+            max_len: opts.max_len.unwrap_or(64),
+            lr: opts.lr.unwrap_or(1e-4),
+            weight_decay: opts.weight_decay.unwrap_or(0.01),
+            epochs: opts.epochs.unwrap_or(5),
+            warmup_frac: 0.1,
+            clip_norm: 1.0,
+            patience: opts.patience.max(1),
+            class_balanced: opts.class_balanced,
+            seed: opts.seed,
+        };
+        if h.batch_size == 0 || h.epochs == 0 {
+            return Err(TrainError::Other(
+                "--batch-size and --epochs must be at least 1".into(),
+            ));
+        }
+        if !(h.lr.is_finite() && h.lr > 0.0) {
+            return Err(TrainError::Other(format!(
+                "--lr must be positive, got {}",
+                h.lr
+            )));
+        }
+        Ok(h)
+    }
+
+    /// Linear warm-up to `lr` over the first `warmup_frac` of steps, then linear decay to 0.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        let warmup = ((total as f64) * self.warmup_frac).ceil().max(1.0) as usize;
+        if step < warmup {
+            self.lr * (step + 1) as f64 / warmup as f64
+        } else {
+            let rest = total.saturating_sub(warmup).max(1);
+            self.lr * (total.saturating_sub(step)) as f64 / rest as f64
+        }
+    }
+}
+
+/// Logits for already-tokenised texts, batched by length (so padding stays small) and
+/// returned in input order.
+pub fn logits_for_ids(
+    model: &BertClassifier,
+    ids: &[Vec<u32>],
+    pad_id: u32,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut out = vec![Vec::new(); ids.len()];
+    for chunk in order.chunks(INFER_BATCH) {
+        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        let batch = Batch::from_ids(&seqs, pad_id, device)?;
+        let rows = model.forward(&batch, None)?.to_vec2::<f32>()?;
+        for (&i, row) in chunk.iter().zip(rows) {
+            out[i] = row;
+        }
+    }
+    Ok(out)
+}
+
+fn accuracy_and_loss(logits: &[Vec<f32>], labels: &[usize]) -> (f64, f64) {
+    if logits.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut right = 0usize;
+    let mut nll = 0f64;
+    for (row, &y) in logits.iter().zip(labels) {
+        let best = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap_or(0);
+        right += usize::from(best == y);
+        let p = crate::student::softmax(row, 1.0);
+        nll -= (p[y].max(1e-12) as f64).ln();
+    }
+    (
+        right as f64 / logits.len() as f64,
+        nll / logits.len() as f64,
+    )
+}
+
+/// Mean cross-entropy, optionally weighted per class (`weights`: (C,) f32).
+pub fn classification_loss(
+    logits: &Tensor,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+) -> Result<Tensor> {
+    match weights {
+        None => Ok(candle_nn::loss::cross_entropy(logits, labels)?),
+        Some(w) => {
+            let logp = candle_nn::ops::log_softmax(logits, 1)?;
+            let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+            let w = w.index_select(labels, 0)?;
+            let total = (picked * &w)?.sum_all()?;
+            Ok((total.neg()? / w.sum_all()?)?)
+        }
+    }
+}
+
+/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
+pub fn clip_grad_norm(
+    grads: &mut candle_core::backprop::GradStore,
+    vars: &[(String, Var)],
+    max_norm: f64,
+) -> Result<f32> {
+    let mut squares = Vec::with_capacity(vars.len());
+    for (_, v) in vars {
+        if let Some(g) = grads.get(v) {
+            squares.push(g.sqr()?.sum_all()?);
+        }
+    }
+    if squares.is_empty() {
+        return Ok(0.0);
+    }
+    let norm = Tensor::stack(&squares, 0)?
+        .sum_all()?
+        .sqrt()?
+        .to_scalar::<f32>()?;
+    if norm.is_finite() && norm as f64 > max_norm {
+        let factor = max_norm / (norm as f64 + 1e-6);
+        for (_, v) in vars {
+            if let Some(g) = grads.get(v) {
+                let scaled = (g * factor)?;
+                grads.insert(v, scaled);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// The outcome of [`fit`].
+#[derive(Debug, Clone)]
+pub struct FitReport {
+    pub epochs_run: usize,
+    pub steps: usize,
+    pub dev_accuracy: f64,
+    pub dev_loss: f64,
+    /// Dev logits of the kept (best) weights, for temperature fitting.
+    pub dev_logits: Vec<Vec<f32>>,
+    pub train_examples_per_s: f64,
+    pub train_losses: Vec<f32>,
+}
+
+/// Tokenised examples: ids with their label index.
+pub struct Examples {
+    pub ids: Vec<Vec<u32>>,
+    pub labels: Vec<usize>,
+}
+
+/// Length-bucketed batches: shuffle, cut into pools of 50 batches, sort each pool by length,
+/// cut into batches, shuffle batch order. Padding stays small while batches stay random.
+fn epoch_batches(
+    ex: &Examples,
+    batch_size: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..ex.ids.len()).collect();
+    idx.shuffle(rng);
+    let mut batches = Vec::new();
+    for pool in idx.chunks_mut(batch_size * 50) {
+        pool.sort_by_key(|&i| ex.ids[i].len());
+        batches.extend(pool.chunks(batch_size).map(|c| c.to_vec()));
+    }
+    batches.shuffle(rng);
+    batches
+}
+
+/// Trains `model` (built with `trainable`) in place and keeps the weights of the best dev epoch.
+pub fn fit(
+    model: &BertClassifier,
+    pad_id: u32,
+    train: &Examples,
+    dev: &Examples,
+    hp: &Hyper,
+    device: &Device,
+    progress: bool,
+) -> Result<FitReport> {
+    let n_labels = model.n_labels;
+    let vars = model.vars();
+    if vars.is_empty() {
+        return Err(TrainError::Other(
+            "model was not loaded as trainable".into(),
+        ));
+    }
+    let is_no_decay = |name: &str| name.ends_with(".bias") || name.contains("LayerNorm");
+    let decay: Vec<Var> = vars
+        .iter()
+        .filter(|(n, _)| !is_no_decay(n))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let no_decay: Vec<Var> = vars
+        .iter()
+        .filter(|(n, _)| is_no_decay(n))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let params = |wd: f64| ParamsAdamW {
+        lr: hp.lr,
+        weight_decay: wd,
+        ..Default::default()
+    };
+    let mut opt_decay = AdamW::new(decay, params(hp.weight_decay))?;
+    let mut opt_plain = AdamW::new(no_decay, params(0.0))?;
+
+    let class_weights = if hp.class_balanced {
+        let mut counts = vec![0usize; n_labels];
+        for &y in &train.labels {
+            counts[y] += 1;
+        }
+        let n = train.labels.len() as f32;
+        let present = counts.iter().filter(|&&c| c > 0).count().max(1) as f32;
+        let w: Vec<f32> = counts
+            .iter()
+            .map(|&c| {
+                if c == 0 {
+                    0.0
+                } else {
+                    n / (present * c as f32)
+                }
+            })
+            .collect();
+        Some(Tensor::from_vec(w, n_labels, device)?)
+    } else {
+        None
+    };
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(hp.seed);
+    let mut dropout = Dropout::new(hp.seed, device)?;
+    let steps_per_epoch = train.ids.len().div_ceil(hp.batch_size);
+    let total_steps = steps_per_epoch * hp.epochs;
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new((train.ids.len() * hp.epochs) as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "fine-tune {bar:30} {pos}/{len} examples {per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let mut best: Option<(f64, f64, Vec<Vec<f32>>, Vec<Tensor>)> = None;
+    let mut stale = 0usize;
+    let mut step = 0usize;
+    let mut train_time = 0f64;
+    let mut examples_seen = 0usize;
+    let mut epochs_run = 0usize;
+    let mut losses = Vec::new();
+    for epoch in 0..hp.epochs {
+        epochs_run = epoch + 1;
+        let t0 = Instant::now();
+        let mut epoch_loss = 0f64;
+        let batches = epoch_batches(train, hp.batch_size, &mut rng);
+        let n_batches = batches.len();
+        for chunk in batches {
+            let lr = hp.lr_at(step, total_steps);
+            opt_decay.set_learning_rate(lr);
+            opt_plain.set_learning_rate(lr);
+            let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.ids[i].as_slice()).collect();
+            let labels: Vec<u32> = chunk.iter().map(|&i| train.labels[i] as u32).collect();
+            let batch = Batch::from_ids(&seqs, pad_id, device)?;
+            let labels = Tensor::new(labels.as_slice(), device)?;
+            let logits = model.forward(&batch, Some(&mut dropout))?;
+            let loss = classification_loss(&logits, &labels, class_weights.as_ref())?;
+            let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !loss_value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step,
+                    lr,
+                    loss: loss_value,
+                });
+            }
+            let mut grads = loss.backward()?;
+            let norm = clip_grad_norm(&mut grads, vars, hp.clip_norm)?;
+            if !norm.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step,
+                    lr,
+                    loss: norm,
+                });
+            }
+            opt_decay.step(&grads)?;
+            opt_plain.step(&grads)?;
+            step += 1;
+            examples_seen += chunk.len();
+            epoch_loss += loss_value as f64;
+            losses.push(loss_value);
+            bar.inc(chunk.len() as u64);
+            bar.set_message(format!("epoch {} loss {loss_value:.4}", epoch + 1));
+        }
+        train_time += t0.elapsed().as_secs_f64();
+        if dev.ids.is_empty() {
+            continue;
+        }
+        let logits = logits_for_ids(model, &dev.ids, pad_id, device)?;
+        let (acc, loss) = accuracy_and_loss(&logits, &dev.labels);
+        tracing::info!(
+            epoch = epoch + 1,
+            train_loss = epoch_loss / n_batches.max(1) as f64,
+            dev_accuracy = acc,
+            dev_loss = loss,
+            "fine-tune epoch done"
+        );
+        bar.println(format!(
+            "epoch {}: train loss {:.4}, dev accuracy {acc:.4}, dev loss {loss:.4}",
+            epoch + 1,
+            epoch_loss / n_batches.max(1) as f64
+        ));
+        let improved = best.as_ref().map(|b| acc > b.0).unwrap_or(true);
+        if improved {
+            let snapshot = vars
+                .iter()
+                .map(|(_, v)| Ok(v.as_detached_tensor().copy()?))
+                .collect::<Result<Vec<_>>>()?;
+            best = Some((acc, loss, logits, snapshot));
+            stale = 0;
+        } else {
+            stale += 1;
+            if stale >= hp.patience {
+                bar.println(format!(
+                    "early stop: dev accuracy has not improved for {stale} epoch(s)"
+                ));
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let (dev_accuracy, dev_loss, dev_logits) = match best {
+        Some((acc, loss, logits, snapshot)) => {
+            for ((_, v), t) in vars.iter().zip(snapshot) {
+                v.set(&t)?;
+            }
+            (acc, loss, logits)
+        }
+        None => (0.0, 0.0, Vec::new()),
+    };
+    Ok(FitReport {
+        epochs_run,
+        steps: step,
+        dev_accuracy,
+        dev_loss,
+        dev_logits,
+        train_examples_per_s: examples_seen as f64 / train_time.max(1e-9),
+        train_losses: losses,
+    })
+}
+
+fn tokenize_split(tok: &TextTokenizer, rows: &[(String, usize)]) -> Result<Examples> {
+    let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    let mut ids = Vec::with_capacity(rows.len());
+    for chunk in texts.chunks(4096) {
+        ids.extend(tok.encode_batch(chunk)?);
+    }
+    Ok(Examples {
+        ids,
+        labels: rows.iter().map(|(_, y)| *y).collect(),
+    })
+}
+
+fn check_data(data: &TrainData) -> Result<()> {
+    if data.train.is_empty() {
+        return Err(TrainError::Data("no training examples".into()));
+    }
+    let n = data.labels.len();
+    if n < 2 {
+        return Err(TrainError::Data(
+            "the task needs at least two labels to train a classifier".into(),
+        ));
+    }
+    if let Some((_, y)) = data.train.iter().chain(&data.dev).find(|(_, y)| *y >= n) {
+        return Err(TrainError::Data(format!(
+            "label index {y} is outside the task's {n} labels"
+        )));
+    }
+    let first = data.train[0].1;
+    if data.train.iter().all(|(_, y)| *y == first) {
+        return Err(TrainError::Data(format!(
+            "all training examples have the same label `{}`; a classifier needs at least two classes",
+            data.labels.names.get(first).map(String::as_str).unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
+
+/// `distill train --student encoder-finetune`: fine-tunes the base and writes the model directory.
+pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
+    let started = Instant::now();
+    check_data(data)?;
+    let hp = Hyper::from_options(opts)?;
+    let base_spec = opts
+        .base
+        .clone()
+        .unwrap_or_else(|| DEFAULT_BASE.to_string());
+    let base_dir = resolve_base(&base_spec)?;
+    let (cfg_path, weights_path, tok_path) = model_files(&base_dir);
+    let (mut cfg, raw_cfg) = BertConfig::from_file(&cfg_path)?;
+    if let Some(p) = opts.dropout {
+        if !(0.0..1.0).contains(&p) {
+            return Err(TrainError::Other(format!(
+                "--dropout must be in [0, 1), got {p}"
+            )));
+        }
+        cfg.hidden_dropout_prob = p;
+        cfg.attention_probs_dropout_prob = p;
+        cfg.classifier_dropout = None;
+    }
+    let max_len = hp.max_len.min(cfg.max_position_embeddings);
+    let tok = TextTokenizer::from_file(&tok_path, max_len, cfg.pad_token_id)?;
+    let labels = data.labels.names.clone();
+    let (model, report) = BertClassifier::load(
+        &weights_path,
+        &cfg,
+        labels.len(),
+        &opts.device,
+        LoadOptions {
+            trainable: true,
+            init_missing_head: true,
+            seed: hp.seed,
+        },
+    )?;
+    if !report.unused.is_empty() {
+        tracing::warn!(unused = ?report.unused, "base checkpoint tensors not used by the classifier");
+    }
+    let train_ex = tokenize_split(&tok, &data.train)?;
+    let dev_ex = tokenize_split(&tok, &data.dev)?;
+    let fit_report = fit(
+        &model,
+        tok.pad_id,
+        &train_ex,
+        &dev_ex,
+        &hp,
+        &opts.device,
+        opts.progress,
+    )?;
+    let temperature = fit_temperature(&fit_report.dev_logits, &dev_ex.labels);
+    let wall = started.elapsed().as_secs_f64();
+    let is_cpu = opts.device.is_cpu();
+    let train_cost_usd = if is_cpu {
+        wall / 3600.0 * opts.threads.max(1) as f64 * DEFAULT_CPU_CORE_HOUR_USD
+    } else {
+        wall / 3600.0 * DEFAULT_GPU_HOUR_USD
+    };
+    let meta = ModelMeta {
+        format_version: 1,
+        task: data.task.clone(),
+        labels: labels.clone(),
+        kind: StudentKind::EncoderFinetune,
+        base_model: Some(base_spec.clone()),
+        data_hash: data.data_hash.clone(),
+        label_source: data.label_source.clone(),
+        n_train: data.train.len(),
+        n_dev: data.dev.len(),
+        dev_accuracy: fit_report.dev_accuracy,
+        dev_loss: (!data.dev.is_empty()).then_some(fit_report.dev_loss),
+        temperature,
+        max_len: Some(max_len),
+        epochs_run: fit_report.epochs_run,
+        train_wall_s: wall,
+        device: device_name(&opts.device),
+        threads: opts.threads,
+        examples_per_s: fit_report.train_examples_per_s,
+        train_cost_usd,
+        seed: hp.seed,
+        created: chrono::Utc::now().to_rfc3339(),
+        distill_version: env!("CARGO_PKG_VERSION").to_string(),
+        hyper: serde_json::json!({
+            "batch_size": hp.batch_size,
+            "max_len": max_len,
+            "lr": hp.lr,
+            "weight_decay": hp.weight_decay,
+            "epochs_max": hp.epochs,
+            "warmup_frac": hp.warmup_frac,
+            "clip_norm": hp.clip_norm,
+            "patience": hp.patience,
+            "class_balanced": hp.class_balanced,
+            "hidden_dropout": cfg.hidden_dropout_prob,
+            "attention_dropout": cfg.attention_probs_dropout_prob,
+            "steps": fit_report.steps,
+            "optimizer": "AdamW (no decay on biases and LayerNorm), linear warm-up and decay",
+        }),
+    };
+    let config_json = classifier_config_json(&raw_cfg, &labels);
+    write_model_dir(&opts.out, |tmp| {
+        let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
+            let p = tmp.join(name);
+            let text = serde_json::to_string_pretty(v)
+                .map_err(|e| TrainError::Other(format!("{name}: {e}")))?;
+            std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e))
+        };
+        write_json("config.json", &config_json)?;
+        model.save(&tmp.join("model.safetensors"))?;
+        copy_tokenizer_files(&base_dir, tmp)?;
+        let meta_json = serde_json::to_value(&meta)
+            .map_err(|e| TrainError::Other(format!("distill.json: {e}")))?;
+        write_json("distill.json", &meta_json)
+    })?;
+    Ok(meta)
+}
+
+/// `tokenizer.json` plus the side files `transformers`' AutoTokenizer reads when present.
+fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+    ] {
+        let src = from.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(name)).map_err(|e| TrainError::io(&src, e))?;
+        } else if name == "tokenizer.json" {
+            return Err(TrainError::model(from, "tokenizer.json not found"));
+        }
+    }
+    Ok(())
+}
+
+/// A fine-tuned encoder loaded for inference.
+pub struct FinetuneStudent {
+    meta: ModelMeta,
+    model: BertClassifier,
+    tok: TextTokenizer,
+    device: Device,
+}
+
+impl FinetuneStudent {
+    pub fn load(dir: &Path, meta: ModelMeta, device: &Device) -> Result<Self> {
+        let (cfg_path, weights_path, tok_path) = model_files(dir);
+        let (cfg, _) = BertConfig::from_file(&cfg_path)?;
+        let (model, report) = BertClassifier::load(
+            &weights_path,
+            &cfg,
+            meta.labels.len(),
+            device,
+            LoadOptions {
+                trainable: false,
+                init_missing_head: false,
+                seed: 0,
+            },
+        )?;
+        if !report.unused.is_empty() {
+            return Err(TrainError::model(
+                dir,
+                format!(
+                    "model.safetensors has tensors this model does not use: {}",
+                    report.unused.join(", ")
+                ),
+            ));
+        }
+        let max_len = meta.max_len.unwrap_or(128).min(cfg.max_position_embeddings);
+        let tok = TextTokenizer::from_file(&tok_path, max_len, cfg.pad_token_id)?;
+        Ok(FinetuneStudent {
+            meta,
+            model,
+            tok,
+            device: device.clone(),
+        })
+    }
+
+    pub fn model(&self) -> &BertClassifier {
+        &self.model
+    }
+}
+
+impl Student for FinetuneStudent {
+    fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let ids = self.tok.encode_batch(texts)?;
+        logits_for_ids(&self.model, &ids, self.tok.pad_id, &self.device)
+    }
+
+    fn token_len(&self, text: &str) -> usize {
+        self.tok.token_len(text)
+    }
+}

@@ -1,0 +1,64 @@
+//! Text to token ids for BERT-family models, via the model's own `tokenizer.json`, so ids match
+//! what `transformers` produces. Truncation happens here; padding happens per batch (in
+//! [`super::bert::Batch`]) so a batch of short texts stays short.
+
+use crate::error::{Result, TrainError};
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationParams};
+
+pub struct TextTokenizer {
+    tok: Tokenizer,
+    pub max_len: usize,
+    pub pad_id: u32,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path, max_len: usize, pad_id: u32) -> Result<Self> {
+        let tok = Tokenizer::from_file(path)
+            .map_err(|e| TrainError::model(path, format!("cannot load tokenizer.json: {e}")))?;
+        Self::new(tok, max_len, pad_id).map_err(|e| match e {
+            TrainError::Other(m) => TrainError::model(path, m),
+            e => e,
+        })
+    }
+
+    pub fn new(mut tok: Tokenizer, max_len: usize, pad_id: u32) -> Result<Self> {
+        if max_len < 2 {
+            return Err(TrainError::Other(format!(
+                "max length {max_len} is too short (at least 2 tokens: [CLS] and [SEP])"
+            )));
+        }
+        tok.with_padding(None);
+        tok.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
+        .map_err(|e| TrainError::Other(format!("tokenizer truncation: {e}")))?;
+        let pad_id = tok.get_vocab(true).get("[PAD]").copied().unwrap_or(pad_id);
+        Ok(TextTokenizer {
+            tok,
+            max_len,
+            pad_id,
+        })
+    }
+
+    /// Ids with `[CLS]`/`[SEP]`, at most `max_len` long.
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let encs = self
+            .tok
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| TrainError::Other(format!("tokenizer: {e}")))?;
+        Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    pub fn token_len(&self, text: &str) -> usize {
+        self.tok
+            .encode(text, true)
+            .map(|e| e.get_ids().len())
+            .unwrap_or(0)
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.tok
+    }
+}
