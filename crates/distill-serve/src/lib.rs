@@ -1,1 +1,21 @@
-//! The serve stage: students behind an OpenAI-compatible HTTP API with a cascade to the premium model.
+//! The serve stage: students behind an OpenAI-compatible HTTP API with a cascade to the premium
+//! model. This is where distillation pays: an app swaps its base URL, confident inputs are
+//! answered locally for free, unsure ones still get the premium model's answer, and every
+//! dollar spent or saved is counted.
+
+pub mod auth;
+pub mod batcher;
+pub mod budget;
+pub mod cache;
+pub mod error;
+pub mod escalate;
+pub mod metrics;
+mod redis;
+pub mod server;
+pub mod shadow;
+pub mod teach_escalator;
+pub mod threshold;
+
+pub use error::{Result, ServeError};
+pub use escalate::{CallContext, CostEstimator, Escalation, EscalateError, Escalator};
+pub use server::{Answer, ModelEntry, RunningServer, Server, ServerOptions};

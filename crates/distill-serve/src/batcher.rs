@@ -1,0 +1,165 @@
+//! Micro-batching: concurrent requests for one model are gathered into a single forward pass on
+//! dedicated inference threads, so model compute never runs on (or blocks) the async runtime and
+//! throughput under load rises with batch size instead of queueing one text at a time.
+
+use distill_train::{Prediction, Student};
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Most inputs in one forward pass (one request's inputs are never split).
+    pub max_batch: usize,
+    /// How long the first request of a batch may wait for company. Zero batches only what is
+    /// already queued, which adds no latency at low load and still batches under load.
+    pub max_wait: Duration,
+    /// Inference threads per model.
+    pub workers: usize,
+    /// Queued requests before new ones are refused with 503.
+    pub queue: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_wait: Duration::ZERO,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            queue: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum BatchError {
+    #[error("the inference queue is full; retry shortly")]
+    Overloaded,
+    #[error("the model failed: {0}")]
+    Model(String),
+    #[error("the inference workers have stopped")]
+    Stopped,
+}
+
+struct Job {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Prediction>, BatchError>>,
+}
+
+/// Called with the size of each forward pass (for the batch-size histogram).
+pub type BatchObserver = Arc<dyn Fn(usize) + Send + Sync>;
+
+pub struct Batcher {
+    tx: SyncSender<Job>,
+}
+
+impl Batcher {
+    pub fn start(
+        name: &str,
+        student: Arc<dyn Student>,
+        opts: BatchOptions,
+        observe: BatchObserver,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel::<Job>(opts.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..opts.workers.max(1) {
+            let rx = rx.clone();
+            let student = student.clone();
+            let opts = opts.clone();
+            let observe = observe.clone();
+            std::thread::Builder::new()
+                .name(format!("distill-infer-{name}-{i}"))
+                .spawn(move || worker(rx, student, opts, observe))?;
+        }
+        Ok(Self { tx })
+    }
+
+    /// Top-1 predictions (with the top 5 alternatives) for `texts`, in order.
+    pub async fn predict(&self, texts: Vec<String>) -> Result<Vec<Prediction>, BatchError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Job { texts, reply }).map_err(|e| match e {
+            TrySendError::Full(_) => BatchError::Overloaded,
+            TrySendError::Disconnected(_) => BatchError::Stopped,
+        })?;
+        rx.await.map_err(|_| BatchError::Stopped)?
+    }
+}
+
+fn worker(
+    rx: Arc<Mutex<Receiver<Job>>>,
+    student: Arc<dyn Student>,
+    opts: BatchOptions,
+    observe: BatchObserver,
+) {
+    loop {
+        let jobs = {
+            // One worker gathers a batch while the others compute theirs.
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            let Ok(first) = rx.recv() else { return };
+            let started = Instant::now();
+            let mut n = first.texts.len();
+            let mut jobs = vec![first];
+            while n < opts.max_batch {
+                let next = match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(_) if opts.max_wait.is_zero() => None,
+                    Err(_) => {
+                        let left = opts.max_wait.saturating_sub(started.elapsed());
+                        match rx.recv_timeout(left) {
+                            Ok(j) => Some(j),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+                        }
+                    }
+                };
+                match next {
+                    Some(j) => {
+                        n += j.texts.len();
+                        jobs.push(j);
+                    }
+                    None => break,
+                }
+            }
+            jobs
+        };
+        // Requests whose caller has gone (timeout, disconnect) need no compute.
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+        if jobs.is_empty() {
+            continue;
+        }
+        let texts: Vec<&str> = jobs
+            .iter()
+            .flat_map(|j| j.texts.iter().map(String::as_str))
+            .collect();
+        observe(texts.len());
+        // A panicking model must fail its batch, not kill the worker thread.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| student.predict(&texts, 5)));
+        let result: Result<Vec<Prediction>, BatchError> = match result {
+            Ok(Ok(p)) if p.len() == texts.len() => Ok(p),
+            Ok(Ok(p)) => Err(BatchError::Model(format!(
+                "returned {} predictions for {} inputs",
+                p.len(),
+                texts.len()
+            ))),
+            Ok(Err(e)) => Err(BatchError::Model(e.to_string())),
+            Err(_) => Err(BatchError::Model("the model panicked".into())),
+        };
+        match result {
+            Ok(preds) => {
+                let mut it = preds.into_iter();
+                for j in jobs {
+                    let mine: Vec<Prediction> = it.by_ref().take(j.texts.len()).collect();
+                    let _ = j.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

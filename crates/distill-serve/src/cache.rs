@@ -1,0 +1,281 @@
+//! The answer cache: repeated inputs (after normalisation) skip the model and, more importantly,
+//! the teacher. In-process by default; Redis when several replicas should share what they paid for.
+
+use crate::redis::RedisConn;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a cache entry remembers: the final answer and where it originally came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    pub label: String,
+    pub confidence: f32,
+    /// `student` or `teacher`.
+    pub origin: String,
+}
+
+/// Trim, collapse runs of whitespace, and lower-case when the task is case-insensitive.
+pub fn normalise(text: &str, case_insensitive: bool) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if case_insensitive {
+        collapsed.to_lowercase()
+    } else {
+        collapsed
+    }
+}
+
+/// Cache key: per served model, over the normalised input.
+pub fn cache_key(model: &str, normalised: &str) -> String {
+    let mut bytes = Vec::with_capacity(model.len() + normalised.len() + 1);
+    bytes.extend_from_slice(model.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(normalised.as_bytes());
+    format!("distill:v1:{}", distill_core::fsutil::sha256_hex(&bytes))
+}
+
+pub enum Cache {
+    Off,
+    Memory(MemoryCache),
+    Redis(RedisCache),
+}
+
+impl Cache {
+    pub async fn get(&self, key: &str) -> Option<CachedAnswer> {
+        match self {
+            Cache::Off => None,
+            Cache::Memory(m) => m.get(key),
+            Cache::Redis(r) => r.get(key).await,
+        }
+    }
+    pub async fn put(&self, key: &str, value: &CachedAnswer) {
+        match self {
+            Cache::Off => {}
+            Cache::Memory(m) => m.put(key, value.clone()),
+            Cache::Redis(r) => r.put(key, value).await,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Cache::Off => "off",
+            Cache::Memory(_) => "memory",
+            Cache::Redis(_) => "redis",
+        }
+    }
+    /// Operations that failed because the backend was unreachable (Redis only).
+    pub fn errors(&self) -> u64 {
+        match self {
+            Cache::Redis(r) => r.errors.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// A sharded map with per-entry expiry and a size bound, so hot paths rarely contend.
+pub struct MemoryCache {
+    shards: Vec<Mutex<HashMap<String, (Instant, CachedAnswer)>>>,
+    ttl: Duration,
+    max_per_shard: usize,
+}
+
+impl MemoryCache {
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            ttl,
+            max_per_shard: (max_entries / SHARDS).max(1),
+        }
+    }
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, (Instant, CachedAnswer)>> {
+        let h = key
+            .bytes()
+            .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
+        &self.shards[h % SHARDS]
+    }
+    pub fn get(&self, key: &str) -> Option<CachedAnswer> {
+        let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some((exp, v)) if *exp > Instant::now() => Some(v.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+    pub fn put(&self, key: &str, value: CachedAnswer) {
+        let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.max_per_shard {
+            let now = Instant::now();
+            map.retain(|_, (exp, _)| *exp > now);
+            if map.len() >= self.max_per_shard {
+                // Still full of live entries: drop an arbitrary one rather than grow without bound.
+                if let Some(k) = map.keys().next().cloned() {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(key.to_string(), (Instant::now() + self.ttl, value));
+    }
+}
+
+/// A Redis-backed cache over one connection. Redis going away never fails a request: the
+/// operation is skipped, a warning is logged once, and reconnection is retried at most once a second.
+pub struct RedisCache {
+    addr: String,
+    ttl: Duration,
+    conn: tokio::sync::Mutex<Option<RedisConn>>,
+    last_attempt: Mutex<Option<Instant>>,
+    warned: AtomicBool,
+    pub errors: AtomicU64,
+    op_timeout: Duration,
+}
+
+impl RedisCache {
+    /// `url` is `redis://host:port`.
+    pub fn new(url: &str, ttl: Duration) -> Result<Self, crate::ServeError> {
+        let rest = url.strip_prefix("redis://").ok_or_else(|| {
+            crate::ServeError::config("--cache", format!("`{url}` is not memory, off or redis://host:port"))
+        })?;
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        if hostport.contains('@') {
+            return Err(crate::ServeError::config(
+                "--cache",
+                "Redis credentials in the URL are not supported; bind Redis to a private interface",
+            ));
+        }
+        let addr = if hostport.contains(':') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:6379")
+        };
+        Ok(Self {
+            addr,
+            ttl,
+            conn: tokio::sync::Mutex::new(None),
+            last_attempt: Mutex::new(None),
+            warned: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            op_timeout: Duration::from_millis(250),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Connects now, so a wrong address is reported at start-up rather than silently ignored.
+    pub async fn check(&self) -> Result<(), String> {
+        let conn = RedisConn::connect(&self.addr, self.op_timeout).await?;
+        *self.conn.lock().await = Some(conn);
+        Ok(())
+    }
+
+    fn failed(&self, why: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "Redis cache at {} is unavailable ({why}); answering uncached until it is back",
+                self.addr
+            );
+        }
+    }
+
+    async fn with_conn<T>(
+        &self,
+        op: impl for<'c> FnOnce(
+            &'c mut RedisConn,
+        ) -> futures::future::BoxFuture<'c, Result<T, String>>,
+    ) -> Option<T> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            {
+                let mut last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                    return None;
+                }
+                *last = Some(Instant::now());
+            }
+            match RedisConn::connect(&self.addr, self.op_timeout).await {
+                Ok(c) => {
+                    if self.warned.swap(false, Ordering::Relaxed) {
+                        tracing::warn!("Redis cache at {} is back", self.addr);
+                    }
+                    *guard = Some(c)
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    return None;
+                }
+            }
+        }
+        let conn = guard.as_mut()?;
+        match tokio::time::timeout(self.op_timeout, op(conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                *guard = None;
+                self.failed(&e);
+                None
+            }
+            Err(_) => {
+                *guard = None;
+                self.failed("timed out");
+                None
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Option<CachedAnswer> {
+        let key = key.to_string();
+        let bytes = self
+            .with_conn(move |c| Box::pin(async move { c.get(&key).await }))
+            .await??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub async fn put(&self, key: &str, value: &CachedAnswer) {
+        let Ok(json) = serde_json::to_vec(value) else {
+            return;
+        };
+        let key = key.to_string();
+        let ttl_ms = self.ttl.as_millis().max(1) as u64;
+        self.with_conn(move |c| Box::pin(async move { c.set_px(&key, &json, ttl_ms).await }))
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_whitespace_and_case() {
+        assert_eq!(normalise("  Where IS\n\tmy  card ", false), "Where IS my card");
+        assert_eq!(normalise("  Where IS\n\tmy  card ", true), "where is my card");
+        assert_ne!(cache_key("a", "x"), cache_key("b", "x"));
+    }
+
+    #[test]
+    fn memory_cache_expires_and_stays_bounded() {
+        let c = MemoryCache::new(Duration::from_secs(60), 32);
+        let v = CachedAnswer {
+            label: "l".into(),
+            confidence: 0.9,
+            origin: "student".into(),
+        };
+        c.put("k", v.clone());
+        assert_eq!(c.get("k"), Some(v.clone()));
+        for i in 0..1000 {
+            c.put(&format!("k{i}"), v.clone());
+        }
+        let total: usize = c.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= 32, "{total}");
+        let expired = MemoryCache::new(Duration::ZERO, 32);
+        expired.put("k", v);
+        assert_eq!(expired.get("k"), None);
+    }
+}

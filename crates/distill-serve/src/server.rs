@@ -1,0 +1,973 @@
+//! The HTTP server: OpenAI-compatible chat completions and a batch classify endpoint over the
+//! served students, with the cascade (escalate unsure inputs to the teacher), the answer cache,
+//! budgets, shadow traffic, metrics, auth, limits and graceful draining.
+
+use crate::auth::ApiKeys;
+use crate::batcher::{BatchError, BatchOptions, Batcher};
+use crate::budget::{Budgets, CapHit, DEFAULT_TAG};
+use crate::cache::{cache_key, normalise, Cache, CachedAnswer};
+use crate::error::{Result, ServeError};
+use crate::escalate::{CallContext, CostEstimator, Escalator};
+use crate::metrics::{Metrics, BATCH_BUCKETS, LATENCY_BUCKETS};
+use crate::shadow::{ShadowRecorder, ShadowRow};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use distill_train::{ModelMeta, Prediction, Student};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One student to serve, as the caller assembled it.
+pub struct ModelEntry {
+    /// The name clients put in `model`.
+    pub name: String,
+    pub student: Arc<dyn Student>,
+    /// Where unsure inputs go; `None` serves the student alone.
+    pub escalator: Option<Arc<dyn Escalator>>,
+    /// Prices a teacher call for `saved_usd`.
+    pub estimator: CostEstimator,
+    /// From the task spec: lower-case inputs before caching.
+    pub case_insensitive: bool,
+}
+
+pub struct ServerOptions {
+    /// Student confidence below which an input is escalated.
+    pub threshold: f32,
+    pub batch: BatchOptions,
+    pub cache: Cache,
+    pub budgets: Budgets,
+    pub alert_webhook: Option<String>,
+    /// Fraction of confidently answered requests also sent to the teacher.
+    pub shadow_rate: f64,
+    pub shadow: Option<ShadowRecorder>,
+    pub api_keys: Option<ApiKeys>,
+    /// Requests per second accepted on /v1 (token bucket, burst of one second).
+    pub rate_limit: Option<f64>,
+    pub max_body_bytes: usize,
+    /// Input length limit in the model's tokens when the model declares no `max_len`.
+    pub max_input_tokens: usize,
+    /// Truncate over-long inputs instead of refusing them with 422.
+    pub truncate: bool,
+    pub teacher_timeout: Duration,
+    /// Most inputs in one /v1/classify request.
+    pub max_classify_inputs: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            threshold: 0.7,
+            batch: BatchOptions::default(),
+            cache: Cache::Off,
+            budgets: Budgets::default(),
+            alert_webhook: None,
+            shadow_rate: 0.0,
+            shadow: None,
+            api_keys: None,
+            rate_limit: None,
+            max_body_bytes: 1 << 20,
+            max_input_tokens: 2048,
+            truncate: false,
+            teacher_timeout: Duration::from_secs(10),
+            max_classify_inputs: 256,
+        }
+    }
+}
+
+pub struct ServedModel {
+    pub name: String,
+    pub meta: ModelMeta,
+    student: Arc<dyn Student>,
+    batcher: Batcher,
+    escalator: Option<Arc<dyn Escalator>>,
+    estimator: CostEstimator,
+    case_insensitive: bool,
+    created: i64,
+}
+
+struct TokenBucket {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    fn take(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let burst = self.rate.max(1.0);
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(burst);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct AppState {
+    pub models: BTreeMap<String, Arc<ServedModel>>,
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+    threshold: f32,
+    cache: Cache,
+    budgets: Budgets,
+    alert_webhook: Option<String>,
+    shadow_rate: f64,
+    shadow: Option<ShadowRecorder>,
+    api_keys: Option<ApiKeys>,
+    rate: Option<TokenBucket>,
+    max_body_bytes: usize,
+    max_input_tokens: usize,
+    truncate: bool,
+    teacher_timeout: Duration,
+    max_classify_inputs: usize,
+    http: reqwest::Client,
+}
+
+impl AppState {
+    pub fn cache_kind(&self) -> &'static str {
+        self.cache.kind()
+    }
+    /// Blocks until shadow comparisons recorded so far are on disk.
+    pub fn flush_shadow(&self) {
+        if let Some(s) = &self.shadow {
+            s.flush()
+        }
+    }
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code,
+        }
+    }
+    fn bad_request(message: impl Into<String>, param: &str) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", None, message);
+        e.param = Some(param.into());
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }});
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// One answered input, as reported in the `distill` object.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Answer {
+    pub label: String,
+    /// The student's calibrated confidence in its own label.
+    pub confidence: f32,
+    /// `student`, `teacher` or `cache`.
+    pub source: &'static str,
+    /// Dollars this answer cost (teacher calls only).
+    pub cost_usd: f64,
+    /// Estimated dollars saved versus asking the teacher.
+    pub saved_usd: f64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub budget_capped: bool,
+    /// The student's label when the teacher answered instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub student_label: Option<String>,
+}
+
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+/// A server running on a background task (tests, embedding).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    /// Drains in-flight requests and stops.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.join
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+}
+
+impl Server {
+    pub fn new(models: Vec<ModelEntry>, opts: ServerOptions) -> Result<Self> {
+        if models.is_empty() {
+            return Err(ServeError::config("--model", "serve at least one model"));
+        }
+        let metrics = Arc::new(Metrics::default());
+        let mut served = BTreeMap::new();
+        for m in models {
+            if served.contains_key(&m.name) {
+                return Err(ServeError::config(
+                    "--model",
+                    format!("two models are named `{}`; name one with NAME=DIR", m.name),
+                ));
+            }
+            let mm = metrics.clone();
+            let label = m.name.clone();
+            let batcher = Batcher::start(
+                &m.name,
+                m.student.clone(),
+                opts.batch.clone(),
+                Arc::new(move |n| {
+                    mm.observe("distill_batch_size", BATCH_BUCKETS, &[("model", &label)], n as f64)
+                }),
+            )
+            .map_err(|e| ServeError::Other(format!("cannot start inference threads: {e}")))?;
+            let meta = m.student.meta().clone();
+            let created = chrono::DateTime::parse_from_rfc3339(&meta.created)
+                .map(|d| d.timestamp())
+                .unwrap_or_else(|_| chrono::Utc::now().timestamp());
+            served.insert(
+                m.name.clone(),
+                Arc::new(ServedModel {
+                    name: m.name,
+                    meta,
+                    student: m.student,
+                    batcher,
+                    escalator: m.escalator,
+                    estimator: m.estimator,
+                    case_insensitive: m.case_insensitive,
+                    created,
+                }),
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ServeError::Other(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            state: Arc::new(AppState {
+                models: served,
+                metrics,
+                draining: AtomicBool::new(false),
+                threshold: opts.threshold,
+                cache: opts.cache,
+                budgets: opts.budgets,
+                alert_webhook: opts.alert_webhook,
+                shadow_rate: opts.shadow_rate,
+                shadow: opts.shadow,
+                api_keys: opts.api_keys,
+                rate: opts.rate_limit.map(|rate| TokenBucket {
+                    rate,
+                    state: Mutex::new((rate.max(1.0), Instant::now())),
+                }),
+                max_body_bytes: opts.max_body_bytes,
+                max_input_tokens: opts.max_input_tokens,
+                truncate: opts.truncate,
+                teacher_timeout: opts.teacher_timeout,
+                max_classify_inputs: opts.max_classify_inputs,
+                http,
+            }),
+        })
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    pub fn router(&self) -> Router {
+        let st = self.state.clone();
+        let v1 = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/classify", post(classify))
+            .route("/v1/models", get(list_models))
+            .layer(axum::middleware::from_fn_with_state(st.clone(), guard));
+        Router::new()
+            .merge(v1)
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .fallback(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("unknown_url"), "no such endpoint")
+            })
+            .layer(DefaultBodyLimit::max(st.max_body_bytes))
+            .with_state(st)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, answers what is in flight
+    /// (/readyz says 503 meanwhile) and returns.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let router = self.router();
+        let drain_state = state.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                drain_state.draining.store(true, Ordering::SeqCst);
+                tracing::info!("draining in-flight requests");
+            })
+            .await?;
+        let s = state.clone();
+        let _ = tokio::task::spawn_blocking(move || s.flush_shadow()).await;
+        Ok(())
+    }
+
+    /// Binds `addr` and serves on a background task.
+    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<RunningServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = self.state.clone();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let join = tokio::spawn(self.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        Ok(RunningServer {
+            addr,
+            state,
+            stop: Some(stop),
+            join,
+        })
+    }
+}
+
+async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = req.uri().path().to_string();
+    let refuse = |e: ApiError| {
+        st.metrics.inc(
+            "distill_http_errors_total",
+            &[("endpoint", &endpoint), ("status", e.status.as_str())],
+        );
+        e.into_response()
+    };
+    if st.draining.load(Ordering::SeqCst) {
+        return refuse(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("server_draining"),
+            "the server is shutting down; retry on another replica",
+        ));
+    }
+    if let Some(keys) = &st.api_keys {
+        let auth = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !keys.allows(auth) {
+            return refuse(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                "missing or invalid API key (send `Authorization: Bearer <key>`)",
+            ));
+        }
+    }
+    if let Some(bucket) = &st.rate {
+        if !bucket.take() {
+            return refuse(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                Some("rate_limit_exceeded"),
+                format!("rate limit of {} requests per second exceeded", bucket.rate),
+            ));
+        }
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if st.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response()
+    } else {
+        let models: Vec<&String> = st.models.keys().collect();
+        Json(json!({"status": "ready", "models": models})).into_response()
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    for (budget, period, spent, capped) in st.budgets.snapshot() {
+        let labels = [("tag", budget.as_str()), ("period", period.as_str())];
+        st.metrics.set("distill_budget_spent_usd", &labels, spent);
+        st.metrics
+            .set("distill_budget_capped", &labels, if capped { 1.0 } else { 0.0 });
+    }
+    st.metrics.set(
+        "distill_cache_errors_total",
+        &[("cache", st.cache.kind())],
+        st.cache.errors() as f64,
+    );
+    st.metrics.set(
+        "distill_draining",
+        &[],
+        if st.draining.load(Ordering::SeqCst) { 1.0 } else { 0.0 },
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn list_models(State(st): State<Arc<AppState>>) -> Response {
+    let data: Vec<Value> = st
+        .models
+        .values()
+        .map(|m| {
+            json!({
+                "id": m.name,
+                "object": "model",
+                "created": m.created,
+                "owned_by": "distill",
+                "distill": {
+                    "task": m.meta.task,
+                    "kind": m.meta.kind.as_str(),
+                    "labels": m.meta.labels.len(),
+                    "dev_accuracy": m.meta.dev_accuracy,
+                    "escalates_to": m.escalator.as_ref().map(|e| e.teacher_model()),
+                }
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn parse_body(body: std::result::Result<Bytes, BytesRejection>, limit: usize) -> std::result::Result<Value, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                format!("request body is larger than the {limit}-byte limit"),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"), "body")
+        }
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"), "body"))
+}
+
+fn model_of(st: &AppState, body: &Value) -> std::result::Result<Arc<ServedModel>, ApiError> {
+    let name = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("missing required field `model` (a served model's name)", "model"))?;
+    st.models.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = st.models.keys().map(String::as_str).collect();
+        let mut e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!("the model `{name}` is not served here (served: {})", known.join(", ")),
+        );
+        e.param = Some("model".into());
+        e
+    })
+}
+
+fn tag_of(headers: &HeaderMap) -> std::result::Result<String, ApiError> {
+    let Some(v) = headers.get("x-distill-tag") else {
+        return Ok(DEFAULT_TAG.to_string());
+    };
+    let t = v.to_str().unwrap_or("");
+    let ok = !t.is_empty()
+        && t.len() <= 64
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(ApiError::bad_request(
+            "X-Distill-Tag must be 1-64 characters of letters, digits and - _ . : /",
+            "X-Distill-Tag",
+        ))
+    }
+}
+
+/// Applies the length limit: 422 (or truncation with `--truncate`).
+fn check_len(st: &AppState, m: &ServedModel, text: String, param: &str) -> std::result::Result<String, ApiError> {
+    let limit = m.meta.max_len.unwrap_or(st.max_input_tokens);
+    let n = m.student.token_len(&text);
+    if n <= limit {
+        return Ok(text);
+    }
+    if st.truncate {
+        // The model truncates to its own tokens too; cutting words bounds the work before that.
+        return Ok(text.split_whitespace().take(limit).collect::<Vec<_>>().join(" "));
+    }
+    let mut e = ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request_error",
+        Some("context_length_exceeded"),
+        format!("the input is {n} tokens; model `{}` accepts at most {limit} (start the server with --truncate to cut long inputs)", m.name),
+    );
+    e.param = Some(param.into());
+    Err(e)
+}
+
+fn finish(st: &AppState, endpoint: &str, model: Option<&str>, started: Instant, r: std::result::Result<Response, ApiError>) -> Response {
+    let resp = match r {
+        Ok(r) => r,
+        Err(e) => {
+            st.metrics.inc(
+                "distill_http_errors_total",
+                &[("endpoint", endpoint), ("status", e.status.as_str())],
+            );
+            e.into_response()
+        }
+    };
+    st.metrics.observe(
+        "distill_request_duration_seconds",
+        LATENCY_BUCKETS,
+        &[("model", model.unwrap_or("")), ("endpoint", endpoint)],
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+fn user_text(body: &Value) -> std::result::Result<String, ApiError> {
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing required field `messages` (a non-empty array)", "messages"))?;
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .ok_or_else(|| ApiError::bad_request("`messages` has no user message to classify", "messages"))?;
+    match last.get("content") {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            if texts.is_empty() {
+                Err(ApiError::bad_request("the last user message has no text part", "messages"))
+            } else {
+                Ok(texts.join("\n"))
+            }
+        }
+        _ => Err(ApiError::bad_request("the last user message has no `content` string", "messages")),
+    }
+}
+
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let mut model_name = None;
+    let r = chat_inner(&st, &headers, body, &mut model_name).await;
+    finish(&st, "chat", model_name.as_deref(), started, r)
+}
+
+async fn chat_inner(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+    model_name: &mut Option<String>,
+) -> std::result::Result<Response, ApiError> {
+    let body = parse_body(body, st.max_body_bytes)?;
+    let m = model_of(st, &body)?;
+    *model_name = Some(m.name.clone());
+    let text = user_text(&body)?;
+    let tag = tag_of(headers)?;
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let text = check_len(st, &m, text, "messages")?;
+    let prompt_tokens = m.student.token_len(&text) as u64;
+    let answer = answer_many(st, &m, vec![text], &tag, "chat")
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, "no answer"))?;
+    let json_reply = matches!(
+        body.pointer("/response_format/type").and_then(Value::as_str),
+        Some("json_object" | "json_schema")
+    );
+    let content = if json_reply {
+        json!({"label": answer.label}).to_string()
+    } else {
+        answer.label.clone()
+    };
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 1,
+        "total_tokens": prompt_tokens + 1,
+    });
+    let id = format!("chatcmpl-distill-{:016x}", rand::random::<u64>());
+    let created = chrono::Utc::now().timestamp();
+    if !stream {
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": m.name,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": null},
+                "logprobs": null,
+                "finish_reason": "stop",
+            }],
+            "usage": usage,
+            "system_fingerprint": null,
+            "distill": answer,
+        }))
+        .into_response());
+    }
+    // The whole answer exists already, so the stream is one content chunk, a stop chunk,
+    // the usage chunk when asked for, and [DONE] — exactly what OpenAI clients expect.
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name,
+            "system_fingerprint": null,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        })
+    };
+    let mut first = chunk(json!({"role": "assistant", "content": content}), Value::Null);
+    first["distill"] = serde_json::to_value(&answer).unwrap_or(Value::Null);
+    let mut events = vec![first, chunk(json!({}), json!("stop"))];
+    if body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true) {
+        events.push(json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name,
+            "choices": [], "usage": usage,
+        }));
+    }
+    let mut out: Vec<std::result::Result<Event, std::convert::Infallible>> = events
+        .into_iter()
+        .map(|v| Ok(Event::default().data(v.to_string())))
+        .collect();
+    out.push(Ok(Event::default().data("[DONE]")));
+    Ok(Sse::new(futures::stream::iter(out)).into_response())
+}
+
+async fn classify(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let mut model_name = None;
+    let r = classify_inner(&st, &headers, body, &mut model_name).await;
+    finish(&st, "classify", model_name.as_deref(), started, r)
+}
+
+async fn classify_inner(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+    model_name: &mut Option<String>,
+) -> std::result::Result<Response, ApiError> {
+    let body = parse_body(body, st.max_body_bytes)?;
+    let m = model_of(st, &body)?;
+    *model_name = Some(m.name.clone());
+    let inputs = body
+        .get("inputs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_request("missing required field `inputs` (an array of strings)", "inputs"))?;
+    if inputs.len() > st.max_classify_inputs {
+        return Err(ApiError::bad_request(
+            format!("at most {} inputs per request, got {}", st.max_classify_inputs, inputs.len()),
+            "inputs",
+        ));
+    }
+    let tag = tag_of(headers)?;
+    let mut texts = Vec::with_capacity(inputs.len());
+    for (i, v) in inputs.iter().enumerate() {
+        let s = v
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request(format!("inputs[{i}] is not a string"), &format!("inputs[{i}]")))?;
+        texts.push(check_len(st, &m, s.to_string(), &format!("inputs[{i}]"))?);
+    }
+    let prompt_tokens: usize = texts.iter().map(|t| m.student.token_len(t)).sum();
+    let answers = answer_many(st, &m, texts, &tag, "classify").await?;
+    Ok(Json(json!({
+        "object": "list",
+        "model": m.name,
+        "results": answers,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }))
+    .into_response())
+}
+
+/// The cascade for a batch of inputs: cache, then one micro-batched student pass for the
+/// misses, then the teacher (concurrently) for those below the threshold.
+async fn answer_many(
+    st: &Arc<AppState>,
+    m: &Arc<ServedModel>,
+    texts: Vec<String>,
+    tag: &str,
+    endpoint: &'static str,
+) -> std::result::Result<Vec<Answer>, ApiError> {
+    let norm: Vec<String> = texts
+        .iter()
+        .map(|t| normalise(t, m.case_insensitive))
+        .collect();
+    let keys: Vec<String> = norm.iter().map(|n| cache_key(&m.name, n)).collect();
+    let cached: Vec<Option<CachedAnswer>> =
+        futures::future::join_all(keys.iter().map(|k| st.cache.get(k))).await;
+    let miss_idx: Vec<usize> = (0..texts.len()).filter(|&i| cached[i].is_none()).collect();
+    let caching = !matches!(st.cache, Cache::Off);
+    if caching {
+        let hits = (texts.len() - miss_idx.len()) as f64;
+        let model = [("model", m.name.as_str())];
+        st.metrics.add("distill_cache_hits_total", &model, hits);
+        st.metrics
+            .add("distill_cache_misses_total", &model, miss_idx.len() as f64);
+    }
+    let preds = if miss_idx.is_empty() {
+        Vec::new()
+    } else {
+        m.batcher
+            .predict(miss_idx.iter().map(|&i| norm[i].clone()).collect())
+            .await
+            .map_err(|e| match e {
+                BatchError::Overloaded => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("overloaded"),
+                    e.to_string(),
+                ),
+                other => {
+                    tracing::error!("model `{}`: {other}", m.name);
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, format!("model `{}` failed", m.name))
+                }
+            })?
+    };
+    let mut pred_of = vec![None; texts.len()];
+    for (i, p) in miss_idx.into_iter().zip(preds) {
+        pred_of[i] = Some(p);
+    }
+    let futs = (0..texts.len()).map(|i| {
+        let cached = cached[i].clone();
+        let pred = pred_of[i].take();
+        let norm = &norm[i];
+        let key = &keys[i];
+        async move {
+            let saved = m.estimator.estimate(norm);
+            match (cached, pred) {
+                (Some(c), _) => Answer {
+                    label: c.label,
+                    confidence: c.confidence,
+                    source: "cache",
+                    cost_usd: 0.0,
+                    saved_usd: saved,
+                    degraded: false,
+                    budget_capped: false,
+                    student_label: None,
+                },
+                (None, Some(p)) => decide(st, m, norm, key, p, tag, endpoint, saved).await,
+                (None, None) => unreachable!("every cache miss has a prediction"),
+            }
+        }
+    });
+    let answers = futures::future::join_all(futs).await;
+    for a in &answers {
+        st.metrics.inc(
+            "distill_requests_total",
+            &[("model", &m.name), ("endpoint", endpoint), ("tag", tag), ("source", a.source)],
+        );
+        st.metrics.add(
+            "distill_saved_usd_total",
+            &[("model", &m.name), ("tag", tag)],
+            a.saved_usd,
+        );
+    }
+    Ok(answers)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    st: &Arc<AppState>,
+    m: &Arc<ServedModel>,
+    text: &str,
+    key: &str,
+    p: Prediction,
+    tag: &str,
+    endpoint: &'static str,
+    saved: f64,
+) -> Answer {
+    let student = Answer {
+        label: p.label.clone(),
+        confidence: p.confidence,
+        source: "student",
+        cost_usd: 0.0,
+        saved_usd: saved,
+        degraded: false,
+        budget_capped: false,
+        student_label: None,
+    };
+    let Some(esc) = m.escalator.clone() else {
+        st.cache
+            .put(key, &CachedAnswer { label: p.label, confidence: p.confidence, origin: "student".into() })
+            .await;
+        return student;
+    };
+    if p.confidence >= st.threshold {
+        if st.shadow.is_some() && st.shadow_rate > 0.0 && rand::random::<f64>() < st.shadow_rate {
+            shadow(st.clone(), m.clone(), esc, text.to_string(), p.clone(), tag.to_string());
+        }
+        st.cache
+            .put(key, &CachedAnswer { label: p.label, confidence: p.confidence, origin: "student".into() })
+            .await;
+        return student;
+    }
+    let labels = [("model", m.name.as_str()), ("tag", tag)];
+    if let Some(hit) = st.budgets.check(tag) {
+        capped(st, &hit);
+        st.metrics.inc(
+            "distill_escalations_total",
+            &[labels[0], labels[1], ("outcome", "budget_capped")],
+        );
+        return Answer { budget_capped: true, ..student };
+    }
+    let ctx = CallContext {
+        source: format!("serve.{endpoint}"),
+        tag: (tag != DEFAULT_TAG).then(|| tag.to_string()),
+    };
+    let outcome = tokio::time::timeout(st.teacher_timeout, esc.label(text, &ctx)).await;
+    match outcome {
+        Ok(Ok(e)) => {
+            st.budgets.record(tag, e.cost_usd);
+            st.metrics
+                .add("distill_escalation_spend_usd_total", &labels, e.cost_usd);
+            st.metrics.inc(
+                "distill_escalations_total",
+                &[labels[0], labels[1], ("outcome", "ok")],
+            );
+            st.cache
+                .put(key, &CachedAnswer { label: e.label.clone(), confidence: p.confidence, origin: "teacher".into() })
+                .await;
+            Answer {
+                student_label: Some(p.label),
+                label: e.label,
+                source: "teacher",
+                cost_usd: e.cost_usd,
+                saved_usd: if e.cached { saved } else { 0.0 },
+                ..student
+            }
+        }
+        failure => {
+            let why = match failure {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {:?}", st.teacher_timeout),
+            };
+            tracing::warn!(model = %m.name, "escalation failed, answering from the student: {why}");
+            st.metrics.inc(
+                "distill_escalations_total",
+                &[labels[0], labels[1], ("outcome", "failed")],
+            );
+            Answer { degraded: true, ..student }
+        }
+    }
+}
+
+fn capped(st: &Arc<AppState>, hit: &CapHit) {
+    if !st.budgets.first_hit(hit) {
+        return;
+    }
+    tracing::warn!(
+        "escalation budget `{}` ({}, ${:.2}) is spent (${:.4}); answering from the student",
+        hit.budget,
+        hit.period.as_str(),
+        hit.cap_usd,
+        hit.spent_usd
+    );
+    if let Some(url) = st.alert_webhook.clone() {
+        let http = st.http.clone();
+        let body = hit.alert_json();
+        tokio::spawn(async move {
+            if let Err(e) = http.post(&url).json(&body).send().await.and_then(|r| r.error_for_status()) {
+                tracing::warn!("budget alert webhook failed: {}", e.without_url());
+            }
+        });
+    }
+}
+
+/// Off the latency path: asks the teacher about a confidently answered input and records
+/// whether it agrees. Shadow calls count against the tag's budget like escalations.
+fn shadow(st: Arc<AppState>, m: Arc<ServedModel>, esc: Arc<dyn Escalator>, text: String, p: Prediction, tag: String) {
+    tokio::spawn(async move {
+        if st.budgets.check(&tag).is_some() {
+            return;
+        }
+        let ctx = CallContext {
+            source: "serve.shadow".into(),
+            tag: (tag != DEFAULT_TAG).then(|| tag.clone()),
+        };
+        let Ok(Ok(e)) = tokio::time::timeout(st.teacher_timeout, esc.label(&text, &ctx)).await else {
+            return;
+        };
+        st.budgets.record(&tag, e.cost_usd);
+        let labels = [("model", m.name.as_str()), ("tag", tag.as_str())];
+        st.metrics
+            .add("distill_escalation_spend_usd_total", &labels, e.cost_usd);
+        let model = [("model", m.name.as_str())];
+        st.metrics.inc("distill_shadow_total", &model);
+        if e.label == p.label {
+            st.metrics.inc("distill_shadow_agree_total", &model);
+        }
+        if let Some(rec) = &st.shadow {
+            rec.record(ShadowRow {
+                ts: distill_core::ledger::LedgerRow::now(),
+                model: m.name.clone(),
+                tag,
+                input_hash: distill_core::fsutil::sha256_hex(text.as_bytes()),
+                student_label: p.label,
+                confidence: p.confidence,
+                teacher_label: e.label,
+                cost_usd: e.cost_usd,
+            });
+        }
+    });
+}
