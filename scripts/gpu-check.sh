@@ -18,6 +18,7 @@
 #   LIMIT_TEST=100 EPOCHS=1 PARITY_N=20 PYTHON=.venv/bin/python scripts/gpu-check.sh
 # Knobs (env): EPOCHS (3) BATCH (32) MAX_LEN (64) LR (1e-4, distill's default) SEED (42) PARITY_N (500)
 #   CPU_EXAMPLES_PER_S (distill encoder-finetune on the 2-core CPU, for the speed-up ratio) SKIP_TORCH (0)
+#   CUDA_LIB_ROOTS (extra folders to search for the CUDA libraries first) ONLY_LIBS (1: stop after finding them)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -66,7 +67,7 @@ fi
 if [ "$dev" != cpu ]; then
   libdirs=()
   for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do [ -e "$d/libcuda.so.1" ] && libdirs+=("$d"); done
-  roots=(/opt/torch/.venv/lib /usr/local/cuda/lib64 /usr/local/cuda/targets /usr/lib/x86_64-linux-gnu /usr/local/lib)
+  roots=(${CUDA_LIB_ROOTS:-} /opt/torch/.venv/lib /usr/local/cuda/lib64 /usr/local/cuda/targets /usr/lib/x86_64-linux-gnu /usr/local/lib)
   site=$("$py" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
   for s in $site; do roots+=("$s/nvidia"); done
   for d in /usr/local/cuda-*; do [ -d "$d" ] && roots+=("$d"); done
@@ -87,6 +88,7 @@ if [ "$dev" != cpu ]; then
   grep -q 'not found' "$work/ldd.txt" && die "libraries still missing: $(grep 'not found' "$work/ldd.txt" | tr '\n' ' ')"
 fi
 "$bin" --version >>"$out/log.txt" 2>&1 || die "the binary does not start (see log.txt)"
+[ "${ONLY_LIBS:-0}" = 1 ] && { log "libraries resolved; ONLY_LIBS=1, stopping"; exit 0; }
 
 # 3. Base model (f16 carried, widened back to f32: exact) and data.
 base="$work/minilm"
@@ -125,9 +127,9 @@ train_s=$(timed "$bin" --quiet train --task "$data/task.toml" --data "$data/trai
 cp "$model/distill.json" "$out/distill.json"
 log "distill train: ${train_s}s wall"
 pred1_s=$(timed "$bin" --quiet predict --model "$model" --input "$data/test.csv" --out "$work/pred-$dev.jsonl" \
-  --top-k 1000 --device "$dev") || exit 1
+  --top-k 1000 --batch-size 256 --device "$dev") || exit 1
 pred2_s=$(timed "$bin" --quiet predict --model "$model" --input "$data/test.csv" --out "$work/pred-$dev.jsonl" \
-  --top-k 1000 --device "$dev") || exit 1
+  --top-k 1000 --batch-size 256 --device "$dev") || exit 1
 log "distill predict ($n_test sentences): ${pred1_s}s cold, ${pred2_s}s warm"
 timed "$bin" --quiet predict --model "$model" --input "$data/parity.csv" --out "$work/pred-parity-$dev.jsonl" \
   --top-k 1000 --device "$dev" >/dev/null || exit 1
