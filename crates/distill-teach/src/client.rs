@@ -1,0 +1,624 @@
+//! [`TeacherClient`]: one labelled answer per input text, whatever it takes — the response
+//! cache first, then the provider under rate limits with retries, then one repair request
+//! if the reply is not a valid label. Every paid call becomes a ledger row.
+//!
+//! This is the public entry point other stages use: `eval` runs `--api provider:model`
+//! students through it and `serve` escalates unsure inputs to it.
+
+use crate::cache::{CacheEntry, ResponseCache};
+use crate::error::{redact, Result, TeachError};
+use crate::label::parse_label;
+use crate::provider::{Msg, Reply, Wire};
+use crate::ratelimit::RateLimiter;
+use distill_core::ledger::{Ledger, LedgerRow};
+use distill_core::prices::{ModelPrice, PriceTable};
+use distill_core::{Provider, RecordStatus, TaskOutput, TaskSpec, TeacherRecord, Usage};
+use rand::Rng;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How a [`TeacherClient`] differs from what the task spec says.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Overrides `teacher.base_url` (e.g. the sim-teacher's `http://127.0.0.1:8089/v1`).
+    pub base_url: Option<String>,
+    pub provider: Option<Provider>,
+    pub model: Option<String>,
+    /// The API key itself; when `None` it is read from the env var `spec.api_key_env()`.
+    pub api_key: Option<String>,
+    /// Response cache database; `None` disables caching.
+    pub cache_path: Option<PathBuf>,
+    /// Spend ledger database; `None` records nothing.
+    pub ledger_path: Option<PathBuf>,
+    /// Price table; the built-in one when `None`.
+    pub prices: Option<PriceTable>,
+    /// Retries after the first attempt on retryable errors (default 6).
+    pub max_retries: Option<u32>,
+    /// First backoff delay (default 250 ms); doubles per retry up to 8 s, with jitter.
+    pub backoff_base: Option<Duration>,
+}
+
+/// Who is spending: recorded on every ledger row.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// `teach`, `eval` or `serve`.
+    pub source: String,
+    /// Free-form tag (serve's `X-Distill-Tag`).
+    pub tag: Option<String>,
+}
+
+impl CallContext {
+    pub fn new(source: impl Into<String>) -> Self {
+        CallContext {
+            source: source.into(),
+            tag: None,
+        }
+    }
+    pub fn teach() -> Self {
+        Self::new("teach")
+    }
+}
+
+/// The result of labelling one text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelOutcome {
+    /// The validated label (canonical spelling) when `status` is `Ok`.
+    pub label: Option<String>,
+    pub status: RecordStatus,
+    /// The teacher's last raw reply, if any.
+    pub raw: Option<String>,
+    /// Why the outcome is `Invalid` or `Failed`.
+    pub error: Option<String>,
+    /// Usage summed over every call made for this text (cached ones included).
+    pub usage: Usage,
+    /// Dollars actually spent now (0 when every call was answered from the cache).
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+    /// True when no call reached the provider.
+    pub cached: bool,
+    /// Hash of the first request: joins the outcome to its ledger row and cache entry.
+    pub request_hash: String,
+    /// Provider calls paid for (0, 1, or 2 with a repair).
+    pub paid_calls: u32,
+}
+
+impl LabelOutcome {
+    /// The teach dataset line for this outcome.
+    pub fn to_record(
+        &self,
+        id: String,
+        text: String,
+        gold: Option<String>,
+        provider: &str,
+        model: &str,
+        batch: bool,
+    ) -> TeacherRecord {
+        TeacherRecord {
+            id,
+            text,
+            status: self.status,
+            output: self
+                .label
+                .clone()
+                .map(|label| TaskOutput::Classify { label }),
+            gold,
+            raw: self.raw.clone(),
+            error: self.error.clone(),
+            provider: provider.to_string(),
+            model: model.to_string(),
+            usage: self.usage,
+            cost_usd: self.cost_usd,
+            latency_ms: self.latency_ms,
+            cached: self.cached,
+            batch,
+            request_hash: self.request_hash.clone(),
+        }
+    }
+}
+
+/// Ledger rows and cache entries not yet written (the runner writes them with its journal).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Pending {
+    #[serde(default, rename = "l")]
+    pub ledger: Vec<LedgerRow>,
+    #[serde(default, rename = "c")]
+    pub cache: Vec<CacheEntry>,
+}
+
+/// One request/response exchange.
+struct Exchange {
+    reply: Reply,
+    hash: String,
+    cached: bool,
+    cost: f64,
+    latency_ms: u64,
+}
+
+enum Sent {
+    Reply(Reply, u64),
+    /// Gave up on this request (retries exhausted, 413/422...): the record fails, the job goes on.
+    Failed(String),
+}
+
+pub struct TeacherClient {
+    spec: TaskSpec,
+    wire: Wire,
+    http: reqwest::Client,
+    key: String,
+    cache: Option<ResponseCache>,
+    ledger: Option<Ledger>,
+    prices: PriceTable,
+    price: Option<ModelPrice>,
+    limiter: RateLimiter,
+    max_retries: u32,
+    backoff_base: Duration,
+    timeout: Duration,
+    /// Paid replies not yet committed to the cache, so duplicates in flight never pay twice.
+    recent: Mutex<HashMap<String, Reply>>,
+    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+}
+
+/// True for `localhost`, `127.x.x.x` and `[::1]` URLs: where a dummy key is acceptable.
+pub fn is_loopback(url: &str) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = if let Some(h) = host_port.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host == "localhost" || host.starts_with("127.") || host == "::1"
+}
+
+/// The API key for a teacher: explicit, else the env var, else (loopback only) a dummy.
+pub fn resolve_api_key(spec: &TaskSpec, base_url: &str, explicit: Option<&str>) -> Result<String> {
+    if let Some(k) = explicit.filter(|k| !k.is_empty()) {
+        return Ok(k.to_string());
+    }
+    let var = spec.api_key_env();
+    match std::env::var(var) {
+        Ok(k) if !k.trim().is_empty() => Ok(k.trim().to_string()),
+        _ if is_loopback(base_url) => Ok("distill-local".to_string()),
+        _ => Err(TeachError::MissingKey {
+            var: var.to_string(),
+        }),
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Some(Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 60.0)));
+    }
+    get("retry-after")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 60.0)))
+}
+
+impl TeacherClient {
+    /// Builds a client. Fails fast on a missing API key, an unreadable cache or ledger.
+    pub fn new(spec: &TaskSpec, opts: ClientOptions) -> Result<Self> {
+        let provider = opts.provider.unwrap_or(spec.teacher.provider);
+        let base_url = opts.base_url.clone().unwrap_or_else(|| {
+            if opts.provider.is_some_and(|p| p != spec.teacher.provider) {
+                provider.default_base_url().to_string()
+            } else {
+                spec.base_url().to_string()
+            }
+        });
+        let model = opts
+            .model
+            .clone()
+            .unwrap_or_else(|| spec.teacher.model.clone());
+        let mut key_spec = spec.clone();
+        if provider != spec.teacher.provider && spec.teacher.api_key_env.is_none() {
+            key_spec.teacher.provider = provider;
+        }
+        let key = resolve_api_key(&key_spec, &base_url, opts.api_key.as_deref())?;
+        let wire = Wire::from_spec(spec, &base_url, provider, &model);
+        let mut http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .connect_timeout(Duration::from_secs(10));
+        if is_loopback(&base_url) {
+            http = http.no_proxy();
+        }
+        let http = http
+            .build()
+            .map_err(|e| TeachError::Invalid(format!("cannot build the HTTP client: {e}")))?;
+        let cache = opts.cache_path.as_ref().map(ResponseCache::open).transpose()?;
+        let ledger = opts.ledger_path.as_ref().map(Ledger::open).transpose()?;
+        let prices = opts.prices.clone().unwrap_or_else(PriceTable::builtin);
+        let price = prices.get(&model).cloned();
+        if price.is_none() {
+            tracing::warn!("model `{model}` is not in the price table; costs are recorded as $0 (use --prices FILE)");
+        }
+        Ok(TeacherClient {
+            limiter: RateLimiter::new(spec.teacher.rpm, spec.teacher.tpm),
+            spec: spec.clone(),
+            wire,
+            http,
+            key,
+            cache,
+            ledger,
+            prices,
+            price,
+            max_retries: opts.max_retries.unwrap_or(6),
+            backoff_base: opts.backoff_base.unwrap_or(Duration::from_millis(250)),
+            timeout: Duration::from_secs(spec.teacher.timeout_s.max(1)),
+            recent: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.wire.provider
+    }
+    pub fn model(&self) -> &str {
+        &self.wire.model
+    }
+    pub fn base_url(&self) -> &str {
+        &self.wire.base_url
+    }
+    pub fn spec(&self) -> &TaskSpec {
+        &self.spec
+    }
+    pub fn wire(&self) -> &Wire {
+        &self.wire
+    }
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+    /// The teacher model's price, when the table knows it.
+    pub fn price(&self) -> Option<&ModelPrice> {
+        self.price.as_ref()
+    }
+    pub fn cache(&self) -> Option<&ResponseCache> {
+        self.cache.as_ref()
+    }
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
+    /// Cost of a call at this client's model price (0 when the model has no price).
+    pub fn cost(&self, usage: &Usage, batch: bool) -> f64 {
+        self.price.as_ref().map(|p| p.cost(usage, batch)).unwrap_or(0.0)
+    }
+
+    /// The first request for a text: its JSON body and its cache key.
+    pub fn request_for(&self, text: &str) -> (serde_json::Value, String) {
+        let msgs = [Msg::user(self.spec.render_user(text))];
+        let body = self.wire.body(&msgs);
+        let hash = self.hash_body(&body);
+        (body, hash)
+    }
+
+    /// The cache key: provider, endpoint and the canonical request body (model, messages,
+    /// parameters). The endpoint is part of it so sim-teacher answers never stand in for a
+    /// real provider's.
+    pub fn hash_body(&self, body: &serde_json::Value) -> String {
+        let mut bytes = Vec::with_capacity(512);
+        bytes.extend_from_slice(self.wire.provider.as_str().as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(self.wire.endpoint().as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&serde_json::to_vec(body).unwrap_or_default());
+        distill_core::fsutil::sha256_hex(&bytes)
+    }
+
+    /// Labels one text, writing ledger rows and cache entries before returning.
+    pub async fn label(&self, text: &str, ctx: &CallContext) -> Result<LabelOutcome> {
+        let (out, pending) = self.label_deferred(text, ctx).await?;
+        self.persist(&pending)?;
+        Ok(out)
+    }
+
+    /// Writes pending ledger rows and cache entries, then drops them from the in-memory map.
+    pub fn persist(&self, pending: &Pending) -> Result<()> {
+        if let Some(l) = &self.ledger {
+            if !pending.ledger.is_empty() {
+                l.append_many(&pending.ledger)?;
+            }
+        }
+        if let Some(c) = &self.cache {
+            c.put_many(&pending.cache)?;
+        }
+        self.forget(pending.cache.iter().map(|e| e.hash.as_str()));
+        Ok(())
+    }
+
+    /// Drops committed replies from the in-memory map.
+    pub fn forget<'a>(&self, hashes: impl Iterator<Item = &'a str>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for h in hashes {
+            recent.remove(h);
+        }
+    }
+
+    fn lookup(&self, hash: &str) -> Result<Option<Reply>> {
+        if let Some(r) = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+        {
+            return Ok(Some(r.clone()));
+        }
+        match &self.cache {
+            Some(c) => c.get(hash),
+            None => Ok(None),
+        }
+    }
+
+    /// Labels one text without writing anything; the caller persists `Pending`.
+    pub async fn label_deferred(
+        &self,
+        text: &str,
+        ctx: &CallContext,
+    ) -> Result<(LabelOutcome, Pending)> {
+        let mut pending = Pending::default();
+        let mut msgs = vec![Msg::user(self.spec.render_user(text))];
+        let mut out = LabelOutcome {
+            label: None,
+            status: RecordStatus::Failed,
+            raw: None,
+            error: None,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 0,
+            cached: true,
+            request_hash: String::new(),
+            paid_calls: 0,
+        };
+        for attempt in 0..2 {
+            let ex = match self.exchange(&msgs, ctx, &mut pending).await? {
+                Ok(ex) => ex,
+                Err(message) => {
+                    if attempt == 0 {
+                        out.request_hash = self.hash_body(&self.wire.body(&msgs));
+                        out.cached = false;
+                    }
+                    out.status = RecordStatus::Failed;
+                    out.error = Some(message);
+                    return Ok((out, pending));
+                }
+            };
+            if attempt == 0 {
+                out.request_hash = ex.hash.clone();
+            }
+            out.usage.add(&ex.reply.usage);
+            out.cost_usd += ex.cost;
+            out.latency_ms += ex.latency_ms;
+            out.cached &= ex.cached;
+            out.paid_calls += u32::from(!ex.cached);
+            out.raw = Some(ex.reply.text.clone());
+            let parsed = parse_label(&ex.reply.text, &self.spec.labels, self.wire.format);
+            if let Some(row) = pending.ledger.iter_mut().find(|r| r.request_hash == ex.hash) {
+                row.status = if parsed.is_ok() { "ok" } else { "invalid" }.into();
+            }
+            match parsed {
+                Ok(label) => {
+                    out.label = Some(label);
+                    out.status = RecordStatus::Ok;
+                    out.error = None;
+                    return Ok((out, pending));
+                }
+                Err(e) => {
+                    out.status = RecordStatus::Invalid;
+                    out.error = Some(e.clone());
+                    msgs.push(Msg::assistant(ex.reply.text));
+                    msgs.push(Msg::user(format!(
+                        "That reply is not valid: {e}. Answer again with JSON only, \
+                         {{\"label\": \"<label>\"}}, using exactly one of the allowed labels."
+                    )));
+                }
+            }
+        }
+        Ok((out, pending))
+    }
+
+    /// One request: from the cache, from an identical request in flight, or paid.
+    async fn exchange(
+        &self,
+        msgs: &[Msg],
+        ctx: &CallContext,
+        pending: &mut Pending,
+    ) -> Result<Result<Exchange, String>> {
+        let body = self.wire.body(msgs);
+        let hash = self.hash_body(&body);
+        let hit = |reply: Reply| Exchange {
+            reply,
+            hash: hash.clone(),
+            cached: true,
+            cost: 0.0,
+            latency_ms: 0,
+        };
+        if let Some(r) = self.lookup(&hash)? {
+            return Ok(Ok(hit(r)));
+        }
+        // Single flight: identical requests wait for the first and reuse its reply.
+        let guard = loop {
+            let waiting = {
+                let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                match map.get(&hash) {
+                    Some(rx) => Err(rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(false);
+                        map.insert(hash.clone(), rx);
+                        Ok(tx)
+                    }
+                }
+            };
+            match waiting {
+                Ok(tx) => {
+                    break InflightGuard {
+                        client: self,
+                        hash: hash.clone(),
+                        tx: Some(tx),
+                    }
+                }
+                Err(mut rx) => {
+                    // Err means the leader finished or was cancelled; either way re-check.
+                    let _ = rx.wait_for(|done| *done).await;
+                    if let Some(r) = self.lookup(&hash)? {
+                        return Ok(Ok(hit(r)));
+                    }
+                }
+            }
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let estimate = bytes.len() as u64 / 4 + u64::from(self.wire.max_tokens);
+        self.limiter.acquire(estimate).await;
+        let sent = self.send(bytes).await;
+        let result = match sent? {
+            Sent::Failed(m) => Ok(Err(m)),
+            Sent::Reply(reply, latency_ms) => {
+                let cost = self.cost(&reply.usage, false);
+                pending.ledger.push(LedgerRow {
+                    ts: LedgerRow::now(),
+                    task: self.spec.name.clone(),
+                    provider: self.wire.provider.as_str().into(),
+                    model: self.wire.model.clone(),
+                    request_hash: hash.clone(),
+                    usage: reply.usage,
+                    cost_usd: cost,
+                    latency_ms,
+                    status: "ok".into(),
+                    batch_id: None,
+                    price_version: self.prices.version.clone(),
+                    source: ctx.source.clone(),
+                    tag: ctx.tag.clone(),
+                });
+                pending.cache.push(CacheEntry {
+                    hash: hash.clone(),
+                    model: self.wire.model.clone(),
+                    reply: reply.clone(),
+                });
+                self.recent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(hash.clone(), reply.clone());
+                Ok(Ok(Exchange {
+                    reply,
+                    hash: hash.clone(),
+                    cached: false,
+                    cost,
+                    latency_ms,
+                }))
+            }
+        };
+        drop(guard);
+        result
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.backoff_base.as_secs_f64() * 2f64.powi(attempt.min(16) as i32);
+        let capped = exp.min(8.0);
+        Duration::from_secs_f64(capped * rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    /// POSTs with retries on 408/409/429/5xx/529 and connection errors.
+    async fn send(&self, bytes: Vec<u8>) -> Result<Sent> {
+        let url = self.wire.endpoint();
+        let mut last = String::new();
+        for attempt in 0..=self.max_retries {
+            let started = Instant::now();
+            let mut req = self
+                .http
+                .post(&url)
+                .timeout(self.timeout)
+                .header("content-type", "application/json")
+                .body(bytes.clone());
+            for (k, v) in self.wire.auth_headers(&self.key) {
+                req = req.header(k, v);
+            }
+            let wait = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let after = retry_after(resp.headers());
+                    let body = match resp.bytes().await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            last = format!("reading the reply: {}", redact(&e.to_string(), &self.key));
+                            tokio::time::sleep(self.backoff(attempt)).await;
+                            continue;
+                        }
+                    };
+                    let latency = started.elapsed().as_millis() as u64;
+                    if (200..300).contains(&status) {
+                        return Ok(match self.wire.parse_reply(&body) {
+                            Ok(r) => Sent::Reply(r, latency),
+                            Err(m) => Sent::Failed(m),
+                        });
+                    }
+                    let err = self.wire.parse_error(status, &body);
+                    let message = redact(&err.message, &self.key);
+                    let quota = matches!(
+                        err.kind.as_str(),
+                        "insufficient_quota" | "billing_error" | "billing_hard_limit_reached"
+                    );
+                    if quota || matches!(status, 400 | 401 | 402 | 403 | 404) {
+                        return Err(TeachError::Fatal {
+                            provider: format!("{} at {}", self.wire.provider.as_str(), self.wire.base_url),
+                            status,
+                            kind: err.kind,
+                            message,
+                        });
+                    }
+                    last = format!("HTTP {status} {}: {message}", err.kind);
+                    if !(matches!(status, 408 | 409 | 429) || status >= 500) {
+                        return Ok(Sent::Failed(last));
+                    }
+                    after.unwrap_or_else(|| self.backoff(attempt))
+                }
+                Err(e) => {
+                    let msg = redact(&e.to_string(), &self.key);
+                    if e.is_connect() && attempt == self.max_retries {
+                        return Err(TeachError::Unreachable {
+                            url: self.wire.base_url.clone(),
+                            message: format!("{msg} (after {} attempts)", attempt + 1),
+                        });
+                    }
+                    last = if e.is_timeout() {
+                        format!("timed out after {:?}", self.timeout)
+                    } else {
+                        format!("request failed: {msg}")
+                    };
+                    self.backoff(attempt)
+                }
+            };
+            if attempt < self.max_retries {
+                tracing::debug!("retrying in {wait:?}: {last}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Ok(Sent::Failed(format!(
+            "gave up after {} attempts: {last}",
+            self.max_retries + 1
+        )))
+    }
+}
+
+/// Removes the in-flight marker and wakes identical requests, even on cancellation.
+struct InflightGuard<'a> {
+    client: &'a TeacherClient,
+    hash: String,
+    tx: Option<watch::Sender<bool>>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        // Unregister before waking, so a woken waiter that misses the cache leads a new call.
+        self.client
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.hash);
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(true);
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The run journal (`<out>.partial`): every finished record is appended and fsync'd, in
+//! completion order, together with the ledger rows and cache entries it produced. It is
+//! what makes `kill -9` harmless — a rerun skips what the journal holds, re-applies the
+//! last batch's ledger/cache writes if the kill landed between the two, and finally the
+//! journal is reordered into the `--out` file by input order.
+//!
+//! Format: line 1 is a [`JournalHeader`]; every other line is
+//! `{"i": <0-based input ordinal>, "b": <write batch>, "r": <TeacherRecord>, "l": [ledger rows], "c": [cache entries]}`.
+//! A later line for the same ordinal replaces an earlier one (failed records are retried).
+
+use crate::client::Pending;
+use crate::error::{Result, TeachError};
+use distill_core::RecordStatus;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Identifies the job a journal belongs to, so a stale journal is never mixed in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalHeader {
+    pub distill_journal: u32,
+    pub task: String,
+    pub input_sha256: String,
+    pub provider: String,
+    pub model: String,
+}
+
+#[derive(Deserialize)]
+struct LineHead<'a> {
+    i: u64,
+    b: u64,
+    #[serde(borrow)]
+    r: &'a serde_json::value::RawValue,
+}
+
+#[derive(Deserialize)]
+struct StatusOnly {
+    status: RecordStatus,
+}
+
+#[derive(Deserialize)]
+struct LineWrites {
+    #[serde(flatten)]
+    pending: Pending,
+}
+
+/// A compact set of input ordinals.
+#[derive(Debug, Default, Clone)]
+pub struct Ordinals(Vec<u64>);
+
+impl Ordinals {
+    pub fn insert(&mut self, i: u64) {
+        let w = (i / 64) as usize;
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (i % 64);
+    }
+    pub fn remove(&mut self, i: u64) {
+        if let Some(w) = self.0.get_mut((i / 64) as usize) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+    pub fn contains(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What an existing journal says.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Inputs with a final (ok or invalid) record.
+    pub done: Ordinals,
+    /// Writes of the last batch, which a kill may have cut off from SQLite.
+    pub last_batch: Vec<Pending>,
+    pub next_batch: u64,
+    pub lines: u64,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    pub next_batch: u64,
+}
+
+impl Journal {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the journal at `path`, creating it with `header` or recovering an existing one.
+    pub fn open(path: &Path, header: &JournalHeader) -> Result<(Journal, Recovered)> {
+        if path.exists() {
+            let rec = recover(path, header)?;
+            let file = OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| TeachError::io(path, e))?;
+            let next_batch = rec.next_batch;
+            return Ok((
+                Journal {
+                    path: path.to_path_buf(),
+                    file,
+                    next_batch,
+                },
+                rec,
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| TeachError::io(dir, e))?;
+        }
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| TeachError::io(path, e))?;
+        let mut line = serde_json::to_vec(header).unwrap_or_default();
+        line.push(b'\n');
+        file.write_all(&line)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| TeachError::io(path, e))?;
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                file,
+                next_batch: 1,
+            },
+            Recovered {
+                next_batch: 1,
+                ..Default::default()
+            },
+        ))
+    }
+
+    /// Appends already-serialised lines and makes them durable.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| TeachError::io(&self.path, e))?;
+        self.next_batch += 1;
+        Ok(())
+    }
+}
+
+/// Serialises one journal line (with its newline) into `buf`.
+pub fn encode_line(
+    buf: &mut Vec<u8>,
+    ordinal: u64,
+    batch: u64,
+    record: &distill_core::TeacherRecord,
+    pending: &Pending,
+) {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        i: u64,
+        b: u64,
+        r: &'a distill_core::TeacherRecord,
+        #[serde(flatten)]
+        p: &'a Pending,
+    }
+    let _ = serde_json::to_writer(
+        &mut *buf,
+        &Line {
+            i: ordinal,
+            b: batch,
+            r: record,
+            p: pending,
+        },
+    );
+    buf.push(b'\n');
+}
+
+fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
+    let file = File::open(path).map_err(|e| TeachError::io(path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    let mut rec = Recovered::default();
+    let mut offset = 0u64;
+    let mut good_end = 0u64;
+    let mut max_batch = 0u64;
+    let mut lineno = 0u64;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| TeachError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        offset += n as u64;
+        let complete = line.ends_with(b"\n");
+        if lineno == 1 {
+            let h: JournalHeader = serde_json::from_slice(&line).map_err(|e| {
+                TeachError::file(path, format!("line 1: not a distill journal ({e}); delete it to start over"))
+            })?;
+            if &h != header {
+                return Err(TeachError::file(
+                    path,
+                    format!(
+                        "this journal belongs to another job (task `{}`, model `{}`, or a different input file); \
+                         delete it or choose another --out",
+                        h.task, h.model
+                    ),
+                ));
+            }
+            good_end = offset;
+            continue;
+        }
+        let head: LineHead = match serde_json::from_slice(&line) {
+            Ok(h) if complete => h,
+            // A torn last line from a kill: drop it, the input is simply redone.
+            _ if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(false) => break,
+            Err(e) => {
+                return Err(TeachError::file(
+                    path,
+                    format!("line {lineno}: corrupt journal line ({e})"),
+                ))
+            }
+            Ok(_) => break,
+        };
+        good_end = offset;
+        rec.lines += 1;
+        let status: StatusOnly = serde_json::from_str(head.r.get())
+            .map_err(|e| TeachError::file(path, format!("line {lineno}: field `r.status`: {e}")))?;
+        if status.status == RecordStatus::Failed {
+            rec.done.remove(head.i);
+        } else {
+            rec.done.insert(head.i);
+        }
+        if head.b > max_batch {
+            max_batch = head.b;
+            rec.last_batch.clear();
+        }
+        if head.b == max_batch {
+            let w: LineWrites = serde_json::from_slice(&line)
+                .map_err(|e| TeachError::file(path, format!("line {lineno}: {e}")))?;
+            rec.last_batch.push(w.pending);
+        }
+    }
+    let len = std::fs::metadata(path)
+        .map_err(|e| TeachError::io(path, e))?
+        .len();
+    if good_end < len {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| TeachError::io(path, e))?;
+        f.set_len(good_end)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| TeachError::io(path, e))?;
+    }
+    rec.next_batch = max_batch + 1;
+    Ok(rec)
+}
+
+/// Writes the journal's records, ordered by input ordinal (`0..total`, the last record for
+/// each), to `out`. Memory: one offset per input, never the records themselves.
+pub fn assemble(journal: &Path, total: u64, out: &mut impl Write) -> Result<()> {
+    let mut offsets = vec![u64::MAX; total as usize];
+    {
+        let file = File::open(journal).map_err(|e| TeachError::io(journal, e))?;
+        let mut reader = BufReader::with_capacity(1 << 16, file);
+        let mut line = Vec::new();
+        let mut offset = 0u64;
+        let mut first = true;
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| TeachError::io(journal, e))?;
+            if n == 0 {
+                break;
+            }
+            if !first {
+                if let Ok(h) = serde_json::from_slice::<LineHead>(&line) {
+                    if let Some(slot) = offsets.get_mut(h.i as usize) {
+                        *slot = offset;
+                    }
+                }
+            }
+            first = false;
+            offset += n as u64;
+        }
+    }
+    if let Some(missing) = offsets.iter().position(|o| *o == u64::MAX) {
+        return Err(TeachError::file(
+            journal,
+            format!("no record for input #{} yet; run the job again to finish it", missing + 1),
+        ));
+    }
+    let mut file = File::open(journal).map_err(|e| TeachError::io(journal, e))?;
+    let mut reader = BufReader::with_capacity(1 << 16, &mut file);
+    let mut pos = 0u64;
+    let mut line = Vec::new();
+    for off in offsets {
+        if off != pos {
+            reader
+                .seek(SeekFrom::Start(off))
+                .map_err(|e| TeachError::io(journal, e))?;
+        }
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| TeachError::io(journal, e))?;
+        pos = off + n as u64;
+        let h: LineHead = serde_json::from_slice(&line)
+            .map_err(|e| TeachError::file(journal, format!("offset {off}: {e}")))?;
+        out.write_all(h.r.get().as_bytes())
+            .and_then(|_| out.write_all(b"\n"))
+            .map_err(|e| TeachError::io(journal, e))?;
+    }
+    Ok(())
+}
