@@ -229,7 +229,11 @@ impl TeacherClient {
         let http = http
             .build()
             .map_err(|e| TeachError::Invalid(format!("cannot build the HTTP client: {e}")))?;
-        let cache = opts.cache_path.as_ref().map(ResponseCache::open).transpose()?;
+        let cache = opts
+            .cache_path
+            .as_ref()
+            .map(ResponseCache::open)
+            .transpose()?;
         let ledger = opts.ledger_path.as_ref().map(Ledger::open).transpose()?;
         let prices = opts.prices.clone().unwrap_or_else(PriceTable::builtin);
         let price = prices.get(&model).cloned();
@@ -285,7 +289,10 @@ impl TeacherClient {
 
     /// Cost of a call at this client's model price (0 when the model has no price).
     pub fn cost(&self, usage: &Usage, batch: bool) -> f64 {
-        self.price.as_ref().map(|p| p.cost(usage, batch)).unwrap_or(0.0)
+        self.price
+            .as_ref()
+            .map(|p| p.cost(usage, batch))
+            .unwrap_or(0.0)
     }
 
     /// The first request for a text: its JSON body and its cache key.
@@ -396,7 +403,11 @@ impl TeacherClient {
             out.paid_calls += u32::from(!ex.cached);
             out.raw = Some(ex.reply.text.clone());
             let parsed = parse_label(&ex.reply.text, &self.spec.labels, self.wire.format);
-            if let Some(row) = pending.ledger.iter_mut().find(|r| r.request_hash == ex.hash) {
+            if let Some(row) = pending
+                .ledger
+                .iter_mut()
+                .find(|r| r.request_hash == ex.hash)
+            {
                 row.status = if parsed.is_ok() { "ok" } else { "invalid" }.into();
             }
             match parsed {
@@ -542,7 +553,8 @@ impl TeacherClient {
                     let body = match resp.bytes().await {
                         Ok(b) => b,
                         Err(e) => {
-                            last = format!("reading the reply: {}", redact(&e.to_string(), &self.key));
+                            last =
+                                format!("reading the reply: {}", redact(&e.to_string(), &self.key));
                             tokio::time::sleep(self.backoff(attempt)).await;
                             continue;
                         }
@@ -562,7 +574,11 @@ impl TeacherClient {
                     );
                     if quota || matches!(status, 400 | 401 | 402 | 403 | 404) {
                         return Err(TeachError::Fatal {
-                            provider: format!("{} at {}", self.wire.provider.as_str(), self.wire.base_url),
+                            provider: format!(
+                                "{} at {}",
+                                self.wire.provider.as_str(),
+                                self.wire.base_url
+                            ),
                             status,
                             kind: err.kind,
                             message,

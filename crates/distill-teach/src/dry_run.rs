@@ -61,7 +61,8 @@ impl Estimator {
 
     fn with_tokenizer(spec: &TaskSpec, tok: &Tokenizer) -> Self {
         // ~4 tokens of chat framing per message, 3 to prime the reply (OpenAI's cookbook rule).
-        let overhead = tok.count(&spec.teacher.system_prompt) + tok.count(&spec.render_user("")) + 11;
+        let overhead =
+            tok.count(&spec.teacher.system_prompt) + tok.count(&spec.render_user("")) + 11;
         let n = spec.labels.names.len().max(1) as u64;
         let avg_label: u64 = spec
             .labels
@@ -135,13 +136,20 @@ impl std::fmt::Display for Estimate {
                 self.expected_usd, self.worst_case_usd
             )?;
         } else {
-            writeln!(f, "expected cost: unknown (model not in the price table; use --prices FILE)")?;
+            writeln!(
+                f,
+                "expected cost: unknown (model not in the price table; use --prices FILE)"
+            )?;
         }
         write!(
             f,
             "expected time: ~{:.0}s{}",
             self.expected_time.as_secs_f64(),
-            if self.batch { " plus batch queueing (up to 24 h)" } else { "" }
+            if self.batch {
+                " plus batch queueing (up to 24 h)"
+            } else {
+                ""
+            }
         )
     }
 }

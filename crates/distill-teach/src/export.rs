@@ -58,8 +58,7 @@ pub fn export_openai(spec: &TaskSpec, data: &Path, out: &Path) -> Result<ExportS
             {"role": "user", "content": spec.render_user(&r.text)},
             {"role": "assistant", "content": answer},
         ]});
-        serde_json::to_writer(&mut w, &example)
-            .map_err(|e| TeachError::io(out, e.into()))?;
+        serde_json::to_writer(&mut w, &example).map_err(|e| TeachError::io(out, e.into()))?;
         w.write_all(b"\n").map_err(|e| TeachError::io(out, e))?;
         summary.written += 1;
     }

@@ -202,7 +202,10 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
         let complete = line.ends_with(b"\n");
         if lineno == 1 {
             let h: JournalHeader = serde_json::from_slice(&line).map_err(|e| {
-                TeachError::file(path, format!("line 1: not a distill journal ({e}); delete it to start over"))
+                TeachError::file(
+                    path,
+                    format!("line 1: not a distill journal ({e}); delete it to start over"),
+                )
             })?;
             if &h != header {
                 return Err(TeachError::file(
@@ -296,7 +299,10 @@ pub fn assemble(journal: &Path, total: u64, out: &mut impl Write) -> Result<()> 
     if let Some(missing) = offsets.iter().position(|o| *o == u64::MAX) {
         return Err(TeachError::file(
             journal,
-            format!("no record for input #{} yet; run the job again to finish it", missing + 1),
+            format!(
+                "no record for input #{} yet; run the job again to finish it",
+                missing + 1
+            ),
         ));
     }
     let mut file = File::open(journal).map_err(|e| TeachError::io(journal, e))?;

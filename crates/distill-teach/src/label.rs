@@ -7,13 +7,20 @@ use distill_core::LabelSet;
 use serde_json::Value;
 
 /// Returns the canonical label, or a message explaining what is wrong with the reply.
-pub fn parse_label(reply: &str, labels: &LabelSet, format: ResponseFormat) -> Result<String, String> {
+pub fn parse_label(
+    reply: &str,
+    labels: &LabelSet,
+    format: ResponseFormat,
+) -> Result<String, String> {
     let text = strip_fences(reply.trim());
     let from_json = json_label(text);
     let candidate = match (from_json, format) {
         (Some(Ok(l)), _) => l,
         (Some(Err(e)), _) => return Err(e),
-        (None, ResponseFormat::Text) => text.trim_matches(|c| c == '"' || c == '\'' || c == '.').trim().to_string(),
+        (None, ResponseFormat::Text) => text
+            .trim_matches(|c| c == '"' || c == '\'' || c == '.')
+            .trim()
+            .to_string(),
         (None, _) => {
             // A bare label is a fine answer even when JSON was asked for.
             let bare = text.trim_matches('"').trim();
@@ -26,9 +33,8 @@ pub fn parse_label(reply: &str, labels: &LabelSet, format: ResponseFormat) -> Re
             }
         }
     };
-    canonical(&candidate, labels).ok_or_else(|| {
-        format!("`{candidate}` is not one of the allowed labels")
-    })
+    canonical(&candidate, labels)
+        .ok_or_else(|| format!("`{candidate}` is not one of the allowed labels"))
 }
 
 fn canonical(candidate: &str, labels: &LabelSet) -> Option<String> {
@@ -43,7 +49,10 @@ fn canonical(candidate: &str, labels: &LabelSet) -> Option<String> {
 }
 
 fn strip_fences(s: &str) -> &str {
-    let s = s.strip_prefix("```json").or_else(|| s.strip_prefix("```")).unwrap_or(s);
+    let s = s
+        .strip_prefix("```json")
+        .or_else(|| s.strip_prefix("```"))
+        .unwrap_or(s);
     s.strip_suffix("```").unwrap_or(s).trim()
 }
 
@@ -67,7 +76,9 @@ fn json_label(text: &str) -> Option<Result<String, String>> {
             None => Some(Err("the JSON object has no `label` field".into())),
         },
         Value::String(s) => Some(Ok(s.trim().to_string())),
-        _ => Some(Err("the reply must be a JSON object with a `label` field".into())),
+        _ => Some(Err(
+            "the reply must be a JSON object with a `label` field".into()
+        )),
     }
 }
 
@@ -79,16 +90,29 @@ mod tests {
     fn accepts_near_misses_and_rejects_unknown_labels() {
         let labels = LabelSet::new(vec!["card_arrival".into(), "refund".into()]);
         let f = ResponseFormat::JsonSchema;
-        assert_eq!(parse_label("{\"label\":\"refund\"}", &labels, f).unwrap(), "refund");
+        assert_eq!(
+            parse_label("{\"label\":\"refund\"}", &labels, f).unwrap(),
+            "refund"
+        );
         assert_eq!(
             parse_label("```json\n{\"label\": \"Card_Arrival\"}\n```", &labels, f).unwrap(),
             "card_arrival"
         );
-        assert_eq!(parse_label("Sure! {\"label\":\"refund\"} done", &labels, f).unwrap(), "refund");
+        assert_eq!(
+            parse_label("Sure! {\"label\":\"refund\"} done", &labels, f).unwrap(),
+            "refund"
+        );
         assert_eq!(parse_label("refund", &labels, f).unwrap(), "refund");
-        assert!(parse_label("{\"label\":\"cash\"}", &labels, f).unwrap_err().contains("`cash`"));
+        assert!(parse_label("{\"label\":\"cash\"}", &labels, f)
+            .unwrap_err()
+            .contains("`cash`"));
         assert!(parse_label("I think it is cash", &labels, f).is_err());
-        assert!(parse_label("{\"lbl\":\"refund\"}", &labels, f).unwrap_err().contains("no `label`"));
-        assert_eq!(parse_label("\"refund\".", &labels, ResponseFormat::Text).unwrap(), "refund");
+        assert!(parse_label("{\"lbl\":\"refund\"}", &labels, f)
+            .unwrap_err()
+            .contains("no `label`"));
+        assert_eq!(
+            parse_label("\"refund\".", &labels, ResponseFormat::Text).unwrap(),
+            "refund"
+        );
     }
 }

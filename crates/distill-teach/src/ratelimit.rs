@@ -61,7 +61,11 @@ impl RateLimiter {
 
     /// How long to wait before sending a request estimated at `tokens` tokens.
     pub fn reserve(&self, tokens: u64) -> Duration {
-        let a = self.rpm.as_ref().map(|b| b.reserve(1.0)).unwrap_or_default();
+        let a = self
+            .rpm
+            .as_ref()
+            .map(|b| b.reserve(1.0))
+            .unwrap_or_default();
         let b = self
             .tpm
             .as_ref()
@@ -88,7 +92,10 @@ mod tests {
         assert_eq!(l.reserve(0), Duration::ZERO);
         let w1 = l.reserve(0);
         let w2 = l.reserve(0);
-        assert!(w1 > Duration::from_millis(900) && w1 <= Duration::from_secs(1), "{w1:?}");
+        assert!(
+            w1 > Duration::from_millis(900) && w1 <= Duration::from_secs(1),
+            "{w1:?}"
+        );
         assert!(w2 > Duration::from_millis(1900), "{w2:?}");
         assert_eq!(RateLimiter::new(0, 0).reserve(1_000_000), Duration::ZERO);
     }
@@ -98,6 +105,9 @@ mod tests {
         let l = RateLimiter::new(0, 6000); // 100 tokens/s
         assert_eq!(l.reserve(100), Duration::ZERO);
         let w = l.reserve(50);
-        assert!(w >= Duration::from_millis(400) && w <= Duration::from_millis(500), "{w:?}");
+        assert!(
+            w >= Duration::from_millis(400) && w <= Duration::from_millis(500),
+            "{w:?}"
+        );
     }
 }

@@ -213,7 +213,8 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
     let client = Arc::new(TeacherClient::new(spec, client_options(&opts))?);
     let total = validate_inputs(spec, &input, opts.limit)?;
     if opts.dry_run {
-        let estimate = crate::dry_run::estimate(spec, &client, &input, total, opts.concurrency, opts.batch)?;
+        let estimate =
+            crate::dry_run::estimate(spec, &client, &input, total, opts.concurrency, opts.batch)?;
         return Ok(TeachSummary {
             out,
             total,
@@ -238,7 +239,10 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
     let jpath = journal_path(&out);
     let had_journal = jpath.exists();
     if opts.batch {
-        return crate::batch::run_batch(spec, &opts, client, &input, &out, &jpath, header, total, started).await;
+        return crate::batch::run_batch(
+            spec, &opts, client, &input, &out, &jpath, header, total, started,
+        )
+        .await;
     }
     if opts.resume && !had_journal {
         return Err(TeachError::file(
@@ -407,10 +411,8 @@ pub(crate) fn progress_bar(show: bool, total: u64, done: u64) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(done);
     bar.set_message("$0.0000");
@@ -450,7 +452,10 @@ pub(crate) fn reconcile(client: &TeacherClient, last_batch: &[Pending]) -> Resul
             }
         }
         if !missing.is_empty() {
-            tracing::info!("re-recording {} ledger rows cut off by a crash", missing.len());
+            tracing::info!(
+                "re-recording {} ledger rows cut off by a crash",
+                missing.len()
+            );
             ledger.append_many(&missing)?;
         }
     }

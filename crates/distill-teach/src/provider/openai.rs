@@ -86,7 +86,8 @@ mod tests {
 
     #[test]
     fn parses_minimal_and_full_replies() {
-        let r = parse_reply(br#"{"choices":[{"message":{"content":"{\"label\":\"a\"}"}}]}"#).unwrap();
+        let r =
+            parse_reply(br#"{"choices":[{"message":{"content":"{\"label\":\"a\"}"}}]}"#).unwrap();
         assert_eq!(r.text, "{\"label\":\"a\"}");
         assert_eq!(r.usage, Usage::default());
         let r = parse_reply(
