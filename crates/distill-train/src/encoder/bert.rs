@@ -301,6 +301,16 @@ pub struct LoadOptions {
     pub seed: u64,
 }
 
+impl LoadOptions {
+    pub fn inference() -> Self {
+        LoadOptions {
+            trainable: false,
+            init_missing_head: false,
+            seed: 0,
+        }
+    }
+}
+
 /// What loading matched: tests assert that nothing pretrained was left over.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
@@ -347,12 +357,14 @@ struct ParamBuilder<'a> {
     params: Vec<(String, Tensor)>,
     vars: Vec<(String, Var)>,
     hint: String,
+    init_all: bool,
 }
 
 impl ParamBuilder<'_> {
     fn may_init(&self, name: &str) -> bool {
-        self.opts.init_missing_head
-            && (name.starts_with("bert.pooler.") || name.starts_with("classifier."))
+        self.init_all
+            || self.opts.init_missing_head
+                && (name.starts_with("bert.pooler.") || name.starts_with("classifier."))
     }
 
     fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
@@ -523,6 +535,25 @@ impl BertClassifier {
         Self::from_tensors(tensors, weights, config, n_labels, device, opts)
     }
 
+    /// A randomly initialised model (as `transformers` initialises BERT), for tests and tiny models.
+    pub fn random(
+        config: &BertConfig,
+        n_labels: usize,
+        device: &Device,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        Ok(Self::build(
+            HashMap::new(),
+            Path::new("<random>"),
+            config,
+            n_labels,
+            device,
+            opts,
+            true,
+        )?
+        .0)
+    }
+
     /// Builds the model from named tensors. Every tensor the architecture needs must be
     /// present with the right shape (except a missing head when `opts` allows it).
     pub fn from_tensors(
@@ -532,6 +563,18 @@ impl BertClassifier {
         n_labels: usize,
         device: &Device,
         opts: LoadOptions,
+    ) -> Result<(Self, LoadReport)> {
+        Self::build(tensors, source, config, n_labels, device, opts, false)
+    }
+
+    fn build(
+        tensors: HashMap<String, Tensor>,
+        source: &Path,
+        config: &BertConfig,
+        n_labels: usize,
+        device: &Device,
+        opts: LoadOptions,
+        init_all: bool,
     ) -> Result<(Self, LoadReport)> {
         if n_labels == 0 {
             return Err(TrainError::Data(
@@ -562,6 +605,7 @@ impl BertClassifier {
                 "config.json: vocab_size {}, hidden_size {}, intermediate_size {}, {} labels",
                 c.vocab_size, h, c.intermediate_size, n_labels
             ),
+            init_all,
         };
         let p = "bert.embeddings";
         let embeddings = Embeddings {
