@@ -1,8 +1,103 @@
+//! `distill teach`: label a task's inputs with the premium teacher model.
+
 use crate::Global;
+use anyhow::Context;
+use distill_core::prices::PriceTable;
+use distill_core::TaskSpec;
+use distill_teach::{run_teach, TeachOptions};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+#[command(
+    after_help = "Output: one JSON record per input (id, text, status ok|invalid|failed, output.label, gold, raw, \
+usage, cost_usd, latency_ms, cached, batch, request_hash), ordered like the input. While running, finished records \
+are journalled to <out>.partial; kill the job at any moment and run the same command again to continue without \
+paying twice. Replies are cached in <state-dir>/cache.db and every paid call is recorded in <state-dir>/ledger.db."
+)]
+pub struct Args {
+    /// The task spec (TOML) describing inputs, labels, teacher and prompt.
+    #[arg(long, value_name = "T.toml")]
+    pub task: PathBuf,
+    /// Input CSV/JSONL to label [default: the spec's input.path].
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Output JSONL [default: teacher.jsonl next to the spec].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Override the teacher's base URL, e.g. the sim-teacher at http://127.0.0.1:8089/v1.
+    /// A loopback URL needs no API key.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Label only the first N inputs.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Requests in flight at once (the spec's rpm/tpm limits still apply).
+    #[arg(long, value_name = "C", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Count tokens and print the expected cost and time; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Hard budget in USD: stop scheduling requests when the next one could cross it.
+    #[arg(long, value_name = "USD")]
+    pub max_spend: Option<f64>,
+    /// Use the provider's Batch API (OpenAI /v1/batches or Anthropic Message Batches):
+    /// half price, results within 24 h. Waits for the batch to finish.
+    #[arg(long)]
+    pub batch: bool,
+    /// Continue an interrupted run (a <out>.partial journal or a submitted batch); fails if
+    /// there is nothing to resume. Without it a leftover journal is still continued.
+    #[arg(long)]
+    pub resume: bool,
+    /// A price table (JSON, same shape as the built-in one) whose models add to or replace
+    /// the built-in prices.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+    /// Batch API poll interval in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub poll_secs: f64,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
+    let spec = TaskSpec::load(&args.task)?;
+    if args.concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    if let Some(m) = args.max_spend {
+        if !m.is_finite() || m < 0.0 {
+            anyhow::bail!("--max-spend must be a non-negative number of dollars");
+        }
+    }
+    let prices = args
+        .prices
+        .as_deref()
+        .map(PriceTable::with_overrides)
+        .transpose()?;
+    let opts = TeachOptions {
+        input: args.input,
+        out: args.out,
+        base_url: args.base_url,
+        limit: args.limit,
+        concurrency: args.concurrency,
+        dry_run: args.dry_run,
+        max_spend: args.max_spend,
+        batch: args.batch,
+        resume: args.resume,
+        prices,
+        cache_path: g.cache_path(),
+        ledger_path: g.ledger_path(),
+        progress: !g.quiet && std::io::stderr().is_terminal(),
+        batch_poll: std::time::Duration::from_secs_f64(args.poll_secs.max(0.01)),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = rt.block_on(run_teach(&spec, opts))?;
+    println!("{summary}");
+    if summary.stopped_by_budget {
+        anyhow::bail!("budget reached before every input was labelled");
+    }
+    Ok(())
 }
