@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Peer for scripts/bench/encoder_inference.sh: ONNX Runtime running MiniLM exported from PyTorch
+with torch.onnx.export, same tokenizer, mean pooling + L2 normalisation, length-sorted batches.
+
+Modes: throughput (sentences/s at --batch) and latency (p50/p95 ms, one sentence at a time).
+Prints one JSON object on the last line.
+"""
+import argparse, csv, json, os, time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("mode", choices=["throughput", "latency"])
+ap.add_argument("--model", required=True)
+ap.add_argument("--data", required=True)
+ap.add_argument("--onnx", required=True, help="where the exported model is kept between runs")
+ap.add_argument("--n", type=int, default=2048)
+ap.add_argument("--batch", type=int, default=64)
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--repeat", type=int, default=3)
+ap.add_argument("--max-len", type=int, default=256)
+a = ap.parse_args()
+
+os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+import numpy as np
+import onnxruntime as ort
+from transformers import AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained(a.model)
+if not os.path.exists(a.onnx):
+    import torch
+    from transformers import AutoModel
+
+    torch.set_num_threads(a.threads)
+    m = AutoModel.from_pretrained(a.model).eval()
+    enc = tok(["an example sentence", "another"], padding=True, return_tensors="pt")
+    os.makedirs(os.path.dirname(os.path.abspath(a.onnx)), exist_ok=True)
+    tmp = a.onnx + ".tmp"
+    with torch.no_grad():
+        torch.onnx.export(
+            m, (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), tmp,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={k: {0: "b", 1: "s"} for k in ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]},
+            opset_version=17, dynamo=False)
+    os.replace(tmp, a.onnx)
+
+so = ort.SessionOptions()
+so.intra_op_num_threads = a.threads
+so.inter_op_num_threads = 1
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
+
+
+def embed(batch):
+    enc = tok(batch, padding=True, truncation=True, max_length=a.max_len, return_tensors="np")
+    feeds = {k: enc[k].astype(np.int64) for k in ["input_ids", "attention_mask", "token_type_ids"]}
+    h = sess.run(None, feeds)[0]
+    m = feeds["attention_mask"][..., None].astype(np.float32)
+    e = (h * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+with open(a.data, newline="") as f:
+    texts = [r["text"] for r in csv.DictReader(f)]
+
+if a.mode == "throughput":
+    sents = (texts * (a.n // max(1, len(texts)) + 1))[: a.n]
+    order = sorted(range(len(sents)), key=lambda i: -len(sents[i]))  # as sentence-transformers does
+    embed(sents[: a.batch])
+    best = 0.0
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        for i in range(0, len(order), a.batch):
+            embed([sents[j] for j in order[i:i + a.batch]])
+        best = max(best, len(sents) / (time.perf_counter() - t))
+    print(json.dumps({"peer": "onnxruntime", "sentences_per_s": best, "n": len(sents),
+                      "batch": a.batch, "threads": a.threads, "ort": ort.__version__}))
+else:
+    sents = texts[: a.n]
+    for s in sents[:10]:
+        embed([s])
+    ms = []
+    for s in sents:
+        t = time.perf_counter()
+        embed([s])
+        ms.append((time.perf_counter() - t) * 1e3)
+    print(json.dumps({"peer": "onnxruntime", "p50_ms": float(np.percentile(ms, 50)),
+                      "p95_ms": float(np.percentile(ms, 95)), "n": len(ms)}))
