@@ -678,6 +678,9 @@ pub(crate) async fn create_batch(
             let cancel = batch.cancel.clone();
             let st = state.clone();
             let bid = id.clone();
+            // Registered before the worker starts, so a zero completion time cannot finish
+            // a batch that is not in the map yet.
+            write(&state.batches).insert(id.clone(), batch.clone());
             tokio::spawn(async move {
                 let cancelled = tokio::select! {
                     _ = tokio::time::sleep(st.batch_completion) => false,
@@ -694,7 +697,7 @@ pub(crate) async fn create_batch(
         }
     }
     let obj = batch.object();
-    write(&state.batches).insert(id, batch);
+    write(&state.batches).entry(id).or_insert(batch);
     json_response(StatusCode::OK, &obj)
 }
 
