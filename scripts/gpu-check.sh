@@ -104,16 +104,24 @@ fi
 data="$work/banking77"
 mkdir -p "$data"
 cp "$carry"/banking77/* "$data/"
-clip() {  # rehearsals: keep the header and N rows spread evenly over the file (it is sorted by label); 0 = all
+clip() {  # rehearsals: keep the header and N rows spread evenly over the file (it is sorted by label); 0 = all.
+  # Python's csv module, because Banking77 has quoted fields spanning lines.
   [ "$2" -gt 0 ] || return 0
-  local rows step
-  rows=$(($(wc -l <"$1") - 1))
-  step=$((rows / $2)); [ $step -ge 1 ] || step=1
-  awk -v k=$step -v n="$2" 'NR == 1 || ((NR - 2) % k == 0 && c++ < n)' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
+  "$py" - "$1" "$2" <<'PY'
+import csv, sys
+path, n = sys.argv[1], int(sys.argv[2])
+with open(path, newline="", encoding="utf-8") as f:
+    rows = list(csv.reader(f))
+head, body = rows[0], rows[1:]
+step = max(1, len(body) // n)
+with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+    csv.writer(f).writerows([head] + body[::step][:n])
+PY
+  mv "$1.tmp" "$1"
 }
 clip "$data/train.csv" "$limit_train"
 clip "$data/test.csv" "$limit_test"
-n_test=$(($(wc -l <"$data/test.csv") - 1))
+n_test=$("$py" -c "import csv,sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], newline='', encoding='utf-8'))))" "$data/test.csv")
 cp "$data/test.csv" "$data/parity.csv"
 clip "$data/parity.csv" "$parity_n"
 
