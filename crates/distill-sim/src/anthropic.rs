@@ -191,7 +191,7 @@ pub(crate) async fn messages(
 }
 
 fn check_headers(state: &Shared, headers: &HeaderMap) -> Option<Response> {
-    if state.require_api_key && !has_api_key(headers, true) {
+    if state.require_api_key && !has_api_key(headers) {
         return Some(error_response(
             StatusCode::UNAUTHORIZED,
             "authentication_error",

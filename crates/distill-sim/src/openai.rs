@@ -247,7 +247,7 @@ pub(crate) async fn chat_completions(
 }
 
 async fn chat_inner(state: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
-    if state.require_api_key && !has_api_key(headers, false) {
+    if state.require_api_key && !has_api_key(headers) {
         return missing_key();
     }
     let req: ChatRequest = match serde_json::from_slice(body) {
@@ -368,7 +368,7 @@ pub(crate) async fn upload_file(
     headers: HeaderMap,
     mut form: Multipart,
 ) -> Response {
-    if state.require_api_key && !has_api_key(&headers, false) {
+    if state.require_api_key && !has_api_key(&headers) {
         return missing_key();
     }
     let mut purpose = None;
@@ -610,7 +610,7 @@ pub(crate) async fn create_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if state.require_api_key && !has_api_key(&headers, false) {
+    if state.require_api_key && !has_api_key(&headers) {
         return missing_key();
     }
     let req: CreateBatch = match serde_json::from_slice(&body) {

@@ -318,7 +318,7 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 }
 
 /// Whether the request carries an API key the way the provider expects (any value passes).
-pub(crate) fn has_api_key(headers: &HeaderMap, anthropic: bool) -> bool {
+pub(crate) fn has_api_key(headers: &HeaderMap) -> bool {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -328,11 +328,8 @@ pub(crate) fn has_api_key(headers: &HeaderMap, anthropic: bool) -> bool {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|k| !k.trim().is_empty());
-    if anthropic {
-        x_api_key || bearer
-    } else {
-        bearer || x_api_key
-    }
+    // Either header passes for either API: compatible gateways accept both.
+    bearer || x_api_key
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
