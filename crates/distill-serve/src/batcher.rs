@@ -81,10 +81,12 @@ impl Batcher {
     /// Top-1 predictions (with the top 5 alternatives) for `texts`, in order.
     pub async fn predict(&self, texts: Vec<String>) -> Result<Vec<Prediction>, BatchError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Job { texts, reply }).map_err(|e| match e {
-            TrySendError::Full(_) => BatchError::Overloaded,
-            TrySendError::Disconnected(_) => BatchError::Stopped,
-        })?;
+        self.tx
+            .try_send(Job { texts, reply })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => BatchError::Overloaded,
+                TrySendError::Disconnected(_) => BatchError::Stopped,
+            })?;
         rx.await.map_err(|_| BatchError::Stopped)?
     }
 }

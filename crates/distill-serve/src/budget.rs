@@ -121,10 +121,16 @@ impl Budgets {
             let mut c = Caps::default();
             for part in spec.split(',') {
                 let (period, usd) = part.split_once(':').ok_or_else(|| {
-                    ServeError::config("--budget", format!("`{part}` in `{v}`: expected daily:USD or monthly:USD"))
+                    ServeError::config(
+                        "--budget",
+                        format!("`{part}` in `{v}`: expected daily:USD or monthly:USD"),
+                    )
                 })?;
                 let usd: f64 = usd.trim().parse().map_err(|_| {
-                    ServeError::config("--budget", format!("`{usd}` in `{v}` is not a dollar amount"))
+                    ServeError::config(
+                        "--budget",
+                        format!("`{usd}` in `{v}` is not a dollar amount"),
+                    )
                 })?;
                 match period.trim() {
                     "daily" => c.daily = Some(usd),
@@ -237,7 +243,10 @@ impl Budgets {
 fn check_caps(c: &Caps, what: &str) -> Result<()> {
     for v in [c.daily, c.monthly].into_iter().flatten() {
         if !v.is_finite() || v < 0.0 {
-            return Err(ServeError::config(what, format!("a cap must be ≥ 0 dollars, got {v}")));
+            return Err(ServeError::config(
+                what,
+                format!("a cap must be ≥ 0 dollars, got {v}"),
+            ));
         }
     }
     if c.daily.is_none() && c.monthly.is_none() {
@@ -252,14 +261,18 @@ mod tests {
 
     #[test]
     fn parses_and_caps() {
-        let b = Budgets::parse(&["support=daily:0.02,monthly:1".into(), "*=monthly:5".into()]).unwrap();
+        let b =
+            Budgets::parse(&["support=daily:0.02,monthly:1".into(), "*=monthly:5".into()]).unwrap();
         assert_eq!(b.caps()["support"].daily, Some(0.02));
         assert!(b.check("support").is_none());
         b.record("support", 0.015);
         assert!(b.check("support").is_none());
         b.record("support", 0.01);
         let hit = b.check("support").unwrap();
-        assert_eq!((hit.budget.as_str(), hit.period), ("support", Period::Daily));
+        assert_eq!(
+            (hit.budget.as_str(), hit.period),
+            ("support", Period::Daily)
+        );
         assert!(b.first_hit(&hit));
         assert!(!b.first_hit(&hit));
         assert!(b.check("other").is_none());
@@ -272,7 +285,11 @@ mod tests {
     fn reads_a_toml_file() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("b.toml");
-        std::fs::write(&p, "[tags.support]\ndaily = 5.0\n[tags.\"*\"]\nmonthly = 100\n").unwrap();
+        std::fs::write(
+            &p,
+            "[tags.support]\ndaily = 5.0\n[tags.\"*\"]\nmonthly = 100\n",
+        )
+        .unwrap();
         let b = Budgets::parse(&[p.display().to_string()]).unwrap();
         assert_eq!(b.caps()["*"].monthly, Some(100.0));
     }

@@ -139,7 +139,10 @@ impl RedisCache {
     /// `url` is `redis://host:port`.
     pub fn new(url: &str, ttl: Duration) -> Result<Self, crate::ServeError> {
         let rest = url.strip_prefix("redis://").ok_or_else(|| {
-            crate::ServeError::config("--cache", format!("`{url}` is not memory, off or redis://host:port"))
+            crate::ServeError::config(
+                "--cache",
+                format!("`{url}` is not memory, off or redis://host:port"),
+            )
         })?;
         let hostport = rest.split('/').next().unwrap_or(rest);
         if hostport.contains('@') {
@@ -187,9 +190,7 @@ impl RedisCache {
 
     async fn with_conn<T>(
         &self,
-        op: impl for<'c> FnOnce(
-            &'c mut RedisConn,
-        ) -> futures::future::BoxFuture<'c, Result<T, String>>,
+        op: impl for<'c> FnOnce(&'c mut RedisConn) -> futures::future::BoxFuture<'c, Result<T, String>>,
     ) -> Option<T> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
@@ -254,8 +255,14 @@ mod tests {
 
     #[test]
     fn normalises_whitespace_and_case() {
-        assert_eq!(normalise("  Where IS\n\tmy  card ", false), "Where IS my card");
-        assert_eq!(normalise("  Where IS\n\tmy  card ", true), "where is my card");
+        assert_eq!(
+            normalise("  Where IS\n\tmy  card ", false),
+            "Where IS my card"
+        );
+        assert_eq!(
+            normalise("  Where IS\n\tmy  card ", true),
+            "where is my card"
+        );
         assert_ne!(cache_key("a", "x"), cache_key("b", "x"));
     }
 

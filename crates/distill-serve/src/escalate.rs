@@ -121,7 +121,9 @@ impl HttpEscalator {
         timeout: Duration,
     ) -> Result<Self, EscalateError> {
         let table = distill_core::prices::PriceTable::builtin();
-        let base = base_url.unwrap_or_else(|| spec.base_url()).trim_end_matches('/');
+        let base = base_url
+            .unwrap_or_else(|| spec.base_url())
+            .trim_end_matches('/');
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -170,7 +172,15 @@ impl HttpEscalator {
         body
     }
 
-    fn record(&self, text: &str, usage: Usage, cost: f64, started: Instant, status: &str, ctx: &CallContext) {
+    fn record(
+        &self,
+        text: &str,
+        usage: Usage,
+        cost: f64,
+        started: Instant,
+        status: &str,
+        ctx: &CallContext,
+    ) {
         let Some(ledger) = &self.ledger else { return };
         let row = distill_core::ledger::LedgerRow {
             ts: distill_core::ledger::LedgerRow::now(),
@@ -228,10 +238,9 @@ impl Escalator for HttpEscalator {
                 }
             })?;
             let status = resp.status();
-            let body: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|e| EscalateError::Failed(format!("unreadable reply: {}", e.without_url())))?;
+            let body: serde_json::Value = resp.json().await.map_err(|e| {
+                EscalateError::Failed(format!("unreadable reply: {}", e.without_url()))
+            })?;
             if !status.is_success() {
                 let msg = body["error"]["message"].as_str().unwrap_or("no message");
                 return Err(EscalateError::Failed(format!("HTTP {status}: {msg}")));
@@ -239,15 +248,23 @@ impl Escalator for HttpEscalator {
             let u = &body["usage"];
             let usage = Usage {
                 prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
-                cached_tokens: u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0),
+                cached_tokens: u["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap_or(0),
                 completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
                 reasoning_tokens: u["completion_tokens_details"]["reasoning_tokens"]
                     .as_u64()
                     .unwrap_or(0),
                 cache_write_tokens: 0,
             };
-            let cost = self.price.as_ref().map(|p| p.cost(&usage, false)).unwrap_or(0.0);
-            let content = body["choices"][0]["message"]["content"].as_str().unwrap_or("");
+            let cost = self
+                .price
+                .as_ref()
+                .map(|p| p.cost(&usage, false))
+                .unwrap_or(0.0);
+            let content = body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("");
             let label = parse_label_reply(content);
             if !self.spec.labels.contains(&label) {
                 self.record(text, usage, cost, started, "invalid", ctx);

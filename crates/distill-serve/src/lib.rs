@@ -17,5 +17,5 @@ pub mod teach_escalator;
 pub mod threshold;
 
 pub use error::{Result, ServeError};
-pub use escalate::{CallContext, CostEstimator, Escalation, EscalateError, Escalator};
+pub use escalate::{CallContext, CostEstimator, EscalateError, Escalation, Escalator};
 pub use server::{Answer, ModelEntry, RunningServer, Server, ServerOptions};

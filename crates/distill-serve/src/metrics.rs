@@ -48,7 +48,9 @@ pub struct Metrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn label_text(labels: &[(&str, &str)]) -> String {
@@ -156,9 +158,21 @@ mod tests {
         m.inc("distill_cache_hits_total", &[("model", "a\"b")]);
         m.observe("distill_batch_size", BATCH_BUCKETS, &[("model", "a")], 3.0);
         let t = m.render();
-        assert!(t.contains("distill_cache_hits_total{model=\"a\\\"b\"} 1\n"), "{t}");
-        assert!(t.contains("distill_batch_size_bucket{model=\"a\",le=\"2\"} 0\n"), "{t}");
-        assert!(t.contains("distill_batch_size_bucket{model=\"a\",le=\"4\"} 1\n"), "{t}");
-        assert!(t.contains("distill_batch_size_count{model=\"a\"} 1\n"), "{t}");
+        assert!(
+            t.contains("distill_cache_hits_total{model=\"a\\\"b\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("distill_batch_size_bucket{model=\"a\",le=\"2\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("distill_batch_size_bucket{model=\"a\",le=\"4\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("distill_batch_size_count{model=\"a\"} 1\n"),
+            "{t}"
+        );
     }
 }

@@ -161,7 +161,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             message: message.into(),
@@ -171,7 +176,12 @@ impl ApiError {
         }
     }
     fn bad_request(message: impl Into<String>, param: &str) -> Self {
-        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", None, message);
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            message,
+        );
         e.param = Some(param.into());
         e
     }
@@ -263,7 +273,12 @@ impl Server {
                 m.student.clone(),
                 opts.batch.clone(),
                 Arc::new(move |n| {
-                    mm.observe("distill_batch_size", BATCH_BUCKETS, &[("model", &label)], n as f64)
+                    mm.observe(
+                        "distill_batch_size",
+                        BATCH_BUCKETS,
+                        &[("model", &label)],
+                        n as f64,
+                    )
                 }),
             )
             .map_err(|e| ServeError::Other(format!("cannot start inference threads: {e}")))?;
@@ -332,7 +347,12 @@ impl Server {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .fallback(|| async {
-                ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("unknown_url"), "no such endpoint")
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    Some("unknown_url"),
+                    "no such endpoint",
+                )
             })
             .layer(DefaultBodyLimit::max(st.max_body_bytes))
             .with_state(st)
@@ -424,7 +444,11 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     if st.draining.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response()
     } else {
         let models: Vec<&String> = st.models.keys().collect();
         Json(json!({"status": "ready", "models": models})).into_response()
@@ -435,8 +459,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     for (budget, period, spent, capped) in st.budgets.snapshot() {
         let labels = [("tag", budget.as_str()), ("period", period.as_str())];
         st.metrics.set("distill_budget_spent_usd", &labels, spent);
-        st.metrics
-            .set("distill_budget_capped", &labels, if capped { 1.0 } else { 0.0 });
+        st.metrics.set(
+            "distill_budget_capped",
+            &labels,
+            if capped { 1.0 } else { 0.0 },
+        );
     }
     st.metrics.set(
         "distill_cache_errors_total",
@@ -446,10 +473,17 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.set(
         "distill_draining",
         &[],
-        if st.draining.load(Ordering::SeqCst) { 1.0 } else { 0.0 },
+        if st.draining.load(Ordering::SeqCst) {
+            1.0
+        } else {
+            0.0
+        },
     );
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         st.metrics.render(),
     )
         .into_response()
@@ -478,7 +512,10 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Response {
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-fn parse_body(body: std::result::Result<Bytes, BytesRejection>, limit: usize) -> std::result::Result<Value, ApiError> {
+fn parse_body(
+    body: std::result::Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> std::result::Result<Value, ApiError> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -496,17 +533,22 @@ fn parse_body(body: std::result::Result<Bytes, BytesRejection>, limit: usize) ->
 }
 
 fn model_of(st: &AppState, body: &Value) -> std::result::Result<Arc<ServedModel>, ApiError> {
-    let name = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("missing required field `model` (a served model's name)", "model"))?;
+    let name = body.get("model").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::bad_request(
+            "missing required field `model` (a served model's name)",
+            "model",
+        )
+    })?;
     st.models.get(name).cloned().ok_or_else(|| {
         let known: Vec<&str> = st.models.keys().map(String::as_str).collect();
         let mut e = ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             Some("model_not_found"),
-            format!("the model `{name}` is not served here (served: {})", known.join(", ")),
+            format!(
+                "the model `{name}` is not served here (served: {})",
+                known.join(", ")
+            ),
         );
         e.param = Some("model".into());
         e
@@ -533,7 +575,12 @@ fn tag_of(headers: &HeaderMap) -> std::result::Result<String, ApiError> {
 }
 
 /// Applies the length limit: 422 (or truncation with `--truncate`).
-fn check_len(st: &AppState, m: &ServedModel, text: String, param: &str) -> std::result::Result<String, ApiError> {
+fn check_len(
+    st: &AppState,
+    m: &ServedModel,
+    text: String,
+    param: &str,
+) -> std::result::Result<String, ApiError> {
     let limit = m.meta.max_len.unwrap_or(st.max_input_tokens);
     let n = m.student.token_len(&text);
     if n <= limit {
@@ -541,7 +588,11 @@ fn check_len(st: &AppState, m: &ServedModel, text: String, param: &str) -> std::
     }
     if st.truncate {
         // The model truncates to its own tokens too; cutting words bounds the work before that.
-        return Ok(text.split_whitespace().take(limit).collect::<Vec<_>>().join(" "));
+        return Ok(text
+            .split_whitespace()
+            .take(limit)
+            .collect::<Vec<_>>()
+            .join(" "));
     }
     let mut e = ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -553,7 +604,13 @@ fn check_len(st: &AppState, m: &ServedModel, text: String, param: &str) -> std::
     Err(e)
 }
 
-fn finish(st: &AppState, endpoint: &str, model: Option<&str>, started: Instant, r: std::result::Result<Response, ApiError>) -> Response {
+fn finish(
+    st: &AppState,
+    endpoint: &str,
+    model: Option<&str>,
+    started: Instant,
+    r: std::result::Result<Response, ApiError>,
+) -> Response {
     let resp = match r {
         Ok(r) => r,
         Err(e) => {
@@ -578,12 +635,19 @@ fn user_text(body: &Value) -> std::result::Result<String, ApiError> {
         .get("messages")
         .and_then(Value::as_array)
         .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing required field `messages` (a non-empty array)", "messages"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing required field `messages` (a non-empty array)",
+                "messages",
+            )
+        })?;
     let last = messages
         .iter()
         .rev()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-        .ok_or_else(|| ApiError::bad_request("`messages` has no user message to classify", "messages"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request("`messages` has no user message to classify", "messages")
+        })?;
     match last.get("content") {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(parts)) => {
@@ -593,12 +657,18 @@ fn user_text(body: &Value) -> std::result::Result<String, ApiError> {
                 .filter_map(|p| p.get("text").and_then(Value::as_str))
                 .collect();
             if texts.is_empty() {
-                Err(ApiError::bad_request("the last user message has no text part", "messages"))
+                Err(ApiError::bad_request(
+                    "the last user message has no text part",
+                    "messages",
+                ))
             } else {
                 Ok(texts.join("\n"))
             }
         }
-        _ => Err(ApiError::bad_request("the last user message has no `content` string", "messages")),
+        _ => Err(ApiError::bad_request(
+            "the last user message has no `content` string",
+            "messages",
+        )),
     }
 }
 
@@ -630,9 +700,17 @@ async fn chat_inner(
     let answer = answer_many(st, &m, vec![text], &tag, "chat")
         .await?
         .pop()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, "no answer"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "no answer",
+            )
+        })?;
     let json_reply = matches!(
-        body.pointer("/response_format/type").and_then(Value::as_str),
+        body.pointer("/response_format/type")
+            .and_then(Value::as_str),
         Some("json_object" | "json_schema")
     );
     let content = if json_reply {
@@ -674,10 +752,17 @@ async fn chat_inner(
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         })
     };
-    let mut first = chunk(json!({"role": "assistant", "content": content}), Value::Null);
+    let mut first = chunk(
+        json!({"role": "assistant", "content": content}),
+        Value::Null,
+    );
     first["distill"] = serde_json::to_value(&answer).unwrap_or(Value::Null);
     let mut events = vec![first, chunk(json!({}), json!("stop"))];
-    if body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true) {
+    if body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         events.push(json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name,
             "choices": [], "usage": usage,
@@ -714,19 +799,31 @@ async fn classify_inner(
     let inputs = body
         .get("inputs")
         .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_request("missing required field `inputs` (an array of strings)", "inputs"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing required field `inputs` (an array of strings)",
+                "inputs",
+            )
+        })?;
     if inputs.len() > st.max_classify_inputs {
         return Err(ApiError::bad_request(
-            format!("at most {} inputs per request, got {}", st.max_classify_inputs, inputs.len()),
+            format!(
+                "at most {} inputs per request, got {}",
+                st.max_classify_inputs,
+                inputs.len()
+            ),
             "inputs",
         ));
     }
     let tag = tag_of(headers)?;
     let mut texts = Vec::with_capacity(inputs.len());
     for (i, v) in inputs.iter().enumerate() {
-        let s = v
-            .as_str()
-            .ok_or_else(|| ApiError::bad_request(format!("inputs[{i}] is not a string"), &format!("inputs[{i}]")))?;
+        let s = v.as_str().ok_or_else(|| {
+            ApiError::bad_request(
+                format!("inputs[{i}] is not a string"),
+                &format!("inputs[{i}]"),
+            )
+        })?;
         texts.push(check_len(st, &m, s.to_string(), &format!("inputs[{i}]"))?);
     }
     let prompt_tokens: usize = texts.iter().map(|t| m.student.token_len(t)).sum();
@@ -780,7 +877,12 @@ async fn answer_many(
                 ),
                 other => {
                     tracing::error!("model `{}`: {other}", m.name);
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, format!("model `{}` failed", m.name))
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        None,
+                        format!("model `{}` failed", m.name),
+                    )
                 }
             })?
     };
@@ -815,7 +917,12 @@ async fn answer_many(
     for a in &answers {
         st.metrics.inc(
             "distill_requests_total",
-            &[("model", &m.name), ("endpoint", endpoint), ("tag", tag), ("source", a.source)],
+            &[
+                ("model", &m.name),
+                ("endpoint", endpoint),
+                ("tag", tag),
+                ("source", a.source),
+            ],
         );
         st.metrics.add(
             "distill_saved_usd_total",
@@ -849,16 +956,37 @@ async fn decide(
     };
     let Some(esc) = m.escalator.clone() else {
         st.cache
-            .put(key, &CachedAnswer { label: p.label, confidence: p.confidence, origin: "student".into() })
+            .put(
+                key,
+                &CachedAnswer {
+                    label: p.label,
+                    confidence: p.confidence,
+                    origin: "student".into(),
+                },
+            )
             .await;
         return student;
     };
     if p.confidence >= st.threshold {
         if st.shadow.is_some() && st.shadow_rate > 0.0 && rand::random::<f64>() < st.shadow_rate {
-            shadow(st.clone(), m.clone(), esc, text.to_string(), p.clone(), tag.to_string());
+            shadow(
+                st.clone(),
+                m.clone(),
+                esc,
+                text.to_string(),
+                p.clone(),
+                tag.to_string(),
+            );
         }
         st.cache
-            .put(key, &CachedAnswer { label: p.label, confidence: p.confidence, origin: "student".into() })
+            .put(
+                key,
+                &CachedAnswer {
+                    label: p.label,
+                    confidence: p.confidence,
+                    origin: "student".into(),
+                },
+            )
             .await;
         return student;
     }
@@ -869,7 +997,10 @@ async fn decide(
             "distill_escalations_total",
             &[labels[0], labels[1], ("outcome", "budget_capped")],
         );
-        return Answer { budget_capped: true, ..student };
+        return Answer {
+            budget_capped: true,
+            ..student
+        };
     }
     let ctx = CallContext {
         source: format!("serve.{endpoint}"),
@@ -886,7 +1017,14 @@ async fn decide(
                 &[labels[0], labels[1], ("outcome", "ok")],
             );
             st.cache
-                .put(key, &CachedAnswer { label: e.label.clone(), confidence: p.confidence, origin: "teacher".into() })
+                .put(
+                    key,
+                    &CachedAnswer {
+                        label: e.label.clone(),
+                        confidence: p.confidence,
+                        origin: "teacher".into(),
+                    },
+                )
                 .await;
             Answer {
                 student_label: Some(p.label),
@@ -907,7 +1045,10 @@ async fn decide(
                 "distill_escalations_total",
                 &[labels[0], labels[1], ("outcome", "failed")],
             );
-            Answer { degraded: true, ..student }
+            Answer {
+                degraded: true,
+                ..student
+            }
         }
     }
 }
@@ -927,7 +1068,13 @@ fn capped(st: &Arc<AppState>, hit: &CapHit) {
         let http = st.http.clone();
         let body = hit.alert_json();
         tokio::spawn(async move {
-            if let Err(e) = http.post(&url).json(&body).send().await.and_then(|r| r.error_for_status()) {
+            if let Err(e) = http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+            {
                 tracing::warn!("budget alert webhook failed: {}", e.without_url());
             }
         });
@@ -936,7 +1083,14 @@ fn capped(st: &Arc<AppState>, hit: &CapHit) {
 
 /// Off the latency path: asks the teacher about a confidently answered input and records
 /// whether it agrees. Shadow calls count against the tag's budget like escalations.
-fn shadow(st: Arc<AppState>, m: Arc<ServedModel>, esc: Arc<dyn Escalator>, text: String, p: Prediction, tag: String) {
+fn shadow(
+    st: Arc<AppState>,
+    m: Arc<ServedModel>,
+    esc: Arc<dyn Escalator>,
+    text: String,
+    p: Prediction,
+    tag: String,
+) {
     tokio::spawn(async move {
         if st.budgets.check(&tag).is_some() {
             return;
@@ -945,7 +1099,8 @@ fn shadow(st: Arc<AppState>, m: Arc<ServedModel>, esc: Arc<dyn Escalator>, text:
             source: "serve.shadow".into(),
             tag: (tag != DEFAULT_TAG).then(|| tag.clone()),
         };
-        let Ok(Ok(e)) = tokio::time::timeout(st.teacher_timeout, esc.label(&text, &ctx)).await else {
+        let Ok(Ok(e)) = tokio::time::timeout(st.teacher_timeout, esc.label(&text, &ctx)).await
+        else {
             return;
         };
         st.budgets.record(&tag, e.cost_usd);

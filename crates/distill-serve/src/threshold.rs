@@ -44,7 +44,10 @@ fn check(t: f32, what: &str) -> Result<f32> {
     if (0.0..=1.0).contains(&t) {
         Ok(t)
     } else {
-        Err(ServeError::config(what, format!("threshold must be in [0, 1], got {t}")))
+        Err(ServeError::config(
+            what,
+            format!("threshold must be in [0, 1], got {t}"),
+        ))
     }
 }
 
@@ -58,10 +61,16 @@ mod tests {
         assert!(parse_threshold("1.5").is_err());
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("metrics.json");
-        std::fs::write(&p, r#"{"cascade": {"threshold": 0.42, "escalation_rate": 0.1}}"#).unwrap();
+        std::fs::write(
+            &p,
+            r#"{"cascade": {"threshold": 0.42, "escalation_rate": 0.1}}"#,
+        )
+        .unwrap();
         assert_eq!(parse_threshold(p.to_str().unwrap()).unwrap(), 0.42);
         std::fs::write(&p, r#"{"accuracy": 0.9}"#).unwrap();
-        let e = parse_threshold(p.to_str().unwrap()).unwrap_err().to_string();
+        let e = parse_threshold(p.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cascade.threshold"), "{e}");
     }
 }

@@ -14,7 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn teach_escalator(spec: &distill_core::TaskSpec, base_url: &str, state: &std::path::Path) -> Arc<dyn Escalator> {
+fn teach_escalator(
+    spec: &distill_core::TaskSpec,
+    base_url: &str,
+    state: &std::path::Path,
+) -> Arc<dyn Escalator> {
     let client = distill_teach::TeacherClient::new(
         spec,
         distill_teach::ClientOptions {
@@ -56,7 +60,10 @@ async fn cascade_escalates_exactly_the_unsure_inputs_and_caches_repeats() {
     let http = reqwest::Client::new();
     let texts = sample_texts(12);
     let unsure: Vec<&String> = texts.iter().filter(|t| !is_sure(t)).collect();
-    assert!(!unsure.is_empty() && unsure.len() < texts.len(), "the sample needs both kinds");
+    assert!(
+        !unsure.is_empty() && unsure.len() < texts.len(),
+        "the sample needs both kinds"
+    );
 
     let out = classify(&http, &server.url(), "b77", &texts, Some("support")).await;
     let results = out["results"].as_array().unwrap();
@@ -67,11 +74,17 @@ async fn cascade_escalates_exactly_the_unsure_inputs_and_caches_repeats() {
     }
     let stats = sim.stats();
     assert_eq!(stats.billable as usize, unsure.len(), "{stats:?}");
-    let paid: f64 = results.iter().map(|r| r["cost_usd"].as_f64().unwrap()).sum();
+    let paid: f64 = results
+        .iter()
+        .map(|r| r["cost_usd"].as_f64().unwrap())
+        .sum();
     assert!(paid > 0.0);
 
     // Repeats (with different spacing) come from the cache and pay nothing.
-    let spaced: Vec<String> = texts.iter().map(|t| format!("  {}  ", t.replace(' ', "  "))).collect();
+    let spaced: Vec<String> = texts
+        .iter()
+        .map(|t| format!("  {}  ", t.replace(' ', "  ")))
+        .collect();
     let again = classify(&http, &server.url(), "b77", &spaced, Some("support")).await;
     for (a, b) in again["results"].as_array().unwrap().iter().zip(results) {
         assert_eq!(a["source"], "cache");
@@ -91,7 +104,9 @@ async fn cascade_escalates_exactly_the_unsure_inputs_and_caches_repeats() {
         .unwrap();
     assert_eq!(r["object"], "chat.completion");
     assert_eq!(r["distill"]["source"], "cache");
-    assert!(spec.labels.contains(r["choices"][0]["message"]["content"].as_str().unwrap()));
+    assert!(spec
+        .labels
+        .contains(r["choices"][0]["message"]["content"].as_str().unwrap()));
 
     let metrics = http
         .get(format!("{}/metrics", server.url()))
@@ -106,7 +121,10 @@ async fn cascade_escalates_exactly_the_unsure_inputs_and_caches_repeats() {
         unsure.len()
     );
     assert!(metrics.contains(&want), "{metrics}");
-    assert!(metrics.contains("distill_cache_hits_total{model=\"b77\"} 13"), "{metrics}");
+    assert!(
+        metrics.contains("distill_cache_hits_total{model=\"b77\"} 13"),
+        "{metrics}"
+    );
     assert!(metrics.contains("distill_escalation_spend_usd_total{model=\"b77\",tag=\"support\"}"));
     server.shutdown().await.unwrap();
     sim.shutdown().await;
@@ -122,7 +140,11 @@ async fn teacher_outage_gives_degraded_student_answers() {
     drop(dead);
     let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
     let server = start(
-        vec![entry("b77", student, Some(teach_escalator(&spec, &dead_url, dir.path())))],
+        vec![entry(
+            "b77",
+            student,
+            Some(teach_escalator(&spec, &dead_url, dir.path())),
+        )],
         ServerOptions::default(),
     )
     .await;
@@ -143,7 +165,11 @@ struct PricedTeacher {
 }
 
 impl Escalator for PricedTeacher {
-    fn label<'a>(&'a self, _text: &'a str, _ctx: &'a CallContext) -> BoxFuture<'a, Result<Escalation, EscalateError>> {
+    fn label<'a>(
+        &'a self,
+        _text: &'a str,
+        _ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Escalation, EscalateError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(Escalation {
@@ -179,7 +205,10 @@ async fn budget_exhaustion_stops_escalation_and_alerts_once() {
     let hook = format!("http://{}/alert", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let teacher = Arc::new(PricedTeacher { calls: AtomicUsize::new(0), cost: 0.01 });
+    let teacher = Arc::new(PricedTeacher {
+        calls: AtomicUsize::new(0),
+        cost: 0.01,
+    });
     let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
     let server = start(
         vec![entry("b77", student, Some(teacher.clone()))],
@@ -191,25 +220,58 @@ async fn budget_exhaustion_stops_escalation_and_alerts_once() {
     )
     .await;
     let http = reqwest::Client::new();
-    let unsure: Vec<String> = sample_texts(60).into_iter().filter(|t| !is_sure(t)).take(5).collect();
+    let unsure: Vec<String> = sample_texts(60)
+        .into_iter()
+        .filter(|t| !is_sure(t))
+        .take(5)
+        .collect();
     let mut sources = Vec::new();
     for t in &unsure {
-        let out = classify(&http, &server.url(), "b77", std::slice::from_ref(t), Some("ops")).await;
+        let out = classify(
+            &http,
+            &server.url(),
+            "b77",
+            std::slice::from_ref(t),
+            Some("ops"),
+        )
+        .await;
         let r = &out["results"][0];
-        sources.push((r["source"].as_str().unwrap().to_string(), r.get("budget_capped").is_some()));
+        sources.push((
+            r["source"].as_str().unwrap().to_string(),
+            r.get("budget_capped").is_some(),
+        ));
     }
     assert_eq!(teacher.calls.load(Ordering::SeqCst), 2, "{sources:?}");
-    assert_eq!(&sources[..2], &[("teacher".into(), false), ("teacher".into(), false)]);
-    assert!(sources[2..].iter().all(|(s, c)| s == "student" && *c), "{sources:?}");
+    assert_eq!(
+        &sources[..2],
+        &[("teacher".into(), false), ("teacher".into(), false)]
+    );
+    assert!(
+        sources[2..].iter().all(|(s, c)| s == "student" && *c),
+        "{sources:?}"
+    );
     // Other tags still escalate.
     let out = classify(&http, &server.url(), "b77", &unsure[..1], Some("other")).await;
     assert_eq!(out["results"][0]["source"], "teacher");
 
-    let alert = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let alert = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(alert["tag"], "ops");
     assert_eq!(alert["period"], "daily");
-    let metrics = http.get(format!("{}/metrics", server.url())).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("distill_budget_capped{tag=\"ops\",period=\"daily\"} 1"), "{metrics}");
+    let metrics = http
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("distill_budget_capped{tag=\"ops\",period=\"daily\"} 1"),
+        "{metrics}"
+    );
     server.shutdown().await.unwrap();
     // Exactly one alert per cap: nothing else arrived.
     assert!(rx.try_recv().is_err());
@@ -232,36 +294,87 @@ async fn errors_have_openai_shape_and_status() {
     let http = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", server.url());
     let send = |body: String, key: Option<&'static str>| {
-        let mut r = http.post(&url).header("content-type", "application/json").body(body);
+        let mut r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(k) = key {
             r = r.bearer_auth(k);
         }
         r.send()
     };
-    let msg = |model: &str, text: &str| json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string();
+    let msg = |model: &str, text: &str| {
+        json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
+    };
     let cases = [
-        (send(msg("b77", "hi"), None).await.unwrap(), 401, "invalid_api_key"),
-        (send(msg("b77", "hi"), Some("sk-bad")).await.unwrap(), 401, "invalid_api_key"),
-        (send(msg("nope", "hi"), Some("sk-good")).await.unwrap(), 404, "model_not_found"),
-        (send("{not json".into(), Some("sk-good")).await.unwrap(), 400, ""),
-        (send(json!({"model": "b77"}).to_string(), Some("sk-good")).await.unwrap(), 400, ""),
-        (send(msg("b77", &"word ".repeat(2000)), Some("sk-good")).await.unwrap(), 413, "request_too_large"),
-        (send(msg("b77", &"word ".repeat(20)), Some("sk-good")).await.unwrap(), 422, "context_length_exceeded"),
+        (
+            send(msg("b77", "hi"), None).await.unwrap(),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            send(msg("b77", "hi"), Some("sk-bad")).await.unwrap(),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            send(msg("nope", "hi"), Some("sk-good")).await.unwrap(),
+            404,
+            "model_not_found",
+        ),
+        (
+            send("{not json".into(), Some("sk-good")).await.unwrap(),
+            400,
+            "",
+        ),
+        (
+            send(json!({"model": "b77"}).to_string(), Some("sk-good"))
+                .await
+                .unwrap(),
+            400,
+            "",
+        ),
+        (
+            send(msg("b77", &"word ".repeat(2000)), Some("sk-good"))
+                .await
+                .unwrap(),
+            413,
+            "request_too_large",
+        ),
+        (
+            send(msg("b77", &"word ".repeat(20)), Some("sk-good"))
+                .await
+                .unwrap(),
+            422,
+            "context_length_exceeded",
+        ),
     ];
     for (resp, status, code) in cases {
         assert_eq!(resp.status().as_u16(), status);
         let v: Value = resp.json().await.unwrap();
         let e = &v["error"];
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-        assert!(e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(), "{v}");
+        assert!(
+            e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(),
+            "{v}"
+        );
         if !code.is_empty() {
             assert_eq!(e["code"], code, "{v}");
         }
     }
-    let ok = send(msg("b77", "where is my card"), Some("sk-good")).await.unwrap();
+    let ok = send(msg("b77", "where is my card"), Some("sk-good"))
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     // Health endpoints need no key.
-    assert_eq!(http.get(format!("{}/readyz", server.url())).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("{}/readyz", server.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -270,11 +383,17 @@ async fn streaming_is_one_chunk_then_done_and_json_mode_wraps_the_label() {
     let dir = tempfile::tempdir().unwrap();
     let spec = banking_task(dir.path());
     let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
-    let server = start(vec![entry("b77", student.clone(), None)], ServerOptions::default()).await;
+    let server = start(
+        vec![entry("b77", student.clone(), None)],
+        ServerOptions::default(),
+    )
+    .await;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", server.url());
     let text = "I still have not received my new card";
-    let want = distill_train::Student::predict(&*student, &[text], 1).unwrap()[0].label.clone();
+    let want = distill_train::Student::predict(&*student, &[text], 1).unwrap()[0]
+        .label
+        .clone();
     let body = http
         .post(&url)
         .json(&json!({"model": "b77", "stream": true, "stream_options": {"include_usage": true},
@@ -285,7 +404,10 @@ async fn streaming_is_one_chunk_then_done_and_json_mode_wraps_the_label() {
         .text()
         .await
         .unwrap();
-    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
     assert_eq!(events.last(), Some(&"[DONE]"), "{body}");
     let first: Value = serde_json::from_str(events[0]).unwrap();
     assert_eq!(first["object"], "chat.completion.chunk");
@@ -297,17 +419,27 @@ async fn streaming_is_one_chunk_then_done_and_json_mode_wraps_the_label() {
 
     let r: Value = http
         .post(&url)
-        .json(&json!({"model": "b77", "response_format": {"type": "json_object"},
-                      "messages": [{"role": "user", "content": text}]}))
+        .json(
+            &json!({"model": "b77", "response_format": {"type": "json_object"},
+                      "messages": [{"role": "user", "content": text}]}),
+        )
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let content: Value = serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let content: Value =
+        serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert_eq!(content["label"], want.as_str());
-    let models: Value = http.get(format!("{}/v1/models", server.url())).send().await.unwrap().json().await.unwrap();
+    let models: Value = http
+        .get(format!("{}/v1/models", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["data"][0]["id"], "b77");
     server.shutdown().await.unwrap();
 }

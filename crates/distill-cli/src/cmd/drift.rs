@@ -41,20 +41,46 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         pct(r.total.agree, r.total.n)
     );
     if r.total.n == 0 {
-        println!("No shadow comparisons yet: serve with --shadow-rate (e.g. 0.02) to collect them.");
+        println!(
+            "No shadow comparisons yet: serve with --shadow-rate (e.g. 0.02) to collect them."
+        );
         return Ok(());
     }
-    println!("\n{:<12} {:>8} {:>8} {:>10}", "day", "n", "agree", "agreement");
+    println!(
+        "\n{:<12} {:>8} {:>8} {:>10}",
+        "day", "n", "agree", "agreement"
+    );
     for d in &r.by_day {
-        println!("{:<12} {:>8} {:>8} {:>10}", d.key, d.n, d.agree, pct(d.agree, d.n));
+        println!(
+            "{:<12} {:>8} {:>8} {:>10}",
+            d.key,
+            d.n,
+            d.agree,
+            pct(d.agree, d.n)
+        );
     }
-    let width = r.by_label.iter().map(|l| l.key.len()).max().unwrap_or(5).max(13);
-    println!("\n{:<width$} {:>8} {:>8} {:>10}", "teacher label", "n", "agree", "agreement");
+    let width = r
+        .by_label
+        .iter()
+        .map(|l| l.key.len())
+        .max()
+        .unwrap_or(5)
+        .max(13);
+    println!(
+        "\n{:<width$} {:>8} {:>8} {:>10}",
+        "teacher label", "n", "agree", "agreement"
+    );
     let mut labels = r.by_label.clone();
     // Worst first: the labels to relabel and retrain on.
     labels.sort_by(|a, b| a.agreement.total_cmp(&b.agreement).then(b.n.cmp(&a.n)));
     for l in &labels {
-        println!("{:<width$} {:>8} {:>8} {:>10}", l.key, l.n, l.agree, pct(l.agree, l.n));
+        println!(
+            "{:<width$} {:>8} {:>8} {:>10}",
+            l.key,
+            l.n,
+            l.agree,
+            pct(l.agree, l.n)
+        );
     }
     Ok(())
 }

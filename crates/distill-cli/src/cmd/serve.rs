@@ -108,7 +108,12 @@ fn parse_model_arg(s: &str) -> (String, PathBuf) {
 }
 
 /// A spec for a model served without --task: its labels, the default prompts, the given teacher.
-fn synthesized_spec(task: &str, labels: &[String], provider: Provider, model: &str) -> anyhow::Result<TaskSpec> {
+fn synthesized_spec(
+    task: &str,
+    labels: &[String],
+    provider: Provider,
+    model: &str,
+) -> anyhow::Result<TaskSpec> {
     // JSON strings are valid TOML basic strings, so serde_json quotes safely here.
     let text = format!(
         "name = {}\nkind = \"classify\"\n[input]\n[labels]\nvalues = {}\n[teacher]\nprovider = \"{}\"\nmodel = {}\n",
@@ -121,9 +126,9 @@ fn synthesized_spec(task: &str, labels: &[String], provider: Provider, model: &s
 }
 
 fn parse_escalate_to(s: &str) -> anyhow::Result<(Provider, String)> {
-    let (p, m) = s
-        .split_once(':')
-        .with_context(|| format!("--escalate-to `{s}`: expected PROVIDER:MODEL, e.g. openai:gpt-4o"))?;
+    let (p, m) = s.split_once(':').with_context(|| {
+        format!("--escalate-to `{s}`: expected PROVIDER:MODEL, e.g. openai:gpt-4o")
+    })?;
     let provider = match p {
         "openai" => Provider::Openai,
         "anthropic" => Provider::Anthropic,
@@ -137,7 +142,10 @@ fn parse_escalate_to(s: &str) -> anyhow::Result<(Provider, String)> {
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.shadow_rate) {
-        bail!("--shadow-rate must be between 0 and 1, got {}", args.shadow_rate);
+        bail!(
+            "--shadow-rate must be between 0 and 1, got {}",
+            args.shadow_rate
+        );
     }
     let threshold = distill_serve::threshold::parse_threshold(&args.threshold)?;
     let tasks: Vec<TaskSpec> = args
@@ -168,14 +176,17 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     for m in &args.models {
         let (name, dir) = parse_model_arg(m);
         let student: Arc<dyn distill_train::Student> = Arc::from(
-            distill_train::load_student(&dir, &device)
-                .with_context(|| format!("--model {m}"))?,
+            distill_train::load_student(&dir, &device).with_context(|| format!("--model {m}"))?,
         );
         let meta = student.meta().clone();
         let task = tasks
             .iter()
             .find(|t| t.name == meta.task)
-            .or(if tasks.len() == 1 { tasks.first() } else { None });
+            .or(if tasks.len() == 1 {
+                tasks.first()
+            } else {
+                None
+            });
         if let Some(t) = task {
             if t.labels.names != meta.labels {
                 tracing::warn!(

@@ -27,7 +27,10 @@ pub fn banking_task(dir: &std::path::Path) -> TaskSpec {
 /// The first `n` texts of the shared train.csv.
 pub fn sample_texts(n: usize) -> Vec<String> {
     let mut r = csv::Reader::from_path(data_dir().join("train.csv")).unwrap();
-    r.records().take(n).map(|rec| rec.unwrap()[0].to_string()).collect()
+    r.records()
+        .take(n)
+        .map(|rec| rec.unwrap()[0].to_string())
+        .collect()
 }
 
 /// A student whose answers are fixed functions of the text: label = hash mod labels; it is
@@ -64,7 +67,9 @@ impl Student for FixedStudent {
         Ok(texts
             .iter()
             .map(|t| {
-                let h = t.bytes().fold(7usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
+                let h = t
+                    .bytes()
+                    .fold(7usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
                 let mut row = vec![0.0f32; n];
                 row[h % n] = if is_sure(t) { 20.0 } else { 1.0 };
                 row
