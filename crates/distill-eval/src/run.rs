@@ -169,8 +169,11 @@ pub fn model_names(paths: &[PathBuf]) -> Vec<String> {
 pub fn run_eval(spec: &TaskSpec, opts: &EvalOptions) -> Result<EvalOutcome> {
     opts.validate()?;
     let mut students = Vec::new();
+    let mut resolved = opts.clone();
     if !opts.models.is_empty() {
         let device = distill_train::select_device(&opts.device)?;
+        // `auto` becomes what it picked, so the hardware price matches the device that ran.
+        resolved.device = distill_train::device::device_name(&device);
         for (path, name) in opts.models.iter().zip(model_names(&opts.models)) {
             let student = distill_train::load_student(path, &device)?;
             students.push(NamedStudent {
@@ -180,7 +183,7 @@ pub fn run_eval(spec: &TaskSpec, opts: &EvalOptions) -> Result<EvalOutcome> {
             });
         }
     }
-    run_eval_with(spec, opts, students)
+    run_eval_with(spec, &resolved, students)
 }
 
 /// Evaluates already-loaded students (and/or a replayed predictions file).
@@ -417,8 +420,9 @@ pub fn run_eval_with(
             ));
         }
         let run = pool.install(|| run_student(s, &texts, &map, opts))?;
-        let device = if meta.device.starts_with("cuda") || opts.device.starts_with("cuda") {
-            "cuda".to_string()
+        // Priced by where it runs now, not where it was trained.
+        let device = if opts.device.starts_with("cuda") || opts.device == "metal" {
+            opts.device.clone()
         } else {
             "cpu".to_string()
         };
