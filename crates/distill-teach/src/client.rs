@@ -572,7 +572,7 @@ impl TeacherClient {
                         err.kind.as_str(),
                         "insufficient_quota" | "billing_error" | "billing_hard_limit_reached"
                     );
-                    if quota || matches!(status, 400 | 401 | 402 | 403 | 404) {
+                    if quota || (400..=404).contains(&status) {
                         return Err(TeachError::Fatal {
                             provider: format!(
                                 "{} at {}",
