@@ -43,3 +43,25 @@ pub fn device_name(d: &Device) -> String {
         Device::Metal(_) => "metal".into(),
     }
 }
+
+/// Sets the number of CPU threads for training and prediction: the global rayon pool (our own
+/// parallel loops) and `RAYON_NUM_THREADS`, which candle's CPU kernels read for their matmul
+/// parallelism. `None` keeps `RAYON_NUM_THREADS` if set, else all cores. Returns the count in
+/// effect. Call it once, before any parallel work (the global pool can be built only once).
+pub fn set_threads(threads: Option<usize>) -> usize {
+    let from_env = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0);
+    match threads.filter(|&n| n > 0).or(from_env) {
+        Some(n) => {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            // Err means a pool already exists (a second call, or a test harness); keep it.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
+            rayon::current_num_threads()
+        }
+        None => rayon::current_num_threads(),
+    }
+}

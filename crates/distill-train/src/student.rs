@@ -242,6 +242,31 @@ pub struct TrainOptions {
     pub progress: bool,
 }
 
+impl TrainOptions {
+    /// Defaults for everything but the output directory: seed 42, CPU, the rayon pool's thread
+    /// count, each kind's own defaults for epochs/batch/lr, patience 3, progress hidden.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            out: out.into(),
+            seed: 42,
+            device: candle_core::Device::Cpu,
+            threads: rayon::current_num_threads(),
+            epochs: None,
+            batch_size: None,
+            lr: None,
+            weight_decay: None,
+            max_len: None,
+            patience: 3,
+            class_balanced: false,
+            dropout: None,
+            base: None,
+            head: None,
+            cache_dir: None,
+            progress: false,
+        }
+    }
+}
+
 /// Writes a model directory atomically: `fill` writes into a fresh temporary directory beside
 /// `out`, which then replaces `out` in one rename. A failure leaves `out` untouched.
 pub fn write_model_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

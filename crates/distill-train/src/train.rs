@@ -1,1 +1,231 @@
-//! Training entry point: load data, split, dispatch by student kind.
+//! Training entry point: read a labelled file (a teacher dataset or any CSV/JSONL with a label
+//! column), validate it, hold out a stratified dev split, and hand it to the student kind.
+//! Validation lives here, once, so every kind rejects bad data the same way and before any
+//! model directory exists.
+
+use crate::error::{Result, TrainError};
+use crate::student::{ModelMeta, StudentKind, TrainData, TrainOptions};
+use distill_core::input::Columns;
+use distill_core::TaskSpec;
+use std::path::Path;
+
+/// What loading found, for the CLI to report (never silently dropped).
+#[derive(Debug, Clone, Default)]
+pub struct DataReport {
+    /// Teacher records without a usable label (`invalid`/`failed`), skipped.
+    pub skipped_unlabelled: usize,
+    /// Distinct labels present in the data.
+    pub classes_present: usize,
+    pub from_teacher: bool,
+}
+
+/// Loads, validates and splits `data_path`. `label_column` overrides the spec's gold column for
+/// CSV/JSONL files (ignored for teacher datasets, whose label is the teacher's).
+pub fn load_train_data(
+    spec: &TaskSpec,
+    data_path: &Path,
+    dev_fraction: f64,
+    seed: u64,
+    label_column: Option<&str>,
+) -> Result<(TrainData, DataReport)> {
+    if !(0.0..1.0).contains(&dev_fraction) {
+        return Err(TrainError::Other(format!(
+            "--dev-fraction must be in [0, 1), got {dev_fraction}"
+        )));
+    }
+    let cols = Columns {
+        text: spec.input.text_column.clone(),
+        gold: Some(
+            label_column
+                .map(str::to_string)
+                .or_else(|| spec.input.gold_column.clone())
+                .unwrap_or_else(|| "label".into()),
+        ),
+        id: spec.input.id_column.clone(),
+    };
+    let loaded = distill_core::dataset::load_examples(data_path, &cols, &spec.labels)?;
+    let data_hash = distill_core::fsutil::sha256_file(data_path)?;
+    let mut examples: Vec<(String, usize)> = Vec::with_capacity(loaded.examples.len());
+    for ex in loaded.examples {
+        let Some(label) = ex.label else { continue };
+        // load_examples has already checked the label is in the set.
+        let y = spec.labels.index_of(&label).ok_or_else(|| {
+            TrainError::Data(format!(
+                "{}: label `{label}` is not in the task's label set",
+                data_path.display()
+            ))
+        })?;
+        examples.push((ex.text, y));
+    }
+    if examples.is_empty() {
+        let why = if loaded.skipped_unlabelled > 0 {
+            format!(
+                " ({} teacher records had no usable label)",
+                loaded.skipped_unlabelled
+            )
+        } else {
+            String::new()
+        };
+        return Err(TrainError::Data(format!(
+            "{}: no labelled examples to train on{why}",
+            data_path.display()
+        )));
+    }
+    let mut per_class = vec![0usize; spec.labels.len()];
+    for (_, y) in &examples {
+        per_class[*y] += 1;
+    }
+    let classes_present = per_class.iter().filter(|&&n| n > 0).count();
+    if classes_present < 2 {
+        return Err(TrainError::Data(format!(
+            "{}: every example has the label `{}`; a classifier needs at least two classes in \
+             its training data",
+            data_path.display(),
+            spec.labels.names[examples[0].1]
+        )));
+    }
+    let (train, dev) = stratified_split(examples, spec.labels.len(), dev_fraction, seed);
+    let report = DataReport {
+        skipped_unlabelled: loaded.skipped_unlabelled,
+        classes_present,
+        from_teacher: loaded.from_teacher,
+    };
+    Ok((
+        TrainData {
+            task: spec.name.clone(),
+            labels: spec.labels.clone(),
+            train,
+            dev,
+            data_hash,
+            label_source: if loaded.from_teacher {
+                "teacher".into()
+            } else {
+                "gold".into()
+            },
+        },
+        report,
+    ))
+}
+
+/// Holds out `fraction` of each class (rounded, never a class's last example), chosen by `seed`.
+/// Both halves keep the file's order, so the split is a pure function of (data, fraction, seed).
+pub fn stratified_split(
+    examples: Vec<(String, usize)>,
+    n_classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<(String, usize)>, Vec<(String, usize)>) {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); n_classes];
+    for (i, (_, y)) in examples.iter().enumerate() {
+        by_class[*y].push(i);
+    }
+    let mut is_dev = vec![false; examples.len()];
+    let mut rng = SplitMix64::new(seed ^ 0x5eed_de5f);
+    for idx in by_class.iter_mut() {
+        rng.shuffle(idx);
+        let n = idx.len();
+        let k = ((n as f64 * fraction).round() as usize).min(n.saturating_sub(1));
+        for &i in idx.iter().take(k) {
+            is_dev[i] = true;
+        }
+    }
+    let mut train = Vec::new();
+    let mut dev = Vec::new();
+    for (ex, d) in examples.into_iter().zip(is_dev) {
+        if d {
+            dev.push(ex);
+        } else {
+            train.push(ex);
+        }
+    }
+    (train, dev)
+}
+
+/// Trains `kind` on already-split data; the kind writes `opts.out`.
+pub fn train_on(data: &TrainData, kind: StudentKind, opts: &TrainOptions) -> Result<ModelMeta> {
+    match kind {
+        StudentKind::Linear => crate::linear::train_linear(data, opts),
+        StudentKind::EncoderHead => crate::encoder::train_head(data, opts),
+        StudentKind::EncoderFinetune => crate::encoder::train_finetune(data, opts),
+    }
+}
+
+/// Loads `data_path`, splits it and trains `kind`, writing the model directory at `opts.out`.
+/// On any error no model directory is left behind.
+pub fn train(
+    spec: &TaskSpec,
+    data_path: &Path,
+    kind: StudentKind,
+    opts: TrainOptions,
+    dev_fraction: f64,
+) -> Result<ModelMeta> {
+    let (data, _) = load_train_data(spec, data_path, dev_fraction, opts.seed, None)?;
+    train_on(&data, kind, &opts)
+}
+
+/// A tiny, version-stable PRNG (SplitMix64) so seeded splits and batch orders never change when
+/// a dependency's RNG does.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in 0..n (n > 0), by rejection so there is no modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
+    /// Fisher–Yates.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_stratified_and_seeded() {
+        let ex: Vec<(String, usize)> = (0..100).map(|i| (format!("t{i}"), i % 4)).collect();
+        let (tr, dv) = stratified_split(ex.clone(), 4, 0.2, 7);
+        assert_eq!(dv.len(), 20);
+        assert_eq!(tr.len(), 80);
+        for c in 0..4 {
+            assert_eq!(dv.iter().filter(|(_, y)| *y == c).count(), 5);
+        }
+        let (tr2, dv2) = stratified_split(ex.clone(), 4, 0.2, 7);
+        assert_eq!((tr, dv.clone()), (tr2, dv2));
+        let (_, dv3) = stratified_split(ex, 4, 0.2, 8);
+        assert_ne!(dv, dv3);
+    }
+
+    #[test]
+    fn a_lone_example_stays_in_train() {
+        let ex = vec![
+            ("a".to_string(), 0),
+            ("b".to_string(), 1),
+            ("c".to_string(), 1),
+        ];
+        let (tr, dv) = stratified_split(ex, 2, 0.5, 1);
+        assert!(tr.iter().any(|(_, y)| *y == 0));
+        assert_eq!(tr.len() + dv.len(), 3);
+    }
+}
