@@ -28,7 +28,12 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
     /// Directory for distill's state: the response cache and the spend ledger (SQLite).
-    #[arg(long, global = true, env = "DISTILL_STATE_DIR", default_value = ".distill")]
+    #[arg(
+        long,
+        global = true,
+        env = "DISTILL_STATE_DIR",
+        default_value = ".distill"
+    )]
     pub state_dir: PathBuf,
     /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
     #[arg(long, short, global = true)]

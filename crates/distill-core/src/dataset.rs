@@ -62,7 +62,12 @@ pub fn load_examples(path: &Path, cols: &Columns, labels: &LabelSet) -> Result<L
                 continue;
             }
             let rec: TeacherRecord = serde_json::from_str(&line).map_err(|e| {
-                CoreError::data(path, line_no, "record", format!("not a teacher record: {e}"))
+                CoreError::data(
+                    path,
+                    line_no,
+                    "record",
+                    format!("not a teacher record: {e}"),
+                )
             })?;
             let label = rec.label().map(str::to_string);
             if label.is_none() {

@@ -116,7 +116,9 @@ struct CsvRows {
 impl CsvRows {
     fn new(path: &Path, file: std::fs::File, cols: &Columns) -> Result<Self> {
         let reader: Box<dyn Read + Send> = Box::new(BufReader::with_capacity(1 << 16, file));
-        let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(reader);
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(false)
+            .from_reader(reader);
         let headers = rdr
             .headers()
             .map_err(|e| csv_error(path, &e, "header"))?
@@ -177,12 +179,16 @@ impl Iterator for CsvRows {
             Err(e) => Some(Err(csv_error(&self.path, &e, "row"))),
             Ok(true) => {
                 self.row += 1;
-                let line = self.rec.position().map(|p| p.line()).unwrap_or(self.row + 1);
+                let line = self
+                    .rec
+                    .position()
+                    .map(|p| p.line())
+                    .unwrap_or(self.row + 1);
                 let field = |i: usize, name: &str| -> Result<String> {
                     let b = self.rec.get(i).unwrap_or_default();
-                    std::str::from_utf8(b).map(str::to_string).map_err(|_| {
-                        CoreError::data(&self.path, line, name, "not valid UTF-8")
-                    })
+                    std::str::from_utf8(b)
+                        .map(str::to_string)
+                        .map_err(|_| CoreError::data(&self.path, line, name, "not valid UTF-8"))
                 };
                 let item = (|| {
                     let text = field(self.text_i, &self.text_name)?;

@@ -159,9 +159,15 @@ mod tests {
         };
         // gpt-4o: 2.5 in, 1.25 cached, 10 out, batch 1.25/5.
         let c = t.cost("gpt-4o", &u, false).unwrap();
-        assert!((c - (0.8 * 2.5 + 0.2 * 1.25 + 0.1 * 10.0)).abs() < 1e-9, "{c}");
+        assert!(
+            (c - (0.8 * 2.5 + 0.2 * 1.25 + 0.1 * 10.0)).abs() < 1e-9,
+            "{c}"
+        );
         let b = t.cost("gpt-4o", &u, true).unwrap();
-        assert!((b - (0.8 * 1.25 + 0.2 * 0.625 + 0.1 * 5.0)).abs() < 1e-9, "{b}");
+        assert!(
+            (b - (0.8 * 1.25 + 0.2 * 0.625 + 0.1 * 5.0)).abs() < 1e-9,
+            "{b}"
+        );
         assert!(t.get("gpt-4o-2024-11-20").is_some());
         assert!(t.get("openai/gpt-4o-mini").is_some());
         assert!(t.get("no-such-model").is_none());
@@ -178,7 +184,10 @@ mod tests {
             ..Default::default()
         };
         let c = t.cost("claude-sonnet-4-5", &u, false).unwrap();
-        assert!((c - (0.8 * 3.0 + 0.1 * 0.3 + 0.1 * 3.75)).abs() < 1e-9, "{c}");
+        assert!(
+            (c - (0.8 * 3.0 + 0.1 * 0.3 + 0.1 * 3.75)).abs() < 1e-9,
+            "{c}"
+        );
     }
 
     #[test]

@@ -280,7 +280,13 @@ impl TaskSpec {
             CoreError::spec(path, &field, format!("{}{at}", e.message().trim()))
         })?;
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
-        let resolve = |p: &PathBuf| if p.is_absolute() { p.clone() } else { dir.join(p) };
+        let resolve = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                dir.join(p)
+            }
+        };
 
         if file.name.trim().is_empty() {
             return Err(CoreError::spec(path, "name", "must not be empty"));
@@ -529,7 +535,10 @@ model = "gpt-4o-mini"
             .unwrap_err()
             .to_string();
         assert!(e.contains("temprature"), "{e}");
-        let bad = SPEC.replace("descriptions = { a = \"first\" }", "descriptions = { c = \"x\" }");
+        let bad = SPEC.replace(
+            "descriptions = { a = \"first\" }",
+            "descriptions = { c = \"x\" }",
+        );
         let e = TaskSpec::parse(&bad, Path::new("t.toml"))
             .unwrap_err()
             .to_string();

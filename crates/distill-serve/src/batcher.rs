@@ -4,7 +4,7 @@
 
 use distill_train::{Prediction, Student};
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -111,10 +111,7 @@ fn worker(
                     Err(_) if opts.max_wait.is_zero() => None,
                     Err(_) => {
                         let left = opts.max_wait.saturating_sub(started.elapsed());
-                        match rx.recv_timeout(left) {
-                            Ok(j) => Some(j),
-                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                        }
+                        rx.recv_timeout(left).ok()
                     }
                 };
                 match next {

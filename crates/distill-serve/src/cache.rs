@@ -39,7 +39,7 @@ pub fn cache_key(model: &str, normalised: &str) -> String {
 pub enum Cache {
     Off,
     Memory(MemoryCache),
-    Redis(RedisCache),
+    Redis(Box<RedisCache>),
 }
 
 impl Cache {

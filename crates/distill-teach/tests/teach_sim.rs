@@ -250,9 +250,7 @@ async fn unreachable_provider_is_a_clear_error() {
 type Scripted = (u16, Vec<(&'static str, &'static str)>, &'static str);
 
 /// A fake provider: replies with `script[n]` (status, headers) for the n-th request, then 200.
-async fn fake(
-    script: Vec<Scripted>,
-) -> (String, Arc<AtomicU64>) {
+async fn fake(script: Vec<Scripted>) -> (String, Arc<AtomicU64>) {
     let hits = Arc::new(AtomicU64::new(0));
     let h = hits.clone();
     let script = Arc::new(script);

@@ -18,7 +18,9 @@ pub enum TrainError {
     /// Training data that cannot be trained on (empty, one class, unknown label).
     #[error("{0}")]
     Data(String),
-    #[error("training diverged: loss became {loss} at step {step} (learning rate {lr}); lower --lr")]
+    #[error(
+        "training diverged: loss became {loss} at step {step} (learning rate {lr}); lower --lr"
+    )]
     NonFinite { step: usize, lr: f64, loss: f32 },
     #[error("{0}")]
     Other(String),

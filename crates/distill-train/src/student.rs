@@ -157,10 +157,7 @@ pub trait Student: Send + Sync {
 
 pub fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = row
-        .iter()
-        .map(|x| ((x - m) / temperature).exp())
-        .collect();
+    let e: Vec<f32> = row.iter().map(|x| ((x - m) / temperature).exp()).collect();
     let s: f32 = e.iter().sum();
     e.into_iter().map(|x| x / s).collect()
 }

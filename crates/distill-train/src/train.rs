@@ -107,6 +107,9 @@ pub fn load_train_data(
     ))
 }
 
+/// One training example: the text and its label's index.
+pub type LabelledText = (String, usize);
+
 /// Holds out `fraction` of each class (rounded, never a class's last example), chosen by `seed`.
 /// Both halves keep the file's order, so the split is a pure function of (data, fraction, seed).
 pub fn stratified_split(
@@ -114,7 +117,7 @@ pub fn stratified_split(
     n_classes: usize,
     fraction: f64,
     seed: u64,
-) -> (Vec<(String, usize)>, Vec<(String, usize)>) {
+) -> (Vec<LabelledText>, Vec<LabelledText>) {
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); n_classes];
     for (i, (_, y)) in examples.iter().enumerate() {
         by_class[*y].push(i);

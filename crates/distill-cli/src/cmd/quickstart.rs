@@ -1,8 +1,210 @@
+//! `distill quickstart`: the whole loop, offline, in one command. It is the product's demo and
+//! its smoke test: a simulated premium teacher (in-process, loopback only) labels Banking77,
+//! students train on those labels, and eval shows what distillation saves.
+
 use crate::Global;
+use anyhow::{bail, Context, Result};
+use distill_core::TaskSpec;
+use distill_train::{StudentKind, TrainOptions};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Task spec to run the loop on.
+    #[arg(long, default_value = "datasets/banking77/task.toml")]
+    pub task: PathBuf,
+    /// Train only the linear student (about 2 minutes on 2 cores instead of about 10).
+    #[arg(long)]
+    pub fast: bool,
+    /// Accuracy of the simulated teacher against the gold labels.
+    #[arg(long, default_value_t = 0.94)]
+    pub teacher_accuracy: f64,
+    /// Premium model whose prices and tokenizer the simulated teacher imitates.
+    #[arg(long, default_value = "gpt-4o")]
+    pub price_as: String,
+    /// Requests per day used for the monthly projection and break-even.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub volume: f64,
+    /// Concurrent requests to the simulated teacher.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Base encoder for the encoder-head student (skipped when not installed).
+    #[arg(long, default_value = "models/base/all-MiniLM-L6-v2")]
+    pub base: PathBuf,
+    /// Where the students go (`<dir>/<task>-linear`, `<dir>/<task>-encoder-head`).
+    #[arg(long, default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Where the report goes (`<dir>/<task>-quickstart`).
+    #[arg(long, default_value = "evals")]
+    pub evals_dir: PathBuf,
+    /// Threads for training and inference (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
 
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args, g: &Global) -> Result<()> {
+    let started = Instant::now();
+    let spec = TaskSpec::load(&args.task)
+        .with_context(|| format!("loading the task spec {}", args.task.display()))?;
+    let train_file = spec
+        .input
+        .path
+        .clone()
+        .context("the task spec has no input.path to teach")?;
+    let test_file = spec
+        .input
+        .test_path
+        .clone()
+        .context("the task spec has no input.test_path to evaluate on")?;
+    for f in [&train_file, &test_file] {
+        if !f.exists() {
+            bail!(
+                "{} is missing: run scripts/setup.sh first (it copies or downloads the data)",
+                f.display()
+            );
+        }
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let step = |n: usize, what: &str| eprintln!("\n[{n}/4] {what}");
+
+    // 1. The simulated premium teacher, in-process on a loopback port.
+    step(1, "starting the simulated teacher");
+    let mut sim_cfg = distill_sim::SimConfig::new(spec.clone());
+    sim_cfg.accuracy = args.teacher_accuracy;
+    sim_cfg.price_as = args.price_as.clone();
+    sim_cfg.seed = args.seed;
+    let sim = distill_sim::SimServer::spawn(sim_cfg).context("starting the simulated teacher")?;
+    eprintln!(
+        "      {} (accuracy {:.2}, priced as {})",
+        sim.base_url(),
+        args.teacher_accuracy,
+        args.price_as
+    );
+
+    // 2. Teach: label the training set and the test set through the teacher.
+    step(
+        2,
+        "teaching: labelling the inputs with the (simulated) premium model",
+    );
+    let dir = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut teacher_train = None;
+    let mut teacher_test = None;
+    for (input, out, slot) in [
+        (&train_file, dir.join("teacher.jsonl"), &mut teacher_train),
+        (
+            &test_file,
+            dir.join("teacher-test.jsonl"),
+            &mut teacher_test,
+        ),
+    ] {
+        let opts = distill_teach::TeachOptions {
+            input: Some(input.clone()),
+            out: Some(out.clone()),
+            base_url: Some(sim.base_url()),
+            concurrency: args.concurrency,
+            resume: true,
+            cache_path: g.cache_path(),
+            ledger_path: g.ledger_path(),
+            progress: !g.quiet,
+            ..Default::default()
+        };
+        let s = rt
+            .block_on(distill_teach::run_teach(&spec, opts))
+            .with_context(|| format!("teaching {}", input.display()))?;
+        eprintln!(
+            "      {}: {} labelled ({} from cache, {} invalid, {} failed), ${:.4} spent",
+            out.display(),
+            s.ok,
+            s.cached,
+            s.invalid,
+            s.failed,
+            s.cost_usd
+        );
+        *slot = Some(out);
+    }
+    let teacher_train = teacher_train.expect("set above");
+    let teacher_test = teacher_test.expect("set above");
+
+    // 3. Train the students on the teacher's labels.
+    step(3, "training students on the teacher's labels");
+    let mut kinds = vec![StudentKind::Linear];
+    if !args.fast {
+        if args.base.join("model.safetensors").exists() {
+            kinds.push(StudentKind::EncoderHead);
+        } else {
+            eprintln!(
+                "      skipping encoder-head: {} is not installed (scripts/setup.sh installs it)",
+                args.base.display()
+            );
+        }
+    }
+    let mut models = Vec::new();
+    for kind in kinds {
+        let out = args
+            .models_dir
+            .join(format!("{}-{}", spec.name, kind.as_str()));
+        let opts = TrainOptions {
+            out: out.clone(),
+            seed: args.seed,
+            device: distill_train::select_device("cpu")?,
+            threads,
+            epochs: None,
+            batch_size: None,
+            lr: None,
+            weight_decay: None,
+            max_len: None,
+            patience: 2,
+            class_balanced: false,
+            dropout: None,
+            base: (kind != StudentKind::Linear).then(|| args.base.display().to_string()),
+            head: None,
+            cache_dir: Some(g.state_dir.join("embeddings")),
+            progress: !g.quiet,
+        };
+        let t = Instant::now();
+        let meta = distill_train::train::train(&spec, &teacher_train, kind, opts, 0.1)
+            .with_context(|| format!("training the {} student", kind.as_str()))?;
+        eprintln!(
+            "      {}: dev accuracy {:.3} (vs the teacher's labels), {:.1}s",
+            out.display(),
+            meta.dev_accuracy,
+            t.elapsed().as_secs_f64()
+        );
+        models.push(out);
+    }
+
+    // 4. Evaluate students and the cascade against gold and teacher labels.
+    step(4, "evaluating: quality, cost, break-even, cascade");
+    let out = args.evals_dir.join(format!("{}-quickstart", spec.name));
+    let mut eo = distill_eval::EvalOptions::new(&out);
+    eo.models = models;
+    eo.test = Some(test_file);
+    eo.teacher_labels = Some(teacher_test);
+    eo.volume_per_day = args.volume;
+    eo.teacher_price_model = Some(args.price_as.clone());
+    eo.ledger = Some(g.ledger_path());
+    eo.seed = args.seed;
+    eo.device = "cpu".into();
+    eo.threads = Some(threads);
+    eo.progress = !g.quiet;
+    let outcome = distill_eval::run_eval(&spec, &eo).context("evaluating the students")?;
+    drop(sim);
+
+    println!("{}", outcome.summary);
+    println!("report: {}", outcome.report_html().display());
+    println!("        {}", outcome.report_md().display());
+    println!("        {}", outcome.metrics_json().display());
+    eprintln!(
+        "\nquickstart finished in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -254,7 +254,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             if let Err(e) = rt.block_on(r.check()) {
                 bail!("--cache {url}: cannot reach Redis at {} ({e})", r.addr());
             }
-            Cache::Redis(r)
+            Cache::Redis(Box::new(r))
         }
     };
     let shadow = if args.shadow_rate > 0.0 && escalate {

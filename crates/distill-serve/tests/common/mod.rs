@@ -40,7 +40,7 @@ pub struct FixedStudent {
 }
 
 pub fn is_sure(text: &str) -> bool {
-    text.split_whitespace().count() % 2 == 0
+    text.split_whitespace().count().is_multiple_of(2)
 }
 
 impl FixedStudent {

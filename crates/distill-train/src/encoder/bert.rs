@@ -138,7 +138,7 @@ impl BertConfig {
         if cfg.hidden_size == 0 || cfg.num_attention_heads == 0 {
             return Err("config.json: hidden_size and num_attention_heads must be positive".into());
         }
-        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(format!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -767,9 +767,9 @@ impl BertClassifier {
     /// Classification logits (b, n_labels).
     pub fn forward(&self, batch: &Batch, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
         let hidden = self.encode(batch, dropout.as_deref_mut())?;
-        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
         let mut pooled = self.pooler.forward(&cls)?.tanh()?;
-        if let Some(d) = dropout.as_deref_mut() {
+        if let Some(d) = dropout {
             let p = self
                 .config
                 .classifier_dropout

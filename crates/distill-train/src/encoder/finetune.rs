@@ -282,7 +282,9 @@ pub fn fit(
         indicatif::ProgressBar::hidden()
     };
 
-    let mut best: Option<(f64, f64, Vec<Vec<f32>>, Vec<Tensor>)> = None;
+    // (dev accuracy, dev loss, dev probabilities, weights) of the best epoch so far.
+    type Best = (f64, f64, Vec<Vec<f32>>, Vec<Tensor>);
+    let mut best: Option<Best> = None;
     let mut stale = 0usize;
     let mut step = 0usize;
     let mut train_time = 0f64;

@@ -343,7 +343,7 @@ impl HeadHyper {
     fn from_opts(opts: &TrainOptions) -> Result<Self> {
         let kind: HeadKind = opts.head.as_deref().unwrap_or("logistic").parse()?;
         let (lr, l2, epochs) = match kind {
-            HeadKind::Logistic => (1e-2, 1e-4, 100),
+            HeadKind::Logistic => (1e-3, 1e-4, 100),
             HeadKind::Mlp => (1e-3, 1e-4, 60),
         };
         Ok(Self {
