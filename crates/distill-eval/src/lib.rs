@@ -7,6 +7,7 @@
 //! through the `Student` trait. [`report`] renders `metrics.json`, `report.md` and a
 //! self-contained `report.html`; its module docs hold the `metrics.json` schema.
 
+pub mod api;
 pub mod cascade;
 pub mod cost;
 pub mod data;

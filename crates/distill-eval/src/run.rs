@@ -44,6 +44,10 @@ pub struct EvalOptions {
     pub prices: Option<PathBuf>,
     /// The spend ledger; absent or missing file = no rows.
     pub ledger: Option<PathBuf>,
+    /// Response cache for `--api` students, so a re-run pays nothing; `None` disables it.
+    pub cache: Option<PathBuf>,
+    /// Concurrent requests per `--api` student.
+    pub api_concurrency: usize,
     pub seed: u64,
     /// `auto`, `cpu`, `cuda`, `cuda:N`.
     pub device: String,
@@ -70,6 +74,8 @@ impl EvalOptions {
             teacher_price_model: None,
             prices: None,
             ledger: None,
+            cache: None,
+            api_concurrency: 16,
             seed: 0,
             device: "cpu".into(),
             threads: None,
@@ -193,12 +199,11 @@ pub fn run_eval_with(
     students: Vec<NamedStudent>,
 ) -> Result<EvalOutcome> {
     opts.validate()?;
-    if !opts.api.is_empty() {
-        return Err(EvalError::Invalid(
-            "--api students are not available in this build yet; evaluate local models with --model"
-                .into(),
-        ));
-    }
+    let api_students = opts
+        .api
+        .iter()
+        .map(|a| crate::api::ApiStudentSpec::parse(a))
+        .collect::<Result<Vec<_>>>()?;
     let mut warnings: Vec<String> = Vec::new();
     let labels = &spec.labels;
 
@@ -225,7 +230,7 @@ pub fn run_eval_with(
     if let Some(t) = &opts.teacher_labels {
         data::attach_teacher_labels(&mut items, labels, t)?;
     }
-    if students.is_empty() && replayed.is_empty() {
+    if students.is_empty() && replayed.is_empty() && api_students.is_empty() {
         return Err(EvalError::Invalid(
             "nothing to evaluate: pass at least one --model (or --api)".into(),
         ));
@@ -493,6 +498,59 @@ pub fn run_eval_with(
                 latency: cost::latency(run.latency_ms),
             }),
             one_time,
+            held_out_only: false,
+        });
+    }
+    for who in &api_students {
+        let run = crate::api::run_api_student(
+            spec,
+            who,
+            &items.texts,
+            labels,
+            &crate::api::ApiRunOptions {
+                cache_path: opts.cache.clone(),
+                ledger_path: opts.ledger.clone(),
+                prices: Some(table.clone()),
+                concurrency: opts.api_concurrency,
+                progress: opts.progress,
+            },
+        )?;
+        if !run.priced {
+            warnings.push(format!(
+                "`{}` is not in the price table: its cost is shown as $0 (pass --prices FILE)",
+                who.model
+            ));
+        }
+        if run.invalid + run.failed > 0 {
+            warnings.push(format!(
+                "{}: {} invalid and {} failed answers of {} count as wrong",
+                who.name(),
+                run.invalid,
+                run.failed,
+                n
+            ));
+        }
+        answers.push(Answers {
+            name: who.name(),
+            kind: OptionKind::Api,
+            source: Some(run.base_url.clone()),
+            labels: run.labels,
+            confidence: None,
+            escalated: None,
+            runtime: Some(Runtime {
+                device: "api".into(),
+                threads: opts.api_concurrency,
+                batch_size: 1,
+                batch_seconds_per_request: 0.0,
+                latency: cost::latency(run.latency_ms),
+            }),
+            per_request: Some(run.per_request_usd),
+            per_request_basis: format!(
+                "real tokens × `{}` price, mean of {n} calls (Batch API: {})",
+                who.model,
+                crate::report::fmt::usd(run.batch_per_request_usd)
+            ),
+            one_time: vec![],
             held_out_only: false,
         });
     }

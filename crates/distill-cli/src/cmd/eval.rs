@@ -17,9 +17,14 @@ pub struct Args {
     /// A trained student's model directory; repeat to compare several.
     #[arg(long = "model")]
     pub models: Vec<PathBuf>,
-    /// A hosted model to evaluate as a student, as provider:model (e.g. openai:gpt-4o-mini).
+    /// A hosted model to evaluate as a student, as provider:model[@base-url] (e.g.
+    /// openai:gpt-4o-mini); asked with the task's prompt through the teach client (cache,
+    /// retries, ledger rows tagged `eval`), priced by its real tokens. Repeatable.
     #[arg(long = "api")]
     pub api: Vec<String>,
+    /// Concurrent requests per --api student.
+    #[arg(long, default_value_t = 16)]
+    pub api_concurrency: usize,
     /// Test file (CSV/JSONL with the spec's columns, or a teacher dataset). Default: the spec's input.test_path.
     #[arg(long)]
     pub test: Option<PathBuf>,
@@ -90,6 +95,8 @@ pub fn options(args: &Args, g: &Global) -> EvalOptions {
     o.teacher_price_model = args.teacher_price_model.clone();
     o.prices = args.prices.clone();
     o.ledger = Some(g.ledger_path());
+    o.cache = Some(g.cache_path());
+    o.api_concurrency = args.api_concurrency;
     o.seed = args.seed;
     o.device = args.device.clone();
     o.threads = args.threads;

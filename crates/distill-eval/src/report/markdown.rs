@@ -228,7 +228,15 @@ pub fn render(r: &EvalReport) -> String {
                 format!(" = {}", parts.join(" + "))
             }
         );
-        if let Some(rt) = &o.runtime {
+        if let Some(rt) = o.runtime.as_ref().filter(|rt| rt.device == "api") {
+            if let Some(l) = rt.latency {
+                let _ = writeln!(
+                    out,
+                    "  - network latency p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms ({} calls, {} concurrent)",
+                    l.p50_ms, l.p95_ms, l.p99_ms, l.samples, rt.threads
+                );
+            }
+        } else if let Some(rt) = &o.runtime {
             let lat = rt
                 .latency
                 .map(|l| {
