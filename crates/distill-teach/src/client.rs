@@ -188,7 +188,7 @@ pub fn resolve_api_key(spec: &TaskSpec, base_url: &str, explicit: Option<&str>) 
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
         return Some(Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 60.0)));
@@ -285,6 +285,28 @@ impl TeacherClient {
     }
     pub fn ledger(&self) -> Option<&Ledger> {
         self.ledger.as_ref()
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+    /// The API key, for the batch endpoints' headers (never for messages: see [`redact`]).
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+    pub(crate) fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+    pub(crate) fn retry_delay(&self, attempt: u32) -> Duration {
+        self.backoff(attempt)
+    }
+
+    /// Makes a reply obtained elsewhere (a batch result) answer `hash` until it is persisted.
+    pub(crate) fn remember(&self, hash: &str, reply: Reply) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash.to_string(), reply);
     }
 
     /// Cost of a call at this client's model price (0 when the model has no price).

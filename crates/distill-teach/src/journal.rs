@@ -7,6 +7,10 @@
 //! Format: line 1 is a [`JournalHeader`]; every other line is
 //! `{"i": <0-based input ordinal>, "b": <write batch>, "r": <TeacherRecord>, "l": [ledger rows], "c": [cache entries]}`.
 //! A later line for the same ordinal replaces an earlier one (failed records are retried).
+//!
+//! `--batch` adds one line per submitted provider batch, written (and fsync'd) as soon as the
+//! provider accepts it: `{"batch": <BatchRef>}`. A rerun polls those batches by id instead of
+//! submitting their inputs again.
 
 use crate::client::Pending;
 use crate::error::{Result, TeachError};
@@ -32,6 +36,39 @@ struct LineHead<'a> {
     b: u64,
     #[serde(borrow)]
     r: &'a serde_json::value::RawValue,
+}
+
+/// A provider batch submitted by `--batch`: its id and the input ordinals it carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRef {
+    pub id: String,
+    /// `openai` or `anthropic`.
+    pub provider: String,
+    /// Number of requests in the batch.
+    pub n: u64,
+    /// Half-open ordinal ranges `[start, end)`; the request for ordinal `i` has custom_id `in-<i>`.
+    pub ranges: Vec<[u64; 2]>,
+}
+
+impl BatchRef {
+    pub fn ordinals(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ranges.iter().flat_map(|r| r[0]..r[1])
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchLine {
+    batch: BatchRef,
+}
+
+/// The journal line recording a submitted batch (with its newline).
+pub fn encode_batch_line(batch: &BatchRef) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&BatchLine {
+        batch: batch.clone(),
+    })
+    .unwrap_or_default();
+    v.push(b'\n');
+    v
 }
 
 #[derive(Deserialize)]
@@ -84,6 +121,8 @@ pub struct Recovered {
     pub last_batch: Vec<Pending>,
     pub next_batch: u64,
     pub lines: u64,
+    /// Provider batches submitted by earlier `--batch` runs, in submission order.
+    pub batches: Vec<BatchRef>,
 }
 
 pub struct Journal {
@@ -220,6 +259,13 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
             good_end = offset;
             continue;
         }
+        if complete && line.starts_with(b"{\"batch\":") {
+            if let Ok(b) = serde_json::from_slice::<BatchLine>(&line) {
+                good_end = offset;
+                rec.batches.push(b.batch);
+                continue;
+            }
+        }
         let head: LineHead = match serde_json::from_slice(&line) {
             Ok(h) if complete => h,
             // A torn last line from a kill: drop it, the input is simply redone.
@@ -268,8 +314,9 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
 }
 
 /// Writes the journal's records, ordered by input ordinal (`0..total`, the last record for
-/// each), to `out`. Memory: one offset per input, never the records themselves.
-pub fn assemble(journal: &Path, total: u64, out: &mut impl Write) -> Result<()> {
+/// each), to `out` (named `out_path` in errors). Memory: one offset per input, never the
+/// records themselves.
+pub fn assemble(journal: &Path, total: u64, out: &mut impl Write, out_path: &Path) -> Result<()> {
     let mut offsets = vec![u64::MAX; total as usize];
     {
         let file = File::open(journal).map_err(|e| TeachError::io(journal, e))?;
@@ -324,7 +371,7 @@ pub fn assemble(journal: &Path, total: u64, out: &mut impl Write) -> Result<()> 
             .map_err(|e| TeachError::file(journal, format!("offset {off}: {e}")))?;
         out.write_all(h.r.get().as_bytes())
             .and_then(|_| out.write_all(b"\n"))
-            .map_err(|e| TeachError::io(journal, e))?;
+            .map_err(|e| TeachError::io(out_path, e))?;
     }
     Ok(())
 }

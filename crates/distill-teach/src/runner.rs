@@ -45,8 +45,13 @@ pub struct TeachOptions {
     pub api_key: Option<String>,
     pub max_retries: Option<u32>,
     pub backoff_base: Option<Duration>,
-    /// Batch API status poll interval.
+    /// Longest wait between Batch API status polls (polling starts faster and backs off to it).
     pub batch_poll: Duration,
+    /// Most requests per provider batch (capped at [`crate::batch::MAX_BATCH_REQUESTS`]).
+    pub batch_size: usize,
+    /// With `batch`: submit the batches, record their ids in the journal and return without
+    /// waiting; a later run (`resume`) polls them by id and finishes the job.
+    pub batch_no_wait: bool,
 }
 
 impl Default for TeachOptions {
@@ -69,6 +74,8 @@ impl Default for TeachOptions {
             max_retries: None,
             backoff_base: None,
             batch_poll: Duration::from_secs(30),
+            batch_size: crate::batch::MAX_BATCH_REQUESTS,
+            batch_no_wait: false,
         }
     }
 }
@@ -96,7 +103,10 @@ pub struct TeachSummary {
     pub elapsed: Duration,
     /// Set for `--dry-run`.
     pub estimate: Option<crate::dry_run::Estimate>,
+    /// Provider batches this run submitted or collected (`--batch`).
     pub batch_ids: Vec<String>,
+    /// `--batch --no-wait`: batches were submitted and are still running.
+    pub awaiting_batches: bool,
 }
 
 impl std::fmt::Display for TeachSummary {
@@ -122,8 +132,16 @@ impl std::fmt::Display for TeachSummary {
             write!(f, " (projected ${c:.4} per 1,000 requests)")?;
         }
         write!(f, " in {:.1}s", self.elapsed.as_secs_f64())?;
+        if !self.batch_ids.is_empty() {
+            write!(f, "\nbatches: {}", self.batch_ids.join(", "))?;
+        }
         if self.complete {
             write!(f, "\nwrote {}", self.out.display())?;
+        } else if self.awaiting_batches {
+            write!(
+                f,
+                "\nsubmitted; the batch ids are recorded in the journal. Run the same command with --resume to collect the results."
+            )?;
         } else if self.stopped_by_budget {
             write!(
                 f,
@@ -238,17 +256,17 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
     };
     let jpath = journal_path(&out);
     let had_journal = jpath.exists();
+    if opts.resume && !had_journal {
+        return Err(TeachError::file(
+            &jpath,
+            "--resume: there is no interrupted run (or submitted batch) to resume: no journal",
+        ));
+    }
     if opts.batch {
         return crate::batch::run_batch(
             spec, &opts, client, &input, &out, &jpath, header, total, started,
         )
         .await;
-    }
-    if opts.resume && !had_journal {
-        return Err(TeachError::file(
-            &jpath,
-            "--resume: there is no interrupted run to resume (no journal)",
-        ));
     }
     let (journal, recovered) = Journal::open(&jpath, &header)?;
     reconcile(&client, &recovered.last_batch)?;
@@ -398,9 +416,28 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
 
 /// Orders the journal into `out` atomically, then removes the journal.
 pub(crate) fn finish(jpath: &Path, out: &Path, total: u64) -> Result<()> {
-    let mut file = distill_core::fsutil::AtomicFile::create(out)?;
-    assemble(jpath, total, &mut file)?;
-    file.commit()?;
+    use distill_core::CoreError;
+    // A failed write (a full disk) drops the temporary file, so no partial output is left,
+    // and keeps the journal, so a rerun only has to write the file.
+    let failed = |e: CoreError| {
+        match e {
+        CoreError::Io { path, source } if path == out => TeachError::file(
+            out,
+            format!(
+                "cannot write the output: {source}. No partial file was left; every record is kept in {}: \
+                 free some space (or choose another --out) and run the same command again",
+                jpath.display()
+            ),
+        ),
+        other => TeachError::Core(other),
+    }
+    };
+    let mut file = distill_core::fsutil::AtomicFile::create(out).map_err(failed)?;
+    assemble(jpath, total, &mut file, out).map_err(|e| match e {
+        TeachError::Core(c) => failed(c),
+        other => other,
+    })?;
+    file.commit().map_err(failed)?;
     std::fs::remove_file(jpath).map_err(|e| TeachError::io(jpath, e))?;
     Ok(())
 }

@@ -41,10 +41,20 @@ pub struct Args {
     /// Hard budget in USD: stop scheduling requests when the next one could cross it.
     #[arg(long, value_name = "USD")]
     pub max_spend: Option<f64>,
-    /// Use the provider's Batch API (OpenAI /v1/batches or Anthropic Message Batches):
-    /// half price, results within 24 h. Waits for the batch to finish.
+    /// Use the provider's Batch API (OpenAI /v1/batches or Anthropic Message Batches) at batch
+    /// prices (the table's, else half), results within 24 h. Cached inputs are not submitted;
+    /// at most --batch-size requests per batch. Batch ids are journalled as soon as they are
+    /// submitted, so a rerun picks the batches up instead of resubmitting. Items a batch did
+    /// not answer (expired, cancelled, 429/5xx) are retried in real time; items it rejected
+    /// (4xx) are recorded as failed. Waits for the batches unless --no-wait.
     #[arg(long)]
     pub batch: bool,
+    /// With --batch: submit, record the batch ids and exit; collect later with --batch --resume.
+    #[arg(long, requires = "batch")]
+    pub no_wait: bool,
+    /// With --batch: most requests per batch (1..=50000).
+    #[arg(long, value_name = "N", default_value_t = 50_000, requires = "batch")]
+    pub batch_size: usize,
     /// Continue an interrupted run (a <out>.partial journal or a submitted batch); fails if
     /// there is nothing to resume. Without it a leftover journal is still continued.
     #[arg(long)]
@@ -53,13 +63,16 @@ pub struct Args {
     /// the built-in prices.
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
-    /// Batch API poll interval in seconds.
+    /// Longest wait between Batch API status polls, in seconds (polling starts faster).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub poll_secs: f64,
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let spec = TaskSpec::load(&args.task)?;
+    if !(1..=50_000).contains(&args.batch_size) {
+        anyhow::bail!("--batch-size must be between 1 and 50000");
+    }
     if args.concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
@@ -88,6 +101,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         ledger_path: g.ledger_path(),
         progress: !g.quiet && std::io::stderr().is_terminal(),
         batch_poll: std::time::Duration::from_secs_f64(args.poll_secs.max(0.01)),
+        batch_size: args.batch_size,
+        batch_no_wait: args.no_wait,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
