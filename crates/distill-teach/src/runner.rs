@@ -269,6 +269,27 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
         .await;
     }
     let (journal, recovered) = Journal::open(&jpath, &header)?;
+    // Inputs in a submitted batch are already paid for: labelling them in real time would
+    // pay twice.
+    let owing: Vec<&str> = recovered
+        .batches
+        .iter()
+        .filter(|b| {
+            b.ordinals()
+                .any(|i| i < total && !recovered.done.contains(i))
+        })
+        .map(|b| b.id.as_str())
+        .collect();
+    if !owing.is_empty() {
+        return Err(TeachError::file(
+            &jpath,
+            format!(
+                "this job has provider batches still running or uncollected ({}); run it with --batch to \
+                 collect them (delete the journal to label in real time instead, paying again)",
+                owing.join(", ")
+            ),
+        ));
+    }
     reconcile(&client, &recovered.last_batch)?;
     let done = recovered.done;
     let resumed = (0..total).filter(|i| done.contains(*i)).count() as u64;

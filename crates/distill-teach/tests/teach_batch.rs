@@ -246,6 +246,12 @@ async fn resume_picks_up_the_batch(provider: &str, model: &str) {
     assert_eq!(sim.stats().batches.created, 1);
     assert_eq!(sim.stats().requests, 0, "nothing sent in real time yet");
 
+    // Without --batch the submitted inputs would be paid for twice: refused.
+    let mut real_time = opts(d.path(), &sim.base_url(), "t.jsonl");
+    real_time.batch = false;
+    let e = run_teach(&spec, real_time).await.unwrap_err().to_string();
+    assert!(e.contains(&s.batch_ids[0]) && e.contains("--batch"), "{e}");
+
     let mut again = opts(d.path(), &sim.base_url(), "t.jsonl");
     again.resume = true;
     let s2 = run_teach(&spec, again).await.unwrap();
