@@ -87,18 +87,27 @@ impl SimConfig {
         Ok(())
     }
 
-    /// The gold file in use: `gold` or the task's input file.
-    pub fn gold_path(&self) -> Result<PathBuf> {
-        match (&self.gold, &self.task.input.path) {
-            (Some(p), _) => Ok(p.clone()),
-            (None, Some(p)) => Ok(p.clone()),
-            (None, None) => Err(SimError::Config {
+    /// The gold files in use: `gold`, else the task's input file and (when it exists) its test
+    /// file, so that both the training and the test set can be taught.
+    pub fn gold_paths(&self) -> Result<Vec<PathBuf>> {
+        if let Some(p) = &self.gold {
+            return Ok(vec![p.clone()]);
+        }
+        let Some(train) = &self.task.input.path else {
+            return Err(SimError::Config {
                 setting: "gold",
                 message: format!(
                     "the task {} has no input.path; give a gold-labelled file",
                     self.task.path.display()
                 ),
-            }),
+            });
+        };
+        let mut paths = vec![train.clone()];
+        if let Some(test) = self.task.input.test_path.as_ref().filter(|t| t.exists()) {
+            if test != train {
+                paths.push(test.clone());
+            }
         }
+        Ok(paths)
     }
 }

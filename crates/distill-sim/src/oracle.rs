@@ -210,7 +210,20 @@ impl Oracle {
 /// The gold file as text → label index. Unknown labels and missing columns are errors that
 /// name file, line and field.
 fn load_gold(config: &SimConfig, index: &HashMap<&str, u16>) -> Result<HashMap<String, u16>> {
-    let path = config.gold_path()?;
+    let mut gold = HashMap::new();
+    for path in config.gold_paths()? {
+        load_gold_file(config, index, &path, &mut gold)?;
+    }
+    Ok(gold)
+}
+
+fn load_gold_file(
+    config: &SimConfig,
+    index: &HashMap<&str, u16>,
+    path: &std::path::Path,
+    gold: &mut HashMap<String, u16>,
+) -> Result<()> {
+    let path = path.to_path_buf();
     let task = &config.task;
     let gold_column = task
         .input
@@ -230,9 +243,10 @@ fn load_gold(config: &SimConfig, index: &HashMap<&str, u16>) -> Result<HashMap<S
         gold: Some(gold_column.clone()),
         id: None,
     };
-    let mut gold = HashMap::new();
+    let mut rows = 0usize;
     for item in read_inputs(&path, task.input.format, &cols)? {
         let item = item?;
+        rows += 1;
         let Some(label) = item.gold else {
             return Err(SimError::Gold {
                 path: path.clone(),
@@ -257,7 +271,7 @@ fn load_gold(config: &SimConfig, index: &HashMap<&str, u16>) -> Result<HashMap<S
         // A text listed twice keeps its first label, as a deterministic model would.
         gold.entry(key).or_insert(i);
     }
-    if gold.is_empty() {
+    if rows == 0 {
         return Err(SimError::Gold {
             path,
             line: 1,
@@ -265,7 +279,7 @@ fn load_gold(config: &SimConfig, index: &HashMap<&str, u16>) -> Result<HashMap<S
             message: "the gold file has no rows".into(),
         });
     }
-    Ok(gold)
+    Ok(())
 }
 
 fn name_words(label: &str) -> HashSet<String> {

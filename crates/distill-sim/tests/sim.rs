@@ -701,3 +701,39 @@ fn bad_configuration_is_a_clear_error() {
         "still listening after drop"
     );
 }
+
+/// With no `--gold`, the task's test file is gold too: teaching the test set (as quickstart and
+/// eval do) gets the configured accuracy, not the answers for unknown texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_file_is_gold_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = task(dir.path(), 50);
+    let src = std::fs::read_to_string(banking_dir().join("test.csv")).unwrap();
+    let mut rdr = csv::Reader::from_reader(src.as_bytes());
+    let mut w = csv::Writer::from_path(dir.path().join("test.csv")).unwrap();
+    w.write_record(["text", "category"]).unwrap();
+    let mut rows = Vec::new();
+    for r in rdr.records().take(400) {
+        let r = r.unwrap();
+        rows.push((r[0].to_string(), r[1].to_string()));
+        w.write_record(&r).unwrap();
+    }
+    w.flush().unwrap();
+    spec.input.test_path = Some(dir.path().join("test.csv"));
+    let mut cfg = SimConfig::new(spec.clone());
+    cfg.accuracy = 1.0;
+    let sim = start(cfg).await;
+    let url = format!("{}/chat/completions", sim.base_url());
+    let client = reqwest::Client::new();
+    let mut correct = 0;
+    for (text, gold) in &rows {
+        let r = post(&client, &url, &chat_body(&spec, text)).await;
+        assert_eq!(r.status(), 200);
+        correct += (label_of(&r.json::<Value>().await.unwrap()) == *gold) as usize;
+    }
+    assert_eq!(
+        correct,
+        rows.len(),
+        "every test text answered with its gold label"
+    );
+}

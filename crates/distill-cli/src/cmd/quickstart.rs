@@ -94,6 +94,10 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
         "teaching: labelling the inputs with the (simulated) premium model",
     );
     let dir = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    // The spec's rpm/tpm are the real provider account's limits; the local simulation has none.
+    let mut teach_spec = spec.clone();
+    teach_spec.teacher.rpm = 0;
+    teach_spec.teacher.tpm = 0;
     let rt = tokio::runtime::Runtime::new()?;
     let mut teacher_train = None;
     let mut teacher_test = None;
@@ -105,19 +109,30 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
             &mut teacher_test,
         ),
     ] {
+        // A finished dataset from an earlier quickstart is reused (the simulated teacher listens
+        // on a new port each run, so its answers are not in the response cache); an interrupted
+        // one is resumed.
+        if out.exists() {
+            eprintln!(
+                "      {}: reusing the earlier run's labels (delete it to teach again)",
+                out.display()
+            );
+            *slot = Some(out);
+            continue;
+        }
         let opts = distill_teach::TeachOptions {
             input: Some(input.clone()),
             out: Some(out.clone()),
             base_url: Some(sim.base_url()),
             concurrency: args.concurrency,
-            resume: true,
+            resume: distill_teach::runner::journal_path(&out).exists(),
             cache_path: g.cache_path(),
             ledger_path: g.ledger_path(),
             progress: !g.quiet,
             ..Default::default()
         };
         let s = rt
-            .block_on(distill_teach::run_teach(&spec, opts))
+            .block_on(distill_teach::run_teach(&teach_spec, opts))
             .with_context(|| format!("teaching {}", input.display()))?;
         eprintln!(
             "      {}: {} labelled ({} from cache, {} invalid, {} failed), ${:.4} spent",

@@ -46,7 +46,7 @@ pub struct Args {
     /// Model whose tokenizer and prices the usage and /stats cost imitate.
     #[arg(long, default_value = "gpt-4o", value_name = "MODEL")]
     pub price_as: String,
-    /// Gold-labelled CSV/JSONL (the task's text and gold columns). Default: the task's input file.
+    /// Gold-labelled CSV/JSONL (the task's text and gold columns). Default: the task's input file and its test file.
     #[arg(long, value_name = "FILE")]
     pub gold: Option<PathBuf>,
     /// Seed for every decision (which answers are wrong, which attempts fail).
