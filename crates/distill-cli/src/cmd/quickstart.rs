@@ -47,8 +47,13 @@ pub struct Args {
 
 pub fn run(args: Args, g: &Global) -> Result<()> {
     let started = Instant::now();
-    let spec = TaskSpec::load(&args.task)
-        .with_context(|| format!("loading the task spec {}", args.task.display()))?;
+    let spec = TaskSpec::load(&args.task).with_context(|| {
+        format!(
+            "loading the task spec {} (if its data files are missing, run scripts/setup.sh: it \
+                 copies or downloads them)",
+            args.task.display()
+        )
+    })?;
     let train_file = spec
         .input
         .path
