@@ -1,6 +1,13 @@
 //! `encoder-finetune` end to end on a tiny random BERT: learns a separable task, writes a model
 //! directory that loads back with identical logits, is deterministic with a seed, and refuses
 //! bad data.
+//!
+//! A randomly initialised BERT (weights ~ N(0, 0.02)) starts on a plateau: its gradients are
+//! tiny (global norm ~0.005) and it needs on the order of a hundred AdamW steps at 1e-3 to leave
+//! chance level, in PyTorch exactly as here (`BertForSequenceClassification` with the same
+//! weights, batches and recipe gave the same gradients to 2e-8 and the same loss curve to five
+//! decimals). With dropout and only 48 steps at 1e-3 both stay at chance, so the test gives the
+//! tiny model enough steps and a learning rate it can take.
 
 mod encoder_bert_support;
 
@@ -25,18 +32,17 @@ fn opts(out: &std::path::Path, base: &std::path::Path, seed: u64) -> TrainOption
     o.seed = seed;
     o.device = candle_core::Device::Cpu;
     o.threads = 1;
-    o.epochs = Some(6);
+    o.epochs = Some(20);
     o.batch_size = Some(8);
-    o.lr = Some(1e-3);
+    o.lr = Some(3e-3);
     o.max_len = Some(16);
-    o.patience = 6;
+    o.patience = 20;
     o.base = Some(base.to_string_lossy().into_owned());
     o.progress = false;
     o
 }
 
 #[test]
-#[ignore = "KNOWN FAILING at handoff: tiny random model stays at dev accuracy 0.5 after 48 steps; investigate (schedule/lr or a training bug)"]
 fn finetune_learns_roundtrips_and_is_deterministic() {
     let t = tempfile::tempdir().unwrap();
     let base = t.path().join("base");
@@ -73,6 +79,18 @@ fn finetune_learns_roundtrips_and_is_deterministic() {
         .filter(|(row, (_, y))| (row[1] > row[0]) == (*y == 1))
         .count();
     assert_eq!(right as f64 / texts.len() as f64, meta.dev_accuracy);
+
+    // Held-out sentences the model never saw, neither in training nor for early stopping.
+    let test = sentiment_rows(40, 5000);
+    let test_texts: Vec<&str> = test.iter().map(|(t, _)| t.as_str()).collect();
+    let lt = s1.logits(&test_texts).unwrap();
+    let right = lt
+        .iter()
+        .zip(&test)
+        .filter(|(row, (_, y))| (row[1] > row[0]) == (*y == 1))
+        .count();
+    let test_acc = right as f64 / test.len() as f64;
+    assert!(test_acc >= 0.9, "test accuracy {test_acc}");
 
     let out_b = t.path().join("b");
     encoder::train_finetune(&d, &opts(&out_b, &base, 42)).unwrap();

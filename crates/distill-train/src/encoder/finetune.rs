@@ -14,15 +14,21 @@ use crate::student::{
     fit_temperature, write_model_dir, ModelMeta, Student, StudentKind, TrainData, TrainOptions,
     DEFAULT_CPU_CORE_HOUR_USD, DEFAULT_GPU_HOUR_USD,
 };
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rayon::prelude::*;
 use std::path::Path;
 use std::time::Instant;
 
 /// Batch size for inference (dev evaluation and `predict`).
 const INFER_BATCH: usize = 64;
+
+/// The fresh pooler and classifier learn this many times faster than the pretrained body: with
+/// all-MiniLM-L6-v2 on Banking77 (PyTorch, same recipe, 10 epochs) a 10x head rate reached 0.936
+/// test accuracy against 0.930 without it, and 0.908 after two epochs against 0.830.
+pub const DEFAULT_HEAD_LR_MULT: f64 = 10.0;
 
 /// Fine-tuning hyper-parameters after defaults are applied.
 #[derive(Debug, Clone)]
@@ -37,6 +43,8 @@ pub struct Hyper {
     pub patience: usize,
     pub class_balanced: bool,
     pub seed: u64,
+    /// Learning rate of the fresh head (pooler and classifier) relative to `lr`.
+    pub head_lr_mult: f64,
 }
 
 impl Hyper {
@@ -46,12 +54,13 @@ impl Hyper {
             max_len: opts.max_len.unwrap_or(64),
             lr: opts.lr.unwrap_or(1e-4),
             weight_decay: opts.weight_decay.unwrap_or(0.01),
-            epochs: opts.epochs.unwrap_or(5),
+            epochs: opts.epochs.unwrap_or(10),
             warmup_frac: 0.1,
             clip_norm: 1.0,
             patience: opts.patience.max(1),
             class_balanced: opts.class_balanced,
             seed: opts.seed,
+            head_lr_mult: DEFAULT_HEAD_LR_MULT,
         };
         if h.batch_size == 0 || h.epochs == 0 {
             return Err(TrainError::Other(
@@ -139,27 +148,46 @@ pub fn classification_loss(
     }
 }
 
-/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(
-    grads: &mut candle_core::backprop::GradStore,
-    vars: &[(String, Var)],
-    max_norm: f64,
-) -> Result<f32> {
-    let mut squares = Vec::with_capacity(vars.len());
+/// Global L2 norm of the gradients of `vars`.
+pub fn grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f32> {
+    let mut total = 0f64;
+    let mut on_device = Vec::new();
     for (_, v) in vars {
-        if let Some(g) = grads.get(v) {
-            squares.push(g.sqr()?.sum_all()?);
+        let Some(g) = grads.get(v) else { continue };
+        match cpu_sum_squares(g) {
+            Some(s) => total += s,
+            None => on_device.push(g.sqr()?.sum_all()?),
         }
     }
-    if squares.is_empty() {
-        return Ok(0.0);
+    if !on_device.is_empty() {
+        total += Tensor::stack(&on_device, 0)?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
     }
-    let norm = Tensor::stack(&squares, 0)?
-        .sum_all()?
-        .sqrt()?
-        .to_scalar::<f32>()?;
-    if norm.is_finite() && norm as f64 > max_norm {
-        let factor = max_norm / (norm as f64 + 1e-6);
+    Ok(total.sqrt() as f32)
+}
+
+/// Sum of squares of a contiguous f32 CPU tensor, in parallel; `None` elsewhere.
+fn cpu_sum_squares(t: &Tensor) -> Option<f64> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return None;
+    };
+    let (a, b) = layout.contiguous_offsets()?;
+    Some(
+        data[a..b]
+            .par_chunks(1 << 14)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .sum(),
+    )
+}
+
+/// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f64) -> Result<f32> {
+    let norm = grad_norm(grads, vars)?;
+    let factor = clip_factor(norm, max_norm);
+    if factor != 1.0 {
         for (_, v) in vars {
             if let Some(g) = grads.get(v) {
                 let scaled = (g * factor)?;
@@ -168,6 +196,327 @@ pub fn clip_grad_norm(
         }
     }
     Ok(norm)
+}
+
+/// The factor `clip_grad_norm_` multiplies gradients by (1 when the norm is within bounds).
+fn clip_factor(norm: f32, max_norm: f64) -> f64 {
+    if norm.is_finite() && norm as f64 > max_norm {
+        max_norm / (norm as f64 + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+/// One parameter tensor's AdamW state.
+struct AdamParam {
+    var: Var,
+    weight_decay: f64,
+    /// Multiplies the scheduled learning rate (the fresh head learns faster than the body).
+    lr_mult: f64,
+    state: AdamState,
+}
+
+enum AdamState {
+    /// Moments on the host; the update is one fused, parallel pass over the weights in place.
+    Cpu { m: Vec<f32>, v: Vec<f32> },
+    /// Moments as tensors on the device; the update is built from tensor ops (as candle's AdamW).
+    Device { m: Var, v: Var },
+}
+
+/// AdamW as PyTorch's `torch.optim.AdamW` computes it (decoupled decay, bias-corrected moments,
+/// eps outside the square root), with per-parameter decay and learning-rate multipliers, and
+/// the clipping factor folded into the update so clipping costs no pass of its own.
+pub struct AdamW {
+    params: Vec<AdamParam>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    t: i32,
+}
+
+impl AdamW {
+    /// `groups`: (variable, weight decay, learning-rate multiplier).
+    pub fn new(groups: Vec<(Var, f64, f64)>) -> Result<Self> {
+        let params = groups
+            .into_iter()
+            .map(|(var, weight_decay, lr_mult)| {
+                let state = if var.device().is_cpu() && var.dtype() == DType::F32 {
+                    let n = var.elem_count();
+                    AdamState::Cpu {
+                        m: vec![0.0; n],
+                        v: vec![0.0; n],
+                    }
+                } else {
+                    AdamState::Device {
+                        m: Var::zeros(var.shape(), var.dtype(), var.device())?,
+                        v: Var::zeros(var.shape(), var.dtype(), var.device())?,
+                    }
+                };
+                Ok(AdamParam {
+                    var,
+                    weight_decay,
+                    lr_mult,
+                    state,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW {
+            params,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            t: 0,
+        })
+    }
+
+    /// One update with learning rate `lr` from gradients scaled by `grad_scale`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.t += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.t);
+        let bc2 = 1.0 - self.beta2.powi(self.t);
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        for p in self.params.iter_mut() {
+            let Some(g) = grads.get(&p.var) else { continue };
+            let lr = lr * p.lr_mult;
+            match &mut p.state {
+                AdamState::Cpu { m, v } => {
+                    let g = if g.is_contiguous() {
+                        g.clone()
+                    } else {
+                        g.contiguous()?
+                    };
+                    let op = AdamCpuStep {
+                        m: std::cell::RefCell::new(m),
+                        v: std::cell::RefCell::new(v),
+                        decay: (1.0 - lr * p.weight_decay) as f32,
+                        b1: b1 as f32,
+                        b2: b2 as f32,
+                        eps: eps as f32,
+                        step_size: (lr / bc1) as f32,
+                        inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+                        scale: grad_scale as f32,
+                    };
+                    p.var.as_tensor().inplace_op2(&g, &op)?;
+                }
+                AdamState::Device { m, v } => {
+                    let g = if grad_scale != 1.0 {
+                        (g * grad_scale)?
+                    } else {
+                        g.clone()
+                    };
+                    let next_m = ((m.as_tensor() * b1)? + (&g * (1.0 - b1))?)?;
+                    let next_v = ((v.as_tensor() * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+                    let denom = ((&next_v * (1.0 / bc2))?.sqrt()? + eps)?;
+                    let update = ((&next_m * (lr / bc1))? / denom)?;
+                    let theta = ((p.var.as_tensor() * (1.0 - lr * p.weight_decay))? - update)?;
+                    m.set(&next_m)?;
+                    v.set(&next_v)?;
+                    p.var.set(&theta)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fused CPU AdamW update of one tensor, in place.
+struct AdamCpuStep<'a> {
+    m: std::cell::RefCell<&'a mut Vec<f32>>,
+    v: std::cell::RefCell<&'a mut Vec<f32>>,
+    decay: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    scale: f32,
+}
+
+impl InplaceOp2 for AdamCpuStep<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("adamw-step: f32 only");
+        };
+        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("adamw-step: contiguous tensors only");
+        };
+        let theta = &mut theta[t0..t1];
+        let g = &g[g0..g1];
+        let mut m = self.m.borrow_mut();
+        let mut v = self.v.borrow_mut();
+        if theta.len() != g.len() || m.len() != g.len() {
+            candle_core::bail!("adamw-step: size mismatch");
+        }
+        const CHUNK: usize = 1 << 14;
+        let (b1, b2, eps, decay) = (self.b1, self.b2, self.eps, self.decay);
+        let (step_size, inv_sqrt_bc2, scale) = (self.step_size, self.inv_sqrt_bc2, self.scale);
+        theta
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((th, m), v), g)| {
+                for i in 0..th.len() {
+                    let gi = g[i] * scale;
+                    let mi = b1 * m[i] + (1.0 - b1) * gi;
+                    let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    m[i] = mi;
+                    v[i] = vi;
+                    let denom = vi.sqrt() * inv_sqrt_bc2 + eps;
+                    th[i] = th[i] * decay - step_size * mi / denom;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// Statistics of one optimisation step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepStats {
+    pub loss: f32,
+    pub grad_norm: f32,
+    pub lr: f64,
+    /// Seconds in the forward pass, the backward pass and the optimiser.
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub update_s: f64,
+}
+
+/// A training step allocates and frees hundreds of activation buffers of 0.1 to 10 MB. glibc
+/// serves each from a fresh `mmap` and returns it on free, so every step page-faults (and the
+/// kernel zeroes) all of them again: ~12% of a CPU step. Serving them from the heap and keeping
+/// freed memory for reuse removes that; peak memory is what it was (the same buffers are live).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only tunes glibc's allocator; both values are within its documented
+        // ranges (the mmap threshold is capped at 32 MiB on 64-bit glibc: larger requests,
+        // such as the embedding gradient, still map fresh memory).
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, 512 << 20);
+        }
+    }
+}
+
+/// Whether a parameter is excluded from weight decay (biases and LayerNorm, as in BERT).
+fn is_no_decay(name: &str) -> bool {
+    name.ends_with(".bias") || name.contains("LayerNorm")
+}
+
+/// Whether a parameter belongs to the freshly initialised head (pooler and classifier).
+fn is_head(name: &str) -> bool {
+    name.starts_with("classifier.") || name.starts_with("bert.pooler.")
+}
+
+/// The training step of [`fit`]: forward with dropout, loss, backward, clipping, AdamW with the
+/// warm-up/decay schedule. Public so benchmarks time exactly what training runs.
+pub struct Trainer<'m> {
+    model: &'m BertClassifier,
+    opt: AdamW,
+    dropout: Dropout,
+    class_weights: Option<Tensor>,
+    hp: Hyper,
+    total_steps: usize,
+    step: usize,
+}
+
+impl<'m> Trainer<'m> {
+    pub fn new(
+        model: &'m BertClassifier,
+        hp: &Hyper,
+        total_steps: usize,
+        class_weights: Option<Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let vars = model.vars();
+        if vars.is_empty() {
+            return Err(TrainError::Other(
+                "model was not loaded as trainable".into(),
+            ));
+        }
+        if device.is_cpu() {
+            keep_freed_memory();
+        }
+        let groups = vars
+            .iter()
+            .map(|(n, v)| {
+                let wd = if is_no_decay(n) { 0.0 } else { hp.weight_decay };
+                let mult = if is_head(n) { hp.head_lr_mult } else { 1.0 };
+                (v.clone(), wd, mult)
+            })
+            .collect();
+        Ok(Trainer {
+            model,
+            opt: AdamW::new(groups)?,
+            dropout: Dropout::new(hp.seed, device)?,
+            class_weights,
+            hp: hp.clone(),
+            total_steps: total_steps.max(1),
+            step: 0,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.step
+    }
+
+    pub fn step(&mut self, batch: &Batch, labels: &Tensor) -> Result<StepStats> {
+        let step = self.step;
+        let lr = self.hp.lr_at(step, self.total_steps);
+        let t0 = Instant::now();
+        let logits = self.model.forward(batch, Some(&mut self.dropout))?;
+        let loss = classification_loss(&logits, labels, self.class_weights.as_ref())?;
+        let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !loss_value.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                lr,
+                loss: loss_value,
+            });
+        }
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        let vars = self.model.vars();
+        let norm = grad_norm(&grads, vars)?;
+        if !norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                lr,
+                loss: norm,
+            });
+        }
+        self.opt
+            .step(&grads, lr, clip_factor(norm, self.hp.clip_norm))?;
+        drop(grads);
+        self.step += 1;
+        Ok(StepStats {
+            loss: loss_value,
+            grad_norm: norm,
+            lr,
+            forward_s: (t1 - t0).as_secs_f64(),
+            backward_s: (t2 - t1).as_secs_f64(),
+            update_s: t2.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 /// The outcome of [`fit`].
@@ -224,25 +573,6 @@ pub fn fit(
             "model was not loaded as trainable".into(),
         ));
     }
-    let is_no_decay = |name: &str| name.ends_with(".bias") || name.contains("LayerNorm");
-    let decay: Vec<Var> = vars
-        .iter()
-        .filter(|(n, _)| !is_no_decay(n))
-        .map(|(_, v)| v.clone())
-        .collect();
-    let no_decay: Vec<Var> = vars
-        .iter()
-        .filter(|(n, _)| is_no_decay(n))
-        .map(|(_, v)| v.clone())
-        .collect();
-    let params = |wd: f64| ParamsAdamW {
-        lr: hp.lr,
-        weight_decay: wd,
-        ..Default::default()
-    };
-    let mut opt_decay = AdamW::new(decay, params(hp.weight_decay))?;
-    let mut opt_plain = AdamW::new(no_decay, params(0.0))?;
-
     let class_weights = if hp.class_balanced {
         let mut counts = vec![0usize; n_labels];
         for &y in &train.labels {
@@ -266,9 +596,9 @@ pub fn fit(
     };
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(hp.seed);
-    let mut dropout = Dropout::new(hp.seed, device)?;
     let steps_per_epoch = train.ids.len().div_ceil(hp.batch_size);
     let total_steps = steps_per_epoch * hp.epochs;
+    let mut trainer = Trainer::new(model, hp, total_steps, class_weights, device)?;
     let bar = if progress {
         let b = indicatif::ProgressBar::new((train.ids.len() * hp.epochs) as u64);
         b.set_style(
@@ -298,34 +628,12 @@ pub fn fit(
         let batches = epoch_batches(train, hp.batch_size, &mut rng);
         let n_batches = batches.len();
         for chunk in batches {
-            let lr = hp.lr_at(step, total_steps);
-            opt_decay.set_learning_rate(lr);
-            opt_plain.set_learning_rate(lr);
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.ids[i].as_slice()).collect();
             let labels: Vec<u32> = chunk.iter().map(|&i| train.labels[i] as u32).collect();
             let batch = Batch::from_ids(&seqs, pad_id, device)?;
             let labels = Tensor::new(labels.as_slice(), device)?;
-            let logits = model.forward(&batch, Some(&mut dropout))?;
-            let loss = classification_loss(&logits, &labels, class_weights.as_ref())?;
-            let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            if !loss_value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step,
-                    lr,
-                    loss: loss_value,
-                });
-            }
-            let mut grads = loss.backward()?;
-            let norm = clip_grad_norm(&mut grads, vars, hp.clip_norm)?;
-            if !norm.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step,
-                    lr,
-                    loss: norm,
-                });
-            }
-            opt_decay.step(&grads)?;
-            opt_plain.step(&grads)?;
+            let stats = trainer.step(&batch, &labels)?;
+            let loss_value = stats.loss;
             step += 1;
             examples_seen += chunk.len();
             epoch_loss += loss_value as f64;
@@ -512,6 +820,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
             "batch_size": hp.batch_size,
             "max_len": max_len,
             "lr": hp.lr,
+            "head_lr": hp.lr * hp.head_lr_mult,
             "weight_decay": hp.weight_decay,
             "epochs_max": hp.epochs,
             "warmup_frac": hp.warmup_frac,
@@ -521,7 +830,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
             "hidden_dropout": cfg.hidden_dropout_prob,
             "attention_dropout": cfg.attention_probs_dropout_prob,
             "steps": fit_report.steps,
-            "optimizer": "AdamW (no decay on biases and LayerNorm), linear warm-up and decay",
+            "optimizer": "AdamW (no decay on biases and LayerNorm; pooler and classifier at head_lr), linear warm-up and decay",
         }),
     };
     let config_json = classifier_config_json(&raw_cfg, &labels);
