@@ -44,5 +44,6 @@ for f in train.csv test.csv categories.json LICENSE; do
     curl -fsSL "$url" -o "$data/$f.tmp" && mv "$data/$f.tmp" "$data/$f"
   fi
 done
-say "Banking77: $(($(wc -l < "$data/train.csv") - 1)) train / $(($(wc -l < "$data/test.csv") - 1)) test rows in datasets/banking77/"
+rows() { python3 -c 'import csv,sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], newline=""))))' "$1"; }
+say "Banking77: $(rows "$data/train.csv") train / $(rows "$data/test.csv") test rows in datasets/banking77/"
 say "ready: try  target/release/distill quickstart"
