@@ -574,25 +574,28 @@ fn tag_of(headers: &HeaderMap) -> std::result::Result<String, ApiError> {
     }
 }
 
-/// Applies the length limit: 422 (or truncation with `--truncate`).
+/// Applies the length limit: 422 (or truncation with `--truncate`). Returns the text to answer
+/// and its length in the model's tokens (tokenised once here, reused for `usage`).
 fn check_len(
     st: &AppState,
     m: &ServedModel,
     text: String,
     param: &str,
-) -> std::result::Result<String, ApiError> {
+) -> std::result::Result<(String, usize), ApiError> {
     let limit = m.meta.max_len.unwrap_or(st.max_input_tokens);
     let n = m.student.token_len(&text);
     if n <= limit {
-        return Ok(text);
+        return Ok((text, n));
     }
     if st.truncate {
         // The model truncates to its own tokens too; cutting words bounds the work before that.
-        return Ok(text
+        let cut = text
             .split_whitespace()
             .take(limit)
             .collect::<Vec<_>>()
-            .join(" "));
+            .join(" ");
+        let n = m.student.token_len(&cut).min(limit);
+        return Ok((cut, n));
     }
     let mut e = ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -695,8 +698,8 @@ async fn chat_inner(
     let text = user_text(&body)?;
     let tag = tag_of(headers)?;
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let text = check_len(st, &m, text, "messages")?;
-    let prompt_tokens = m.student.token_len(&text) as u64;
+    let (text, prompt_tokens) = check_len(st, &m, text, "messages")?;
+    let prompt_tokens = prompt_tokens as u64;
     let answer = answer_many(st, &m, vec![text], &tag, "chat")
         .await?
         .pop()
@@ -817,6 +820,7 @@ async fn classify_inner(
     }
     let tag = tag_of(headers)?;
     let mut texts = Vec::with_capacity(inputs.len());
+    let mut prompt_tokens = 0usize;
     for (i, v) in inputs.iter().enumerate() {
         let s = v.as_str().ok_or_else(|| {
             ApiError::bad_request(
@@ -824,9 +828,10 @@ async fn classify_inner(
                 &format!("inputs[{i}]"),
             )
         })?;
-        texts.push(check_len(st, &m, s.to_string(), &format!("inputs[{i}]"))?);
+        let (text, n) = check_len(st, &m, s.to_string(), &format!("inputs[{i}]"))?;
+        prompt_tokens += n;
+        texts.push(text);
     }
-    let prompt_tokens: usize = texts.iter().map(|t| m.student.token_len(t)).sum();
     let answers = answer_many(st, &m, texts, &tag, "classify").await?;
     Ok(Json(json!({
         "object": "list",

@@ -79,7 +79,8 @@ pub struct Args {
     /// Milliseconds the first request of a batch waits for more (0: batch only what is queued).
     #[arg(long, default_value_t = 0.0)]
     pub batch_wait_ms: f64,
-    /// Inference threads per model (default: the number of cores).
+    /// Inference threads per model (default: one per core for linear students, one for encoder
+    /// students, whose forward pass already uses every core).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Most inputs in one /v1/classify request.
@@ -275,7 +276,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         batch: BatchOptions {
             max_batch: args.max_batch.max(1),
             max_wait: Duration::from_secs_f64(args.batch_wait_ms.max(0.0) / 1000.0),
-            workers: args.workers.unwrap_or(defaults.workers).max(1),
+            workers: args.workers.unwrap_or(0),
             queue: defaults.queue,
         },
         cache,
