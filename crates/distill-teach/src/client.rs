@@ -2,6 +2,12 @@
 //! cache first, then the provider under rate limits with retries, then one repair request
 //! if the reply is not a valid label. Every paid call becomes a ledger row.
 //!
+//! Servers that take `response_format: {"type": "json_object", "schema": ...}` but not
+//! `json_schema` (llama-cpp-python's server answers the latter with HTTP 500 and a validation
+//! error) are detected on the first rejection: the request is resent at once with the schema
+//! in a `json_object` format, and so is every later request of this client. The cache key
+//! stays that of the spec's request, so a rerun hits the cache either way.
+//!
 //! This is the public entry point other stages use: `eval` runs `--api provider:model`
 //! students through it and `serve` escalates unsure inputs to it.
 
@@ -12,10 +18,12 @@ use crate::provider::{Msg, Reply, Wire};
 use crate::ratelimit::RateLimiter;
 use distill_core::ledger::{Ledger, LedgerRow};
 use distill_core::prices::{ModelPrice, PriceTable};
+use distill_core::spec::ResponseFormat;
 use distill_core::{Provider, RecordStatus, TaskOutput, TaskSpec, TeacherRecord, Usage};
 use rand::Rng;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -141,6 +149,8 @@ enum Sent {
     Reply(Reply, u64),
     /// Gave up on this request (retries exhausted, 413/422...): the record fails, the job goes on.
     Failed(String),
+    /// The server does not take `response_format: json_schema` (see [`rejects_json_schema`]).
+    SchemaRejected(String),
 }
 
 pub struct TeacherClient {
@@ -159,6 +169,27 @@ pub struct TeacherClient {
     /// Paid replies not yet committed to the cache, so duplicates in flight never pay twice.
     recent: Mutex<HashMap<String, Reply>>,
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Set once the server rejected `json_schema`: the schema goes as `json_object` from then on.
+    schema_as_json_object: AtomicBool,
+}
+
+/// True when an error reply says the server does not accept `response_format` of type
+/// `json_schema`, e.g. llama-cpp-python's `500 ... 'loc': ('body', 'response_format', 'type'),
+/// 'msg': "Input should be 'text' or 'json_object'", 'input': 'json_schema'`. Rate-limit and
+/// quota statuses never count; a complaint about the schema itself does not name the
+/// alternatives, so it is not mistaken for one.
+pub(crate) fn rejects_json_schema(status: u16, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    matches!(status, 400 | 404 | 415 | 422 | 500 | 501)
+        && m.contains("json_schema")
+        && [
+            "json_object",
+            "not supported",
+            "unsupported",
+            "unknown variant",
+        ]
+        .iter()
+        .any(|w| m.contains(w))
 }
 
 /// True for `localhost`, `127.x.x.x` and `[::1]` URLs: where a dummy key is acceptable.
@@ -255,6 +286,7 @@ impl TeacherClient {
             timeout: Duration::from_secs(spec.teacher.timeout_s.max(1)),
             recent: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            schema_as_json_object: AtomicBool::new(false),
         })
     }
 
@@ -502,12 +534,11 @@ impl TeacherClient {
                 }
             }
         };
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let estimate = bytes.len() as u64 / 4 + u64::from(self.wire.max_tokens);
+        let estimate = body.to_string().len() as u64 / 4 + u64::from(self.wire.max_tokens);
         self.limiter.acquire(estimate).await;
-        let sent = self.send(bytes).await;
+        let sent = self.send(&body).await;
         let result = match sent? {
-            Sent::Failed(m) => Ok(Err(m)),
+            Sent::Failed(m) | Sent::SchemaRejected(m) => Ok(Err(m)),
             Sent::Reply(reply, latency_ms) => {
                 let cost = self.cost(&reply.usage, false);
                 pending.ledger.push(LedgerRow {
@@ -553,8 +584,50 @@ impl TeacherClient {
         Duration::from_secs_f64(capped * rand::thread_rng().gen_range(0.5..=1.0))
     }
 
-    /// POSTs with retries on 408/409/429/5xx/529 and connection errors.
-    async fn send(&self, bytes: Vec<u8>) -> Result<Sent> {
+    /// The bytes to POST for a request body: the body itself, or with the schema moved into
+    /// a `json_object` format once the server rejected `json_schema`. The second value says
+    /// whether the bytes ask for `json_schema`.
+    fn wire_bytes(&self, body: &serde_json::Value) -> (Vec<u8>, bool) {
+        let json_schema = self.wire.provider == Provider::Openai
+            && self.wire.format == ResponseFormat::JsonSchema
+            && body.get("response_format").is_some();
+        if json_schema && self.schema_as_json_object.load(Ordering::Relaxed) {
+            let mut b = body.clone();
+            b["response_format"] =
+                serde_json::json!({"type": "json_object", "schema": self.wire.schema});
+            return (serde_json::to_vec(&b).unwrap_or_default(), false);
+        }
+        (serde_json::to_vec(body).unwrap_or_default(), json_schema)
+    }
+
+    /// POSTs a request body; when the server rejects `json_schema`, switches this client to
+    /// `json_object` + schema and resends at once (the rejection is not a retry).
+    async fn send(&self, body: &serde_json::Value) -> Result<Sent> {
+        let (bytes, json_schema) = self.wire_bytes(body);
+        match self.send_bytes(bytes, json_schema).await? {
+            Sent::SchemaRejected(message) => {
+                if !self.schema_as_json_object.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{} rejected response_format json_schema ({}); sending the schema as \
+                         json_object from now on (set [output] format = \"json_object\" to skip this)",
+                        self.wire.base_url,
+                        message.chars().take(200).collect::<String>()
+                    );
+                }
+                let (bytes, _) = self.wire_bytes(body);
+                Ok(match self.send_bytes(bytes, false).await? {
+                    Sent::SchemaRejected(m) => Sent::Failed(m),
+                    other => other,
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// POSTs with retries on 408/409/429/5xx/529 and connection errors. `json_schema`: the
+    /// bytes ask for `response_format: json_schema`, so a rejection of it is reported as
+    /// [`Sent::SchemaRejected`] instead of retried or fatal.
+    async fn send_bytes(&self, bytes: Vec<u8>, json_schema: bool) -> Result<Sent> {
         let url = self.wire.endpoint();
         let mut last = String::new();
         for attempt in 0..=self.max_retries {
@@ -590,6 +663,12 @@ impl TeacherClient {
                     }
                     let err = self.wire.parse_error(status, &body);
                     let message = redact(&err.message, &self.key);
+                    if json_schema && rejects_json_schema(status, &message) {
+                        return Ok(Sent::SchemaRejected(format!(
+                            "HTTP {status} {}: {message}",
+                            err.kind
+                        )));
+                    }
                     let quota = matches!(
                         err.kind.as_str(),
                         "insufficient_quota" | "billing_error" | "billing_hard_limit_reached"
@@ -658,5 +737,126 @@ impl Drop for InflightGuard<'_> {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use std::sync::Arc;
+
+    /// llama-cpp-python's reply to `response_format: {"type": "json_schema", ...}`.
+    const LLAMA_CPP_REJECTION: &str = r#"{"error":{"message":"1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", line 376, in create_chat_completion\n    POST /v1/chat/completions","type":"internal_server_error","param":null,"code":null}}"#;
+
+    fn spec(dir: &std::path::Path) -> TaskSpec {
+        std::fs::write(
+            dir.join("task.toml"),
+            r#"
+name = "t"
+kind = "classify"
+[input]
+path = "in.csv"
+[labels]
+values = ["card_arrival", "refund"]
+[teacher]
+provider = "openai"
+model = "smollm2"
+"#,
+        )
+        .unwrap();
+        TaskSpec::load(dir.join("task.toml")).unwrap()
+    }
+
+    /// A fake llama-cpp-python: 500 on json_schema, the enum's first label on json_object
+    /// with the schema; records every response_format it saw.
+    async fn fake_llama_cpp() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move |body: String| {
+                let s = s.clone();
+                async move {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let rf = v["response_format"].clone();
+                    s.lock().unwrap().push(rf.clone());
+                    if rf["type"] != "json_object" {
+                        return (StatusCode::INTERNAL_SERVER_ERROR, LLAMA_CPP_REJECTION)
+                            .into_response();
+                    }
+                    let label = rf["schema"]["properties"]["label"]["enum"][0].clone();
+                    let content = serde_json::json!({ "label": label }).to_string();
+                    axum::Json(serde_json::json!({
+                        "object": "chat.completion",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                     "logprobs": null, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 70, "completion_tokens": 9, "total_tokens": 79}
+                    }))
+                    .into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    #[test]
+    fn recognises_servers_that_reject_json_schema_only() {
+        let llama = serde_json::from_str::<serde_json::Value>(LLAMA_CPP_REJECTION).unwrap();
+        let msg = llama["error"]["message"].as_str().unwrap();
+        assert!(rejects_json_schema(500, msg));
+        assert!(rejects_json_schema(
+            400,
+            "response_format type json_schema is not supported by this model"
+        ));
+        assert!(!rejects_json_schema(429, msg));
+        assert!(!rejects_json_schema(500, "oops"));
+        assert!(!rejects_json_schema(
+            400,
+            "Invalid schema for response_format 'label': 'additionalProperties' is required"
+        ));
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_json_object_when_the_server_rejects_json_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = spec(d.path());
+        assert_eq!(spec.output.format, ResponseFormat::JsonSchema);
+        let (url, seen) = fake_llama_cpp().await;
+        let opts = || ClientOptions {
+            base_url: Some(url.clone()),
+            cache_path: Some(d.path().join("cache.db")),
+            ledger_path: Some(d.path().join("ledger.db")),
+            backoff_base: Some(Duration::from_millis(1)),
+            ..Default::default()
+        };
+        let c = TeacherClient::new(&spec, opts()).unwrap();
+        let ctx = CallContext::teach();
+        let a = c.label("where is my card?", &ctx).await.unwrap();
+        assert_eq!(a.status, RecordStatus::Ok, "{:?}", a.error);
+        assert_eq!(a.label.as_deref(), Some("card_arrival"));
+        assert_eq!((a.paid_calls, a.usage.prompt_tokens), (1, 70));
+        // One rejection, resent at once (no retries of the 500); later requests skip it.
+        let b = c.label("I want a refund", &ctx).await.unwrap();
+        assert_eq!(b.status, RecordStatus::Ok);
+        let types: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r["type"].clone())
+            .collect();
+        assert_eq!(types, ["json_schema", "json_object", "json_object"]);
+        let sent = seen.lock().unwrap()[1].clone();
+        assert_eq!(sent["schema"], spec.output_schema());
+        // The cache key is the spec's request: a new client (a rerun) pays nothing.
+        let c2 = TeacherClient::new(&spec, opts()).unwrap();
+        let again = c2.label("where is my card?", &ctx).await.unwrap();
+        assert!(again.cached);
+        assert_eq!(again.request_hash, a.request_hash);
+        assert_eq!(seen.lock().unwrap().len(), 3);
     }
 }
