@@ -134,6 +134,7 @@ fn main() -> Res<()> {
                 epochs: kv.get("epochs").map(|s| s.parse()).transpose()?,
                 batch_size: kv.get("batch").map(|s| s.parse()).transpose()?,
                 lr: kv.get("lr").map(|s| s.parse()).transpose()?,
+                head_lr_mult: kv.get("head_lr_mult").map(|s| s.parse()).transpose()?,
                 weight_decay: kv.get("l2").map(|s| s.parse()).transpose()?,
                 max_len: None,
                 patience: 5,

@@ -224,6 +224,8 @@ pub struct TrainOptions {
     pub epochs: Option<usize>,
     pub batch_size: Option<usize>,
     pub lr: Option<f64>,
+    /// encoder-finetune: learning rate of the fresh head (pooler, classifier) relative to `lr`.
+    pub head_lr_mult: Option<f64>,
     pub weight_decay: Option<f64>,
     pub max_len: Option<usize>,
     /// Epochs without dev improvement before stopping.
@@ -251,6 +253,7 @@ impl TrainOptions {
             epochs: None,
             batch_size: None,
             lr: None,
+            head_lr_mult: None,
             weight_decay: None,
             max_len: None,
             patience: 3,

@@ -218,6 +218,7 @@ fn options(out: PathBuf, base: &Path, cache: &Path, head_kind: &str) -> TrainOpt
         epochs: Some(40),
         batch_size: Some(16),
         lr: None,
+        head_lr_mult: None,
         weight_decay: None,
         max_len: None,
         patience: 3,

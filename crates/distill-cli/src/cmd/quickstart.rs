@@ -179,6 +179,7 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
             epochs: None,
             batch_size: None,
             lr: None,
+            head_lr_mult: None,
             weight_decay: None,
             max_len: None,
             patience: 2,

@@ -30,16 +30,22 @@ pub struct Args {
     /// the local hub cache (no download).
     #[arg(long)]
     pub base: Option<String>,
-    /// Most epochs to run; early stopping on dev accuracy may stop sooner.
+    /// Most epochs to run; early stopping on dev accuracy may stop sooner
+    /// (defaults: linear 30, encoder-finetune 10).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Examples per optimiser step (linear default 64).
+    /// Examples per optimiser step (defaults: linear 64, encoder-finetune 32).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Learning rate (linear default 0.02, AdamW).
+    /// Peak learning rate, AdamW (defaults: linear 0.02, encoder-finetune 1e-4 with 10% warm-up
+    /// and linear decay).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Weight decay (linear default 1e-4, decoupled AdamW decay).
+    /// encoder-finetune: learning rate of the freshly initialised head (pooler, classifier) as a
+    /// multiple of --lr (default 10).
+    #[arg(long)]
+    pub head_lr_mult: Option<f64>,
+    /// Weight decay, decoupled AdamW decay (defaults: linear 1e-4, encoder-finetune 0.01).
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Longest input in tokens for encoder students (longer inputs are truncated).
@@ -120,6 +126,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,
+        head_lr_mult: args.head_lr_mult,
         weight_decay: args.weight_decay,
         max_len: args.max_len,
         patience: args.patience,

@@ -60,7 +60,7 @@ impl Hyper {
             patience: opts.patience.max(1),
             class_balanced: opts.class_balanced,
             seed: opts.seed,
-            head_lr_mult: DEFAULT_HEAD_LR_MULT,
+            head_lr_mult: opts.head_lr_mult.unwrap_or(DEFAULT_HEAD_LR_MULT),
         };
         if h.batch_size == 0 || h.epochs == 0 {
             return Err(TrainError::Other(
@@ -71,6 +71,12 @@ impl Hyper {
             return Err(TrainError::Other(format!(
                 "--lr must be positive, got {}",
                 h.lr
+            )));
+        }
+        if !(h.head_lr_mult.is_finite() && h.head_lr_mult > 0.0) {
+            return Err(TrainError::Other(format!(
+                "--head-lr-mult must be positive, got {}",
+                h.head_lr_mult
             )));
         }
         Ok(h)
