@@ -137,6 +137,7 @@ probe=$(load 32 10)
 secs=$("$py" -c 'import json,sys; r=json.loads(sys.argv[1]); print(int(int(sys.argv[2]) / max(r["rps"], 1) * 1.1) + 2)' "$probe" "$requests")
 say "concurrency 32, ${secs} s (>= $requests requests at the probe's $(grep -oE '"rps":[0-9.]+' <<<"$probe") )"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$serve_pid/stat"; }
+batches_before=$(curl -sf "$addr/metrics" | grep -E '^distill_batch_size_(sum|count)' || true)
 rss_mark=$(wc -l <"$rss_log")
 t0=$(cpu_ticks)
 c32=$(load 32 "$secs")
@@ -147,15 +148,19 @@ batches=$(curl -sf "$addr/metrics" | grep -E '^distill_batch_size_(sum|count)' |
 
 load_avg=$(cut -d' ' -f1-3 /proc/loadavg)
 "$py" - "$onnx" "$c1" "$c32" "$rss_log" "$requests" "$batches" "$load_avg" "$(nproc)" \
-  "$rss_mark" "$cpu_s" "$threads" <<'PY'
+  "$rss_mark" "$cpu_s" "$threads" "$batches_before" <<'PY'
 import json, sys
 print(f"machine: {sys.argv[8]} CPUs, load average {sys.argv[7]} at the end (the bench itself adds ~2-3)")
 onnx, c1, c32 = (json.loads(a) for a in sys.argv[1:4])
 rss = [int(l) / 1024 for l in open(sys.argv[4]) if l.strip()]
 want = int(sys.argv[5])
-b = dict(l.split()[:2] for l in sys.argv[6].splitlines() if l.strip())
-bsum = float(next((v for k, v in b.items() if k.startswith("distill_batch_size_sum")), 0))
-bcnt = float(next((v for k, v in b.items() if k.startswith("distill_batch_size_count")), 1))
+def batch_totals(text):
+    b = dict(l.split()[:2] for l in text.splitlines() if l.strip())
+    total = lambda name: float(next((v for k, v in b.items() if k.startswith(name)), 0))
+    return total("distill_batch_size_sum"), total("distill_batch_size_count")
+# Only the c=32 run: the counters before it include the c=1 run's batches of one.
+(s1, c1n), (s0, c0n) = batch_totals(sys.argv[6]), batch_totals(sys.argv[12])
+bsum, bcnt = s1 - s0, c1n - c0n
 ok = lambda c: "PASS" if c else "MISS"
 print(f"onnxruntime single-text encode: p50 {onnx['p50_ms']:.2f} ms  p99 {onnx['p99_ms']:.2f} ms "
       f"(threads={onnx['threads']}, ort {onnx['ort']})")
@@ -166,7 +171,7 @@ print(f"serve c=32: {c32['requests']} req in {c32['duration_s']:.1f} s = {c32['r
       f"[{ok(c32['p99_ms'] < 150)} < 150], max {c32['max_ms']:.0f} ms")
 print(f"errors: {c1['errors'] + c32['errors']} over {c1['requests'] + c32['requests']} requests "
       f"[{ok(c1['errors'] + c32['errors'] == 0 and c32['requests'] >= want)} zero, >= {want} at c=32]")
-print(f"mean batch size {bsum / max(bcnt, 1):.1f} over {bcnt:.0f} forward passes")
+print(f"mean batch size at c=32: {bsum / max(bcnt, 1):.1f} over {bcnt:.0f} forward passes")
 cpu_s, cores = float(sys.argv[10]), int(sys.argv[11])
 per = cpu_s * 1e3 / max(c32["requests"], 1)
 print(f"server CPU at c=32: {cpu_s:.1f} CPU-s for {c32['requests']} requests = {per:.2f} CPU-ms/request "

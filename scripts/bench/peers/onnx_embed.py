@@ -30,7 +30,18 @@ if not os.path.exists(a.onnx):
     from transformers import AutoModel
 
     torch.set_num_threads(a.threads)
-    m = AutoModel.from_pretrained(a.model).eval()
+    class Encoder(torch.nn.Module):
+        # Keyword arguments: newer transformers reorder BertModel.forward's positional ones
+        # ("got multiple values for argument 'use_cache'").
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+    m = Encoder(AutoModel.from_pretrained(a.model)).eval()
     enc = tok(["an example sentence", "another"], padding=True, return_tensors="pt")
     os.makedirs(os.path.dirname(os.path.abspath(a.onnx)), exist_ok=True)
     tmp = a.onnx + ".tmp"
