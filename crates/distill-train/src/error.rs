@@ -19,7 +19,8 @@ pub enum TrainError {
     #[error("{0}")]
     Data(String),
     #[error(
-        "training diverged: loss became {loss} at step {step} (learning rate {lr}); lower --lr"
+        "training diverged: loss became {loss} at step {step} (learning rate {}); lower --lr",
+        readable_number(*lr)
     )]
     NonFinite { step: usize, lr: f64, loss: f32 },
     #[error("{0}")]
@@ -42,3 +43,12 @@ impl TrainError {
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// `0.02` stays `0.02`, `1e38` stays `1e38`: `{}` would print 39 digits for the latter.
+fn readable_number(x: f64) -> String {
+    if x != 0.0 && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}

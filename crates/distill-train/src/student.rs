@@ -242,6 +242,39 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
+    /// Rejects hyper-parameters no student can train with, naming the flag, before any work
+    /// (a negative or NaN learning rate would otherwise train a useless model without a word).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &str, v: String, want: &str| {
+            Err(TrainError::Other(format!(
+                "--{flag} must be {want}, got {v}"
+            )))
+        };
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if let Some(lr) = self.lr.filter(|&x| !positive(x)) {
+            return bad("lr", lr.to_string(), "a positive number");
+        }
+        if let Some(m) = self.head_lr_mult.filter(|&x| !positive(x)) {
+            return bad("head-lr-mult", m.to_string(), "a positive number");
+        }
+        if let Some(wd) = self.weight_decay.filter(|&x| !(x.is_finite() && x >= 0.0)) {
+            return bad("weight-decay", wd.to_string(), "zero or more");
+        }
+        if let Some(p) = self.dropout.filter(|&x| !(0.0..1.0).contains(&x)) {
+            return bad("dropout", p.to_string(), "at least 0 and below 1");
+        }
+        for (flag, v) in [
+            ("epochs", self.epochs),
+            ("batch-size", self.batch_size),
+            ("max-len", self.max_len),
+        ] {
+            if v == Some(0) {
+                return bad(flag, "0".into(), "at least 1");
+            }
+        }
+        Ok(())
+    }
+
     /// Defaults for everything but the output directory: seed 42, CPU, the rayon pool's thread
     /// count, each kind's own defaults for epochs/batch/lr, patience 3, progress hidden.
     pub fn new(out: impl Into<PathBuf>) -> Self {

@@ -146,6 +146,7 @@ pub fn stratified_split(
 
 /// Trains `kind` on already-split data; the kind writes `opts.out`.
 pub fn train_on(data: &TrainData, kind: StudentKind, opts: &TrainOptions) -> Result<ModelMeta> {
+    opts.validate()?;
     match kind {
         StudentKind::Linear => crate::linear::train_linear(data, opts),
         StudentKind::EncoderHead => crate::encoder::train_head(data, opts),
