@@ -128,6 +128,9 @@ pub struct AppState {
     alert_webhook: Option<String>,
     shadow_rate: f64,
     shadow: Option<ShadowRecorder>,
+    /// Shadow calls still waiting on the teacher: shutdown waits for them, since each one is
+    /// paid for and its comparison would otherwise be lost.
+    shadow_in_flight: tokio::sync::watch::Sender<usize>,
     api_keys: Option<ApiKeys>,
     rate: Option<TokenBucket>,
     max_body_bytes: usize,
@@ -147,6 +150,28 @@ impl AppState {
         if let Some(s) = &self.shadow {
             s.flush()
         }
+    }
+    /// Resolves once no shadow call is waiting on the teacher (each ends within the teacher
+    /// timeout).
+    pub async fn shadow_idle(&self) {
+        let mut rx = self.shadow_in_flight.subscribe();
+        let _ = rx.wait_for(|&n| n == 0).await;
+    }
+}
+
+/// Counts one shadow call in flight for as long as it lives, however the call ends.
+struct InFlight(tokio::sync::watch::Sender<usize>);
+
+impl InFlight {
+    fn start(counter: &tokio::sync::watch::Sender<usize>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 
@@ -315,6 +340,7 @@ impl Server {
                 alert_webhook: opts.alert_webhook,
                 shadow_rate: opts.shadow_rate,
                 shadow: opts.shadow,
+                shadow_in_flight: tokio::sync::watch::Sender::new(0),
                 api_keys: opts.api_keys,
                 rate: opts.rate_limit.map(|rate| TokenBucket {
                     rate,
@@ -358,7 +384,8 @@ impl Server {
             .with_state(st)
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, answers what is in flight
+    /// Serves until `shutdown` resolves, then stops accepting, answers what is in flight,
+    /// waits for shadow calls still out with the teacher
     /// (/readyz says 503 meanwhile) and returns.
     pub async fn serve(
         self,
@@ -375,6 +402,7 @@ impl Server {
                 tracing::info!("draining in-flight requests");
             })
             .await?;
+        state.shadow_idle().await;
         let s = state.clone();
         let _ = tokio::task::spawn_blocking(move || s.flush_shadow()).await;
         Ok(())
@@ -1096,7 +1124,9 @@ fn shadow(
     p: Prediction,
     tag: String,
 ) {
+    let in_flight = InFlight::start(&st.shadow_in_flight);
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         if st.budgets.check(&tag).is_some() {
             return;
         }

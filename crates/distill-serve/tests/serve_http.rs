@@ -131,6 +131,121 @@ async fn cascade_escalates_exactly_the_unsure_inputs_and_caches_repeats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_traffic_checks_confident_answers_off_the_latency_path_and_feeds_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    // A slow teacher: confident answers must not wait for their shadow call.
+    let mut cfg = distill_sim::SimConfig::new(spec.clone());
+    cfg.latency_ms = 1500;
+    let sim = distill_sim::SimServer::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
+    let esc = teach_escalator(&spec, &sim.base_url(), dir.path());
+    let db = dir.path().join("shadow.db");
+    let server = start(
+        vec![entry("b77", student, Some(esc))],
+        ServerOptions {
+            threshold: 0.7,
+            shadow_rate: 1.0,
+            shadow: Some(distill_serve::shadow::ShadowRecorder::open(&db).unwrap()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let sure: Vec<String> = sample_texts(24)
+        .into_iter()
+        .filter(|t| is_sure(t))
+        .collect();
+    assert!(sure.len() >= 5, "the sample needs confident inputs");
+
+    let out = classify(&http, &server.url(), "b77", &sure, Some("shadowed")).await;
+    let results = out["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["source"] == "student"), "{out}");
+    // Answered while every shadow call is still with the slow teacher.
+    assert_eq!(
+        sim.stats().billable,
+        0,
+        "confident answers waited for the teacher"
+    );
+
+    server.state.shadow_idle().await;
+    assert_eq!(sim.stats().billable as usize, sure.len());
+    let metrics = http
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{model=\"b77\"}} ")))
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    assert_eq!(
+        series("distill_shadow_total") as usize,
+        sure.len(),
+        "{metrics}"
+    );
+    let agreed = series("distill_shadow_agree_total") as u64;
+
+    server.shutdown().await.unwrap();
+    let drift = distill_serve::shadow::drift_report(&db, Some("b77"), 1).unwrap();
+    assert_eq!(drift.total.n as usize, sure.len());
+    assert_eq!(drift.total.agree, agreed);
+    assert_eq!(drift.by_day.len(), 1);
+    assert_eq!(
+        drift.by_label.iter().map(|r| r.n).sum::<u64>() as usize,
+        sure.len()
+    );
+    // The store keeps hashes, never the inputs.
+    let raw = std::fs::read(&db).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(sure.iter().all(|t| !raw.contains(t.as_str())));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_shadow_calls_still_with_the_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    let mut cfg = distill_sim::SimConfig::new(spec.clone());
+    cfg.latency_ms = 400;
+    let sim = distill_sim::SimServer::start(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
+    let esc = teach_escalator(&spec, &sim.base_url(), dir.path());
+    let db = dir.path().join("shadow.db");
+    let server = start(
+        vec![entry("b77", student, Some(esc))],
+        ServerOptions {
+            threshold: 0.7,
+            shadow_rate: 1.0,
+            shadow: Some(distill_serve::shadow::ShadowRecorder::open(&db).unwrap()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let sure: Vec<String> = sample_texts(24)
+        .into_iter()
+        .filter(|t| is_sure(t))
+        .collect();
+    classify(&http, &server.url(), "b77", &sure, None).await;
+    // Straight to shutdown while every shadow call is still with the slow teacher.
+    server.shutdown().await.unwrap();
+    let drift = distill_serve::shadow::drift_report(&db, Some("b77"), 1).unwrap();
+    assert_eq!(drift.total.n as usize, sure.len());
+    assert_eq!(sim.stats().billable as usize, sure.len());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teacher_outage_gives_degraded_student_answers() {
     let dir = tempfile::tempdir().unwrap();
     let spec = banking_task(dir.path());
