@@ -197,18 +197,8 @@ async fn chat(http: &reqwest::Client, server: &RunningServer, text: &str) -> Val
     serde_json::from_str(&body).unwrap()
 }
 
-async fn metric(http: &reqwest::Client, server: &RunningServer, series: &str) -> f64 {
-    let text = http
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+async fn metric(http: &reqwest::Client, server: &RunningServer, name: &str) -> f64 {
+    series(&metrics_text(http, server).await, name)
 }
 
 /// The sum of every series of one metric family.

@@ -7,7 +7,9 @@ use common::*;
 use distill_serve::budget::Budgets;
 use distill_serve::cache::{Cache, MemoryCache};
 use distill_serve::teach_escalator::TeachEscalator;
-use distill_serve::{CallContext, EscalateError, Escalation, Escalator, ServerOptions};
+use distill_serve::{
+    CallContext, EscalateError, Escalation, Escalator, RunningServer, ServerOptions,
+};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,35 +132,61 @@ async fn cascade_escalates_exactly_the_unsure_inputs_and_caches_repeats() {
     sim.shutdown().await;
 }
 
+/// A server shadowing every confident answer to a sim-teacher that takes `latency_ms`, and the
+/// confident inputs of a Banking77 sample.
+struct ShadowRig {
+    dir: tempfile::TempDir,
+    sim: distill_sim::SimServer,
+    server: RunningServer,
+    sure: Vec<String>,
+}
+
+impl ShadowRig {
+    async fn start(latency_ms: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = banking_task(dir.path());
+        let mut cfg = distill_sim::SimConfig::new(spec.clone());
+        cfg.latency_ms = latency_ms;
+        let sim = distill_sim::SimServer::start(cfg, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
+        let esc = teach_escalator(&spec, &sim.base_url(), dir.path());
+        let recorder = distill_serve::shadow::ShadowRecorder::open(&dir.path().join("shadow.db"));
+        let server = start(
+            vec![entry("b77", student, Some(esc))],
+            ServerOptions {
+                threshold: 0.7,
+                shadow_rate: 1.0,
+                shadow: Some(recorder.unwrap()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let sure: Vec<String> = sample_texts(24)
+            .into_iter()
+            .filter(|t| is_sure(t))
+            .collect();
+        assert!(sure.len() >= 5, "the sample needs confident inputs");
+        Self {
+            dir,
+            sim,
+            server,
+            sure,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_traffic_checks_confident_answers_off_the_latency_path_and_feeds_drift() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = banking_task(dir.path());
     // A slow teacher: confident answers must not wait for their shadow call.
-    let mut cfg = distill_sim::SimConfig::new(spec.clone());
-    cfg.latency_ms = 1500;
-    let sim = distill_sim::SimServer::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
-    let esc = teach_escalator(&spec, &sim.base_url(), dir.path());
-    let db = dir.path().join("shadow.db");
-    let server = start(
-        vec![entry("b77", student, Some(esc))],
-        ServerOptions {
-            threshold: 0.7,
-            shadow_rate: 1.0,
-            shadow: Some(distill_serve::shadow::ShadowRecorder::open(&db).unwrap()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let ShadowRig {
+        dir,
+        sim,
+        server,
+        sure,
+    } = ShadowRig::start(1500).await;
     let http = reqwest::Client::new();
-    let sure: Vec<String> = sample_texts(24)
-        .into_iter()
-        .filter(|t| is_sure(t))
-        .collect();
-    assert!(sure.len() >= 5, "the sample needs confident inputs");
 
     let out = classify(&http, &server.url(), "b77", &sure, Some("shadowed")).await;
     let results = out["results"].as_array().unwrap();
@@ -172,28 +200,16 @@ async fn shadow_traffic_checks_confident_answers_off_the_latency_path_and_feeds_
 
     server.state.shadow_idle().await;
     assert_eq!(sim.stats().billable as usize, sure.len());
-    let metrics = http
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}{{model=\"b77\"}} ")))
-            .map_or(0.0, |v| v.parse().unwrap())
-    };
+    let metrics = metrics_text(&http, &server).await;
     assert_eq!(
-        series("distill_shadow_total") as usize,
+        series(&metrics, "distill_shadow_total{model=\"b77\"}") as usize,
         sure.len(),
         "{metrics}"
     );
-    let agreed = series("distill_shadow_agree_total") as u64;
+    let agreed = series(&metrics, "distill_shadow_agree_total{model=\"b77\"}") as u64;
 
     server.shutdown().await.unwrap();
+    let db = dir.path().join("shadow.db");
     let drift = distill_serve::shadow::drift_report(&db, Some("b77"), 1).unwrap();
     assert_eq!(drift.total.n as usize, sure.len());
     assert_eq!(drift.total.agree, agreed);
@@ -211,35 +227,18 @@ async fn shadow_traffic_checks_confident_answers_off_the_latency_path_and_feeds_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_shadow_calls_still_with_the_teacher() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = banking_task(dir.path());
-    let mut cfg = distill_sim::SimConfig::new(spec.clone());
-    cfg.latency_ms = 400;
-    let sim = distill_sim::SimServer::start(cfg, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
-    let esc = teach_escalator(&spec, &sim.base_url(), dir.path());
-    let db = dir.path().join("shadow.db");
-    let server = start(
-        vec![entry("b77", student, Some(esc))],
-        ServerOptions {
-            threshold: 0.7,
-            shadow_rate: 1.0,
-            shadow: Some(distill_serve::shadow::ShadowRecorder::open(&db).unwrap()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let ShadowRig {
+        dir,
+        sim,
+        server,
+        sure,
+    } = ShadowRig::start(400).await;
     let http = reqwest::Client::new();
-    let sure: Vec<String> = sample_texts(24)
-        .into_iter()
-        .filter(|t| is_sure(t))
-        .collect();
     classify(&http, &server.url(), "b77", &sure, None).await;
     // Straight to shutdown while every shadow call is still with the slow teacher.
     server.shutdown().await.unwrap();
-    let drift = distill_serve::shadow::drift_report(&db, Some("b77"), 1).unwrap();
+    let drift =
+        distill_serve::shadow::drift_report(&dir.path().join("shadow.db"), Some("b77"), 1).unwrap();
     assert_eq!(drift.total.n as usize, sure.len());
     assert_eq!(sim.stats().billable as usize, sure.len());
     sim.shutdown().await;

@@ -20,43 +20,12 @@ a = ap.parse_args()
 os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
 import numpy as np
 import onnxruntime as ort
+
+import onnx_minilm
 from transformers import AutoTokenizer
 
 tok = AutoTokenizer.from_pretrained(a.model)
-if not os.path.exists(a.onnx):
-    import torch
-    from transformers import AutoModel
-
-    torch.set_num_threads(a.threads)
-    class Encoder(torch.nn.Module):
-        # Keyword arguments: newer transformers reorder BertModel.forward's positional ones.
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state
-
-    m = Encoder(AutoModel.from_pretrained(a.model)).eval()
-    enc = tok(["an example sentence", "another"], padding=True, return_tensors="pt")
-    os.makedirs(os.path.dirname(os.path.abspath(a.onnx)), exist_ok=True)
-    tmp = a.onnx + ".tmp"
-    with torch.no_grad():
-        torch.onnx.export(
-            m, (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), tmp,
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={k: {0: "b", 1: "s"} for k in
-                          ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]},
-            opset_version=17, dynamo=False)
-    os.replace(tmp, a.onnx)
-
-so = ort.SessionOptions()
-so.intra_op_num_threads = a.threads
-so.inter_op_num_threads = 1
-so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
+sess = onnx_minilm.session(a.model, a.onnx, tok, a.threads)
 
 
 def encode_one(text):

@@ -117,3 +117,22 @@ pub async fn classify(
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
+
+/// The server's Prometheus text.
+pub async fn metrics_text(http: &reqwest::Client, server: &RunningServer) -> String {
+    http.get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// One series' value (`name{labels}` exactly as printed), 0 when absent.
+pub fn series(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}

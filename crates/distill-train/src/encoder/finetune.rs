@@ -49,7 +49,8 @@ pub struct Hyper {
 
 impl Hyper {
     pub fn from_options(opts: &TrainOptions) -> Result<Self> {
-        let h = Hyper {
+        opts.validate()?;
+        Ok(Hyper {
             batch_size: opts.batch_size.unwrap_or(32),
             max_len: opts.max_len.unwrap_or(64),
             lr: opts.lr.unwrap_or(1e-4),
@@ -61,25 +62,7 @@ impl Hyper {
             class_balanced: opts.class_balanced,
             seed: opts.seed,
             head_lr_mult: opts.head_lr_mult.unwrap_or(DEFAULT_HEAD_LR_MULT),
-        };
-        if h.batch_size == 0 || h.epochs == 0 {
-            return Err(TrainError::Other(
-                "--batch-size and --epochs must be at least 1".into(),
-            ));
-        }
-        if !(h.lr.is_finite() && h.lr > 0.0) {
-            return Err(TrainError::Other(format!(
-                "--lr must be positive, got {}",
-                h.lr
-            )));
-        }
-        if !(h.head_lr_mult.is_finite() && h.head_lr_mult > 0.0) {
-            return Err(TrainError::Other(format!(
-                "--head-lr-mult must be positive, got {}",
-                h.head_lr_mult
-            )));
-        }
-        Ok(h)
+        })
     }
 
     /// Linear warm-up to `lr` over the first `warmup_frac` of steps, then linear decay to 0.
