@@ -137,7 +137,7 @@ fn main() -> Res<()> {
                 head_lr_mult: kv.get("head_lr_mult").map(|s| s.parse()).transpose()?,
                 weight_decay: kv.get("l2").map(|s| s.parse()).transpose()?,
                 max_len: None,
-                patience: 5,
+                patience: Some(5),
                 class_balanced: false,
                 dropout: kv.get("dropout").map(|s| s.parse()).transpose()?,
                 base: Some(model.display().to_string()),

@@ -228,8 +228,8 @@ pub struct TrainOptions {
     pub head_lr_mult: Option<f64>,
     pub weight_decay: Option<f64>,
     pub max_len: Option<usize>,
-    /// Epochs without dev improvement before stopping.
-    pub patience: usize,
+    /// Epochs without dev improvement before stopping (each kind has its own default).
+    pub patience: Option<usize>,
     pub class_balanced: bool,
     pub dropout: Option<f32>,
     /// Base encoder (local dir or hub id) for encoder kinds.
@@ -267,6 +267,7 @@ impl TrainOptions {
             ("epochs", self.epochs),
             ("batch-size", self.batch_size),
             ("max-len", self.max_len),
+            ("patience", self.patience),
         ] {
             if v == Some(0) {
                 return bad(flag, "0".into(), "at least 1");
@@ -276,7 +277,7 @@ impl TrainOptions {
     }
 
     /// Defaults for everything but the output directory: seed 42, CPU, the rayon pool's thread
-    /// count, each kind's own defaults for epochs/batch/lr, patience 3, progress hidden.
+    /// count, each kind's own defaults for epochs/batch/lr/patience, progress hidden.
     pub fn new(out: impl Into<PathBuf>) -> Self {
         Self {
             out: out.into(),
@@ -289,7 +290,7 @@ impl TrainOptions {
             head_lr_mult: None,
             weight_decay: None,
             max_len: None,
-            patience: 3,
+            patience: None,
             class_balanced: false,
             dropout: None,
             base: None,

@@ -36,7 +36,7 @@ fn opts(out: &std::path::Path, base: &std::path::Path, seed: u64) -> TrainOption
     o.batch_size = Some(8);
     o.lr = Some(3e-3);
     o.max_len = Some(16);
-    o.patience = 20;
+    o.patience = Some(20);
     o.base = Some(base.to_string_lossy().into_owned());
     o.progress = false;
     o

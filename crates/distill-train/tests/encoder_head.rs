@@ -221,7 +221,7 @@ fn options(out: PathBuf, base: &Path, cache: &Path, head_kind: &str) -> TrainOpt
         head_lr_mult: None,
         weight_decay: None,
         max_len: None,
-        patience: 3,
+        patience: Some(3),
         class_balanced: false,
         dropout: None,
         base: Some(base.display().to_string()),
@@ -275,6 +275,8 @@ fn logistic_and_mlp_heads_learn_separable_data_and_predict_held_out_sentences() 
             meta.dev_accuracy
         );
         assert!(meta.temperature > 0.0 && meta.temperature.is_finite());
+        // The patience asked for is the one used (it was once silently raised to 5).
+        assert_eq!(meta.hyper["head"]["patience"], 3, "{kind}");
         for f in [
             "config.json",
             "model.safetensors",

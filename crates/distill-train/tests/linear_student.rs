@@ -197,7 +197,7 @@ fn impossible_hyper_parameters_are_refused_up_front_naming_the_flag() {
     let (spec, train) = setup(d.path(), 5);
     let out = d.path().join("m");
     type Case = (&'static str, fn(&mut TrainOptions));
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         ("--lr must be a positive number, got -0.1", |o| {
             o.lr = Some(-0.1)
         }),
@@ -215,6 +215,9 @@ fn impossible_hyper_parameters_are_refused_up_front_naming_the_flag() {
         }),
         ("--head-lr-mult must be a positive number, got 0", |o| {
             o.head_lr_mult = Some(0.0)
+        }),
+        ("--patience must be at least 1, got 0", |o| {
+            o.patience = Some(0)
         }),
     ];
     for (want, set) in cases {
@@ -276,4 +279,31 @@ fn copy_dir(from: &Path, to: &Path) {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
+}
+
+#[test]
+fn patience_has_a_per_kind_default_and_an_explicit_value_is_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let (spec, train) = setup(d.path(), 5);
+    let patience = |set: Option<usize>| {
+        let out = d.path().join(format!("m{set:?}"));
+        let mut o = opts(&out);
+        o.patience = set;
+        let meta = distill_train::train::train(&spec, &train, StudentKind::Linear, o, 0.1).unwrap();
+        meta.hyper["patience"].as_u64().unwrap()
+    };
+    assert_eq!(patience(None), 3);
+    assert_eq!(patience(Some(1)), 1);
+    let finetune = |set: Option<usize>| {
+        let mut o = TrainOptions::new(d.path().join("unused"));
+        o.patience = set;
+        distill_train::encoder::finetune::Hyper::from_options(&o)
+            .unwrap()
+            .patience
+    };
+    assert_eq!(
+        finetune(None),
+        distill_train::encoder::finetune::DEFAULT_PATIENCE
+    );
+    assert_eq!(finetune(Some(2)), 2);
 }

@@ -182,7 +182,9 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
             head_lr_mult: None,
             weight_decay: None,
             max_len: None,
-            patience: 2,
+            // The linear student's dev accuracy moves smoothly, so two flat epochs are enough
+            // to keep the quickstart quick; the encoder kinds keep their own defaults.
+            patience: (kind == StudentKind::Linear).then_some(2),
             class_balanced: false,
             dropout: None,
             base: (kind != StudentKind::Linear).then(|| args.base.display().to_string()),

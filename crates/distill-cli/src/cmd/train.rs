@@ -57,9 +57,10 @@ pub struct Args {
     /// Fraction of each class held out as the dev split (early stopping, temperature fit).
     #[arg(long, default_value_t = 0.1)]
     pub dev_fraction: f64,
-    /// Epochs without dev-accuracy improvement before stopping.
-    #[arg(long, default_value_t = 3)]
-    pub patience: usize,
+    /// Epochs without dev-accuracy improvement before stopping (defaults: linear 3, encoder-head
+    /// 5, encoder-finetune 5).
+    #[arg(long)]
+    pub patience: Option<usize>,
     /// Weight the loss so every class counts equally (for skewed label distributions).
     #[arg(long)]
     pub class_balanced: bool,

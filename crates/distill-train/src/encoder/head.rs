@@ -358,8 +358,8 @@ impl HeadHyper {
             batch_size: opts.batch_size.unwrap_or(128).max(1),
             max_epochs: opts.epochs.unwrap_or(epochs).max(1),
             // Head epochs take milliseconds and dev accuracy is noisy epoch to epoch, so wait a
-            // little longer than the encoder kinds do before stopping.
-            patience: opts.patience.max(5),
+            // little longer than the linear student does before stopping.
+            patience: opts.patience.unwrap_or(5),
         })
     }
 }

@@ -39,7 +39,7 @@ impl LinearHyper {
             weight_decay: opts.weight_decay.unwrap_or(1e-4),
             batch_size: opts.batch_size.unwrap_or(64).max(1),
             max_epochs: opts.epochs.unwrap_or(30).max(1),
-            patience: opts.patience.max(1),
+            patience: opts.patience.unwrap_or(3),
             class_balanced: opts.class_balanced,
             features: FeatureConfig::default(),
         }
