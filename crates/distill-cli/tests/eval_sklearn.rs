@@ -5,16 +5,11 @@
 //! scikit-learn); when that is unset and no `python3` with scikit-learn exists, the comparison
 //! is skipped with a message, but the eval itself is still checked.
 
+mod common;
+
+use common::{banking77, repo};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn banking77() -> PathBuf {
-    repo().join("../shared/datasets/banking77")
-}
 
 fn unit(s: &str, salt: u64) -> f64 {
     let mut h: u64 = 1469598103934665603 ^ salt;

@@ -2,33 +2,11 @@
 //! task with a slice of its data: the simulated teacher labels both files, a linear student
 //! trains, eval writes its report with a cascade; a second run pays for nothing.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{banking77, head_csv, repo};
+use std::path::Path;
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The header and the first `rows` records of a CSV (Banking77 has quoted multi-line fields,
-/// so records are cut with a quote-aware scan, not by lines).
-fn head_csv(src: &Path, dst: &Path, rows: usize) {
-    let text = std::fs::read_to_string(src).unwrap();
-    let (mut quoted, mut records, mut end) = (false, 0usize, text.len());
-    for (i, c) in text.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            '\n' if !quoted => {
-                records += 1;
-                if records == rows.saturating_add(1) {
-                    end = i + 1;
-                    break;
-                }
-            }
-            _ => {}
-        }
-    }
-    std::fs::write(dst, &text[..end]).unwrap();
-}
 
 fn ledger_rows(state: &Path) -> usize {
     let l = distill_core::ledger::Ledger::open(state.join("ledger.db")).unwrap();
@@ -58,7 +36,7 @@ fn quickstart(dir: &Path) -> std::process::Output {
 
 #[test]
 fn quickstart_fast_runs_the_whole_loop_and_pays_once() {
-    let shared = repo().join("../shared/datasets/banking77");
+    let shared = banking77();
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     std::fs::create_dir_all(&data).unwrap();

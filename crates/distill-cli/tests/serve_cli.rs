@@ -3,6 +3,9 @@
 //! linear student trained by `distill train` on a Banking77 slice, `distill sim-teacher` as the
 //! slow teacher, HTTP over 127.0.0.1 on ports the processes pick themselves.
 
+mod common;
+
+use common::banking77;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -13,15 +16,6 @@ use std::time::{Duration, Instant};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_distill")
-}
-
-fn banking77() -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/banking77");
-    if local.join("train.csv").is_file() {
-        local
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/banking77")
-    }
 }
 
 /// A task spec over the Banking77 labels and a linear model trained on every 5th training row,

@@ -4,7 +4,6 @@ use crate::Global;
 use anyhow::Context;
 use distill_core::TaskSpec;
 use distill_train::{StudentKind, TrainOptions};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -87,7 +86,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let threads = distill_train::device::set_threads(args.threads);
     let spec = TaskSpec::load(&args.task)?;
     let device = distill_train::select_device(&args.device)?;
-    let progress = !g.quiet && std::io::stderr().is_terminal();
+    // indicatif hides the bars itself when stderr is not a terminal; the per-epoch summary lines
+    // still reach a log file that way.
+    let progress = !g.quiet;
     let (data, report) = distill_train::train::load_train_data(
         &spec,
         &args.data,

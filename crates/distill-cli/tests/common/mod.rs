@@ -1,0 +1,39 @@
+//! Paths and data slices shared by the CLI tests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Banking77 data: the set-up script's copy in `datasets/`, else `../shared/datasets/`.
+pub fn banking77() -> PathBuf {
+    let local = repo().join("datasets/banking77");
+    if local.join("train.csv").is_file() {
+        local
+    } else {
+        repo().join("../shared/datasets/banking77")
+    }
+}
+
+/// The header and the first `rows` records of a CSV (Banking77 has quoted multi-line fields,
+/// so records are cut with a quote-aware scan, not by lines).
+pub fn head_csv(src: &Path, dst: &Path, rows: usize) {
+    let text = std::fs::read_to_string(src).unwrap();
+    let (mut quoted, mut records, mut end) = (false, 0usize, text.len());
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '\n' if !quoted => {
+                records += 1;
+                if records == rows.saturating_add(1) {
+                    end = i + 1;
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    std::fs::write(dst, &text[..end]).unwrap();
+}

@@ -1,0 +1,107 @@
+//! `distill train` as a user runs it with stderr going to a log file: the per-epoch dev
+//! accuracy of a fine-tune reaches the log (indicatif drops its bar and anything printed through
+//! it when stderr is not a terminal), `--quiet` silences it, and an explicit `--patience` is the
+//! one recorded. The real all-MiniLM-L6-v2 (installed by scripts/setup.sh, which the test
+//! command runs) on a Banking77 slice, one epoch.
+
+mod common;
+
+use common::{banking77, head_csv, repo};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn train(dir: &Path, out: &str, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args(["--state-dir", "state"])
+        .args(extra)
+        .args(["train", "--task"])
+        .arg(repo().join("datasets/banking77/task.toml"))
+        .args([
+            "--data",
+            "train.csv",
+            "--student",
+            "encoder-finetune",
+            "--base",
+        ])
+        .arg(repo().join("models/base/all-MiniLM-L6-v2"))
+        .args([
+            "--out",
+            out,
+            "--epochs",
+            "1",
+            "--patience",
+            "1",
+            "--threads",
+            "2",
+        ])
+        .args(["--max-len", "32", "--device", "cpu"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn finetune_epoch_lines_reach_a_log_file_and_quiet_silences_them() {
+    let base = repo().join("models/base/all-MiniLM-L6-v2/model.safetensors");
+    assert!(
+        base.is_file(),
+        "{} missing: run scripts/setup.sh",
+        base.display()
+    );
+    let d = tempfile::tempdir().unwrap();
+    // Three intents (the file is ordered by intent).
+    head_csv(
+        &banking77().join("train.csv"),
+        &d.path().join("train.csv"),
+        240,
+    );
+
+    let out = train(d.path(), "m", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let epoch = stderr
+        .lines()
+        .find(|l| l.starts_with("epoch 1: train loss "))
+        .unwrap_or_else(|| panic!("no epoch line in:\n{stderr}"));
+    assert!(epoch.contains(", dev accuracy "), "{epoch}");
+    assert!(
+        !stderr.contains('\r'),
+        "a progress bar was drawn into the log:\n{stderr}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("m/distill.json")).unwrap()).unwrap();
+    assert_eq!(meta["epochs_run"], 1);
+    assert_eq!(meta["hyper"]["patience"], 1);
+
+    let quiet = train(d.path(), "q", &["--quiet"]);
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(quiet.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("epoch 1"),
+        "--quiet still printed:\n{stderr}"
+    );
+}
+
+#[test]
+fn zero_patience_is_refused_naming_the_flag_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    head_csv(
+        &banking77().join("train.csv"),
+        &d.path().join("train.csv"),
+        240,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(d.path())
+        .args(["--state-dir", "state", "train", "--task"])
+        .arg(repo().join("datasets/banking77/task.toml"))
+        .args(["--data", "train.csv", "--out", "m", "--patience", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--patience must be at least 1, got 0"),
+        "{stderr}"
+    );
+    assert!(!d.path().join("m").exists());
+}
