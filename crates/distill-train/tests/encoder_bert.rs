@@ -4,7 +4,7 @@
 mod encoder_bert_support;
 
 use candle_core::{Device, Tensor};
-use distill_train::encoder::bert::{Batch, BertClassifier, Dropout, LoadOptions};
+use distill_train::encoder::bert::{Batch, BertClassifier, BertConfig, Dropout, LoadOptions};
 use distill_train::encoder::finetune::classification_loss;
 use encoder_bert_support::*;
 use std::collections::HashMap;
@@ -262,5 +262,29 @@ fn fused_kernels_match_reference_ops_forward_and_backward() {
             d / scale < 1e-3,
             "{n}: gradient differs by {d} (scale {scale})"
         );
+    }
+}
+
+#[test]
+fn configs_outside_the_bert_family_are_refused_naming_the_field() {
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("config.json");
+    let distilbert = r#"{"model_type": "distilbert", "dim": 768, "n_layers": 6, "n_heads": 12,
+        "hidden_dim": 3072, "vocab_size": 30522, "max_position_embeddings": 512}"#;
+    let relative = r#"{"model_type": "bert", "position_embedding_type": "relative_key",
+        "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 64}"#;
+    for (text, want) in [
+        (distilbert, "model_type `distilbert` is not supported"),
+        (
+            relative,
+            "position_embedding_type `relative_key` is not supported",
+        ),
+        ("{not json", "config.json is not valid JSON"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let err = BertConfig::from_file(&path).err().unwrap().to_string();
+        assert!(err.contains(want), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
     }
 }
