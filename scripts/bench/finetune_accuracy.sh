@@ -37,23 +37,20 @@ for source in $labels; do
     --threads "$threads" --device "$device" 2>&1 | grep --line-buffered -E "^(epoch|early stop|trained)" >&2
   "$distill" --quiet predict --model "$work/$source" --input "$data/test.csv" \
     --out "$work/$source-test.jsonl" --gold-column category
-  acc=$(python3 - "$work/$source-test.jsonl" "$data/test.csv" <<'PY'
-import csv, json, sys
-preds = [json.loads(l)["label"] for l in open(sys.argv[1])]
-gold = [r["category"] for r in csv.DictReader(open(sys.argv[2]))]
-assert len(preds) == len(gold), (len(preds), len(gold))
-print(f"{sum(p == g for p, g in zip(preds, gold)) / len(gold):.4f}")
-PY
-)
   rss=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); printf "%.2f", $2 / 1048576}' "$work/$source.time")
-  python3 - "$work/$source/distill.json" "$source" "$acc" "$rss" <<'PY'
+  # Scored from the predictions' own `label` and `gold` fields (the test file's category column).
+  python3 - "$work/$source" "$source" "$rss" <<'PY'
 import json, sys
-m = json.load(open(sys.argv[1]))
-print(f"{sys.argv[2]:8} labels: test accuracy {sys.argv[3]} (3,080 gold), dev {m['dev_accuracy']:.4f}, "
+out, source, rss = sys.argv[1:]
+rows = [json.loads(l) for l in open(f"{out}-test.jsonl")]
+acc = sum(r["label"] == r["gold"] for r in rows) / len(rows)
+m = json.load(open(f"{out}/distill.json"))
+print(f"{source:8} labels: test accuracy {acc:.4f} ({len(rows):,} gold), dev {m['dev_accuracy']:.4f}, "
       f"{m['epochs_run']} epochs, {m['train_wall_s']:.0f} s, {m['examples_per_s']:.1f} examples/s, "
-      f"peak RSS {sys.argv[4]} GiB")
+      f"peak RSS {rss} GiB")
+open(f"{out}.acc", "w").write(f"{acc:.4f}")
 PY
-  [ "$source" = gold ] && gold_acc=$acc
+  [ "$source" = gold ] && gold_acc=$(cat "$work/$source.acc")
 done
 if [ -n "$gold_acc" ]; then
   python3 -c "import sys; a=float(sys.argv[1]); print(f'gold-label test accuracy {a:.4f} vs target 0.93: {a/0.93:.3f}x', 'PASS' if a >= 0.93 else 'MISS')" "$gold_acc"

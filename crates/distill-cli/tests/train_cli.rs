@@ -10,20 +10,22 @@ use common::{banking77, head_csv, repo};
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn train(dir: &Path, out: &str, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
+/// `distill` run in `dir` with its state there, on the Banking77 task.
+fn distill_train(dir: &Path, global: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
+    c.current_dir(dir)
         .args(["--state-dir", "state"])
-        .args(extra)
+        .args(global)
         .args(["train", "--task"])
         .arg(repo().join("datasets/banking77/task.toml"))
-        .args([
-            "--data",
-            "train.csv",
-            "--student",
-            "encoder-finetune",
-            "--base",
-        ])
+        .args(["--data", "train.csv"]);
+    c
+}
+
+/// One epoch of encoder-finetune on the real MiniLM.
+fn finetune(dir: &Path, out: &str, global: &[&str]) -> Output {
+    distill_train(dir, global)
+        .args(["--student", "encoder-finetune", "--base"])
         .arg(repo().join("models/base/all-MiniLM-L6-v2"))
         .args([
             "--out",
@@ -56,7 +58,7 @@ fn finetune_epoch_lines_reach_a_log_file_and_quiet_silences_them() {
         240,
     );
 
-    let out = train(d.path(), "m", &[]);
+    let out = finetune(d.path(), "m", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let epoch = stderr
@@ -73,7 +75,7 @@ fn finetune_epoch_lines_reach_a_log_file_and_quiet_silences_them() {
     assert_eq!(meta["epochs_run"], 1);
     assert_eq!(meta["hyper"]["patience"], 1);
 
-    let quiet = train(d.path(), "q", &["--quiet"]);
+    let quiet = finetune(d.path(), "q", &["--quiet"]);
     let stderr = String::from_utf8_lossy(&quiet.stderr);
     assert!(quiet.status.success(), "{stderr}");
     assert!(
@@ -90,11 +92,8 @@ fn zero_patience_is_refused_naming_the_flag_and_writes_nothing() {
         &d.path().join("train.csv"),
         240,
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(d.path())
-        .args(["--state-dir", "state", "train", "--task"])
-        .arg(repo().join("datasets/banking77/task.toml"))
-        .args(["--data", "train.csv", "--out", "m", "--patience", "0"])
+    let out = distill_train(d.path(), &[])
+        .args(["--out", "m", "--patience", "0"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

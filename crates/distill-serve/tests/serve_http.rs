@@ -135,7 +135,8 @@ async fn cascade_escalates_exactly_the_unsure_inputs_and_caches_repeats() {
 /// A server shadowing every confident answer to a sim-teacher that takes `latency_ms`, and the
 /// confident inputs of a Banking77 sample.
 struct ShadowRig {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
     sim: distill_sim::SimServer,
     server: RunningServer,
     sure: Vec<String>,
@@ -152,7 +153,8 @@ impl ShadowRig {
             .unwrap();
         let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
         let esc = teach_escalator(&spec, &sim.base_url(), dir.path());
-        let recorder = distill_serve::shadow::ShadowRecorder::open(&dir.path().join("shadow.db"));
+        let db = dir.path().join("shadow.db");
+        let recorder = distill_serve::shadow::ShadowRecorder::open(&db);
         let server = start(
             vec![entry("b77", student, Some(esc))],
             ServerOptions {
@@ -169,7 +171,8 @@ impl ShadowRig {
             .collect();
         assert!(sure.len() >= 5, "the sample needs confident inputs");
         Self {
-            dir,
+            _dir: dir,
+            db,
             sim,
             server,
             sure,
@@ -181,7 +184,8 @@ impl ShadowRig {
 async fn shadow_traffic_checks_confident_answers_off_the_latency_path_and_feeds_drift() {
     // A slow teacher: confident answers must not wait for their shadow call.
     let ShadowRig {
-        dir,
+        _dir,
+        db,
         sim,
         server,
         sure,
@@ -209,7 +213,6 @@ async fn shadow_traffic_checks_confident_answers_off_the_latency_path_and_feeds_
     let agreed = series(&metrics, "distill_shadow_agree_total{model=\"b77\"}") as u64;
 
     server.shutdown().await.unwrap();
-    let db = dir.path().join("shadow.db");
     let drift = distill_serve::shadow::drift_report(&db, Some("b77"), 1).unwrap();
     assert_eq!(drift.total.n as usize, sure.len());
     assert_eq!(drift.total.agree, agreed);
@@ -228,7 +231,8 @@ async fn shadow_traffic_checks_confident_answers_off_the_latency_path_and_feeds_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_shadow_calls_still_with_the_teacher() {
     let ShadowRig {
-        dir,
+        _dir,
+        db,
         sim,
         server,
         sure,
@@ -237,8 +241,7 @@ async fn shutdown_waits_for_shadow_calls_still_with_the_teacher() {
     classify(&http, &server.url(), "b77", &sure, None).await;
     // Straight to shutdown while every shadow call is still with the slow teacher.
     server.shutdown().await.unwrap();
-    let drift =
-        distill_serve::shadow::drift_report(&dir.path().join("shadow.db"), Some("b77"), 1).unwrap();
+    let drift = distill_serve::shadow::drift_report(&db, Some("b77"), 1).unwrap();
     assert_eq!(drift.total.n as usize, sure.len());
     assert_eq!(sim.stats().billable as usize, sure.len());
     sim.shutdown().await;
