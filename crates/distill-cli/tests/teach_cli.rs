@@ -210,19 +210,242 @@ fn sigkill_mid_run_then_resume_pays_once_and_the_ledger_matches_the_records() {
         stats.billable <= n as u64 + concurrency as u64,
         "at most the requests in flight at the kill are paid twice: {stats:?}"
     );
-    // The ledger: one row per record's paid call, totals equal to the records' costs.
+    // The ledger: one row per record's paid call, plus the calls that were out at the kill,
+    // still `in_flight` (the provider may have billed them): never less than was billed.
     let rows = Ledger::open(d.path().join("state/ledger.db"))
         .unwrap()
         .rows_for_task("banking77")
         .unwrap();
-    assert_eq!(rows.len(), n, "one ledger row per labelled input");
-    let record_cost: f64 = recs.iter().map(|r| r.cost_usd).sum();
-    let (calls, spend) = spend_total(d.path());
-    assert_eq!(calls, n as u64);
-    assert!(
-        (spend - record_cost).abs() < 1e-9 && spend > 0.0,
-        "distill spend {spend} vs records {record_cost}"
+    let completed: Vec<_> = rows.iter().filter(|r| r.status != "in_flight").collect();
+    assert_eq!(
+        completed.len(),
+        n,
+        "one completed ledger row per labelled input"
     );
+    assert!(
+        stats.billable as usize <= rows.len() && rows.len() <= n + concurrency,
+        "billed {} vs ledger {}",
+        stats.billable,
+        rows.len()
+    );
+    let record_cost: f64 = recs.iter().map(|r| r.cost_usd).sum();
+    let completed_cost: f64 = completed.iter().map(|r| r.cost_usd).sum();
+    assert!(
+        (completed_cost - record_cost).abs() < 1e-9 && record_cost > 0.0,
+        "ledger {completed_cost} vs records {record_cost}"
+    );
+    let (calls, spend) = spend_total(d.path());
+    assert_eq!(calls, rows.len() as u64);
+    assert!(
+        spend >= stats.cost_usd - 1e-9,
+        "distill spend ${spend} must not be below what the provider billed (${})",
+        stats.cost_usd
+    );
+}
+
+/// Right after a kill, before any rerun, `distill spend` already counts the calls that were
+/// out (as in_flight): it is never below what the provider billed.
+#[test]
+fn after_a_sigkill_the_ledger_is_not_below_the_bill() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 300;
+    let concurrency = 4u64;
+    let task = task(d.path(), n, "openai", "gpt-4o");
+    let sim = sim(&task, |c| c.latency_ms = 20);
+    let out = d.path().join("teacher.jsonl");
+    let journal = d.path().join("teacher.jsonl.partial");
+    let mut child = teach(
+        d.path(),
+        &task,
+        &sim.base_url(),
+        &out,
+        &["--concurrency", "4"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    kill_when(&mut child, "30 journalled records", || {
+        journal_records(&journal) >= 30
+    });
+    let billed = sim.stats();
+    let ledger = Ledger::open(d.path().join("state/ledger.db")).unwrap();
+    let total = &ledger.summary(&[], None).unwrap()[0];
+    assert!(
+        total.calls >= billed.billable && total.cost_usd >= billed.cost_usd - 1e-9,
+        "ledger {} calls ${} vs billed {} ${}",
+        total.calls,
+        total.cost_usd,
+        billed.billable,
+        billed.cost_usd
+    );
+    assert!(
+        (1..=concurrency).contains(&total.in_flight),
+        "the calls out at the kill are in flight: {total:?}"
+    );
+    let spend = run_ok({
+        let mut c = Command::new(BIN);
+        c.arg("--state-dir")
+            .arg(d.path().join("state"))
+            .arg("spend");
+        c
+    });
+    let text = String::from_utf8_lossy(&spend.stdout);
+    assert!(text.contains("outcome was never recorded"), "{text}");
+}
+
+/// Batch items retried in real time are journalled as each answer arrives: a kill while
+/// they run pays again for at most the calls in flight (it used to be every retried item
+/// answered so far, up to 2,048).
+#[test]
+fn sigkill_during_real_time_retries_of_a_batch_pays_at_most_the_in_flight_again() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 300;
+    let concurrency = 4u64;
+    let task = task(d.path(), n, "openai", "gpt-4o");
+    // Every item of the batch but the first expires, so the rest are retried in real time.
+    let sim = sim(&task, |c| {
+        c.batch_expire_after = Some(1);
+        c.latency_ms = 10;
+    });
+    let out = d.path().join("teacher.jsonl");
+    let args = ["--batch", "--poll-secs", "0.05", "--concurrency", "4"];
+    let mut child = teach(d.path(), &task, &sim.base_url(), &out, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kill_when(&mut child, "100 real-time retries paid", || {
+        sim.stats().billable >= 100
+    });
+    let mut again = args.to_vec();
+    again.push("--resume");
+    run_ok(teach(d.path(), &task, &sim.base_url(), &out, &again));
+    assert_every_input_once(&read_records(&out), n);
+    let stats = sim.stats();
+    assert_eq!(stats.unique_billable, n as u64, "{stats:?}");
+    assert!(
+        stats.duplicates <= concurrency,
+        "paid twice: {} (in flight at most {concurrency}) {stats:?}",
+        stats.duplicates
+    );
+    let rows = Ledger::open(d.path().join("state/ledger.db"))
+        .unwrap()
+        .rows_for_task("banking77")
+        .unwrap();
+    assert!(
+        stats.billable as usize <= rows.len() && rows.len() as u64 <= n as u64 + concurrency,
+        "billed {} vs ledger {}",
+        stats.billable,
+        rows.len()
+    );
+}
+
+/// Kill, change the prompt, run again: refused, naming what changed, never a dataset mixing
+/// two prompts; `--restart` labels everything under the new prompt.
+#[test]
+fn after_a_sigkill_a_changed_prompt_is_refused_until_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 200;
+    let task = task(d.path(), n, "openai", "gpt-4o");
+    let sim = sim(&task, |c| c.latency_ms = 10);
+    let out = d.path().join("teacher.jsonl");
+    let journal = d.path().join("teacher.jsonl.partial");
+    let mut child = teach(
+        d.path(),
+        &task,
+        &sim.base_url(),
+        &out,
+        &["--concurrency", "4"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    kill_when(&mut child, "40 journalled records", || {
+        journal_records(&journal) >= 40
+    });
+    let spec = std::fs::read_to_string(&task).unwrap();
+    std::fs::write(&task, spec.replace("with their intent", "with one intent")).unwrap();
+    let res = teach(d.path(), &task, &sim.base_url(), &out, &[])
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("system prompt") && err.contains("--restart"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    run_ok(teach(
+        d.path(),
+        &task,
+        &sim.base_url(),
+        &out,
+        &["--restart"],
+    ));
+    let recs = read_records(&out);
+    assert_every_input_once(&recs, n);
+    let raw: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(raw.len(), n);
+    // Every record was asked with the new prompt: no resumed record from the first run.
+    assert!(String::from_utf8_lossy(
+        &run_ok(teach(
+            d.path(),
+            &task,
+            &sim.base_url(),
+            &d.path().join("again.jsonl"),
+            &[]
+        ))
+        .stdout
+    )
+    .contains(&format!("{n} from the cache")));
+}
+
+/// Two `distill teach` on one output: the second is refused naming the first's PID, and
+/// nothing is paid twice.
+#[test]
+fn a_concurrent_second_run_on_the_same_output_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 200;
+    let task = task(d.path(), n, "openai", "gpt-4o");
+    let sim = sim(&task, |c| c.latency_ms = 20);
+    let out = d.path().join("teacher.jsonl");
+    let journal = d.path().join("teacher.jsonl.partial");
+    let mut first = teach(
+        d.path(),
+        &task,
+        &sim.base_url(),
+        &out,
+        &["--concurrency", "2"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while journal_records(&journal) < 5 {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended too soon"
+        );
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    let second = teach(d.path(), &task, &sim.base_url(), &out, &[])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains(&format!("PID {}", first.id())), "{err}");
+    assert!(first.wait().unwrap().success());
+    assert_every_input_once(&read_records(&out), n);
+    assert_eq!(sim.stats().duplicates, 0);
+    assert!(!d.path().join("teacher.jsonl.lock").exists());
 }
 
 #[test]

@@ -3,6 +3,11 @@
 //!
 //! SQLite in WAL mode: many writers in one process, readers never blocked, and a `kill -9`
 //! loses at most the transaction in flight.
+//!
+//! A call is recorded *before* it is sent, as an `in_flight` row priced at its estimate
+//! ([`Ledger::begin`]), and completed with its billed usage when the reply is recorded. A
+//! process killed mid-call therefore leaves an `in_flight` row: the provider may have billed
+//! it, and the ledger says so instead of under-reporting.
 
 use crate::error::{CoreError, Result};
 use crate::record::Usage;
@@ -11,9 +16,16 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Status of a row recorded before its call was sent and never completed.
+pub const IN_FLIGHT: &str = "in_flight";
+
 /// One provider call as billed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerRow {
+    /// The row this call was recorded under before it was sent ([`Ledger::begin`]); writing
+    /// the row completes that one instead of adding another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
     /// RFC 3339, UTC.
     pub ts: String,
     pub task: String,
@@ -23,7 +35,8 @@ pub struct LedgerRow {
     pub usage: Usage,
     pub cost_usd: f64,
     pub latency_ms: u64,
-    /// `ok`, `invalid` (answered but not a valid output), or `error` (billed error).
+    /// `ok`, `invalid` (answered but not a valid output), `error` (billed error), or
+    /// `in_flight` (sent, outcome never recorded: the process died or is still waiting).
     pub status: String,
     pub batch_id: Option<String>,
     pub price_version: String,
@@ -66,6 +79,10 @@ pub struct SpendRow {
     pub calls: u64,
     pub usage: Usage,
     pub cost_usd: f64,
+    /// Calls among `calls` whose outcome was never recorded (`in_flight` rows, counted at
+    /// their estimated cost): a process was killed while they were out, or is still running.
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 pub struct Ledger {
@@ -140,7 +157,7 @@ impl Ledger {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         {
-            let mut st = tx
+            let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO ledger (ts, task, provider, model, request_hash, prompt_tokens,
                        cached_tokens, cache_write_tokens, completion_tokens, reasoning_tokens,
@@ -148,8 +165,17 @@ impl Ledger {
                      VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
                 )
                 .map_err(|e| self.err(e))?;
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE ledger SET ts=?1, task=?2, provider=?3, model=?4, request_hash=?5,
+                       prompt_tokens=?6, cached_tokens=?7, cache_write_tokens=?8,
+                       completion_tokens=?9, reasoning_tokens=?10, cost_usd=?11, latency_ms=?12,
+                       status=?13, batch_id=?14, price_version=?15, source=?16, tag=?17
+                     WHERE id=?18",
+                )
+                .map_err(|e| self.err(e))?;
             for r in rows {
-                st.execute(params![
+                let values = params![
                     r.ts,
                     r.task,
                     r.provider,
@@ -167,11 +193,70 @@ impl Ledger {
                     r.price_version,
                     r.source,
                     r.tag,
-                ])
-                .map_err(|e| self.err(e))?;
+                ];
+                let updated = match r.id {
+                    Some(id) => {
+                        let mut with_id: Vec<&dyn rusqlite::ToSql> = values.to_vec();
+                        with_id.push(&id);
+                        update
+                            .execute(with_id.as_slice())
+                            .map_err(|e| self.err(e))?
+                    }
+                    None => 0,
+                };
+                if updated == 0 {
+                    insert.execute(values).map_err(|e| self.err(e))?;
+                }
             }
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Records a call about to be sent, as an `in_flight` row (`row.status` is ignored), and
+    /// returns its id for the row that completes it.
+    pub fn begin(&self, row: &LedgerRow) -> Result<i64> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.prepare_cached(
+            "INSERT INTO ledger (ts, task, provider, model, request_hash, prompt_tokens,
+               cached_tokens, cache_write_tokens, completion_tokens, reasoning_tokens,
+               cost_usd, latency_ms, status, batch_id, price_version, source, tag)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                row.ts,
+                row.task,
+                row.provider,
+                row.model,
+                row.request_hash,
+                row.usage.prompt_tokens as i64,
+                row.usage.cached_tokens as i64,
+                row.usage.cache_write_tokens as i64,
+                row.usage.completion_tokens as i64,
+                row.usage.reasoning_tokens as i64,
+                row.cost_usd,
+                row.latency_ms as i64,
+                IN_FLIGHT,
+                row.batch_id,
+                row.price_version,
+                row.source,
+                row.tag,
+            ])
+        })
+        .map_err(|e| self.err(e))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Drops an `in_flight` row whose call certainly was not billed (the provider refused it,
+    /// or every attempt failed before an answer).
+    pub fn discard(&self, id: i64) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "DELETE FROM ledger WHERE id = ?1 AND status = ?2",
+            params![id, IN_FLIGHT],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// All rows of a task (oldest first).
@@ -181,13 +266,14 @@ impl Ledger {
             .prepare(
                 "SELECT ts, task, provider, model, request_hash, prompt_tokens, cached_tokens,
                    cache_write_tokens, completion_tokens, reasoning_tokens, cost_usd, latency_ms,
-                   status, batch_id, price_version, source, tag
+                   status, batch_id, price_version, source, tag, id
                  FROM ledger WHERE task = ?1 ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([task], |r| {
                 Ok(LedgerRow {
+                    id: Some(r.get(17)?),
                     ts: r.get(0)?,
                     task: r.get(1)?,
                     provider: r.get(2)?,
@@ -231,7 +317,7 @@ impl Ledger {
         let sql = format!(
             "SELECT {select_keys}, COUNT(*), SUM(prompt_tokens), SUM(cached_tokens),
                SUM(cache_write_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
-               COALESCE(SUM(cost_usd), 0)
+               COALESCE(SUM(cost_usd), 0), SUM(status = 'in_flight')
              FROM ledger WHERE (?1 IS NULL OR task = ?1) {group_sql}"
         );
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,12 +344,30 @@ impl Ledger {
                         reasoning_tokens: opt(6)?,
                     },
                     cost_usd: r.get(7)?,
+                    in_flight: opt(8)?,
                 })
             })
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
         Ok(rows.into_iter().filter(|r| r.calls > 0).collect())
+    }
+
+    /// Batch ids recorded for a task, with the number of rows each (oldest batch first).
+    pub fn batch_rows(&self, task: &str) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = conn
+            .prepare(
+                "SELECT batch_id, COUNT(*) FROM ledger WHERE task = ?1 AND batch_id IS NOT NULL
+                 GROUP BY batch_id ORDER BY MIN(id)",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([task], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// Total dollars spent on a task.
@@ -282,6 +386,7 @@ mod tests {
 
     fn row(task: &str, model: &str, cost: f64) -> LedgerRow {
         LedgerRow {
+            id: None,
             ts: LedgerRow::now(),
             task: task.into(),
             provider: "openai".into(),
@@ -319,5 +424,28 @@ mod tests {
         drop(l);
         let again = Ledger::open(d.path().join("state/ledger.db")).unwrap();
         assert_eq!(again.summary(&[], None).unwrap()[0].calls, 3);
+    }
+
+    #[test]
+    fn a_call_is_in_flight_until_completed_and_completion_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Ledger::open(d.path().join("ledger.db")).unwrap();
+        let id = l.begin(&row("a", "gpt-4o", 0.25)).unwrap();
+        let s = &l.summary(&[], None).unwrap()[0];
+        assert_eq!((s.calls, s.in_flight, s.cost_usd), (1, 1, 0.25));
+        let mut done = row("a", "gpt-4o", 0.2);
+        done.id = Some(id);
+        l.append_many(&[done.clone()]).unwrap();
+        l.append_many(&[done]).unwrap(); // a crash recovery re-applying it changes nothing
+        let s = &l.summary(&[], None).unwrap()[0];
+        assert_eq!((s.calls, s.in_flight, s.cost_usd), (1, 0, 0.2));
+        let gone = l.begin(&row("a", "gpt-4o", 0.25)).unwrap();
+        l.discard(gone).unwrap();
+        assert_eq!(l.summary(&[], None).unwrap()[0].calls, 1);
+        // A completed row whose in-flight row is missing (another ledger file) is added.
+        let mut orphan = row("a", "gpt-4o", 0.1);
+        orphan.id = Some(999);
+        l.append_many(&[orphan]).unwrap();
+        assert_eq!(l.summary(&[], None).unwrap()[0].calls, 2);
     }
 }

@@ -256,6 +256,34 @@ pub struct TaskSpec {
     pub case_insensitive: bool,
 }
 
+/// Parses TOML into `T`, naming the failing key by its path (`teacher.rpm`,
+/// `labels.descriptions.c`) and its line; toml's own message names only the bad value.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = toml::Deserializer::new(text);
+    let result = T::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+    result.map_err(|e| {
+        let key = track.path().to_string();
+        let message = e.message().trim().to_string();
+        // An unknown key is reported at its table; name the key itself.
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string);
+        let field = match (unknown, key.as_str()) {
+            (Some(u), "." | "") => u,
+            (Some(u), k) if !k.ends_with(&format!(".{u}")) && k != u => format!("{k}.{u}"),
+            (_, "." | "") => "(document)".to_string(),
+            (_, k) => k.to_string(),
+        };
+        let at = e
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+            .unwrap_or_default();
+        CoreError::spec(path, &field, format!("{message}{at}"))
+    })
+}
+
 impl TaskSpec {
     /// Reads, parses and validates a spec. Every error names the file and the field.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
@@ -266,19 +294,7 @@ impl TaskSpec {
 
     /// Parses spec text as if read from `path` (used for relative paths and messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let file: TaskSpecFile = toml::from_str(text).map_err(|e| {
-            let field = e
-                .message()
-                .split('`')
-                .nth(1)
-                .unwrap_or("(document)")
-                .to_string();
-            let at = e
-                .span()
-                .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
-                .unwrap_or_default();
-            CoreError::spec(path, &field, format!("{}{at}", e.message().trim()))
-        })?;
+        let file: TaskSpecFile = parse_toml(text, path)?;
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let resolve = |p: &PathBuf| {
             if p.is_absolute() {
@@ -543,6 +559,22 @@ model = "gpt-4o-mini"
             .unwrap_err()
             .to_string();
         assert!(e.contains("labels.descriptions.c"), "{e}");
+        // Type errors name the key, not the value or "(document)".
+        let bad = SPEC.replace("model = \"gpt-4o-mini\"", "model = \"m\"\nrpm = -5");
+        let e = TaskSpec::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `teacher.rpm`"), "{e}");
+        let bad = SPEC.replace("model = \"gpt-4o-mini\"", "model = 5");
+        let e = TaskSpec::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `teacher.model`"), "{e}");
+        let bad = format!("{SPEC}\nbogus = 1\n");
+        let e = TaskSpec::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `bogus`"), "{e}");
         let bad = SPEC.replace("values = [\"a\", \"b\"]", "values = [\"a\", \"a\"]");
         let e = TaskSpec::parse(&bad, Path::new("t.toml"))
             .unwrap_err()

@@ -56,6 +56,8 @@ pub struct EvalOptions {
     /// Single-request calls timed per student for the latency percentiles.
     pub latency_samples: usize,
     pub progress: bool,
+    /// Replace `out` even when it is not a distill eval directory.
+    pub force: bool,
 }
 
 impl EvalOptions {
@@ -82,6 +84,7 @@ impl EvalOptions {
             batch_size: 64,
             latency_samples: 200,
             progress: false,
+            force: false,
         }
     }
 
@@ -102,6 +105,11 @@ impl EvalOptions {
         if self.batch_size == 0 {
             return Err(EvalError::Invalid("batch size must be > 0".into()));
         }
+        distill_core::fsutil::check_output_dir(
+            &self.out,
+            distill_core::fsutil::EVAL_DIR,
+            self.force,
+        )?;
         Ok(())
     }
 }
@@ -296,26 +304,33 @@ pub fn run_eval_with(
         .flatten()
         .map(String::as_str)
         .collect();
+    // Calls whose outcome was never recorded (a killed run) carry estimated tokens: they count
+    // towards what labelling cost, not towards the measured per-request price.
     let (test_rows, train_rows): (Vec<&LedgerRow>, Vec<&LedgerRow>) = ledger_rows
         .iter()
         .partition(|r| test_hashes.contains(r.request_hash.as_str()));
+    let measured = |rows: &[&LedgerRow]| -> Vec<Usage> {
+        rows.iter()
+            .filter(|r| r.status != distill_core::ledger::IN_FLIGHT)
+            .map(|r| r.usage)
+            .collect()
+    };
     let record_usages: Vec<Usage> = items.teacher_usage.iter().flatten().copied().collect();
-    let (usages, basis, basis_detail): (Vec<Usage>, &str, String) = if !test_rows.is_empty() {
+    let (test_usages, train_usages) = (measured(&test_rows), measured(&train_rows));
+    let (usages, basis, basis_detail): (Vec<Usage>, &str, String) = if !test_usages.is_empty() {
+        let n = test_usages.len();
         (
-            test_rows.iter().map(|r| r.usage).collect(),
+            test_usages,
             "ledger",
-            format!(
-                "mean of {} ledger calls for the test items, real tokens × price",
-                test_rows.len()
-            ),
+            format!("mean of {n} ledger calls for the test items, real tokens × price"),
         )
-    } else if !train_rows.is_empty() {
+    } else if !train_usages.is_empty() {
+        let n = train_usages.len();
         (
-            train_rows.iter().map(|r| r.usage).collect(),
+            train_usages,
             "ledger",
             format!(
-                "mean of {} ledger calls for task `{}` (same prompt), real tokens × price",
-                train_rows.len(),
+                "mean of {n} ledger calls for task `{}` (same prompt), real tokens × price",
                 spec.name
             ),
         )
@@ -811,7 +826,7 @@ pub fn run_eval_with(
 
     // 6. Write everything, each file atomically, only after everything was computed.
     let predictions = prediction_lines(&items, &answers, &split_of, labels);
-    write_outputs(&opts.out, &report, &predictions)?;
+    write_outputs(&opts.out, opts.force, &report, &predictions)?;
     Ok(EvalOutcome {
         summary: summary_text(&report),
         report,
@@ -1039,14 +1054,16 @@ fn prediction_lines(
     out
 }
 
-fn write_outputs(out: &Path, report: &EvalReport, predictions: &str) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| distill_core::CoreError::io(out, e))?;
+/// Writes the four files as one directory that replaces `out` whole, so a report never sits
+/// beside another run's metrics.
+fn write_outputs(out: &Path, force: bool, report: &EvalReport, predictions: &str) -> Result<()> {
     let md = markdown::render(report);
     let page = html::render(report);
-    write_atomic(out.join("predictions.jsonl"), predictions.as_bytes())?;
-    write_atomic(out.join("report.md"), md.as_bytes())?;
-    write_atomic(out.join("report.html"), page.as_bytes())?;
-    // metrics.json last: its presence means the eval finished.
-    write_atomic(out.join("metrics.json"), report.to_json().as_bytes())?;
-    Ok(())
+    distill_core::fsutil::replace_dir(out, distill_core::fsutil::EVAL_DIR, force, |dir| {
+        write_atomic(dir.join("predictions.jsonl"), predictions.as_bytes())?;
+        write_atomic(dir.join("report.md"), md.as_bytes())?;
+        write_atomic(dir.join("report.html"), page.as_bytes())?;
+        write_atomic(dir.join("metrics.json"), report.to_json().as_bytes())?;
+        Ok::<(), EvalError>(())
+    })
 }

@@ -209,6 +209,7 @@ fn no_gold_uses_agreement_with_the_teacher() {
 
 fn ledger_row(hash: &str, prompt: u64, cost: f64) -> LedgerRow {
     LedgerRow {
+        id: None,
         ts: LedgerRow::now(),
         task: "banking77".into(),
         provider: "openai".into(),

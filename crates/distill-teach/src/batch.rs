@@ -16,8 +16,17 @@
 //!   by id instead of submitting their inputs again, so a crash while waiting costs nothing.
 //!   OpenAI batches are also tagged with `metadata` (`distill_job`, `distill_chunk`); a rerun
 //!   adopts a tagged batch it finds in `GET /v1/batches`, which closes the gap between the
-//!   provider accepting a batch and the journal line reaching the disk. (Anthropic batches
+//!   provider accepting a batch and the journal line reaching the disk. The job key covers
+//!   everything that shapes the requests (the journal's
+//!   [`RequestShape`](crate::journal::RequestShape)), and a batch is
+//!   adopted only when its input file holds exactly this chunk's requests: every `custom_id`
+//!   (`in-<ordinal>-<request hash>`) must be one this job would send. A batch another job left
+//!   behind (another prompt, output or state directory) is never adopted. (Anthropic batches
 //!   have no metadata: a kill inside that gap of a few milliseconds would resubmit.)
+//! - A result is used only when its `custom_id` carries the request hash of the request this
+//!   job sends for that input; anything else is retried in real time.
+//! - Answers are journalled as they arrive (group commits of whatever is ready), including
+//!   items retried in real time, so a kill pays again for at most the calls in flight.
 //! - Replies are priced at the table's batch prices (half the real-time price when it has
 //!   none); every ledger row carries its batch id and every record has `batch: true`.
 //! - **Items a batch did not answer are retried in real time** (at real-time prices): expired
@@ -56,13 +65,19 @@ pub const MAX_BATCH_BYTES: usize = 190 * 1024 * 1024;
 /// Records written to the journal per fsync while collecting results.
 const WRITE_GROUP: usize = 2048;
 
-/// The `custom_id` of the request for input ordinal `i` (valid for both providers).
-pub fn custom_id(ordinal: u64) -> String {
-    format!("in-{ordinal}")
+/// The `custom_id` of the request for input ordinal `i` whose cache key is `request_hash`
+/// (valid for both providers: at most 64 characters of `[A-Za-z0-9_-]`).
+pub fn custom_id(ordinal: u64, request_hash: &str) -> String {
+    format!(
+        "in-{ordinal}-{}",
+        request_hash.get(..16).unwrap_or(request_hash)
+    )
 }
 
+/// The input ordinal a `custom_id` names.
 fn ordinal_of(custom_id: &str) -> Option<u64> {
-    custom_id.strip_prefix("in-")?.parse().ok()
+    let rest = custom_id.strip_prefix("in-")?;
+    rest.split('-').next()?.parse().ok()
 }
 
 /// What a batch said about one request.
@@ -75,8 +90,8 @@ enum ItemResult {
     Failed(String),
 }
 
-/// A finished batch's results by input ordinal.
-type Results = HashMap<u64, ItemResult>;
+/// A finished batch's results by `custom_id`.
+type Results = HashMap<String, ItemResult>;
 
 enum Poll {
     Running { finished: u64 },
@@ -87,6 +102,8 @@ enum Poll {
 #[derive(Default)]
 struct Chunk {
     ordinals: Vec<u64>,
+    /// The `custom_id` of each request, in the same order.
+    ids: Vec<String>,
     bytes: Vec<u8>,
 }
 
@@ -166,14 +183,13 @@ pub(crate) async fn run_batch(
     total: u64,
     started: Instant,
 ) -> Result<TeachSummary> {
-    let had_journal = jpath.exists();
-    let job_key =
-        distill_core::fsutil::sha256_hex(&serde_json::to_vec(&header).unwrap_or_default())[..16]
-            .to_string();
-    let (journal, recovered) = Journal::open(jpath, &header)?;
+    let had_journal = jpath.exists() && !opts.restart;
+    let job_key = header.job_key();
+    let (journal, recovered) = Journal::open(jpath, &header, opts.restart)?;
     reconcile(&client, &recovered.last_batch)?;
     let done = recovered.done;
     let resumed = (0..total).filter(|i| done.contains(*i)).count() as u64;
+    let spent_before = recovered.spent_usd;
     let mut sink = Sink {
         journal,
         done,
@@ -181,6 +197,7 @@ pub(crate) async fn run_batch(
             out: out.to_path_buf(),
             total,
             resumed,
+            earlier_cost_usd: spent_before,
             ..Default::default()
         },
         buf: Vec::with_capacity(1 << 20),
@@ -207,6 +224,10 @@ pub(crate) async fn run_batch(
     }
     // Request hashes already submitted, so an identical request is never submitted twice.
     let mut submitted: HashSet<u128> = HashSet::new();
+    let estimator = crate::dry_run::Estimator::new(spec, &client);
+    // --max-spend caps the job: earlier runs' spending and the worst case of the requests
+    // still out in their batches count.
+    let mut reserved = spent_before;
     if !waiting.is_empty() {
         let reader = read_inputs(input, spec.input.format, &cols)?;
         for (ordinal, item) in (0u64..).zip(reader) {
@@ -216,19 +237,18 @@ pub(crate) async fn run_batch(
             let item = item?;
             if in_batch.contains(ordinal) && !sink.done.contains(ordinal) {
                 submitted.insert(short_hash(&client.request_for(&item.text).1));
+                reserved += 2.0 * estimator.worst_case_cost(&client, &item.text);
             }
         }
     }
 
     // Plan the rest: cache hits are answered now, misses go into new batches, duplicates of a
     // submitted request wait for its answer.
-    let estimator = crate::dry_run::Estimator::new(spec, &client);
-    let mut reserved = 0.0f64;
     let mut stopped_by_budget = false;
     let mut deferred: Vec<u64> = Vec::new();
     let mut from_cache: Vec<(u64, InputItem)> = Vec::new();
     let mut chunk = Chunk::default();
-    let mut adoptable: Option<HashMap<String, String>> = None;
+    let mut adoptable: Option<HashMap<String, Orphan>> = None;
     let mut new_batches = 0u64;
     let reader = read_inputs(input, spec.input.format, &cols)?;
     for (ordinal, item) in (0u64..).zip(reader) {
@@ -268,7 +288,7 @@ pub(crate) async fn run_batch(
             reserved += worst;
         }
         submitted.insert(short_hash(&hash));
-        api.add(&mut chunk, ordinal, &body);
+        api.add(&mut chunk, ordinal, &hash, &body);
         if chunk.ordinals.len() >= batch_size || chunk.bytes.len() >= MAX_BATCH_BYTES {
             let c = std::mem::take(&mut chunk);
             let b = api
@@ -463,10 +483,13 @@ async fn collect(
         if !owed.contains(ordinal) {
             continue;
         }
-        let r = results
-            .remove(&ordinal)
-            .unwrap_or_else(|| ItemResult::Retry(format!("no result in batch {}", b.id)));
-        items.push((ordinal, item?, Some(r)));
+        let item = item?;
+        // Only a result for exactly the request this job sends counts.
+        let want = custom_id(ordinal, &client.request_for(&item.text).1);
+        let r = results.remove(&want).unwrap_or_else(|| {
+            ItemResult::Retry(format!("no result for this request in batch {}", b.id))
+        });
+        items.push((ordinal, item, Some(r)));
         if items.len() >= WRITE_GROUP {
             resolve(
                 client,
@@ -478,6 +501,13 @@ async fn collect(
             )
             .await?;
         }
+    }
+    if !results.is_empty() {
+        tracing::warn!(
+            "batch {}: ignored {} result(s) whose custom_id is not a request of this job",
+            b.id,
+            results.len()
+        );
     }
     resolve(client, ctx, sink, items, Some(&b.id), concurrency).await
 }
@@ -494,7 +524,9 @@ async fn resolve(
     if items.is_empty() {
         return Ok(());
     }
-    let results: Vec<Result<Done>> = futures::stream::iter(items)
+    // Journal answers as they arrive (a group commit of whatever is ready), never holding a
+    // whole group of paid answers in memory where a kill would lose them.
+    let mut stream = futures::stream::iter(items)
         .map(|(ordinal, item, result)| {
             let client = client.clone();
             let ctx = ctx.clone();
@@ -502,20 +534,24 @@ async fn resolve(
             async move { one(&client, &ctx, ordinal, item, result, batch_id).await }
         })
         .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let mut done = Vec::with_capacity(results.len());
+        .ready_chunks(WRITE_GROUP);
     let mut first_err = None;
-    for r in results {
-        match r {
-            Ok(d) => done.push(d),
-            Err(e) => {
-                first_err.get_or_insert(e);
+    while let Some(chunk) = stream.next().await {
+        let mut done = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            match r {
+                Ok(d) => done.push(d),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
+        // Whatever was answered is kept even when another item hit a fatal error.
+        sink.write(client, done)?;
+        if first_err.is_some() {
+            break;
+        }
     }
-    // Whatever was answered is kept even when another item hit a fatal error.
-    sink.write(client, done)?;
     match first_err {
         Some(e) => Err(e),
         None => Ok(()),
@@ -563,6 +599,7 @@ async fn one(
             let valid = parse_label(&reply.text, &spec.labels, client.wire().format).is_ok();
             let cost = client.cost(&reply.usage, true);
             let row = LedgerRow {
+                id: None,
                 ts: LedgerRow::now(),
                 task: spec.name.clone(),
                 provider: provider.to_string(),
@@ -609,6 +646,37 @@ async fn one(
     })
 }
 
+/// How many of a batch's requests the provider says it answered (OpenAI `completed`,
+/// Anthropic `succeeded`): what it bills, for `distill spend --reconcile`.
+pub async fn answered_count(client: &TeacherClient, batch_id: &str) -> Result<u64> {
+    let api = Api {
+        client,
+        spec: client.spec(),
+    };
+    let url = match client.provider() {
+        Provider::Openai => format!("{}/batches/{batch_id}", api.base()),
+        Provider::Anthropic => format!("{}/messages/batches/{batch_id}", api.base()),
+    };
+    let v = api
+        .call("reading the batch", &url, Body::None, true)
+        .await?;
+    let counts = v.get("request_counts").unwrap_or(&Value::Null);
+    let key = match client.provider() {
+        Provider::Openai => "completed",
+        Provider::Anthropic => "succeeded",
+    };
+    counts
+        .get(key)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| TeachError::Invalid(format!("batch {batch_id} has no request_counts.{key}")))
+}
+
+/// A batch found on the provider, tagged with this job's key, that the journal does not list.
+struct Orphan {
+    id: String,
+    input_file_id: String,
+}
+
 /// The provider's batch endpoints.
 struct Api<'a> {
     client: &'a TeacherClient,
@@ -631,8 +699,8 @@ impl Api<'_> {
     }
 
     /// Serialises one request into the chunk.
-    fn add(&self, chunk: &mut Chunk, ordinal: u64, body: &Value) {
-        let cid = custom_id(ordinal);
+    fn add(&self, chunk: &mut Chunk, ordinal: u64, request_hash: &str, body: &Value) {
+        let cid = custom_id(ordinal, request_hash);
         match self.provider() {
             Provider::Openai => {
                 let line = json!({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body});
@@ -650,6 +718,7 @@ impl Api<'_> {
             }
         }
         chunk.ordinals.push(ordinal);
+        chunk.ids.push(cid);
     }
 
     /// Creates a batch for the chunk (or adopts the OpenAI batch an interrupted run created
@@ -660,7 +729,7 @@ impl Api<'_> {
         job_key: &str,
         look_for_orphans: bool,
         known: &HashSet<String>,
-        adoptable: &mut Option<HashMap<String, String>>,
+        adoptable: &mut Option<HashMap<String, Orphan>>,
     ) -> Result<BatchRef> {
         let ranges = chunk.ranges();
         let n = chunk.ordinals.len() as u64;
@@ -668,14 +737,31 @@ impl Api<'_> {
         let id = match provider {
             Provider::Openai => {
                 let chunk_key = distill_core::fsutil::sha256_hex(
-                    &serde_json::to_vec(&ranges).unwrap_or_default(),
+                    &serde_json::to_vec(&chunk.ids).unwrap_or_default(),
                 )[..16]
                     .to_string();
                 if look_for_orphans && adoptable.is_none() {
                     *adoptable = Some(self.orphans(job_key, known).await);
                 }
-                if let Some(id) = adoptable.as_mut().and_then(|m| m.remove(&chunk_key)) {
-                    tracing::info!("adopting batch {id}, submitted by an interrupted run");
+                let orphan = adoptable.as_mut().and_then(|m| m.remove(&chunk_key));
+                let adopted = match orphan {
+                    Some(o) if self.holds_exactly(&o, &chunk.ids).await => {
+                        tracing::info!(
+                            "adopting batch {}, submitted by an interrupted run of this job",
+                            o.id
+                        );
+                        Some(o.id)
+                    }
+                    Some(o) => {
+                        tracing::warn!(
+                            "not adopting batch {}: its requests are not exactly this job's",
+                            o.id
+                        );
+                        None
+                    }
+                    None => None,
+                };
+                if let Some(id) = adopted {
                     id
                 } else {
                     let file = self
@@ -735,9 +821,48 @@ impl Api<'_> {
         })
     }
 
+    /// Whether an orphan batch's input file holds exactly the requests `ids` (each
+    /// `custom_id` carries its input's ordinal and request hash). Any doubt means no.
+    async fn holds_exactly(&self, orphan: &Orphan, ids: &[String]) -> bool {
+        let url = format!("{}/files/{}/content", self.base(), orphan.input_file_id);
+        let bytes = match self
+            .raw(
+                "reading an earlier batch's input file",
+                &url,
+                Body::None,
+                true,
+            )
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("cannot read the input file of batch {}: {e}", orphan.id);
+                return false;
+            }
+        };
+        let mut theirs: Vec<String> = Vec::with_capacity(ids.len());
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let Some(cid) = serde_json::from_slice::<Value>(line).ok().and_then(|v| {
+                v.get("custom_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }) else {
+                return false;
+            };
+            theirs.push(cid);
+        }
+        let mut ours = ids.to_vec();
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        ours == theirs
+    }
+
     /// OpenAI batches tagged with this job's key that the journal does not know:
-    /// `distill_chunk` → batch id. Best effort: a listing error only logs.
-    async fn orphans(&self, job_key: &str, known: &HashSet<String>) -> HashMap<String, String> {
+    /// `distill_chunk` → the batch. Best effort: a listing error only logs.
+    async fn orphans(&self, job_key: &str, known: &HashSet<String>) -> HashMap<String, Orphan> {
         let mut out = HashMap::new();
         let mut after: Option<String> = None;
         for _ in 0..10 {
@@ -763,8 +888,15 @@ impl Api<'_> {
                     && !known.contains(id)
                     && !matches!(status, "failed" | "cancelled" | "cancelling")
                 {
-                    if let Some(c) = meta.get("distill_chunk").and_then(Value::as_str) {
-                        out.entry(c.to_string()).or_insert_with(|| id.to_string());
+                    let input_file_id = b.get("input_file_id").and_then(Value::as_str);
+                    if let (Some(c), Some(f)) = (
+                        meta.get("distill_chunk").and_then(Value::as_str),
+                        input_file_id,
+                    ) {
+                        out.entry(c.to_string()).or_insert_with(|| Orphan {
+                            id: id.to_string(),
+                            input_file_id: f.to_string(),
+                        });
                     }
                 }
                 after = Some(id.to_string());
@@ -969,10 +1101,10 @@ fn parse_openai_results(bytes: &[u8], out: &mut Results, batch: &str) {
             tracing::warn!("batch {batch}: skipping an unreadable result line");
             continue;
         };
-        let Some(ordinal) = v
+        let Some(cid) = v
             .get("custom_id")
             .and_then(Value::as_str)
-            .and_then(ordinal_of)
+            .filter(|c| ordinal_of(c).is_some())
         else {
             continue;
         };
@@ -1014,7 +1146,7 @@ fn parse_openai_results(bytes: &[u8], out: &mut Results, batch: &str) {
                 }
             }
         };
-        out.insert(ordinal, result);
+        out.insert(cid.to_string(), result);
     }
 }
 
@@ -1027,10 +1159,10 @@ fn parse_anthropic_results(bytes: &[u8], out: &mut Results, batch: &str) {
             tracing::warn!("batch {batch}: skipping an unreadable result line");
             continue;
         };
-        let Some(ordinal) = v
+        let Some(cid) = v
             .get("custom_id")
             .and_then(Value::as_str)
-            .and_then(ordinal_of)
+            .filter(|c| ordinal_of(c).is_some())
         else {
             continue;
         };
@@ -1061,7 +1193,7 @@ fn parse_anthropic_results(bytes: &[u8], out: &mut Results, batch: &str) {
             }
             other => ItemResult::Retry(format!("batch {batch}: request {other}")),
         };
-        out.insert(ordinal, result);
+        out.insert(cid.to_string(), result);
     }
 }
 
@@ -1071,11 +1203,13 @@ mod tests {
 
     #[test]
     fn custom_ids_round_trip_and_ranges_compress() {
-        assert_eq!(ordinal_of(&custom_id(42)), Some(42));
+        let id = custom_id(42, "0123456789abcdef0123");
+        assert_eq!(id, "in-42-0123456789abcdef");
+        assert_eq!(ordinal_of(&id), Some(42));
         assert_eq!(ordinal_of("x-1"), None);
         let c = Chunk {
             ordinals: vec![0, 1, 2, 5, 6, 9],
-            bytes: vec![],
+            ..Default::default()
         };
         assert_eq!(c.ranges(), vec![[0, 3], [5, 7], [9, 10]]);
     }
@@ -1084,32 +1218,32 @@ mod tests {
     fn classifies_result_lines() {
         let mut r = Results::new();
         let lines = concat!(
-            r#"{"custom_id":"in-0","response":{"status_code":200,"body":{"choices":[{"message":{"content":"{\"label\":\"a\"}"}}],"usage":{"prompt_tokens":5,"completion_tokens":2}}},"error":null}"#,
+            r#"{"custom_id":"in-0-h","response":{"status_code":200,"body":{"choices":[{"message":{"content":"{\"label\":\"a\"}"}}],"usage":{"prompt_tokens":5,"completion_tokens":2}}},"error":null}"#,
             "\n",
-            r#"{"custom_id":"in-1","response":null,"error":{"code":"batch_expired","message":"late"}}"#,
+            r#"{"custom_id":"in-1-h","response":null,"error":{"code":"batch_expired","message":"late"}}"#,
             "\n",
-            r#"{"custom_id":"in-2","response":{"status_code":400,"body":{"error":{"message":"bad"}}},"error":null}"#,
+            r#"{"custom_id":"in-2-h","response":{"status_code":400,"body":{"error":{"message":"bad"}}},"error":null}"#,
             "\n",
-            r#"{"custom_id":"in-3","response":{"status_code":500,"body":{}},"error":null}"#,
+            r#"{"custom_id":"in-3-h","response":{"status_code":500,"body":{}},"error":null}"#,
             "\n"
         );
         parse_openai_results(lines.as_bytes(), &mut r, "b1");
-        assert!(matches!(&r[&0], ItemResult::Reply(x) if x.usage.prompt_tokens == 5));
-        assert!(matches!(&r[&1], ItemResult::Retry(_)));
-        assert!(matches!(&r[&2], ItemResult::Failed(m) if m.contains("bad")));
-        assert!(matches!(&r[&3], ItemResult::Retry(_)));
+        assert!(matches!(&r["in-0-h"], ItemResult::Reply(x) if x.usage.prompt_tokens == 5));
+        assert!(matches!(&r["in-1-h"], ItemResult::Retry(_)));
+        assert!(matches!(&r["in-2-h"], ItemResult::Failed(m) if m.contains("bad")));
+        assert!(matches!(&r["in-3-h"], ItemResult::Retry(_)));
         let mut a = Results::new();
         let lines = concat!(
-            r#"{"custom_id":"in-7","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"x"}],"usage":{"input_tokens":3,"output_tokens":1}}}}"#,
+            r#"{"custom_id":"in-7-h","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"x"}],"usage":{"input_tokens":3,"output_tokens":1}}}}"#,
             "\n",
-            r#"{"custom_id":"in-8","result":{"type":"expired"}}"#,
+            r#"{"custom_id":"in-8-h","result":{"type":"expired"}}"#,
             "\n",
-            r#"{"custom_id":"in-9","result":{"type":"errored","error":{"type":"error","error":{"type":"invalid_request_error","message":"no"}}}}"#,
+            r#"{"custom_id":"in-9-h","result":{"type":"errored","error":{"type":"error","error":{"type":"invalid_request_error","message":"no"}}}}"#,
             "\n"
         );
         parse_anthropic_results(lines.as_bytes(), &mut a, "m1");
-        assert!(matches!(&a[&7], ItemResult::Reply(x) if x.text == "x"));
-        assert!(matches!(&a[&8], ItemResult::Retry(_)));
-        assert!(matches!(&a[&9], ItemResult::Failed(_)));
+        assert!(matches!(&a["in-7-h"], ItemResult::Reply(x) if x.text == "x"));
+        assert!(matches!(&a["in-8-h"], ItemResult::Retry(_)));
+        assert!(matches!(&a["in-9-h"], ItemResult::Failed(_)));
     }
 }

@@ -24,7 +24,7 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -171,6 +171,9 @@ pub struct TeacherClient {
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// Set once the server rejected `json_schema`: the schema goes as `json_object` from then on.
     schema_as_json_object: AtomicBool,
+    /// The teacher's tokenizer and the job's fixed prompt tokens (loaded on first use): the
+    /// rate limiter and in-flight ledger rows count prompts as the provider does.
+    counter: OnceLock<(crate::dry_run::Tokenizer, crate::dry_run::Estimator)>,
 }
 
 /// True when an error reply says the server does not accept `response_format` of type
@@ -287,6 +290,7 @@ impl TeacherClient {
             recent: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             schema_as_json_object: AtomicBool::new(false),
+            counter: OnceLock::new(),
         })
     }
 
@@ -355,6 +359,73 @@ impl TeacherClient {
         let body = self.wire.body(&msgs);
         let hash = self.hash_body(&body);
         (body, hash)
+    }
+
+    /// Everything that shapes this client's requests, component by component (see
+    /// [`crate::journal::RequestShape`]): a journal made under another shape is not resumed.
+    pub fn request_shape(&self) -> crate::journal::RequestShape {
+        let short = |s: &str| distill_core::fsutil::sha256_hex(s.as_bytes())[..16].to_string();
+        let spec = &self.spec;
+        let labels: Vec<(&String, Option<&String>)> = spec
+            .labels
+            .names
+            .iter()
+            .map(|n| (n, spec.labels.descriptions.get(n)))
+            .collect();
+        let mut m = crate::journal::RequestShape::new();
+        m.insert("provider".into(), self.wire.provider.as_str().into());
+        m.insert("endpoint".into(), self.wire.endpoint());
+        m.insert("model".into(), self.wire.model.clone());
+        m.insert("system_prompt".into(), short(&self.wire.system));
+        m.insert("user_template".into(), short(&spec.teacher.user_template));
+        m.insert(
+            "label_set".into(),
+            short(&serde_json::to_string(&labels).unwrap_or_default()),
+        );
+        m.insert(
+            "output_schema".into(),
+            short(&format!("{:?} {}", self.wire.format, self.wire.schema)),
+        );
+        m.insert(
+            "parameters".into(),
+            format!(
+                "{:?}={} temperature={}",
+                self.wire.max_tokens_field, self.wire.max_tokens, self.wire.temperature
+            ),
+        );
+        m.insert("request".into(), self.request_for("").1[..16].to_string());
+        m
+    }
+
+    pub(crate) fn counter(&self) -> &(crate::dry_run::Tokenizer, crate::dry_run::Estimator) {
+        self.counter.get_or_init(|| {
+            let tok = crate::dry_run::Tokenizer::for_model(self.wire.provider, &self.wire.model);
+            let est = crate::dry_run::Estimator::with_tokenizer(&self.spec, &tok);
+            (tok, est)
+        })
+    }
+
+    /// Prompt tokens of the first request for `text`, counted with the teacher's tokenizer
+    /// (as `--dry-run` does): the fixed part is counted once per job.
+    pub fn prompt_tokens(&self, text: &str) -> u64 {
+        let (tok, est) = self.counter();
+        est.overhead_tokens + tok.count(text)
+    }
+
+    /// Tokens this client's requests were counted as against the tokens-per-minute limit:
+    /// each request's prompt (the teacher's tokenizer) plus its `max_tokens`.
+    pub fn rate_limit_tokens(&self) -> u64 {
+        self.limiter.tokens_reserved()
+    }
+
+    /// `text` alone in the teacher's tokens.
+    pub fn text_tokens(&self, text: &str) -> u64 {
+        self.counter().0.count(text)
+    }
+
+    /// `text` cut to at most `max_tokens` of the teacher's tokens.
+    pub fn truncate_text(&self, text: &str, max_tokens: usize) -> String {
+        self.counter().0.truncate(text, max_tokens)
     }
 
     /// The cache key: provider, endpoint and the canonical request body (model, messages,
@@ -434,8 +505,12 @@ impl TeacherClient {
             request_hash: String::new(),
             paid_calls: 0,
         };
+        let mut prompt_tokens = self.prompt_tokens(text);
         for attempt in 0..2 {
-            let ex = match self.exchange(&msgs, ctx, &mut pending).await? {
+            let ex = match self
+                .exchange(&msgs, ctx, &mut pending, prompt_tokens)
+                .await?
+            {
                 Ok(ex) => ex,
                 Err(message) => {
                     if attempt == 0 {
@@ -474,11 +549,14 @@ impl TeacherClient {
                 Err(e) => {
                     out.status = RecordStatus::Invalid;
                     out.error = Some(e.clone());
-                    msgs.push(Msg::assistant(ex.reply.text));
-                    msgs.push(Msg::user(format!(
+                    let repair = format!(
                         "That reply is not valid: {e}. Answer again with JSON only, \
                          {{\"label\": \"<label>\"}}, using exactly one of the allowed labels."
-                    )));
+                    );
+                    let tok = &self.counter().0;
+                    prompt_tokens += tok.count(&ex.reply.text) + tok.count(&repair) + 8;
+                    msgs.push(Msg::assistant(ex.reply.text));
+                    msgs.push(Msg::user(repair));
                 }
             }
         }
@@ -486,11 +564,13 @@ impl TeacherClient {
     }
 
     /// One request: from the cache, from an identical request in flight, or paid.
+    /// `prompt_tokens` is its prompt counted with the teacher's tokenizer.
     async fn exchange(
         &self,
         msgs: &[Msg],
         ctx: &CallContext,
         pending: &mut Pending,
+        prompt_tokens: u64,
     ) -> Result<Result<Exchange, String>> {
         let body = self.wire.body(msgs);
         let hash = self.hash_body(&body);
@@ -534,14 +614,24 @@ impl TeacherClient {
                 }
             }
         };
-        let estimate = body.to_string().len() as u64 / 4 + u64::from(self.wire.max_tokens);
-        self.limiter.acquire(estimate).await;
+        // Providers count a request against the token limit as its prompt plus max_tokens.
+        self.limiter
+            .acquire(prompt_tokens + u64::from(self.wire.max_tokens))
+            .await;
+        let intent = self.begin_call(&hash, ctx, prompt_tokens)?;
         let sent = self.send(&body).await;
+        if !matches!(sent, Ok(Sent::Reply(..))) {
+            // Refused or never answered: not billed.
+            if let (Some(l), Some(id)) = (&self.ledger, intent) {
+                l.discard(id)?;
+            }
+        }
         let result = match sent? {
             Sent::Failed(m) | Sent::SchemaRejected(m) => Ok(Err(m)),
             Sent::Reply(reply, latency_ms) => {
                 let cost = self.cost(&reply.usage, false);
                 pending.ledger.push(LedgerRow {
+                    id: intent,
                     ts: LedgerRow::now(),
                     task: self.spec.name.clone(),
                     provider: self.wire.provider.as_str().into(),
@@ -576,6 +666,36 @@ impl TeacherClient {
         };
         drop(guard);
         result
+    }
+
+    /// Records a call about to be paid as an `in_flight` ledger row (priced as if the reply
+    /// used all of `max_tokens`), so a kill while it is out still shows in the ledger.
+    fn begin_call(&self, hash: &str, ctx: &CallContext, prompt_tokens: u64) -> Result<Option<i64>> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(None);
+        };
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens: u64::from(self.wire.max_tokens),
+            ..Default::default()
+        };
+        let row = LedgerRow {
+            id: None,
+            ts: LedgerRow::now(),
+            task: self.spec.name.clone(),
+            provider: self.wire.provider.as_str().into(),
+            model: self.wire.model.clone(),
+            request_hash: hash.to_string(),
+            usage,
+            cost_usd: self.cost(&usage, false),
+            latency_ms: 0,
+            status: distill_core::ledger::IN_FLIGHT.into(),
+            batch_id: None,
+            price_version: self.prices.version.clone(),
+            source: ctx.source.clone(),
+            tag: ctx.tag.clone(),
+        };
+        Ok(Some(ledger.begin(&row)?))
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

@@ -42,9 +42,38 @@ impl Tokenizer {
     pub fn is_exact(&self) -> bool {
         self.bpe.is_some()
     }
+    /// The longest prefix of `text` that is at most `max_tokens` tokens.
+    pub fn truncate(&self, text: &str, max_tokens: usize) -> String {
+        match &self.bpe {
+            Some(b) => {
+                let tokens = b.encode_ordinary(text);
+                if tokens.len() <= max_tokens {
+                    return text.to_string();
+                }
+                // A cut can split a character's bytes: drop the broken tail.
+                let mut n = max_tokens;
+                loop {
+                    match b.decode(tokens[..n].to_vec()) {
+                        Ok(s) => return s,
+                        Err(_) if n > 0 => n -= 1,
+                        Err(_) => return String::new(),
+                    }
+                }
+            }
+            None => {
+                let max_bytes = (max_tokens as f64 * 3.5) as usize;
+                let mut end = max_bytes.min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text[..end].to_string()
+            }
+        }
+    }
 }
 
 /// Per-job constants for fast per-input estimates (used by `--max-spend` on the hot path).
+#[derive(Debug, Clone)]
 pub struct Estimator {
     /// Tokens of everything but the input text: system prompt, template, label list, framing.
     pub overhead_tokens: u64,
@@ -54,12 +83,12 @@ pub struct Estimator {
 }
 
 impl Estimator {
-    pub fn new(spec: &TaskSpec, client: &TeacherClient) -> Self {
-        let tok = Tokenizer::for_model(client.provider(), client.model());
-        Self::with_tokenizer(spec, &tok)
+    /// The client's estimator (its tokenizer is loaded once per client).
+    pub fn new(_spec: &TaskSpec, client: &TeacherClient) -> Self {
+        client.counter().1.clone()
     }
 
-    fn with_tokenizer(spec: &TaskSpec, tok: &Tokenizer) -> Self {
+    pub fn with_tokenizer(spec: &TaskSpec, tok: &Tokenizer) -> Self {
         // ~4 tokens of chat framing per message, 3 to prime the reply (OpenAI's cookbook rule).
         let overhead =
             tok.count(&spec.teacher.system_prompt) + tok.count(&spec.render_user("")) + 11;
@@ -163,8 +192,7 @@ pub fn estimate(
     concurrency: usize,
     batch: bool,
 ) -> Result<Estimate> {
-    let tok = Tokenizer::for_model(client.provider(), client.model());
-    let est = Estimator::with_tokenizer(spec, &tok);
+    let (tok, est) = client.counter();
     let mut prompt = 0u64;
     let mut cached = 0u64;
     let mut requests = 0u64;

@@ -11,14 +11,28 @@
 //! `--batch` adds one line per submitted provider batch, written (and fsync'd) as soon as the
 //! provider accepts it: `{"batch": <BatchRef>}`. A rerun polls those batches by id instead of
 //! submitting their inputs again.
+//!
+//! The header records everything that shapes the requests (provider, endpoint, model,
+//! prompts, label set, schema, parameters: [`RequestShape`]), so a rerun after the spec
+//! changed never mixes answers to the old prompt into the new dataset: it is refused, naming
+//! what changed, until the user passes `--restart`.
 
 use crate::client::Pending;
 use crate::error::{Result, TeachError};
 use distill_core::RecordStatus;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// The journal format this version writes; older journals lack the [`RequestShape`].
+pub const JOURNAL_VERSION: u32 = 2;
+
+/// What shapes every request of a job, component by component (`system_prompt` →
+/// short hash, `model` → name...), so a mismatch can say what changed. `request` is the hash
+/// of a whole request body, catching whatever the named components miss.
+pub type RequestShape = BTreeMap<String, String>;
 
 /// Identifies the job a journal belongs to, so a stale journal is never mixed in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +42,72 @@ pub struct JournalHeader {
     pub input_sha256: String,
     pub provider: String,
     pub model: String,
+    #[serde(default)]
+    pub request: RequestShape,
+}
+
+impl JournalHeader {
+    /// A short key for the job: provider batches are tagged with it.
+    pub fn job_key(&self) -> String {
+        distill_core::fsutil::sha256_hex(&serde_json::to_vec(self).unwrap_or_default())[..16]
+            .to_string()
+    }
+
+    /// Why a journal written under `self` cannot be continued by a job with header `now`,
+    /// or `None` when it can.
+    pub fn mismatch(&self, now: &JournalHeader) -> Option<String> {
+        if self.distill_journal != now.distill_journal {
+            return Some(format!(
+                "it was written by an older distill (journal format {}, now {}) that did not \
+                 record the prompt it was made with",
+                self.distill_journal, now.distill_journal
+            ));
+        }
+        let mut changed = Vec::new();
+        if self.task != now.task {
+            changed.push(format!("the task name (`{}` → `{}`)", self.task, now.task));
+        }
+        if self.input_sha256 != now.input_sha256 {
+            changed.push("the input file's content".to_string());
+        }
+        let keys: std::collections::BTreeSet<&String> =
+            self.request.keys().chain(now.request.keys()).collect();
+        let named: Vec<&String> = keys
+            .into_iter()
+            .filter(|k| k.as_str() != "request" && self.request.get(*k) != now.request.get(*k))
+            .collect();
+        for k in &named {
+            let (a, b) = (self.request.get(*k), now.request.get(*k));
+            let short = |v: Option<&String>| v.map(|s| s.len() <= 40).unwrap_or(true);
+            if matches!(k.as_str(), "model" | "provider" | "endpoint" | "parameters")
+                && short(a)
+                && short(b)
+            {
+                changed.push(format!(
+                    "the {} (`{}` → `{}`)",
+                    k.replace('_', " "),
+                    a.map(String::as_str).unwrap_or("-"),
+                    b.map(String::as_str).unwrap_or("-")
+                ));
+            } else {
+                changed.push(format!("the {}", k.replace('_', " ")));
+            }
+        }
+        if named.is_empty() && self.request.get("request") != now.request.get("request") {
+            changed.push("the request sent for each input".to_string());
+        }
+        if changed.is_empty() && self != now {
+            changed.push("the provider or model".to_string());
+        }
+        if changed.is_empty() {
+            None
+        } else {
+            Some(format!(
+                "since it was written, {} changed",
+                changed.join(", ")
+            ))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -76,6 +156,18 @@ struct StatusOnly {
     status: RecordStatus,
 }
 
+/// Only the costs of a line's ledger rows.
+#[derive(Deserialize)]
+struct LineCosts {
+    #[serde(default)]
+    l: Vec<CostOnly>,
+}
+
+#[derive(Deserialize)]
+struct CostOnly {
+    cost_usd: f64,
+}
+
 #[derive(Deserialize)]
 struct LineWrites {
     #[serde(flatten)]
@@ -115,6 +207,9 @@ impl Ordinals {
 /// What an existing journal says.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// Dollars this job has already spent in earlier runs: every paid call its lines record
+    /// (superseded records included), so `--max-spend` caps the job, not each run.
+    pub spent_usd: f64,
     /// Inputs with a final (ok or invalid) record.
     pub done: Ordinals,
     /// Writes of the last batch, which a kill may have cut off from SQLite.
@@ -137,7 +232,16 @@ impl Journal {
     }
 
     /// Opens the journal at `path`, creating it with `header` or recovering an existing one.
-    pub fn open(path: &Path, header: &JournalHeader) -> Result<(Journal, Recovered)> {
+    /// `restart` discards an existing journal instead (its answers stay in the response
+    /// cache, so requests that did not change are not paid again).
+    pub fn open(
+        path: &Path,
+        header: &JournalHeader,
+        restart: bool,
+    ) -> Result<(Journal, Recovered)> {
+        if restart && path.exists() {
+            std::fs::remove_file(path).map_err(|e| TeachError::io(path, e))?;
+        }
         if path.exists() {
             let rec = recover(path, header)?;
             let file = OpenOptions::new()
@@ -246,13 +350,13 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
                     format!("line 1: not a distill journal ({e}); delete it to start over"),
                 )
             })?;
-            if &h != header {
+            if let Some(why) = h.mismatch(header) {
                 return Err(TeachError::file(
                     path,
                     format!(
-                        "this journal belongs to another job (task `{}`, model `{}`, or a different input file); \
-                         delete it or choose another --out",
-                        h.task, h.model
+                        "this journal of an interrupted run cannot be continued: {why}. Run with \
+                         --restart to label every input again with the current spec (answers to \
+                         unchanged requests come from the cache, free), or choose another --out"
                     ),
                 ));
             }
@@ -294,7 +398,12 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
         if head.b == max_batch {
             let w: LineWrites = serde_json::from_slice(&line)
                 .map_err(|e| TeachError::file(path, format!("line {lineno}: {e}")))?;
+            rec.spent_usd += w.pending.ledger.iter().map(|r| r.cost_usd).sum::<f64>();
             rec.last_batch.push(w.pending);
+        } else {
+            let c: LineCosts = serde_json::from_slice(&line)
+                .map_err(|e| TeachError::file(path, format!("line {lineno}: {e}")))?;
+            rec.spent_usd += c.l.iter().map(|r| r.cost_usd).sum::<f64>();
         }
     }
     let len = std::fs::metadata(path)

@@ -20,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod journal;
 pub mod label;
+pub mod lock;
 pub mod provider;
 pub mod ratelimit;
 pub mod runner;

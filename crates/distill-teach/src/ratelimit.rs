@@ -48,6 +48,8 @@ impl Bucket {
 pub struct RateLimiter {
     rpm: Option<Bucket>,
     tpm: Option<Bucket>,
+    /// Tokens all requests so far were counted as, so tests can check the estimate.
+    tokens_reserved: std::sync::atomic::AtomicU64,
 }
 
 impl RateLimiter {
@@ -56,11 +58,14 @@ impl RateLimiter {
         RateLimiter {
             rpm: Bucket::new(rpm),
             tpm: Bucket::new(tpm),
+            tokens_reserved: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// How long to wait before sending a request estimated at `tokens` tokens.
     pub fn reserve(&self, tokens: u64) -> Duration {
+        self.tokens_reserved
+            .fetch_add(tokens, std::sync::atomic::Ordering::Relaxed);
         let a = self
             .rpm
             .as_ref()
@@ -72,6 +77,12 @@ impl RateLimiter {
             .map(|b| b.reserve(tokens as f64))
             .unwrap_or_default();
         a.max(b)
+    }
+
+    /// Total tokens counted against the token limit so far.
+    pub fn tokens_reserved(&self) -> u64 {
+        self.tokens_reserved
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn acquire(&self, tokens: u64) {

@@ -36,6 +36,13 @@ pub struct TeachOptions {
     pub batch: bool,
     /// Require something to resume (a journal or a submitted batch).
     pub resume: bool,
+    /// Discard the journal of an interrupted run and label every input again (answers to
+    /// unchanged requests come from the response cache, free).
+    pub restart: bool,
+    /// Override the spec's requests-per-minute limit (0 = none).
+    pub rpm: Option<u32>,
+    /// Override the spec's tokens-per-minute limit (0 = none).
+    pub tpm: Option<u32>,
     pub prices: Option<PriceTable>,
     pub cache_path: PathBuf,
     pub ledger_path: PathBuf,
@@ -66,6 +73,9 @@ impl Default for TeachOptions {
             max_spend: None,
             batch: false,
             resume: false,
+            restart: false,
+            rpm: None,
+            tpm: None,
             prices: None,
             cache_path: PathBuf::from(".distill/cache.db"),
             ledger_path: PathBuf::from(".distill/ledger.db"),
@@ -95,6 +105,8 @@ pub struct TeachSummary {
     pub paid_calls: u64,
     pub usage: Usage,
     pub cost_usd: f64,
+    /// Spent by earlier, interrupted runs of the same job (from the journal).
+    pub earlier_cost_usd: f64,
     /// Cost of 1,000 inputs at this run's average paid cost per input.
     pub cost_per_1000: Option<f64>,
     /// True when the output file was written (every input has a record).
@@ -128,6 +140,13 @@ impl std::fmt::Display for TeachSummary {
             self.paid_calls
         )?;
         write!(f, "spent: ${:.4}", self.cost_usd)?;
+        if self.earlier_cost_usd > 0.0 {
+            write!(
+                f,
+                " (the job: ${:.4} with its earlier runs)",
+                self.cost_usd + self.earlier_cost_usd
+            )?;
+        }
         if let Some(c) = self.cost_per_1000 {
             write!(f, " (projected ${c:.4} per 1,000 requests)")?;
         }
@@ -145,7 +164,7 @@ impl std::fmt::Display for TeachSummary {
         } else if self.stopped_by_budget {
             write!(
                 f,
-                "\nstopped at the --max-spend budget; {} of {} inputs done. Run again (with a larger budget) to continue.",
+                "\nstopped at the --max-spend budget, which caps the whole job (earlier runs included); {} of {} inputs done. Run again with a larger --max-spend to continue.",
                 self.resumed + self.ok + self.invalid,
                 self.total
             )?;
@@ -181,6 +200,39 @@ pub(crate) fn input_path(spec: &TaskSpec, opts: &TeachOptions) -> Result<PathBuf
         })
 }
 
+/// The spec as this run uses it: an explicit `--input` is read in the format its extension
+/// names (the spec's `format` describes the spec's own input file), and `--rpm`/`--tpm`
+/// override the account limits.
+pub(crate) fn effective_spec(spec: &TaskSpec, opts: &TeachOptions) -> TaskSpec {
+    let mut spec = spec.clone();
+    if let Some(input) = &opts.input {
+        if let Some(f) = distill_core::spec::InputFormat::from_path(input) {
+            spec.input.format = Some(f);
+        }
+    }
+    if let Some(rpm) = opts.rpm {
+        spec.teacher.rpm = rpm;
+    }
+    if let Some(tpm) = opts.tpm {
+        spec.teacher.tpm = tpm;
+    }
+    spec
+}
+
+/// Refuses an output path that cannot be written, before anything is paid for.
+fn check_out(out: &Path) -> Result<()> {
+    if out.is_dir() {
+        return Err(TeachError::file(
+            out,
+            "--out is a directory; name the JSONL file to write (e.g. DIR/teacher.jsonl)",
+        ));
+    }
+    if out.as_os_str().is_empty() || out.file_name().is_none() {
+        return Err(TeachError::file(out, "--out must name a file"));
+    }
+    Ok(())
+}
+
 /// Reads the whole input once, checking every row, and counts it (capped at `limit`).
 pub(crate) fn validate_inputs(spec: &TaskSpec, path: &Path, limit: Option<u64>) -> Result<u64> {
     let mut n = 0;
@@ -214,6 +266,9 @@ struct Done {
     ordinal: u64,
     record: TeacherRecord,
     pending: Pending,
+    /// The concurrency slot, released only once the record is in the journal, so calls paid
+    /// but not yet journalled never exceed the concurrency (what a kill can make us pay again).
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
@@ -225,12 +280,17 @@ struct Budget {
 /// Labels a task's inputs. See the module docs; callable in-process (progress off).
 pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSummary> {
     let started = Instant::now();
+    let spec = &effective_spec(spec, &opts);
     let input = input_path(spec, &opts)?;
     let out = opts.out.clone().unwrap_or_else(|| default_out(spec));
-    // The key is checked before anything else touches the network.
-    let client = Arc::new(TeacherClient::new(spec, client_options(&opts))?);
-    let total = validate_inputs(spec, &input, opts.limit)?;
+    check_out(&out)?;
     if opts.dry_run {
+        // Nothing is sent, so no key is needed: the client gets a placeholder.
+        let mut dry = client_options(&opts);
+        dry.api_key = Some(opts.api_key.clone().unwrap_or_else(|| "dry-run".into()));
+        dry.ledger_path = None;
+        let client = TeacherClient::new(spec, dry)?;
+        let total = validate_inputs(spec, &input, opts.limit)?;
         let estimate =
             crate::dry_run::estimate(spec, &client, &input, total, opts.concurrency, opts.batch)?;
         return Ok(TeachSummary {
@@ -241,18 +301,23 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
             ..Default::default()
         });
     }
+    // The key is checked before anything else touches the network.
+    let client = Arc::new(TeacherClient::new(spec, client_options(&opts))?);
+    let total = validate_inputs(spec, &input, opts.limit)?;
     if opts.max_spend.is_some() && client.price().is_none() {
         return Err(TeachError::Invalid(format!(
             "--max-spend needs a price for model `{}`; add it with --prices FILE",
             client.model()
         )));
     }
+    let _lock = crate::lock::JobLock::acquire(&out)?;
     let header = JournalHeader {
-        distill_journal: 1,
+        distill_journal: crate::journal::JOURNAL_VERSION,
         task: spec.name.clone(),
         input_sha256: distill_core::fsutil::sha256_file(&input)?,
         provider: client.provider().as_str().to_string(),
         model: client.model().to_string(),
+        request: client.request_shape(),
     };
     let jpath = journal_path(&out);
     let had_journal = jpath.exists();
@@ -262,13 +327,18 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
             "--resume: there is no interrupted run (or submitted batch) to resume: no journal",
         ));
     }
+    if opts.resume && opts.restart {
+        return Err(TeachError::Invalid(
+            "--resume and --restart contradict each other: choose one".into(),
+        ));
+    }
     if opts.batch {
         return crate::batch::run_batch(
             spec, &opts, client, &input, &out, &jpath, header, total, started,
         )
         .await;
     }
-    let (journal, recovered) = Journal::open(&jpath, &header)?;
+    let (journal, recovered) = Journal::open(&jpath, &header, opts.restart)?;
     // Inputs in a submitted batch are already paid for: labelling them in real time would
     // pay twice.
     let owing: Vec<&str> = recovered
@@ -293,12 +363,14 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
     reconcile(&client, &recovered.last_batch)?;
     let done = recovered.done;
     let resumed = (0..total).filter(|i| done.contains(*i)).count() as u64;
+    let spent_before = recovered.spent_usd;
 
     let bar = progress_bar(opts.progress, total, resumed);
     let summary = Arc::new(Mutex::new(TeachSummary {
         out: out.clone(),
         total,
         resumed,
+        earlier_cost_usd: spent_before,
         ..Default::default()
     }));
     let (tx, rx) = tokio::sync::mpsc::channel::<Done>(4096);
@@ -308,7 +380,11 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
         let stop = stop.clone();
         std::thread::spawn(move || writer_loop(rx, journal, &client, &stop))
     };
-    let budget = Arc::new(Mutex::new(Budget::default()));
+    // --max-spend caps the job: what its earlier runs spent (journalled) counts.
+    let budget = Arc::new(Mutex::new(Budget {
+        spent: spent_before,
+        reserved: 0.0,
+    }));
     let fatal: Arc<Mutex<Option<TeachError>>> = Arc::new(Mutex::new(None));
     let concurrency = opts.concurrency.max(1);
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
@@ -393,6 +469,7 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
                             ordinal,
                             record,
                             pending,
+                            permit,
                         })
                         .await;
                 }
@@ -402,9 +479,9 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .get_or_insert(e);
+                    drop(permit);
                 }
             }
-            drop(permit);
         });
     }
     // Wait for every call in flight, then for the writer to drain.
@@ -551,17 +628,22 @@ fn writer_loop(
             }
             journal.append(&buf)?;
             let mut merged = Pending::default();
+            let mut permits = Vec::with_capacity(batch.len());
             for d in batch.drain(..) {
                 merged.ledger.extend(d.pending.ledger);
                 merged.cache.extend(d.pending.cache);
+                permits.push(d.permit);
             }
             client.persist(&merged)?;
+            drop(permits);
         }
         Ok(())
     })();
     if result.is_err() {
         stop.store(true, Ordering::Relaxed);
-        // Keep draining so senders never block on a dead writer.
+        // Release the concurrency slots of the records that could not be written, and keep
+        // draining so senders never block on a dead writer.
+        batch.clear();
         while rx.blocking_recv().is_some() {}
     }
     result

@@ -6,7 +6,7 @@ use distill_core::ledger::{Ledger, LedgerRow};
 use distill_core::prices::PriceTable;
 use distill_core::{RecordStatus, TaskSpec, TeacherRecord};
 use distill_sim::{SimConfig, SimServer, Stats};
-use distill_teach::{run_teach, TeachError, TeachOptions};
+use distill_teach::{run_teach, ClientOptions, TeachError, TeachOptions, TeacherClient};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -429,4 +429,99 @@ async fn anthropic_real_time_labels_through_errors_and_never_pays_twice() {
     let record_cost: f64 = recs.iter().map(|r| r.cost_usd).sum();
     let ledger_cost: f64 = rows.iter().map(|r| r.cost_usd).sum();
     assert!(close(record_cost, ledger_cost) && ledger_cost > 0.0);
+}
+
+/// A finished job left its batches on the provider. Another job (other prompt, output and
+/// state directory; same task name and inputs) resumed with `--batch --resume` must submit
+/// its own batch, never adopt the other job's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_another_job_is_never_adopted() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let spec_a = task(a.path(), 30, "openai", "gpt-4o");
+    let spec_b = task(b.path(), 30, "openai", "gpt-4o");
+    let text = std::fs::read_to_string(b.path().join("task.toml")).unwrap();
+    std::fs::write(
+        b.path().join("task.toml"),
+        text.replace("with their intent", "with the one intent that fits best"),
+    )
+    .unwrap();
+    let spec_b = TaskSpec::load(b.path().join("task.toml")).unwrap_or(spec_b);
+    let sim = sim(&spec_a, |_| {}).await;
+    let sa = run_teach(&spec_a, opts(a.path(), &sim.base_url(), "a.jsonl"))
+        .await
+        .unwrap();
+    assert!(sa.complete && sa.batch_ids.len() == 1, "{sa}");
+
+    // Job B leaves a journal without a batch (its budget stops it before submitting) ...
+    let mut first = opts(b.path(), &sim.base_url(), "b.jsonl");
+    first.max_spend = Some(1e-9);
+    let s = run_teach(&spec_b, first).await.unwrap();
+    assert!(s.stopped_by_budget && s.batch_ids.is_empty(), "{s}");
+    // ... and resumes: it looks for batches an interrupted run of *its* job submitted.
+    let mut again = opts(b.path(), &sim.base_url(), "b.jsonl");
+    again.resume = true;
+    let sb = run_teach(&spec_b, again).await.unwrap();
+    assert!(sb.complete, "{sb}");
+    assert_eq!(sim.stats().batches.created, 2, "B submitted its own batch");
+    assert_ne!(sb.batch_ids, sa.batch_ids);
+    let client = TeacherClient::new(
+        &spec_b,
+        ClientOptions {
+            base_url: Some(sim.base_url()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for r in read_records(&b.path().join("b.jsonl")) {
+        assert_eq!(r.request_hash, client.request_for(&r.text).1, "{r:?}");
+    }
+    assert!(ledger_rows(b.path())
+        .iter()
+        .all(|r| r.batch_id.as_deref() != Some(sa.batch_ids[0].as_str())));
+}
+
+/// `distill spend --reconcile`'s source: the provider's count of answered requests per batch
+/// matches the ledger once collected, and shows what was billed but never collected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_counts_reconcile_with_the_ledger() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 25, "openai", "gpt-4o");
+    let sim = sim(&spec, |_| {}).await;
+    let mut o = opts(d.path(), &sim.base_url(), "t.jsonl");
+    o.batch_no_wait = true;
+    let s = run_teach(&spec, o).await.unwrap();
+    let client = TeacherClient::new(
+        &spec,
+        ClientOptions {
+            base_url: Some(sim.base_url()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let id = &s.batch_ids[0];
+    let ledger = Ledger::open(d.path().join("state/ledger.db")).unwrap();
+    // Polled until the sim's batch has ended (it takes batch_completion_ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let answered = loop {
+        let n = distill_teach::batch::answered_count(&client, id)
+            .await
+            .unwrap();
+        if n == 25 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(answered, 25);
+    assert!(
+        ledger.batch_rows("banking77").unwrap().is_empty(),
+        "not collected yet"
+    );
+    let mut again = opts(d.path(), &sim.base_url(), "t.jsonl");
+    again.resume = true;
+    run_teach(&spec, again).await.unwrap();
+    assert_eq!(
+        ledger.batch_rows("banking77").unwrap(),
+        vec![(id.clone(), 25)]
+    );
 }

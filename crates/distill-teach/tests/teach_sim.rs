@@ -406,3 +406,202 @@ async fn dry_run_prices_without_sending_and_export_writes_chat_jsonl() {
     assert_eq!(e.cached, 20);
     assert_eq!(e.expected_usd, 0.0);
 }
+
+/// Rewrites the spec in `dir` with `from` replaced by `to` (a prompt edit between runs).
+fn edit_spec(dir: &Path, from: &str, to: &str) -> TaskSpec {
+    let p = dir.join("task.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{from}");
+    std::fs::write(&p, text.replace(from, to)).unwrap();
+    TaskSpec::load(&p).unwrap()
+}
+
+/// A run stopped early (budget) leaves a journal; after the system prompt changes, resuming
+/// it would mix answers to two prompts. It is refused, naming what changed; `--restart`
+/// labels everything under the new prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_prompt_is_never_resumed_silently() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 40, "");
+    let sim = sim(&spec, 0.0, 0.0).await;
+    let mut o = opts(d.path(), &sim.base_url(), "t.jsonl");
+    o.max_spend = Some(0.02);
+    let s = run_teach(&spec, o).await.unwrap();
+    assert!(s.stopped_by_budget && s.ok > 0, "{s}");
+
+    let edited = edit_spec(
+        d.path(),
+        "with their intent",
+        "with the intent they express",
+    );
+    let e = run_teach(&edited, opts(d.path(), &sim.base_url(), "t.jsonl"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("system prompt") && e.contains("--restart"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("user template"),
+        "only what changed is named: {e}"
+    );
+    let edited = edit_spec(d.path(), "Message: {text}", "Customer message: {text}");
+    let e = run_teach(&edited, opts(d.path(), &sim.base_url(), "t.jsonl"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("system prompt") && e.contains("user template"),
+        "{e}"
+    );
+    let mut restart = opts(d.path(), &sim.base_url(), "t.jsonl");
+    restart.restart = true;
+    let s2 = run_teach(&edited, restart).await.unwrap();
+    assert!(s2.complete && s2.resumed == 0, "{s2}");
+    let client = client(d.path(), &edited, &sim.base_url());
+    for r in read_records(&d.path().join("t.jsonl")) {
+        assert_eq!(
+            r.request_hash,
+            client.request_for(&r.text).1,
+            "every record answers the current prompt"
+        );
+    }
+}
+
+/// `--max-spend` caps the job: re-running a job stopped by its budget spends nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_spend_caps_the_job_across_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 60, "");
+    let sim = sim(&spec, 0.0, 0.0).await;
+    let run = || {
+        let mut o = opts(d.path(), &sim.base_url(), "t.jsonl");
+        o.max_spend = Some(0.03);
+        o
+    };
+    let s1 = run_teach(&spec, run()).await.unwrap();
+    assert!(s1.stopped_by_budget, "{s1}");
+    let s2 = run_teach(&spec, run()).await.unwrap();
+    assert!(s2.stopped_by_budget, "{s2}");
+    assert!(
+        (s2.earlier_cost_usd - s1.cost_usd).abs() < 1e-9,
+        "the journal carries the first run's spend: {s2}"
+    );
+    let job = s1.cost_usd + s2.cost_usd;
+    assert!(
+        job <= 0.03 + 1e-9,
+        "the job spent ${job}, over its $0.03 cap"
+    );
+    assert!((sim.stats().cost_usd - job).abs() < 1e-6);
+    assert!(s2.to_string().contains("caps the whole job"), "{s2}");
+}
+
+/// The token rate limiter counts a request as providers do: its prompt tokens (the teacher's
+/// tokenizer, as `--dry-run` counts them) plus max_tokens; not bytes / 4, which is twice that
+/// for a Banking77 prompt and halved the throughput a `tpm` allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limiter_counts_prompt_tokens_like_the_provider() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 30, "tpm = 100000000");
+    let sim = sim(&spec, 0.0, 0.0).await;
+    let c = client(d.path(), &spec, &sim.base_url());
+    let texts: Vec<String> = read_inputs_of(&spec);
+    let mut billed = 0u64;
+    for t in &texts {
+        let o = c.label(t, &CallContext::teach()).await.unwrap();
+        assert_eq!(o.paid_calls, 1, "{o:?}");
+        billed += o.usage.prompt_tokens + u64::from(spec.teacher.max_tokens);
+    }
+    let counted = c.rate_limit_tokens();
+    let ratio = counted as f64 / billed as f64;
+    assert!(
+        (0.97..=1.03).contains(&ratio),
+        "limiter counted {counted} tokens for {billed} billed prompt + max_tokens ({ratio:.3})"
+    );
+}
+
+fn read_inputs_of(spec: &TaskSpec) -> Vec<String> {
+    distill_core::input::read_inputs(
+        spec.input.path.as_ref().unwrap(),
+        spec.input.format,
+        &distill_core::input::Columns::from(&spec.input),
+    )
+    .unwrap()
+    .map(|i| i.unwrap().text)
+    .collect()
+}
+
+/// An explicit `--input` is read in its own extension's format, whatever the spec's input
+/// says; and an `--out` that is a directory is refused before anything is paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_format_follows_the_file_and_a_directory_out_pays_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 10, "");
+    let text = std::fs::read_to_string(d.path().join("task.toml")).unwrap();
+    std::fs::write(
+        d.path().join("task.toml"),
+        text.replace(
+            "path = \"train.csv\"",
+            "path = \"train.csv\"\nformat = \"csv\"",
+        ),
+    )
+    .unwrap();
+    let spec = TaskSpec::load(d.path().join("task.toml")).unwrap_or(spec);
+    let jsonl: String = read_inputs_of(&spec)
+        .iter()
+        .map(|t| {
+            format!(
+                "{}\n",
+                serde_json::json!({"text": t, "category": "card_arrival"})
+            )
+        })
+        .collect();
+    std::fs::write(d.path().join("more.jsonl"), jsonl).unwrap();
+    let sim = sim(&spec, 0.0, 0.0).await;
+
+    let out_dir = d.path().join("outdir");
+    std::fs::create_dir(&out_dir).unwrap();
+    let mut o = opts(d.path(), &sim.base_url(), "outdir");
+    o.input = Some(d.path().join("more.jsonl"));
+    let e = run_teach(&spec, o).await.unwrap_err().to_string();
+    assert!(e.contains("directory") && e.contains("outdir"), "{e}");
+    assert_eq!(sim.stats().requests, 0, "refused before the first call");
+
+    let mut o = opts(d.path(), &sim.base_url(), "more-teacher.jsonl");
+    o.input = Some(d.path().join("more.jsonl"));
+    let s = run_teach(&spec, o).await.unwrap();
+    assert!(s.complete && s.ok == 10, "{s}");
+}
+
+/// A dry run sends nothing, so it needs no API key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_needs_no_api_key() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 5, "api_key_env = \"DISTILL_TEST_NO_SUCH_KEY\"");
+    let mut o = opts(d.path(), "https://api.openai.com/v1", "t.jsonl");
+    o.dry_run = true;
+    let s = run_teach(&spec, o).await.unwrap();
+    assert_eq!(s.estimate.unwrap().requests, 5);
+}
+
+/// Two runs on the same output at once would both pay for every input: the second is
+/// refused, naming the PID that holds the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_output_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 5, "");
+    let sim = sim(&spec, 0.0, 0.0).await;
+    let held = distill_teach::lock::JobLock::acquire(&d.path().join("t.jsonl")).unwrap();
+    let e = run_teach(&spec, opts(d.path(), &sim.base_url(), "t.jsonl"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("PID {}", std::process::id())), "{e}");
+    assert_eq!(sim.stats().requests, 0);
+    drop(held);
+    let s = run_teach(&spec, opts(d.path(), &sim.base_url(), "t.jsonl"))
+        .await
+        .unwrap();
+    assert!(s.complete);
+}

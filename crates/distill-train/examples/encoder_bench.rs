@@ -144,6 +144,7 @@ fn main() -> Res<()> {
                 head: Some(get("head", "logistic")),
                 cache_dir: Some(PathBuf::from(get("cache", "target/bench-embed-cache"))),
                 progress: false,
+                force: false,
             };
             let meta = head::train(&data, &opts)?;
             let wall = t0.elapsed().as_secs_f64();

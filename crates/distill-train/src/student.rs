@@ -239,6 +239,8 @@ pub struct TrainOptions {
     /// Directory for the embedding cache (encoder-head).
     pub cache_dir: Option<PathBuf>,
     pub progress: bool,
+    /// Replace `out` even when it is not a distill model directory.
+    pub force: bool,
 }
 
 impl TrainOptions {
@@ -297,37 +299,20 @@ impl TrainOptions {
             head: None,
             cache_dir: None,
             progress: false,
+            force: false,
         }
     }
 }
 
 /// Writes a model directory atomically: `fill` writes into a fresh temporary directory beside
-/// `out`, which then replaces `out` in one rename. A failure leaves `out` untouched.
-pub fn write_model_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| TrainError::io(&parent, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".distill-model-")
-        .tempdir_in(&parent)
-        .map_err(|e| TrainError::io(&parent, e))?;
-    fill(tmp.path())?;
-    let staged = tmp.keep();
-    if out.exists() {
-        let old = parent.join(format!(
-            ".distill-old-{}",
-            out.file_name().and_then(|s| s.to_str()).unwrap_or("model")
-        ));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(out, &old).map_err(|e| TrainError::io(out, e))?;
-        std::fs::rename(&staged, out).map_err(|e| TrainError::io(out, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&staged, out).map_err(|e| TrainError::io(out, e))?;
-    }
-    Ok(())
+/// `out`, which then replaces `out` as a whole. A failure leaves `out` untouched, and only a
+/// distill model directory (or, with `force`, anything) is ever replaced.
+pub fn write_model_dir(
+    out: &Path,
+    force: bool,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    distill_core::fsutil::replace_dir(out, distill_core::fsutil::MODEL_DIR, force, fill)
 }
 
 #[cfg(test)]
@@ -348,14 +333,15 @@ mod tests {
     fn failed_fill_leaves_no_directory() {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("m");
-        let r = write_model_dir(&out, |tmp| {
+        let r = write_model_dir(&out, false, |tmp| {
             std::fs::write(tmp.join("x"), b"1").unwrap();
             Err(TrainError::Other("boom".into()))
         });
         assert!(r.is_err());
         assert!(!out.exists());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
-        write_model_dir(&out, |tmp| {
+        write_model_dir(&out, false, |tmp| {
+            std::fs::write(tmp.join("distill.json"), b"{}").map_err(|e| TrainError::io(tmp, e))?;
             std::fs::write(tmp.join("x"), b"2").map_err(|e| TrainError::io(tmp, e))
         })
         .unwrap();

@@ -147,6 +147,8 @@ pub fn stratified_split(
 /// Trains `kind` on already-split data; the kind writes `opts.out`.
 pub fn train_on(data: &TrainData, kind: StudentKind, opts: &TrainOptions) -> Result<ModelMeta> {
     opts.validate()?;
+    // Before the work, not after it: a refused --out found after an hour of training wastes it.
+    distill_core::fsutil::check_output_dir(&opts.out, distill_core::fsutil::MODEL_DIR, opts.force)?;
     match kind {
         StudentKind::Linear => crate::linear::train_linear(data, opts),
         StudentKind::EncoderHead => crate::encoder::train_head(data, opts),

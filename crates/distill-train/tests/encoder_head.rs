@@ -228,6 +228,7 @@ fn options(out: PathBuf, base: &Path, cache: &Path, head_kind: &str) -> TrainOpt
         head: Some(head_kind.into()),
         cache_dir: Some(cache.to_path_buf()),
         progress: false,
+        force: false,
     }
 }
 

@@ -31,9 +31,13 @@ pub struct Args {
     /// Teacher JSONL for the test items (`distill teach` run on the test file).
     #[arg(long)]
     pub teacher_labels: Option<PathBuf>,
-    /// Output directory (e.g. evals/banking77).
+    /// Output directory (e.g. evals/banking77), written whole once the eval is done. An existing
+    /// distill eval directory there is replaced; anything else is refused unless --force.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out even when it is not a distill eval directory (its files are deleted).
+    #[arg(long)]
+    pub force: bool,
     /// Requests per day for the monthly projection.
     #[arg(long, allow_negative_numbers = true, default_value_t = 10_000.0)]
     pub volume: f64,
@@ -102,6 +106,7 @@ pub fn options(args: &Args, g: &Global) -> EvalOptions {
     o.threads = args.threads;
     o.batch_size = args.batch_size;
     o.progress = !g.quiet;
+    o.force = args.force;
     o
 }
 

@@ -99,10 +99,7 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
         "teaching: labelling the inputs with the (simulated) premium model",
     );
     let dir = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    // The spec's rpm/tpm are the real provider account's limits; the local simulation has none.
-    let mut teach_spec = spec.clone();
-    teach_spec.teacher.rpm = 0;
-    teach_spec.teacher.tpm = 0;
+    let teach_spec = spec.clone();
     let rt = tokio::runtime::Runtime::new()?;
     let mut teacher_train = None;
     let mut teacher_test = None;
@@ -116,7 +113,8 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
     ] {
         // A finished dataset from an earlier quickstart is reused (the simulated teacher listens
         // on a new port each run, so its answers are not in the response cache); an interrupted
-        // one is resumed.
+        // one is labelled again: its journal names the earlier run's endpoint, and the
+        // simulated teacher's answers cost nothing.
         if out.exists() {
             eprintln!(
                 "      {}: reusing the earlier run's labels (delete it to teach again)",
@@ -130,7 +128,10 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
             out: Some(out.clone()),
             base_url: Some(sim.base_url()),
             concurrency: args.concurrency,
-            resume: distill_teach::runner::journal_path(&out).exists(),
+            restart: true,
+            // The spec's rpm/tpm are the real provider account's limits; the simulation has none.
+            rpm: Some(0),
+            tpm: Some(0),
             cache_path: g.cache_path(),
             ledger_path: g.ledger_path(),
             progress: !g.quiet,
@@ -191,6 +192,7 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
             head: None,
             cache_dir: Some(g.state_dir.join("embeddings")),
             progress: !g.quiet,
+            force: false,
         };
         let t = Instant::now();
         let meta = distill_train::train::train(&spec, &teacher_train, kind, opts, 0.1)

@@ -20,6 +20,65 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also check the ledger against the provider: for every Batch API batch recorded, the
+    /// provider's own count of answered requests beside the ledger's rows (needs --task with a
+    /// spec .toml, and the provider's API key in its usual variable).
+    #[arg(long, requires = "task")]
+    pub reconcile: bool,
+    /// With --reconcile: the provider's base URL, if not the spec's (e.g. the sim-teacher).
+    #[arg(long, value_name = "URL", requires = "reconcile")]
+    pub base_url: Option<String>,
+}
+
+/// Prints each recorded batch's answered-request count as the provider reports it beside
+/// the ledger's rows for it.
+fn reconcile(args: &Args, g: &Global, task_name: Option<&str>) -> anyhow::Result<()> {
+    let spec_path = args
+        .task
+        .as_deref()
+        .filter(|t| t.ends_with(".toml"))
+        .ok_or_else(|| anyhow::anyhow!("--reconcile needs --task with a task spec (.toml)"))?;
+    let spec = distill_core::TaskSpec::load(spec_path)?;
+    let ledger = Ledger::open(g.ledger_path())?;
+    let batches = ledger.batch_rows(task_name.unwrap_or(&spec.name))?;
+    if batches.is_empty() {
+        println!(
+            "reconcile: no Batch API batches recorded for task {}",
+            spec.name
+        );
+        return Ok(());
+    }
+    let client = distill_teach::TeacherClient::new(
+        &spec,
+        distill_teach::ClientOptions {
+            base_url: args.base_url.clone(),
+            ..Default::default()
+        },
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!("batch  provider-answered  ledger-rows  difference");
+    let mut mismatched = 0;
+    for (id, rows) in &batches {
+        match rt.block_on(distill_teach::batch::answered_count(&client, id)) {
+            Ok(answered) => {
+                let diff = answered as i64 - *rows as i64;
+                mismatched += usize::from(diff != 0);
+                println!("{id}  {answered}  {rows}  {diff:+}");
+            }
+            Err(e) => println!("{id}  ?  {rows}  (cannot ask the provider: {e})"),
+        }
+    }
+    if mismatched > 0 {
+        println!(
+            "{mismatched} batch(es) differ: a positive difference is answers the provider billed \
+             that were never collected; run the teach job again with --batch --resume to collect them"
+        );
+    } else {
+        println!("every batch matches the provider's count");
+    }
+    Ok(())
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
@@ -63,10 +122,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                 .map(|s| s.to_string()),
         )
         .collect()];
-    let (mut calls, mut usd) = (0u64, 0f64);
+    let (mut calls, mut usd, mut in_flight) = (0u64, 0f64, 0u64);
     for r in &rows {
         calls += r.calls;
         usd += r.cost_usd;
+        in_flight += r.in_flight;
         let mut line = r.keys.clone();
         line.extend([
             r.calls.to_string(),
@@ -95,5 +155,15 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         println!("{}", cells.join("  ").trim_end());
     }
     println!("total: {calls} calls, ${usd:.4}");
+    if in_flight > 0 {
+        println!(
+            "of which {in_flight} call(s) were sent but their outcome was never recorded (a process \
+             was killed while they were out, or is still running): counted at their worst-case \
+             estimate, since the provider may have billed them"
+        );
+    }
+    if args.reconcile {
+        reconcile(&args, g, task.as_deref())?;
+    }
     Ok(())
 }

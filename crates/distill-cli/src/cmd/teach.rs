@@ -13,7 +13,10 @@ use std::path::PathBuf;
     after_help = "Output: one JSON record per input (id, text, status ok|invalid|failed, output.label, gold, raw, \
 usage, cost_usd, latency_ms, cached, batch, request_hash), ordered like the input. While running, finished records \
 are journalled to <out>.partial; kill the job at any moment and run the same command again to continue without \
-paying twice. Replies are cached in <state-dir>/cache.db and every paid call is recorded in <state-dir>/ledger.db."
+paying twice. The journal records everything that shapes the requests (provider, endpoint, model, prompts, labels, \
+schema, parameters): after a spec change the run is refused, naming what changed, until --restart. One run per \
+output at a time (<out>.lock names the PID holding it). Replies are cached in <state-dir>/cache.db and every paid \
+call is recorded in <state-dir>/ledger.db before it is sent (as in_flight until its reply is recorded)."
 )]
 pub struct Args {
     /// The task spec (TOML) describing inputs, labels, teacher and prompt.
@@ -35,10 +38,12 @@ pub struct Args {
     /// Requests in flight at once (the spec's rpm/tpm limits still apply).
     #[arg(long, value_name = "C", default_value_t = 16)]
     pub concurrency: usize,
-    /// Count tokens and print the expected cost and time; send nothing.
+    /// Count tokens and print the expected cost and time; send nothing (no API key needed).
     #[arg(long)]
     pub dry_run: bool,
-    /// Hard budget in USD: stop scheduling requests when the next one could cross it.
+    /// Hard budget in USD for the job: stop scheduling requests when the next one could cross
+    /// it. What earlier interrupted runs of the same job spent (recorded in the journal) counts,
+    /// so re-running a stopped job does not spend the cap again.
     #[arg(long, value_name = "USD")]
     pub max_spend: Option<f64>,
     /// Use the provider's Batch API (OpenAI /v1/batches or Anthropic Message Batches) at batch
@@ -59,6 +64,17 @@ pub struct Args {
     /// there is nothing to resume. Without it a leftover journal is still continued.
     #[arg(long)]
     pub resume: bool,
+    /// Discard the journal of an interrupted run (e.g. after changing the prompt) and label
+    /// every input again; answers to requests that did not change come from the cache, free.
+    #[arg(long, conflicts_with = "resume")]
+    pub restart: bool,
+    /// Override the spec's requests-per-minute limit (0 = none), e.g. for the local sim-teacher.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u32>,
+    /// Override the spec's tokens-per-minute limit (0 = none). Requests count as their prompt
+    /// tokens (the teacher's tokenizer) plus max_tokens, as providers count them.
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u32>,
     /// A price table (JSON, same shape as the built-in one) whose models add to or replace
     /// the built-in prices.
     #[arg(long, value_name = "FILE")]
@@ -96,6 +112,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         max_spend: args.max_spend,
         batch: args.batch,
         resume: args.resume,
+        restart: args.restart,
+        rpm: args.rpm,
+        tpm: args.tpm,
         prices,
         cache_path: g.cache_path(),
         ledger_path: g.ledger_path(),

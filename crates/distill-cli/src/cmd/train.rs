@@ -22,9 +22,13 @@ pub struct Args {
     /// `encoder-head` (frozen sentence encoder + head) or `encoder-finetune` (whole encoder).
     #[arg(long, default_value = "linear")]
     pub student: StudentKind,
-    /// Output model directory (written atomically; replaced if it exists).
+    /// Output model directory, written atomically. An existing distill model directory there is
+    /// replaced once the new model is complete; anything else is refused unless --force.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out even when it is not a distill model directory (its files are deleted).
+    #[arg(long)]
+    pub force: bool,
     /// Base encoder for encoder students: a local Hugging Face directory or a hub id found in
     /// the local hub cache (no download).
     #[arg(long)]
@@ -138,6 +142,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         head: args.head.clone(),
         cache_dir: Some(g.state_dir.join("embeddings")),
         progress,
+        force: args.force,
     };
     let meta = distill_train::train::train_on(&data, args.student, &opts)
         .with_context(|| format!("training {} failed", args.student.as_str()))?;

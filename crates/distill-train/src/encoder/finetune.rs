@@ -848,7 +848,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         }),
     };
     let config_json = classifier_config_json(&raw_cfg, &labels);
-    write_model_dir(&opts.out, |tmp| {
+    write_model_dir(&opts.out, opts.force, |tmp| {
         let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
             let p = tmp.join(name);
             let text = serde_json::to_string_pretty(v)

@@ -790,7 +790,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
     });
     meta.hyper = hyper;
 
-    write_model_dir(&opts.out, |tmp| {
+    write_model_dir(&opts.out, opts.force, |tmp| {
         write_files(tmp, &base, &head, &data.labels.names)?;
         // Wall time and cost cover everything up to the finished directory.
         let wall = t0.elapsed().as_secs_f64();

@@ -113,7 +113,7 @@ pub fn train_linear(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> 
         }),
     };
     let student = LinearStudent::from_parts(meta.clone(), model);
-    write_model_dir(&opts.out, |dir| {
+    write_model_dir(&opts.out, opts.force, |dir| {
         student.model().save(dir, &labels)?;
         let p = dir.join("distill.json");
         let body = serde_json::to_vec_pretty(student.meta())
