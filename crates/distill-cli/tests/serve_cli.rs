@@ -255,20 +255,8 @@ fn serve_refuses_bad_start_up_settings_with_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model"));
 
-    // A real model, but Redis is not there: refused at start-up, not at the first request.
     let f = fixture();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = dead.local_addr().unwrap().port();
-    drop(dead);
-    let cache = format!("redis://127.0.0.1:{port}");
     let model = format!("b77={}", f.model.display());
-    let out = run(
-        &["serve", "--model", &model, "--port", "0", "--cache", &cache],
-        state.path(),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot reach Redis"), "{err}");
 
     let out = run(
         &[
@@ -285,6 +273,117 @@ fn serve_refuses_bad_start_up_settings_with_exit_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("threshold"), "{err}");
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let (_, text) = http(addr, "GET", "/metrics", "").unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Redis down at start-up must not keep the service down: it starts, warns (plain text in a
+/// log, no colour codes), answers uncached, and uses Redis once it is there.
+#[test]
+fn serve_starts_without_redis_and_picks_it_up_when_it_comes() {
+    let f = fixture();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cache = format!("redis://127.0.0.1:{port}");
+    let model = format!("b77={}", f.model.display());
+    let (proc, addr) = start_serve(&["--model", &model, "--cache", &cache], state.path());
+    let log = proc.stderr.lock().unwrap().clone();
+    assert!(log.contains("cannot reach Redis"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
+    let body = chat_body(&f.texts[0]);
+    for _ in 0..2 {
+        let (status, text) = http(&addr, "POST", "/v1/chat/completions", &body).unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    assert_eq!(metric(&addr, "distill_cache_hits_total"), 0.0);
+
+    let Some(redis_bin) = which("redis-server") else {
+        if std::env::var("DISTILL_SKIP_REDIS").as_deref() == Ok("1") {
+            eprintln!("skipping the reconnect half: redis-server is not installed");
+            return;
+        }
+        panic!("redis-server is not installed (scripts/test.sh installs it; DISTILL_SKIP_REDIS=1 skips)");
+    };
+    let redis = Command::new(redis_bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _redis = Proc {
+        child: redis,
+        stderr: Arc::new(Mutex::new(String::new())),
+    };
+    // Reconnection is tried at most once a second: ask until an answer comes from Redis.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&addr, "distill_cache_hits_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "never used Redis: {}",
+            proc.stderr.lock().unwrap()
+        );
+        let (status, _) = http(&addr, "POST", "/v1/chat/completions", &body).unwrap();
+        assert_eq!(status, 200);
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Wrong methods and malformed fields get OpenAI-shaped errors.
+#[test]
+fn wrong_method_and_bad_stream_get_openai_errors() {
+    let f = fixture();
+    let state = tempfile::tempdir().unwrap();
+    let model = format!("b77={}", f.model.display());
+    let (_proc, addr) = start_serve(&["--model", &model], state.path());
+    let (status, body) = http(&addr, "GET", "/v1/chat/completions", "").unwrap();
+    assert_eq!(status, 405);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{body}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("GET"),
+        "{body}"
+    );
+    let bad = serde_json::json!({"model": "b77", "stream": "yes",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body) = http(&addr, "POST", "/v1/chat/completions", &bad.to_string()).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("stream"), "{body}");
+    for empty in ["", "   \n\t "] {
+        let (status, body) =
+            http(&addr, "POST", "/v1/chat/completions", &chat_body(empty)).unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("empty"), "{body}");
+    }
 }
 
 #[cfg(unix)]

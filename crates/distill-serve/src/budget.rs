@@ -104,8 +104,9 @@ impl Budgets {
         for v in values {
             if v.ends_with(".toml") && !v.contains('=') {
                 let text = std::fs::read_to_string(v).map_err(|e| ServeError::io(v, e))?;
-                let file: BudgetFile = toml::from_str(&text)
-                    .map_err(|e| ServeError::config(v.clone(), e.message().to_string()))?;
+                let file: BudgetFile =
+                    distill_core::spec::parse_toml(&text, std::path::Path::new(v))
+                        .map_err(|e| ServeError::config(v.clone(), e.to_string()))?;
                 for (tag, c) in file.tags {
                     check_caps(&c, &format!("{v}: tags.{tag}"))?;
                     caps.insert(tag, c);

@@ -49,6 +49,16 @@ pub trait Escalator: Send + Sync {
 
     /// The teacher model's name, for metrics and `saved_usd` estimates.
     fn teacher_model(&self) -> String;
+
+    /// `text`'s length in the teacher's tokens, when this escalator can count them.
+    fn input_tokens(&self, _text: &str) -> Option<usize> {
+        None
+    }
+
+    /// `text` cut to at most `max_tokens` of the teacher's tokens.
+    fn truncate_input(&self, text: &str, max_tokens: usize) -> String {
+        text.chars().take(max_tokens.saturating_mul(4)).collect()
+    }
 }
 
 /// What one teacher call would cost for `text`, to report dollars saved when the student answers.
@@ -183,6 +193,7 @@ impl HttpEscalator {
     ) {
         let Some(ledger) = &self.ledger else { return };
         let row = distill_core::ledger::LedgerRow {
+            id: None,
             ts: distill_core::ledger::LedgerRow::now(),
             task: self.spec.name.clone(),
             provider: self.spec.teacher.provider.as_str().into(),

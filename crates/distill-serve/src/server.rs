@@ -56,7 +56,9 @@ pub struct ServerOptions {
     /// Requests per second accepted on /v1 (token bucket, burst of one second).
     pub rate_limit: Option<f64>,
     pub max_body_bytes: usize,
-    /// Input length limit in the model's tokens when the model declares no `max_len`.
+    /// Input length limit in the model's tokens when the model declares no `max_len`, and
+    /// always in the teacher's tokens for a model that escalates (every escalation pays for
+    /// them): at most this many teacher tokens, and at most 16 characters per token.
     pub max_input_tokens: usize,
     /// Truncate over-long inputs instead of refusing them with 422.
     pub truncate: bool,
@@ -363,9 +365,12 @@ impl Server {
     pub fn router(&self) -> Router {
         let st = self.state.clone();
         let v1 = Router::new()
-            .route("/v1/chat/completions", post(chat_completions))
-            .route("/v1/classify", post(classify))
-            .route("/v1/models", get(list_models))
+            .route(
+                "/v1/chat/completions",
+                post(chat_completions).fallback(method_not_allowed),
+            )
+            .route("/v1/classify", post(classify).fallback(method_not_allowed))
+            .route("/v1/models", get(list_models).fallback(method_not_allowed))
             .layer(axum::middleware::from_fn_with_state(st.clone(), guard));
         Router::new()
             .merge(v1)
@@ -583,6 +588,17 @@ fn model_of(st: &AppState, body: &Value) -> std::result::Result<Arc<ServedModel>
     })
 }
 
+/// A known endpoint asked with the wrong method: 405 in OpenAI's error shape (axum's own
+/// 405 has an empty body, which clients cannot report).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
 fn tag_of(headers: &HeaderMap) -> std::result::Result<String, ApiError> {
     let Some(v) = headers.get("x-distill-tag") else {
         return Ok(DEFAULT_TAG.to_string());
@@ -602,37 +618,83 @@ fn tag_of(headers: &HeaderMap) -> std::result::Result<String, ApiError> {
     }
 }
 
-/// Applies the length limit: 422 (or truncation with `--truncate`). Returns the text to answer
-/// and its length in the model's tokens (tokenised once here, reused for `usage`).
+/// Most characters per allowed token: a cheap bound checked before any tokenizer runs (BPE on
+/// one 100,000-character "word" is slow, and a student may count such a word as one token).
+const MAX_CHARS_PER_TOKEN: usize = 16;
+
+/// Applies the length limits: 422 (or truncation with `--truncate`). An input must fit the
+/// model's tokens and, for a model that escalates, the teacher's tokens too. Empty input is a
+/// 400. Returns the text to answer and its length in the model's tokens (tokenised once
+/// here, reused for `usage`).
 fn check_len(
     st: &AppState,
     m: &ServedModel,
     text: String,
     param: &str,
 ) -> std::result::Result<(String, usize), ApiError> {
-    let limit = m.meta.max_len.unwrap_or(st.max_input_tokens);
-    let n = m.student.token_len(&text);
-    if n <= limit {
-        return Ok((text, n));
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "the input is empty (or only whitespace): there is nothing to classify",
+            param,
+        ));
     }
-    if st.truncate {
+    let too_long = |message: String| {
+        let mut e = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            format!("{message} (start the server with --truncate to cut long inputs)"),
+        );
+        e.param = Some(param.into());
+        e
+    };
+    let mut text = text;
+    let char_cap = st.max_input_tokens.saturating_mul(MAX_CHARS_PER_TOKEN);
+    if text.len() > char_cap {
+        let chars = text.chars().count();
+        if chars > char_cap {
+            if !st.truncate {
+                return Err(too_long(format!(
+                    "the input is {chars} characters; at most {char_cap} are accepted \
+                     ({MAX_CHARS_PER_TOKEN} per token of --max-input-tokens {})",
+                    st.max_input_tokens
+                )));
+            }
+            text = text.chars().take(char_cap).collect();
+        }
+    }
+    let limit = m.meta.max_len.unwrap_or(st.max_input_tokens);
+    let mut n = m.student.token_len(&text);
+    if n > limit {
+        if !st.truncate {
+            return Err(too_long(format!(
+                "the input is {n} tokens; model `{}` accepts at most {limit}",
+                m.name
+            )));
+        }
         // The model truncates to its own tokens too; cutting words bounds the work before that.
-        let cut = text
+        text = text
             .split_whitespace()
             .take(limit)
             .collect::<Vec<_>>()
             .join(" ");
-        let n = m.student.token_len(&cut).min(limit);
-        return Ok((cut, n));
+        n = m.student.token_len(&text).min(limit);
     }
-    let mut e = ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request_error",
-        Some("context_length_exceeded"),
-        format!("the input is {n} tokens; model `{}` accepts at most {limit} (start the server with --truncate to cut long inputs)", m.name),
-    );
-    e.param = Some(param.into());
-    Err(e)
+    if let Some(esc) = &m.escalator {
+        let teacher_limit = st.max_input_tokens;
+        if let Some(tn) = esc.input_tokens(&text).filter(|&tn| tn > teacher_limit) {
+            if !st.truncate {
+                return Err(too_long(format!(
+                    "the input is {tn} tokens for the teacher ({}); an input that may be \
+                     escalated is at most {teacher_limit} (--max-input-tokens)",
+                    esc.teacher_model()
+                )));
+            }
+            text = esc.truncate_input(&text, teacher_limit);
+            n = m.student.token_len(&text).min(limit);
+        }
+    }
+    Ok((text, n))
 }
 
 fn finish(
@@ -725,7 +787,16 @@ async fn chat_inner(
     *model_name = Some(m.name.clone());
     let text = user_text(&body)?;
     let tag = tag_of(headers)?;
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`stream` must be true or false",
+                "stream",
+            ))
+        }
+    };
     let (text, prompt_tokens) = check_len(st, &m, text, "messages")?;
     let prompt_tokens = prompt_tokens as u64;
     let answer = answer_many(st, &m, vec![text], &tag, "chat")

@@ -56,4 +56,12 @@ impl Escalator for TeachEscalator {
     fn teacher_model(&self) -> String {
         self.client.model().to_string()
     }
+
+    fn input_tokens(&self, text: &str) -> Option<usize> {
+        Some(self.client.text_tokens(text) as usize)
+    }
+
+    fn truncate_input(&self, text: &str, max_tokens: usize) -> String {
+        self.client.truncate_text(text, max_tokens)
+    }
 }

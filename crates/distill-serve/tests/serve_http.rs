@@ -560,3 +560,98 @@ async fn streaming_is_one_chunk_then_done_and_json_mode_wraps_the_label() {
     assert_eq!(models["data"][0]["id"], "b77");
     server.shutdown().await.unwrap();
 }
+
+/// One 100,000-character "word" is one token to a word-counting student, but tens of
+/// thousands to the teacher, and escalating it bills them all. Inputs are checked in the
+/// teacher's tokens (and a character bound) before escalating: 422, or cut with --truncate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_too_long_for_the_teacher_are_refused_or_cut_before_escalating() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    let sim = distill_sim::SimServer::start(
+        distill_sim::SimConfig::new(spec.clone()),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let post = |server: String, content: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{server}/v1/chat/completions"))
+                .json(&json!({"model": "b77", "messages": [{"role": "user", "content": content}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let student = || Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
+    let strict = start(
+        vec![entry(
+            "b77",
+            student(),
+            Some(teach_escalator(&spec, &sim.base_url(), dir.path())),
+        )],
+        ServerOptions {
+            threshold: 0.7,
+            ..Default::default()
+        },
+    )
+    .await;
+    let huge = "a".repeat(100_000);
+    assert_eq!(
+        distill_train::Student::token_len(
+            &FixedStudent::new(spec.labels.names.clone(), None),
+            &huge
+        ),
+        1
+    );
+    let (status, body) = post(strict.url(), huge.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
+    // Under the character bound but over the teacher's token limit.
+    let dense: String = (0..6_000)
+        .map(|i| format!("{:x}", i * 7919 % 4096))
+        .collect();
+    assert!(dense.len() < 2048 * 16);
+    let (status, body) = post(strict.url(), dense).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("teacher"),
+        "{body}"
+    );
+    for empty in ["", " \n\t "] {
+        let (status, body) = post(strict.url(), empty.to_string()).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    assert_eq!(sim.stats().requests, 0, "nothing reached the teacher");
+
+    let cutting = start(
+        vec![entry(
+            "b77",
+            student(),
+            Some(teach_escalator(&spec, &sim.base_url(), dir.path())),
+        )],
+        ServerOptions {
+            threshold: 0.7,
+            truncate: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (status, body) = post(cutting.url(), huge).await;
+    assert_eq!(status, 200, "{body}");
+    let stats = sim.stats();
+    assert_eq!(stats.billable, 1, "{stats:?}");
+    assert!(
+        stats.tokens.prompt <= 2048 + 1_500,
+        "billed {} prompt tokens (the label list is ~1,000)",
+        stats.tokens.prompt
+    );
+}

@@ -252,8 +252,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         "off" | "none" => Cache::Off,
         url => {
             let r = RedisCache::new(url, ttl)?;
+            // Redis being down must not keep the service down: answer uncached and reconnect,
+            // as when it goes away later.
             if let Err(e) = rt.block_on(r.check()) {
-                bail!("--cache {url}: cannot reach Redis at {} ({e})", r.addr());
+                tracing::warn!(
+                    "--cache {url}: cannot reach Redis at {} ({e}); answering uncached and \
+                     reconnecting in the background",
+                    r.addr()
+                );
             }
             Cache::Redis(Box::new(r))
         }
