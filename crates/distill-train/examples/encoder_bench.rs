@@ -141,6 +141,7 @@ fn main() -> Res<()> {
                 class_balanced: false,
                 dropout: kv.get("dropout").map(|s| s.parse()).transpose()?,
                 base: Some(model.display().to_string()),
+                offline: true,
                 head: Some(get("head", "logistic")),
                 cache_dir: Some(PathBuf::from(get("cache", "target/bench-embed-cache"))),
                 progress: false,

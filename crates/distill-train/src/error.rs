@@ -6,6 +6,9 @@ pub enum TrainError {
     Core(#[from] distill_core::CoreError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A `--base` found in no local directory, cache or download.
+    #[error(transparent)]
+    Base(#[from] crate::encoder::BaseError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

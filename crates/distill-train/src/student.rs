@@ -232,8 +232,11 @@ pub struct TrainOptions {
     pub patience: Option<usize>,
     pub class_balanced: bool,
     pub dropout: Option<f32>,
-    /// Base encoder (local dir or hub id) for encoder kinds.
+    /// Base encoder for encoder kinds: a local directory, or a Hugging Face repo id
+    /// (`org/name[@revision]`) from the hub cache or downloaded into it.
     pub base: Option<String>,
+    /// Never download the base (`--offline`; `HF_HUB_OFFLINE=1` does the same).
+    pub offline: bool,
     /// `logistic` or `mlp` for encoder-head.
     pub head: Option<String>,
     /// Directory for the embedding cache (encoder-head).
@@ -296,6 +299,7 @@ impl TrainOptions {
             class_balanced: false,
             dropout: None,
             base: None,
+            offline: false,
             head: None,
             cache_dir: None,
             progress: false,

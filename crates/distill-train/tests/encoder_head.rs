@@ -225,6 +225,7 @@ fn options(out: PathBuf, base: &Path, cache: &Path, head_kind: &str) -> TrainOpt
         class_balanced: false,
         dropout: None,
         base: Some(base.display().to_string()),
+        offline: true,
         head: Some(head_kind.into()),
         cache_dir: Some(cache.to_path_buf()),
         progress: false,

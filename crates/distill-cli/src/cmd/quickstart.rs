@@ -29,9 +29,14 @@ pub struct Args {
     /// Concurrent requests to the simulated teacher.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
-    /// Base encoder for the encoder-head student (skipped when not installed).
-    #[arg(long, default_value = "models/base/all-MiniLM-L6-v2")]
-    pub base: PathBuf,
+    /// Base encoder for the encoder-head student: a local directory or a Hugging Face repo id
+    /// (`org/name[@revision]`, from the hub cache or downloaded), as `distill train --base`
+    /// takes; the student is skipped when it cannot be found.
+    #[arg(long, default_value = distill_train::encoder::DEFAULT_BASE)]
+    pub base: String,
+    /// Never download the base model (as HF_HUB_OFFLINE=1 does).
+    #[arg(long)]
+    pub offline: bool,
     /// Where the students go (`<dir>/<task>-linear`, `<dir>/<task>-encoder-head`).
     #[arg(long, default_value = "models")]
     pub models_dir: PathBuf,
@@ -158,13 +163,15 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
     step(3, "training students on the teacher's labels");
     let mut kinds = vec![StudentKind::Linear];
     if !args.fast {
-        if args.base.join("model.safetensors").exists() {
-            kinds.push(StudentKind::EncoderHead);
-        } else {
-            eprintln!(
-                "      skipping encoder-head: {} is not installed (scripts/setup.sh installs it)",
-                args.base.display()
-            );
+        let hub = distill_train::encoder::HubOptions {
+            offline: args.offline,
+            progress: !g.quiet,
+        };
+        // The same resolver training uses; a download lands in the hub cache, where training
+        // then finds it.
+        match distill_train::encoder::resolve_base(&args.base, hub) {
+            Ok(_) => kinds.push(StudentKind::EncoderHead),
+            Err(e) => eprintln!("      skipping encoder-head: {e}"),
         }
     }
     let mut models = Vec::new();
@@ -188,7 +195,8 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
             patience: (kind == StudentKind::Linear).then_some(2),
             class_balanced: false,
             dropout: None,
-            base: (kind != StudentKind::Linear).then(|| args.base.display().to_string()),
+            base: (kind != StudentKind::Linear).then(|| args.base.clone()),
+            offline: args.offline,
             head: None,
             cache_dir: Some(g.state_dir.join("embeddings")),
             progress: !g.quiet,

@@ -29,10 +29,16 @@ pub struct Args {
     /// Replace --out even when it is not a distill model directory (its files are deleted).
     #[arg(long)]
     pub force: bool,
-    /// Base encoder for encoder students: a local Hugging Face directory or a hub id found in
-    /// the local hub cache (no download).
+    /// Base encoder for encoder students: a local Hugging Face directory, or a Hugging Face
+    /// repo id (`org/name`, `org/name@revision`) taken from the hub cache ($HF_HUB_CACHE, else
+    /// $HF_HOME/hub, else ~/.cache/huggingface/hub) or downloaded into it from $HF_ENDPOINT
+    /// (token: $HF_TOKEN). Default: models/base/all-MiniLM-L6-v2.
     #[arg(long)]
     pub base: Option<String>,
+    /// Never download the base model: use a local directory or the hub cache only (as
+    /// HF_HUB_OFFLINE=1 does).
+    #[arg(long)]
+    pub offline: bool,
     /// Most epochs to run; early stopping on dev accuracy may stop sooner
     /// (defaults: linear 30, encoder-finetune 10).
     #[arg(long)]
@@ -139,6 +145,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         class_balanced: args.class_balanced,
         dropout: args.dropout,
         base: args.base.clone(),
+        offline: args.offline,
         head: args.head.clone(),
         cache_dir: Some(g.state_dir.join("embeddings")),
         progress,

@@ -153,7 +153,8 @@ pub struct FrozenEncoder {
     threads: usize,
     pool: rayon::ThreadPool,
     model: Model,
-    weights_file: PathBuf,
+    /// `model.safetensors`, or a sharded checkpoint's shards.
+    weights_files: Vec<PathBuf>,
     fingerprint: OnceLock<String>,
     forward_calls: AtomicUsize,
     sentences_encoded: AtomicUsize,
@@ -229,9 +230,7 @@ impl FrozenEncoder {
             .unwrap_or(DEFAULT_MAX_LEN)
             .clamp(2, cfg.max_position_embeddings);
         let tokenizer = load_tokenizer(dir, max_len)?;
-        let weights_file = dir.join("model.safetensors");
-        let bytes = std::fs::read(&weights_file)
-            .map_err(|e| TrainError::model(dir, format!("cannot read model.safetensors: {e}")))?;
+        let bytes = super::weights::read(dir)?;
         let extra = if extra_prefix.is_empty() {
             ExtraTensors::new()
         } else {
@@ -273,7 +272,7 @@ impl FrozenEncoder {
             threads,
             pool,
             model,
-            weights_file,
+            weights_files: super::weights::files(dir)?,
             fingerprint: OnceLock::new(),
             forward_calls: AtomicUsize::new(0),
             sentences_encoded: AtomicUsize::new(0),
@@ -316,7 +315,16 @@ impl FrozenEncoder {
         if let Some(f) = self.fingerprint.get() {
             return Ok(f.clone());
         }
-        let weights = distill_core::fsutil::sha256_file(&self.weights_file)?;
+        let weights = match self.weights_files.as_slice() {
+            [one] => distill_core::fsutil::sha256_file(one)?,
+            shards => {
+                let hashes = shards
+                    .iter()
+                    .map(distill_core::fsutil::sha256_file)
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                distill_core::fsutil::sha256_hex(hashes.join("|").as_bytes())
+            }
+        };
         let tok = distill_core::fsutil::sha256_file(self.dir.join("tokenizer.json"))?;
         let f = distill_core::fsutil::sha256_hex(
             format!(

@@ -3,11 +3,11 @@
 //! paper and `transformers`' Trainer: AdamW (no decay on biases and LayerNorm), linear warm-up
 //! then linear decay, clipping by global norm, dropout, and early stopping on dev accuracy.
 
-use super::base::{resolve_base, DEFAULT_BASE};
 use super::bert::{
     classifier_config_json, model_files, Batch, BertClassifier, BertConfig, Dropout, LoadOptions,
 };
 use super::tokenize::TextTokenizer;
+use super::weights;
 use crate::device::device_name;
 use crate::error::{Result, TrainError};
 use crate::student::{
@@ -754,12 +754,9 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
     let started = Instant::now();
     check_data(data)?;
     let hp = Hyper::from_options(opts)?;
-    let base_spec = opts
-        .base
-        .clone()
-        .unwrap_or_else(|| DEFAULT_BASE.to_string());
-    let base_dir = resolve_base(&base_spec)?;
-    let (cfg_path, weights_path, tok_path) = model_files(&base_dir);
+    let base = super::base_of(opts)?;
+    let base_dir = base.dir.clone();
+    let (cfg_path, _, tok_path) = model_files(&base_dir);
     let (mut cfg, raw_cfg) = BertConfig::from_file(&cfg_path)?;
     if let Some(p) = opts.dropout {
         if !(0.0..1.0).contains(&p) {
@@ -774,8 +771,13 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
     let max_len = hp.max_len.min(cfg.max_position_embeddings);
     let tok = TextTokenizer::from_file(&tok_path, max_len, cfg.pad_token_id)?;
     let labels = data.labels.names.clone();
-    let (model, report) = BertClassifier::load(
-        &weights_path,
+    // model.safetensors, or a sharded checkpoint's shards merged; on the CPU first, as `load`.
+    let tensors =
+        candle_core::safetensors::load_buffer(&weights::read(&base_dir)?, &Device::Cpu)
+            .map_err(|e| TrainError::model(&base_dir, format!("cannot read safetensors: {e}")))?;
+    let (model, report) = BertClassifier::from_tensors(
+        tensors,
+        &base_dir,
         &cfg,
         labels.len(),
         &opts.device,
@@ -812,7 +814,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         task: data.task.clone(),
         labels: labels.clone(),
         kind: StudentKind::EncoderFinetune,
-        base_model: Some(base_spec.clone()),
+        base_model: Some(base.source.clone()),
         data_hash: data.data_hash.clone(),
         label_source: data.label_source.clone(),
         n_train: data.train.len(),

@@ -694,7 +694,8 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
     let t0 = Instant::now();
     check_data(data)?;
     let hp = HeadHyper::from_opts(opts)?;
-    let base = super::resolve_base(opts.base.as_deref().unwrap_or(DEFAULT_BASE))?;
+    let resolved = super::base_of(opts)?;
+    let base = resolved.dir.clone();
     let threads = if opts.threads == 0 {
         default_threads()
     } else {
@@ -756,7 +757,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         task: data.task.clone(),
         labels: data.labels.names.clone(),
         kind: StudentKind::EncoderHead,
-        base_model: Some(base.display().to_string()),
+        base_model: Some(resolved.source.clone()),
         data_hash: data.data_hash.clone(),
         label_source: data.label_source.clone(),
         n_train,
@@ -854,8 +855,7 @@ fn write_files(tmp: &Path, base: &Path, head: &Head, labels: &[String]) -> Resul
     std::fs::copy(&tok, tmp.join("tokenizer.json")).map_err(|e| TrainError::io(&tok, e))?;
 
     // The encoder's tensors go in unchanged (same names, dtypes, bytes) beside the head's.
-    let weights = base.join("model.safetensors");
-    let bytes = std::fs::read(&weights).map_err(|e| TrainError::io(&weights, e))?;
+    let bytes = super::weights::read(base)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::model(base, format!("model.safetensors: {e}")))?;
     let head_tensors: Vec<(String, Vec<usize>, Vec<u8>)> = head

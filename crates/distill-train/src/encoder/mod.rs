@@ -8,14 +8,18 @@ pub mod embed;
 pub mod embed_cache;
 pub mod finetune;
 pub mod head;
+pub mod hub;
 pub mod tokenize;
+pub mod weights;
 
 use crate::error::{Result, TrainError};
 use crate::student::{ModelMeta, Student, StudentKind, TrainData, TrainOptions};
 use candle_core::Device;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-pub use base::DEFAULT_BASE;
+pub use base::{
+    resolve_base, BaseError, BaseModel, DownloadError, HubOptions, Unresolved, DEFAULT_BASE,
+};
 
 /// Loads an encoder student of either kind from its model directory.
 pub fn load(dir: &Path, meta: ModelMeta, device: &Device) -> Result<Box<dyn Student>> {
@@ -41,7 +45,12 @@ pub fn train_head(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
     head::train(data, opts)
 }
 
-/// A `--base` value (local directory or hub repo id in the local cache) to a model directory.
-pub fn resolve_base(spec: &str) -> Result<PathBuf> {
-    base::resolve_base(spec)
+/// The base model of `opts` (`--base`, else [`DEFAULT_BASE`]), through the one resolver.
+pub(crate) fn base_of(opts: &TrainOptions) -> Result<BaseModel> {
+    let spec = opts.base.as_deref().unwrap_or(DEFAULT_BASE);
+    let hub = HubOptions {
+        offline: opts.offline,
+        progress: opts.progress,
+    };
+    Ok(resolve_base(spec, hub)?)
 }
