@@ -503,6 +503,22 @@ fn sigkill_while_a_batch_runs_then_resume_collects_it_by_id() {
         (spend - record_cost).abs() < 1e-9,
         "{spend} vs {record_cost}"
     );
+    // The provider's own count of the batch's answers matches the ledger.
+    let out = run_ok({
+        let mut c = Command::new(BIN);
+        c.arg("--state-dir")
+            .arg(d.path().join("state"))
+            .args(["spend", "--reconcile", "--task"])
+            .arg(&task)
+            .args(["--base-url", &sim.base_url()])
+            .env_remove("OPENAI_API_KEY");
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{id}  {n}  {n}  +0")) && text.contains("every batch matches"),
+        "{text}"
+    );
 }
 
 fn user_namespaces_work() -> bool {

@@ -67,7 +67,9 @@ pub struct Args {
     pub rate_limit: Option<f64>,
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
-    /// Input limit in the model's tokens when the model declares no max_len.
+    /// Input limit in the model's tokens when the model declares no max_len; for a model that
+    /// escalates, also the limit in the teacher's tokens (every escalation pays for them), with
+    /// at most 16 characters per token checked first.
     #[arg(long, default_value_t = 2048)]
     pub max_input_tokens: usize,
     /// Truncate over-long inputs instead of refusing them with 422.

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Fault injection for `distill teach`: kill -9 at a random moment, resume, count the damage.
+
+For each path (real time; the Batch API with part of every batch expiring, so its items are
+retried in real time) this runs the same job RUNS times, each time:
+  1. a fresh sim-teacher (its /stats is the provider's bill) and a fresh state directory;
+  2. `distill teach`, killed with SIGKILL at a moment drawn uniformly over a clean run's
+     duration (measured first, same settings);
+  3. the same command again, to completion;
+  4. the same job once more into a second file: every answer must come from the cache.
+Then it counts, against the sim's /stats and the ledger:
+  lost        inputs without a record in the output;
+  duplicated  inputs with more than one record;
+  stale       records whose request hash differs from the clean rerun's (an answer to another
+              request than the one this job sends);
+  paid twice  responses billed for a request already billed: allowed up to the calls in
+              flight at the kill (--concurrency), never more;
+  under       billed responses the ledger does not count (it must count every one).
+Exit 1 when any of these is out of bounds. Prints a table per path.
+
+Usage: crash_resume.py BIN DATA_DIR [--runs N] [--inputs N] [--seed S]
+"""
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+CONCURRENCY = 8
+
+
+def write_task(d, data_dir, n):
+    rows = []
+    with open(os.path.join(data_dir, "train.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append(r)
+            if len(rows) == n:
+                break
+    with open(os.path.join(d, "in.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps({"text": r["text"], "category": r["category"]}) + "\n")
+    shutil.copy(os.path.join(data_dir, "categories.json"), os.path.join(d, "categories.json"))
+    with open(os.path.join(d, "task.toml"), "w") as f:
+        f.write(
+            """name = "crash"
+kind = "classify"
+[input]
+path = "in.jsonl"
+text_column = "text"
+gold_column = "category"
+[labels]
+file = "categories.json"
+[teacher]
+provider = "openai"
+model = "gpt-4o"
+max_tokens = 24
+rpm = 0
+tpm = 0
+"""
+        )
+    return os.path.join(d, "task.toml")
+
+
+class Sim:
+    def __init__(self, binary, task, batch):
+        args = [binary, "-q", "sim-teacher", "--task", task, "--port", "0",
+                "--latency-ms", "15", "--error-rate", "0.05", "--retry-after-ms", "5",
+                "--batch-completion-ms", "300"]
+        if batch:
+            args += ["--batch-expire-after", "40"]
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.url = self.p.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise SystemExit(f"sim-teacher did not start: {self.url!r}")
+        self.stats_url = self.url.rsplit("/v1", 1)[0] + "/stats"
+
+    def stats(self):
+        with urllib.request.urlopen(self.stats_url, timeout=10) as r:
+            return json.load(r)
+
+    def stop(self):
+        self.p.send_signal(signal.SIGINT)
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+
+def teach_cmd(binary, state, task, url, out, batch):
+    c = [binary, "--state-dir", state, "-q", "teach", "--task", task, "--base-url", url,
+         "--out", out, "--concurrency", str(CONCURRENCY)]
+    if batch:
+        c += ["--batch", "--poll-secs", "0.05", "--batch-size", "50"]
+    return c
+
+
+def run_to_end(cmd):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr}")
+    return r
+
+
+def records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def ledger_calls(binary, state):
+    r = run_to_end([binary, "--state-dir", state, "spend", "--by", "task", "--json"])
+    rows = json.loads(r.stdout or "[]")
+    return sum(x["calls"] for x in rows)
+
+
+def one_run(binary, data_dir, n, batch, kill_after, work):
+    d = tempfile.mkdtemp(dir=work)
+    task = write_task(d, data_dir, n)
+    state = os.path.join(d, "state")
+    out = os.path.join(d, "t.jsonl")
+    sim = Sim(binary, task, batch)
+    try:
+        cmd = teach_cmd(binary, state, task, sim.url, out, batch)
+        killed = False
+        if kill_after is not None:
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                p.wait(timeout=kill_after)
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                killed = True
+            if not killed and p.returncode != 0:
+                raise SystemExit(f"teach exited {p.returncode} before the kill")
+        started = time.monotonic()
+        if killed or kill_after is None:
+            run_to_end(cmd)
+        elapsed = time.monotonic() - started
+        recs = records(out)
+        ids = [r["id"] for r in recs]
+        lost = n - len(set(ids))
+        duplicated = len(ids) - len(set(ids))
+        billed = sim.stats()
+        again = os.path.join(d, "again.jsonl")
+        run_to_end(teach_cmd(binary, state, task, sim.url, again, False))
+        clean = {r["id"]: r["request_hash"] for r in records(again)}
+        stale = sum(1 for r in recs if clean.get(r["id"]) != r["request_hash"])
+        repaid = sim.stats()["billable"] - billed["billable"]
+        calls = ledger_calls(binary, state)
+        return {
+            "killed": killed,
+            "lost": lost,
+            "duplicated": duplicated,
+            "stale": stale + repaid,
+            "paid_twice": billed["duplicates"],
+            "under": max(0, billed["billable"] - calls),
+            "over": max(0, calls - billed["billable"]),
+            "elapsed": elapsed,
+        }
+    finally:
+        sim.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("data_dir")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--inputs", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    a = ap.parse_args()
+    rng = random.Random(a.seed)
+    work = tempfile.mkdtemp(prefix="distill-crash-")
+    failed = False
+    print(f"crash_resume: {a.runs} runs per path, {a.inputs} inputs, concurrency {CONCURRENCY}, "
+          f"seed {a.seed}")
+    print(f"{'path':<10} {'runs':>4} {'killed':>6} {'lost':>5} {'dup':>4} {'stale':>5} "
+          f"{'paid twice (max/run)':>21} {'ledger under':>12} {'ledger over (max)':>17}")
+    try:
+        for name, batch in (("real-time", False), ("batch", True)):
+            clean = one_run(a.binary, a.data_dir, a.inputs, batch, None, work)
+            span = clean["elapsed"]
+            totals = {"killed": 0, "lost": 0, "duplicated": 0, "stale": 0, "under": 0}
+            max_twice = 0
+            max_over = 0
+            for _ in range(a.runs):
+                r = one_run(a.binary, a.data_dir, a.inputs, batch, rng.uniform(0, span), work)
+                for k in totals:
+                    totals[k] += int(r[k])
+                max_twice = max(max_twice, r["paid_twice"])
+                max_over = max(max_over, r["over"])
+            bad = (totals["lost"] or totals["duplicated"] or totals["stale"] or totals["under"]
+                   or max_twice > CONCURRENCY)
+            failed |= bool(bad)
+            print(f"{name:<10} {a.runs:>4} {totals['killed']:>6} {totals['lost']:>5} "
+                  f"{totals['duplicated']:>4} {totals['stale']:>5} "
+                  f"{max_twice:>14} (<= {CONCURRENCY}) {totals['under']:>12} {max_over:>17}"
+                  f"   clean run {span:.2f}s {'FAIL' if bad else 'ok'}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        print("crash_resume: FAIL: data lost, duplicated or stale, paid twice beyond the calls in "
+              "flight, or billed calls missing from the ledger")
+        sys.exit(1)
+    print("crash_resume: ok")
+
+
+if __name__ == "__main__":
+    main()
