@@ -94,6 +94,10 @@ fn quickstart_fast_runs_the_whole_loop_and_pays_once() {
     let escalated = cascade["held_out"]["escalated_fraction"].as_f64().unwrap();
     assert!(escalated > 0.0 && escalated < 0.5, "{cascade}");
     assert_eq!(cascade["floor_held"], true, "{cascade}");
+    // The cascade is bound to the model it was tuned on (what `serve --threshold` matches).
+    let fingerprint =
+        distill_train::model_fingerprint(&d.path().join("models/banking77-linear")).unwrap();
+    assert_eq!(cascade["model_sha256"], fingerprint.as_str(), "{cascade}");
     assert_eq!(metrics["test"]["n"], 1500);
     let paid = ledger_rows(&d.path().join("state"));
     assert_eq!(paid, 10_003 + 1500, "one paid call per input");

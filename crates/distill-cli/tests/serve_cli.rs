@@ -258,6 +258,35 @@ fn serve_refuses_bad_start_up_settings_with_exit_1() {
     let f = fixture();
     let model = format!("b77={}", f.model.display());
 
+    // A metrics.json whose cascades were tuned for other models: refused, not applied.
+    let metrics = empty.path().join("metrics.json");
+    std::fs::write(
+        &metrics,
+        serde_json::json!({"cascade": {"model": "head", "threshold": 0.31},
+            "cascades": [{"model": "head", "model_path": "models/b77-head",
+                          "model_sha256": "00ff", "threshold": 0.31}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--model",
+            &model,
+            "--port",
+            "0",
+            "--threshold",
+            metrics.to_str().unwrap(),
+        ],
+        state.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no cascade for model `b77`") && err.contains("head"),
+        "{err}"
+    );
+
     let out = run(
         &[
             "serve",

@@ -81,6 +81,39 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     f.commit()
 }
 
+/// `path` without `.` and `dir/..` components, as users write paths (`task/../data/x.csv`
+/// becomes `data/x.csv`), when that names the same file; otherwise (a symlinked `dir`, where
+/// `..` leads elsewhere) `path` unchanged.
+pub fn tidy_path(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    let tidy: PathBuf = if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
+    };
+    let same = match (std::fs::canonicalize(path), std::fs::canonicalize(&tidy)) {
+        (Ok(a), Ok(b)) => a == b,
+        // Neither exists yet (an output path): lexical is all there is.
+        (Err(_), Err(_)) => true,
+        _ => false,
+    };
+    if same {
+        tidy
+    } else {
+        path.to_path_buf()
+    }
+}
+
 /// Hex SHA-256 of some bytes: the one hash used for cache keys and data fingerprints.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -348,6 +381,29 @@ mod tests {
             .filter(|n| n.starts_with(".distill"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn tidy_paths_drop_dot_dot_where_it_names_the_same_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("task")).unwrap();
+        std::fs::create_dir_all(d.path().join("data")).unwrap();
+        std::fs::write(d.path().join("data/test.csv"), "x").unwrap();
+        let messy = d.path().join("task/../data/./test.csv");
+        assert_eq!(tidy_path(&messy), d.path().join("data/test.csv"));
+        assert_eq!(tidy_path(Path::new("a/../b")), PathBuf::from("b"));
+        assert_eq!(tidy_path(Path::new("../b")), PathBuf::from("../b"));
+        #[cfg(unix)]
+        {
+            // Through a symlinked directory `..` is the link target's parent: left alone.
+            let elsewhere = d.path().join("elsewhere/deep");
+            std::fs::create_dir_all(&elsewhere).unwrap();
+            std::fs::create_dir_all(d.path().join("elsewhere/data")).unwrap();
+            std::fs::write(d.path().join("elsewhere/data/test.csv"), "y").unwrap();
+            std::os::unix::fs::symlink(&elsewhere, d.path().join("link")).unwrap();
+            let via = d.path().join("link/../data/test.csv");
+            assert_eq!(tidy_path(&via), via);
+        }
     }
 
     #[cfg(unix)]

@@ -300,7 +300,7 @@ impl TaskSpec {
             if p.is_absolute() {
                 p.clone()
             } else {
-                dir.join(p)
+                crate::fsutil::tidy_path(&dir.join(p))
             }
         };
 

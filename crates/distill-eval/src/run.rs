@@ -653,9 +653,16 @@ pub fn run_eval_with(
                 one_time: a.one_time.clone(),
                 held_out_only: true,
             });
+            let model_sha256 = match &a.source {
+                Some(src) if Path::new(src).is_dir() => {
+                    Some(distill_train::model_fingerprint(Path::new(src))?)
+                }
+                _ => None,
+            };
             cascades.push(CascadeReport {
                 model: a.name.clone(),
                 model_path: a.source.clone(),
+                model_sha256,
                 floor: floor.clone(),
                 choice,
             });

@@ -40,6 +40,8 @@ pub struct ModelEntry {
     pub estimator: CostEstimator,
     /// From the task spec: lower-case inputs before caching.
     pub case_insensitive: bool,
+    /// This model's cascade threshold (from its own eval); `ServerOptions::threshold` when `None`.
+    pub threshold: Option<f32>,
 }
 
 pub struct ServerOptions {
@@ -96,6 +98,8 @@ pub struct ServedModel {
     escalator: Option<Arc<dyn Escalator>>,
     estimator: CostEstimator,
     case_insensitive: bool,
+    /// Escalate when the student's confidence is below this.
+    threshold: f32,
     created: i64,
 }
 
@@ -124,7 +128,6 @@ pub struct AppState {
     pub models: BTreeMap<String, Arc<ServedModel>>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
-    threshold: f32,
     cache: Cache,
     budgets: Budgets,
     alert_webhook: Option<String>,
@@ -323,6 +326,7 @@ impl Server {
                     escalator: m.escalator,
                     estimator: m.estimator,
                     case_insensitive: m.case_insensitive,
+                    threshold: m.threshold.unwrap_or(opts.threshold),
                     created,
                 }),
             );
@@ -336,7 +340,6 @@ impl Server {
                 models: served,
                 metrics,
                 draining: AtomicBool::new(false),
-                threshold: opts.threshold,
                 cache: opts.cache,
                 budgets: opts.budgets,
                 alert_webhook: opts.alert_webhook,
@@ -538,6 +541,7 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Response {
                     "labels": m.meta.labels.len(),
                     "dev_accuracy": m.meta.dev_accuracy,
                     "escalates_to": m.escalator.as_ref().map(|e| e.teacher_model()),
+                    "threshold": m.threshold,
                 }
             })
         })
@@ -1071,7 +1075,7 @@ async fn decide(
             .await;
         return student;
     };
-    if p.confidence >= st.threshold {
+    if p.confidence >= m.threshold {
         if st.shadow.is_some() && st.shadow_rate > 0.0 && rand::random::<f64>() < st.shadow_rate {
             shadow(
                 st.clone(),

@@ -507,6 +507,10 @@ async fn the_rate_limiter_counts_prompt_tokens_like_the_provider() {
     let sim = sim(&spec, 0.0, 0.0).await;
     let c = client(d.path(), &spec, &sim.base_url());
     let texts: Vec<String> = read_inputs_of(&spec);
+    // The dry run's time estimate uses the same model of the limiter: the same token count.
+    let input = spec.input.path.clone().unwrap();
+    let dry = distill_teach::dry_run::estimate(&spec, &c, &input, 30, 8, false).unwrap();
+    let dry_tokens = dry.prompt_tokens + 30 * u64::from(spec.teacher.max_tokens);
     let mut billed = 0u64;
     for t in &texts {
         let o = c.label(t, &CallContext::teach()).await.unwrap();
@@ -514,6 +518,10 @@ async fn the_rate_limiter_counts_prompt_tokens_like_the_provider() {
         billed += o.usage.prompt_tokens + u64::from(spec.teacher.max_tokens);
     }
     let counted = c.rate_limit_tokens();
+    assert_eq!(
+        counted, dry_tokens,
+        "the dry run counts what the limiter counts"
+    );
     let ratio = counted as f64 / billed as f64;
     assert!(
         (0.97..=1.03).contains(&ratio),

@@ -16,6 +16,6 @@ pub mod train;
 pub use device::select_device;
 pub use error::{Result, TrainError};
 pub use student::{
-    load_student, write_model_dir, ModelMeta, Prediction, Student, StudentKind, TrainData,
-    TrainOptions,
+    load_student, model_fingerprint, write_model_dir, ModelMeta, Prediction, Student, StudentKind,
+    TrainData, TrainOptions,
 };

@@ -47,8 +47,14 @@ pub struct PredictSummary {
     pub rows: u64,
     pub wall_s: f64,
     pub rows_per_s: f64,
-    /// Accuracy against the gold column, when the options named one.
+    /// Accuracy against the gold labels the model knows (those in its label set), when the
+    /// options named a gold column.
     pub accuracy: Option<f64>,
+    /// Rows whose gold label is not in the model's label set: not scored (a model cannot be
+    /// right about a label it does not have; scoring them as wrong hid a wrong column or task).
+    pub unknown_gold: u64,
+    /// Up to five of those labels, for the message.
+    pub unknown_gold_examples: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -97,6 +103,9 @@ pub fn predict_file(
     let mut file = AtomicFile::create(out)?;
     let mut rows = 0u64;
     let (mut right, mut with_gold) = (0u64, 0u64);
+    let known: std::collections::HashSet<&str> =
+        student.meta().labels.iter().map(String::as_str).collect();
+    let (mut unknown_gold, mut unknown_gold_examples) = (0u64, Vec::<String>::new());
     let mut buf: Vec<InputItem> = Vec::with_capacity(window);
     let mut reader = read_inputs(input, None, &opts.columns)?;
     loop {
@@ -125,8 +134,15 @@ pub fn predict_file(
         for (item, p) in buf.iter().zip(preds) {
             let p = p.ok_or_else(|| TrainError::Other("a batch returned too few rows".into()))?;
             if let Some(g) = &item.gold {
-                with_gold += 1;
-                right += (g == &p.label) as u64;
+                if known.contains(g.as_str()) {
+                    with_gold += 1;
+                    right += (g == &p.label) as u64;
+                } else {
+                    unknown_gold += 1;
+                    if unknown_gold_examples.len() < 5 && !unknown_gold_examples.contains(g) {
+                        unknown_gold_examples.push(g.clone());
+                    }
+                }
             }
             let line = OutLine {
                 id: &item.id,
@@ -158,5 +174,7 @@ pub fn predict_file(
             0.0
         },
         accuracy: (with_gold > 0).then(|| right as f64 / with_gold as f64),
+        unknown_gold,
+        unknown_gold_examples,
     })
 }

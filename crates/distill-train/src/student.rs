@@ -189,6 +189,33 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f32 {
     ((a + b) / 2.0).exp()
 }
 
+/// The identity of a trained model: SHA-256 over every file of its directory (names and
+/// contents, in name order). Two directories answer alike exactly when this matches, whatever
+/// their paths; an eval's cascade threshold is bound to it.
+pub fn model_fingerprint(dir: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| TrainError::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    let mut h = sha2::Sha256::new();
+    for p in names {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        let mut f = std::fs::File::open(&p).map_err(|e| TrainError::io(&p, e))?;
+        let n = std::io::copy(&mut f, &mut h).map_err(|e| TrainError::io(&p, e))?;
+        h.update(n.to_le_bytes());
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// Loads any student from its model directory.
 pub fn load_student(dir: &Path, device: &candle_core::Device) -> Result<Box<dyn Student>> {
     let meta = ModelMeta::load(dir)?;

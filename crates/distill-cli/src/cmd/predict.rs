@@ -62,10 +62,30 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         ..PredictOptions::default()
     };
     let s = predict_file(student.as_ref(), &args.input, &args.out, &opts)?;
-    let acc = s
-        .accuracy
-        .map(|a| format!(", accuracy vs gold {a:.4}"))
-        .unwrap_or_default();
+    if s.unknown_gold > 0 {
+        eprintln!(
+            "warning: {} of {} rows have a gold label the model does not know (e.g. {}): they are \
+             not scored. Check --gold-column and that the model was trained for this task.",
+            s.unknown_gold,
+            s.rows,
+            s.unknown_gold_examples
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let acc = match s.accuracy {
+        Some(a) if s.unknown_gold > 0 => format!(
+            ", accuracy vs gold {a:.4} on the {} rows with a known gold label",
+            s.rows - s.unknown_gold
+        ),
+        Some(a) => format!(", accuracy vs gold {a:.4}"),
+        None if s.unknown_gold > 0 => {
+            ", accuracy vs gold: none of the gold labels is the model's".into()
+        }
+        None => String::new(),
+    };
     println!(
         "predicted {} rows in {:.2} s ({:.0} rows/s){acc} → {}",
         s.rows,

@@ -22,8 +22,10 @@ pub struct Args {
     /// by task name (a single spec applies to every model).
     #[arg(long = "task", value_name = "TASK.toml")]
     pub tasks: Vec<PathBuf>,
-    /// Confidence below which an input goes to the teacher: a number in [0, 1], or an eval
-    /// metrics.json (its `cascade.threshold`).
+    /// Confidence below which an input goes to the teacher: a number in [0, 1] for every model,
+    /// or an eval metrics.json: each model takes the threshold of its own cascade (matched by
+    /// the model directory's content fingerprint); a model the file has no cascade for is
+    /// refused.
     #[arg(long, default_value = "0.7", value_name = "P|metrics.json")]
     pub threshold: String,
     /// Teacher for escalations as PROVIDER:MODEL (openai:gpt-4o, anthropic:claude-sonnet-4-5),
@@ -150,7 +152,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             args.shadow_rate
         );
     }
-    let threshold = distill_serve::threshold::parse_threshold(&args.threshold)?;
+    let thresholds = distill_serve::threshold::ThresholdSource::parse(&args.threshold)?;
+    let default_threshold = match thresholds {
+        distill_serve::threshold::ThresholdSource::Fixed(t) => t,
+        _ => 0.7,
+    };
     let tasks: Vec<TaskSpec> = args
         .tasks
         .iter()
@@ -230,8 +236,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             None
         };
         let estimator = CostEstimator::new(&spec, prices.get(&spec.teacher.model).cloned());
+        let threshold = thresholds.for_model(&name, &dir)?;
         described.push(format!(
-            "{name} ({}, {} labels{})",
+            "{name} ({}, {} labels, threshold {threshold:.3}{})",
             meta.kind.as_str(),
             meta.labels.len(),
             escalator
@@ -245,6 +252,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             escalator,
             estimator,
             case_insensitive: task.is_some_and(|t| t.case_insensitive),
+            threshold: Some(threshold),
         });
     }
 
@@ -280,7 +288,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .transpose()?;
     let defaults = BatchOptions::default();
     let opts = ServerOptions {
-        threshold,
+        threshold: default_threshold,
         batch: BatchOptions {
             max_batch: args.max_batch.max(1),
             max_wait: Duration::from_secs_f64(args.batch_wait_ms.max(0.0) / 1000.0),
@@ -317,7 +325,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         if !g.quiet {
             eprintln!(
-                "distill serve: threshold {threshold:.3}, cache {}, models: {}",
+                "distill serve: cache {}, models: {}",
                 server.state().cache_kind(),
                 described.join("; ")
             );

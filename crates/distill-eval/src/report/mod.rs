@@ -178,6 +178,10 @@ impl OptionReport {
 pub struct CascadeReport {
     pub model: String,
     pub model_path: Option<String>,
+    /// [`distill_train::model_fingerprint`] of the model directory: `distill serve` takes this
+    /// cascade's threshold only for a model with the same fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
     pub floor: Floor,
     #[serde(flatten)]
     pub choice: CascadeChoice,

@@ -89,6 +89,7 @@ pub fn entry(
         escalator,
         estimator: CostEstimator::none(),
         case_insensitive: false,
+        threshold: None,
     }
 }
 
