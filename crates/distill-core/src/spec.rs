@@ -125,6 +125,11 @@ pub struct LabelsSpec {
     /// Optional one-line description per label, shown to the teacher.
     #[serde(default)]
     pub descriptions: BTreeMap<String, String>,
+    /// The label for inputs that fit none of the others (e.g. `none`), making the task
+    /// open-set: offered to the teacher as an explicit answer, learned by students as a
+    /// class. Added to the label set (last) when the list does not hold it.
+    #[serde(default)]
+    pub out_of_scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,14 +209,26 @@ pub struct LabelSet {
     pub names: Vec<String>,
     #[serde(default)]
     pub descriptions: BTreeMap<String, String>,
+    /// The open-set label (`labels.out_of_scope`), one of `names`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_scope: Option<String>,
 }
+
+/// What the teacher is told the out-of-scope label means, unless the spec describes it.
+pub const DEFAULT_OUT_OF_SCOPE_DESCRIPTION: &str =
+    "the message fits none of the other labels (out of scope)";
 
 impl LabelSet {
     pub fn new(names: Vec<String>) -> Self {
         Self {
             names,
             descriptions: BTreeMap::new(),
+            out_of_scope: None,
         }
+    }
+    /// Index of the out-of-scope label, for an open-set task.
+    pub fn out_of_scope_index(&self) -> Option<usize> {
+        self.out_of_scope.as_deref().and_then(|l| self.index_of(l))
     }
     pub fn len(&self) -> usize {
         self.names.len()
@@ -318,7 +335,21 @@ impl TaskSpec {
                 .to_lowercase(),
             ));
         }
-        let labels = load_labels(&file.labels, path, &resolve)?;
+        let mut labels = load_labels(&file.labels, path, &resolve)?;
+        if let Some(oos) = &file.labels.out_of_scope {
+            let oos = oos.trim();
+            if oos.is_empty() {
+                return Err(CoreError::spec(
+                    path,
+                    "labels.out_of_scope",
+                    "must name a label (e.g. \"none\")",
+                ));
+            }
+            if !labels.contains(oos) {
+                labels.names.push(oos.to_string());
+            }
+            labels.out_of_scope = Some(oos.to_string());
+        }
         for key in file.labels.descriptions.keys() {
             if !labels.contains(key) {
                 return Err(CoreError::spec(
@@ -377,8 +408,13 @@ impl TaskSpec {
         let mut input = file.input.clone();
         input.path = input.path.as_ref().map(resolve);
         input.test_path = input.test_path.as_ref().map(resolve);
-        let mut labels = labels;
         labels.descriptions.extend(file.labels.descriptions.clone());
+        if let Some(oos) = labels.out_of_scope.clone() {
+            labels
+                .descriptions
+                .entry(oos)
+                .or_insert_with(|| DEFAULT_OUT_OF_SCOPE_DESCRIPTION.to_string());
+        }
         Ok(TaskSpec {
             path: path.to_path_buf(),
             name: file.name,
@@ -542,6 +578,35 @@ model = "gpt-4o-mini"
         assert_eq!(s.labels.names, vec!["a", "b"]);
         assert!(s.render_user("hi").contains("- a: first\n- b\n"));
         assert_eq!(s.api_key_env(), "OPENAI_API_KEY");
+    }
+
+    #[test]
+    fn out_of_scope_joins_the_label_set_with_a_description() {
+        let open = SPEC.replace(
+            "descriptions = { a = \"first\" }",
+            "descriptions = { a = \"first\" }\nout_of_scope = \"none\"",
+        );
+        let s = TaskSpec::parse(&open, Path::new("/x/task.toml")).unwrap();
+        assert_eq!(s.labels.names, vec!["a", "b", "none"]);
+        assert_eq!(s.labels.out_of_scope_index(), Some(2));
+        assert!(
+            s.render_user("hi")
+                .contains("- none: the message fits none"),
+            "{}",
+            s.render_user("hi")
+        );
+        let named = SPEC.replace("values = [\"a\", \"b\"]", "values = [\"a\", \"other\"]").replace(
+            "descriptions = { a = \"first\" }",
+            "descriptions = { a = \"first\", other = \"anything else\" }\nout_of_scope = \"other\"",
+        );
+        let s = TaskSpec::parse(&named, Path::new("/x/task.toml")).unwrap();
+        assert_eq!(s.labels.names, vec!["a", "other"]);
+        assert!(s.render_user("hi").contains("- other: anything else"));
+        let bad = open.replace("out_of_scope = \"none\"", "out_of_scope = \" \"");
+        let e = TaskSpec::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("labels.out_of_scope"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,84 @@ impl TestItems {
     pub fn n_teacher(&self) -> usize {
         self.teacher.iter().flatten().count()
     }
+    /// Appends another set's items (out-of-scope inputs after the test file's).
+    pub fn extend(&mut self, other: TestItems) {
+        self.ids.extend(other.ids);
+        self.texts.extend(other.texts);
+        self.gold.extend(other.gold);
+        self.teacher.extend(other.teacher);
+        self.teacher_usage.extend(other.teacher_usage);
+        self.teacher_hash.extend(other.teacher_hash);
+    }
+}
+
+/// Inputs known to be out of scope (`--out-of-scope`): a CSV/JSONL of texts (the spec's text
+/// column) or a teacher dataset of them (`distill teach --input FILE`, whose answers are the
+/// teacher's). Gold is the out-of-scope label `oos`; ids are prefixed `oos:` so they never
+/// collide with the test file's.
+pub fn load_out_of_scope(spec: &TaskSpec, path: &Path, oos: usize) -> Result<TestItems> {
+    let mut items = TestItems {
+        path: path.to_path_buf(),
+        ..Default::default()
+    };
+    if is_teacher_dataset(path)? {
+        let f = std::fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line_no = i as u64 + 1;
+            let line = line.map_err(|e| CoreError::io(path, e))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let rec: TeacherRecord = serde_json::from_str(&line).map_err(|e| {
+                CoreError::data(
+                    path,
+                    line_no,
+                    "record",
+                    format!("not a teacher record: {e}"),
+                )
+            })?;
+            let teacher = match rec.label() {
+                Some(l) => Some(spec.labels.index_of(l).ok_or_else(|| {
+                    CoreError::data(
+                        path,
+                        line_no,
+                        "output.label",
+                        format!("label `{l}` is not in the task's label set"),
+                    )
+                })?),
+                None => None,
+            };
+            items.ids.push(format!("oos:{}", rec.id));
+            items.texts.push(rec.text);
+            items.gold.push(Some(oos));
+            items.teacher.push(teacher);
+            items
+                .teacher_usage
+                .push((rec.usage != Usage::default()).then_some(rec.usage));
+            items
+                .teacher_hash
+                .push((!rec.request_hash.is_empty()).then_some(rec.request_hash));
+        }
+    } else {
+        let cols = Columns {
+            text: spec.input.text_column.clone(),
+            gold: None,
+            id: None,
+        };
+        for item in distill_core::input::read_inputs(path, None, &cols)? {
+            let item = item?;
+            items.ids.push(format!("oos:{}", item.id));
+            items.texts.push(item.text);
+            items.gold.push(Some(oos));
+            items.teacher.push(None);
+            items.teacher_usage.push(None);
+            items.teacher_hash.push(None);
+        }
+    }
+    if items.is_empty() {
+        return Err(CoreError::file(path, "no out-of-scope inputs").into());
+    }
+    Ok(items)
 }
 
 /// Reads the test file (CSV/JSONL with the spec's columns, or a teacher dataset).

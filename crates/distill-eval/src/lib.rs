@@ -13,6 +13,7 @@ pub mod cost;
 pub mod data;
 pub mod error;
 pub mod metrics;
+pub mod open_set;
 pub mod report;
 pub mod run;
 

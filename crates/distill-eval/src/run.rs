@@ -7,6 +7,7 @@ use crate::cost::{self, HardwarePrices, DAYS_PER_MONTH};
 use crate::data::{self, PredictionLine, StoredPrediction, TestItems};
 use crate::error::{EvalError, Result};
 use crate::metrics::{self, Quality};
+use crate::open_set;
 use crate::report::{
     html, markdown, summary_text, CascadeReport, CostItem, EvalReport, OptionCost, OptionKind,
     OptionReport, Runtime, Settings, TeacherCostInfo, TestInfo, FORMAT_VERSION,
@@ -58,6 +59,12 @@ pub struct EvalOptions {
     pub progress: bool,
     /// Replace `out` even when it is not a distill eval directory.
     pub force: bool,
+    /// Files of inputs known to be out of scope (texts, or `distill teach`'s dataset of them)
+    /// for an open-set task: appended to the test items with the out-of-scope label as gold.
+    pub out_of_scope: Vec<PathBuf>,
+    /// Out-of-scope share of the traffic to evaluate and choose the cascade on; the files'
+    /// own ratio when `None`.
+    pub oos_share: Option<f64>,
 }
 
 impl EvalOptions {
@@ -85,6 +92,8 @@ impl EvalOptions {
             latency_samples: 200,
             progress: false,
             force: false,
+            out_of_scope: Vec::new(),
+            oos_share: None,
         }
     }
 
@@ -154,6 +163,8 @@ struct Answers {
     per_request_basis: String,
     one_time: Vec<CostItem>,
     held_out_only: bool,
+    /// Cascades: the student's own per-request cost (for pricing out-of-scope traffic).
+    student_per_request: Option<f64>,
 }
 
 /// Unique, readable option names from model paths (`models/a` → `a`).
@@ -214,6 +225,13 @@ pub fn run_eval_with(
         .collect::<Result<Vec<_>>>()?;
     let mut warnings: Vec<String> = Vec::new();
     let labels = &spec.labels;
+    if opts.oos_share.is_some() && opts.out_of_scope.is_empty() && labels.out_of_scope.is_none() {
+        return Err(EvalError::Invalid(
+            "--oos-share needs out-of-scope items: an open-set task (labels.out_of_scope) and \
+             --out-of-scope FILE"
+                .into(),
+        ));
+    }
 
     // 1. The test items.
     let (mut items, replayed) = match &opts.predictions {
@@ -237,6 +255,28 @@ pub fn run_eval_with(
     };
     if let Some(t) = &opts.teacher_labels {
         data::attach_teacher_labels(&mut items, labels, t)?;
+    }
+    let oos_label = labels.out_of_scope_index();
+    if !opts.out_of_scope.is_empty() {
+        let Some(oos) = oos_label else {
+            return Err(EvalError::Invalid(format!(
+                "--out-of-scope needs an open-set task: set labels.out_of_scope (e.g. \"none\") \
+                 in {}",
+                spec.path.display()
+            )));
+        };
+        for p in &opts.out_of_scope {
+            let extra = data::load_out_of_scope(spec, p, oos)?;
+            if extra.n_teacher() == 0 && items.n_teacher() > 0 {
+                warnings.push(format!(
+                    "{}: no teacher answers for these out-of-scope inputs (pass the output of \
+                     `distill teach --input {}` instead): escalating one counts as a teacher error",
+                    p.display(),
+                    p.display()
+                ));
+            }
+            items.extend(extra);
+        }
     }
     if students.is_empty() && replayed.is_empty() && api_students.is_empty() {
         return Err(EvalError::Invalid(
@@ -390,6 +430,7 @@ pub fn run_eval_with(
             per_request_basis: basis.into(),
             one_time: vec![],
             held_out_only: false,
+            student_per_request: None,
         };
         answers.push(teacher_answers(
             "teacher",
@@ -417,6 +458,7 @@ pub fn run_eval_with(
             per_request_basis: "real-time API price".into(),
             one_time: vec![],
             held_out_only: false,
+            student_per_request: None,
         });
     }
     let threads = opts.threads.unwrap_or_else(|| {
@@ -433,6 +475,14 @@ pub fn run_eval_with(
         let meta = s.student.meta();
         let where_ = s.path.clone().unwrap_or_else(|| PathBuf::from(&s.name));
         let map = label_map(meta, labels, &where_)?;
+        if map.len() < labels.len() {
+            warnings.push(format!(
+                "model `{}` has no `{}` label (trained closed-set): it answers every out-of-scope \
+                 input with an in-scope label",
+                s.name,
+                labels.out_of_scope.as_deref().unwrap_or("out-of-scope")
+            ));
+        }
         if meta.task != spec.name {
             warnings.push(format!(
                 "model `{}` was trained for task `{}`, not `{}` (its labels match, so it is evaluated)",
@@ -514,6 +564,7 @@ pub fn run_eval_with(
             }),
             one_time,
             held_out_only: false,
+            student_per_request: None,
         });
     }
     for who in &api_students {
@@ -567,6 +618,7 @@ pub fn run_eval_with(
             ),
             one_time: vec![],
             held_out_only: false,
+            student_per_request: None,
         });
     }
     if !replayed.is_empty() {
@@ -588,12 +640,38 @@ pub fn run_eval_with(
             per_request_basis: "not measured (replayed predictions)".into(),
             one_time: vec![],
             held_out_only: false,
+            student_per_request: None,
         });
     }
 
-    // 4. Cascades, on a seeded calibration split.
-    let (cal_idx, held_idx) = cascade::split(n, opts.calibration_fraction, opts.seed);
-    let mut split_of = vec!["held_out"; n];
+    // 4. The population evaluated (the stated out-of-scope share of the traffic, for an
+    // open-set task), and cascades on a seeded calibration split of it.
+    let is_oos: Vec<bool> = items
+        .gold
+        .iter()
+        .map(|g| oos_label.is_some() && *g == oos_label)
+        .collect();
+    let n_oos = is_oos.iter().filter(|&&o| o).count();
+    let (population, share, share_source) = match opts.oos_share {
+        Some(share) if n_oos > 0 && n_oos < n => (
+            open_set::mix(&is_oos, share, opts.seed)?,
+            share,
+            "--oos-share",
+        ),
+        _ => (
+            (0..n).collect::<Vec<usize>>(),
+            n_oos as f64 / n.max(1) as f64,
+            "as in the test files",
+        ),
+    };
+    let (cal_pos, held_pos) =
+        cascade::split(population.len(), opts.calibration_fraction, opts.seed);
+    let cal_idx: Vec<usize> = cal_pos.iter().map(|&k| population[k]).collect();
+    let held_idx: Vec<usize> = held_pos.iter().map(|&k| population[k]).collect();
+    let mut split_of = vec!["not sampled"; n];
+    for &i in &held_idx {
+        split_of[i] = "held_out";
+    }
     for &i in &cal_idx {
         split_of[i] = "calibration";
     }
@@ -652,6 +730,7 @@ pub fn run_eval_with(
                 runtime: None,
                 one_time: a.one_time.clone(),
                 held_out_only: true,
+                student_per_request: a.per_request,
             });
             let model_sha256 = match &a.source {
                 Some(src) if Path::new(src).is_dir() => {
@@ -715,7 +794,7 @@ pub fn run_eval_with(
             let scope: Vec<usize> = if a.held_out_only {
                 held_idx.clone()
             } else {
-                (0..n).collect()
+                population.clone()
             };
             let seed = opts.seed.wrapping_add(k as u64 + 1);
             let score = |reference: &[Option<usize>], name: &str| -> Option<Quality> {
@@ -778,6 +857,27 @@ pub fn run_eval_with(
                     let h: Vec<bool> = held_idx.iter().map(|&i| e[i]).collect();
                     h.iter().filter(|x| **x).count() as f64 / h.len().max(1) as f64
                 }),
+                // Every item the threshold was not chosen on (all out-of-scope items, not
+                // only the sampled ones: recall needs them).
+                open_set: oos_label.filter(|_| n_oos > 0).map(|oos| {
+                    let scored: Vec<usize> = if a.held_out_only {
+                        let cal: HashSet<usize> = cal_idx.iter().copied().collect();
+                        (0..n).filter(|i| !cal.contains(i)).collect()
+                    } else {
+                        (0..n).collect()
+                    };
+                    open_set::score(
+                        &items.gold,
+                        &a.labels,
+                        &scored,
+                        oos,
+                        share,
+                        a.escalated.as_deref(),
+                        a.per_request,
+                        teacher_rt,
+                        a.student_per_request,
+                    )
+                }),
             }
         })
         .collect();
@@ -829,6 +929,17 @@ pub fn run_eval_with(
         options,
         cascade: recommended,
         cascades,
+        open_set: oos_label
+            .filter(|_| n_oos > 0)
+            .map(|oos| open_set::OpenSetInfo {
+                label: labels.names[oos].clone(),
+                share,
+                share_source: share_source.into(),
+                n_in_scope: n - n_oos,
+                n_out_of_scope: n_oos,
+                population_in_scope: population.iter().filter(|&&i| !is_oos[i]).count(),
+                population_out_of_scope: population.iter().filter(|&&i| is_oos[i]).count(),
+            }),
     };
 
     // 6. Write everything, each file atomically, only after everything was computed.
@@ -897,7 +1008,14 @@ pub fn label_map(
         .map(String::as_str)
         .filter(|l| !labels.contains(l))
         .collect();
-    if !missing.is_empty() || !extra.is_empty() {
+    // A closed-set student of an open-set task lacks only the out-of-scope label: it is
+    // evaluated (it answers every out-of-scope input in scope), which is what to compare with.
+    let closed_set = extra.is_empty()
+        && labels
+            .out_of_scope
+            .as_deref()
+            .is_some_and(|o| missing == [o]);
+    if !closed_set && (!missing.is_empty() || !extra.is_empty()) {
         let list = |v: &[&str]| {
             let mut s = v.iter().take(5).copied().collect::<Vec<_>>().join(", ");
             if v.len() > 5 {
@@ -917,7 +1035,7 @@ pub fn label_map(
             detail: parts.join("; "),
         });
     }
-    if meta.labels.len() != labels.len() {
+    if meta.labels.len() + usize::from(closed_set) != labels.len() {
         return Err(EvalError::LabelMismatch {
             model: model.to_path_buf(),
             detail: "the model lists a label more than once".into(),

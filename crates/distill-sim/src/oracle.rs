@@ -64,6 +64,8 @@ pub struct Oracle {
     invalid_rate: f64,
     seed: u64,
     case_insensitive: bool,
+    /// An open-set task's out-of-scope label: the answer for texts not in the gold file.
+    out_of_scope: Option<usize>,
     /// The rendered user template before and after `{text}`.
     prefix: String,
     suffix: String,
@@ -96,6 +98,7 @@ impl Oracle {
             &labels,
         )?;
         Ok(Oracle {
+            out_of_scope: task.labels.out_of_scope_index(),
             labels,
             gold,
             confusion,
@@ -164,7 +167,21 @@ impl Oracle {
                     }
                 }
             }
-            None => (mix64(hash ^ STREAM_UNKNOWN) % self.labels.len() as u64) as usize,
+            // Open-set task: a text the gold file does not know is out of scope; the teacher
+            // says so at its accuracy and otherwise forces an in-scope label.
+            None => match self.out_of_scope {
+                Some(o) if unit(mix64(hash ^ STREAM_CORRECT)) < self.accuracy => o,
+                Some(o) => {
+                    let k =
+                        (mix64(hash ^ STREAM_UNKNOWN) % (self.labels.len() as u64 - 1)) as usize;
+                    if k >= o {
+                        k + 1
+                    } else {
+                        k
+                    }
+                }
+                None => (mix64(hash ^ STREAM_UNKNOWN) % self.labels.len() as u64) as usize,
+            },
         };
         let invalid = unit(mix64(hash ^ STREAM_INVALID)) < self.invalid_rate;
         Decision {
@@ -482,5 +499,44 @@ mod tests {
         assert_eq!(t[2][0], 3);
         assert_eq!(t[3][0], 2);
         assert!(t[0][0] == 1);
+    }
+
+    #[test]
+    fn an_open_set_task_calls_unknown_texts_out_of_scope_at_its_accuracy() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("in.csv"),
+            "text,category\nmy card is late,card_arrival\nrefund please,refund\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("task.toml"),
+            r#"
+name = "t"
+kind = "classify"
+[input]
+path = "in.csv"
+gold_column = "category"
+[labels]
+values = ["card_arrival", "refund"]
+out_of_scope = "none"
+[teacher]
+provider = "openai"
+model = "gpt-4o"
+"#,
+        )
+        .unwrap();
+        let task = distill_core::TaskSpec::load(d.path().join("task.toml")).unwrap();
+        let o = Oracle::new(&SimConfig::new(task)).unwrap();
+        let n = 2000;
+        let oos = (0..n)
+            .filter(|i| o.labels[o.decide(&format!("play song {i}")).label] == "none")
+            .count();
+        let rate = oos as f64 / n as f64;
+        assert!((rate - 0.94).abs() < 0.02, "out-of-scope answered {rate}");
+        assert_eq!(
+            o.labels[o.decide("my card is late").gold.unwrap()],
+            "card_arrival"
+        );
     }
 }

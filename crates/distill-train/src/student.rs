@@ -45,6 +45,9 @@ pub struct ModelMeta {
     pub format_version: u32,
     pub task: String,
     pub labels: Vec<String>,
+    /// The open-set label (the task's `labels.out_of_scope`), one of `labels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_scope: Option<String>,
     pub kind: StudentKind,
     /// The pretrained encoder this student started from (path or hub id), if any.
     #[serde(default)]
@@ -96,7 +99,9 @@ impl ModelMeta {
             .map_err(|e| TrainError::model(dir, format!("distill.json: {e}")))
     }
     pub fn label_set(&self) -> LabelSet {
-        LabelSet::new(self.labels.clone())
+        let mut set = LabelSet::new(self.labels.clone());
+        set.out_of_scope = self.out_of_scope.clone();
+        set
     }
 }
 

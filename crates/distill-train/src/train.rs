@@ -7,7 +7,7 @@ use crate::error::{Result, TrainError};
 use crate::student::{ModelMeta, StudentKind, TrainData, TrainOptions};
 use distill_core::input::Columns;
 use distill_core::TaskSpec;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What loading found, for the CLI to report (never silently dropped).
 #[derive(Debug, Clone, Default)]
@@ -28,11 +28,56 @@ pub fn load_train_data(
     seed: u64,
     label_column: Option<&str>,
 ) -> Result<(TrainData, DataReport)> {
+    let sources = TrainSources {
+        data: vec![data_path.to_path_buf()],
+        out_of_scope: vec![],
+    };
+    load_train_sources(spec, &sources, dev_fraction, seed, label_column)
+}
+
+/// Where a student's training examples come from.
+#[derive(Debug, Clone, Default)]
+pub struct TrainSources {
+    /// Teacher datasets or labelled CSV/JSONL files, concatenated in order.
+    pub data: Vec<PathBuf>,
+    /// Files of texts known to be out of scope (their text column only): each is an example of
+    /// the task's `labels.out_of_scope` label.
+    pub out_of_scope: Vec<PathBuf>,
+}
+
+/// Loads, validates and splits every source (see [`TrainSources`]).
+pub fn load_train_sources(
+    spec: &TaskSpec,
+    sources: &TrainSources,
+    dev_fraction: f64,
+    seed: u64,
+    label_column: Option<&str>,
+) -> Result<(TrainData, DataReport)> {
     if !(0.0..1.0).contains(&dev_fraction) {
         return Err(TrainError::Other(format!(
             "--dev-fraction must be in [0, 1), got {dev_fraction}"
         )));
     }
+    if sources.data.is_empty() {
+        return Err(TrainError::Other(
+            "no training data: pass --data FILE".into(),
+        ));
+    }
+    let oos = match (
+        &spec.labels.out_of_scope_index(),
+        sources.out_of_scope.first(),
+    ) {
+        (_, None) => None,
+        (Some(i), Some(_)) => Some(*i),
+        (None, Some(p)) => {
+            return Err(TrainError::Data(format!(
+                "{}: out-of-scope examples need an open-set task: set labels.out_of_scope \
+                 (e.g. \"none\") in {}",
+                p.display(),
+                spec.path.display()
+            )))
+        }
+    };
     let cols = Columns {
         text: spec.input.text_column.clone(),
         gold: Some(
@@ -43,26 +88,55 @@ pub fn load_train_data(
         ),
         id: spec.input.id_column.clone(),
     };
-    let loaded = distill_core::dataset::load_examples(data_path, &cols, &spec.labels)?;
-    let data_hash = distill_core::fsutil::sha256_file(data_path)?;
-    let mut examples: Vec<(String, usize)> = Vec::with_capacity(loaded.examples.len());
-    for ex in loaded.examples {
-        let Some(label) = ex.label else { continue };
-        // load_examples has already checked the label is in the set.
-        let y = spec.labels.index_of(&label).ok_or_else(|| {
-            TrainError::Data(format!(
-                "{}: label `{label}` is not in the task's label set",
-                data_path.display()
-            ))
-        })?;
-        examples.push((ex.text, y));
+    let mut examples: Vec<(String, usize)> = Vec::new();
+    let mut hashes = Vec::new();
+    let (mut skipped_unlabelled, mut from_teacher) = (0usize, false);
+    for data_path in &sources.data {
+        let loaded = distill_core::dataset::load_examples(data_path, &cols, &spec.labels)?;
+        hashes.push(distill_core::fsutil::sha256_file(data_path)?);
+        skipped_unlabelled += loaded.skipped_unlabelled;
+        from_teacher |= loaded.from_teacher;
+        for ex in loaded.examples {
+            let Some(label) = ex.label else { continue };
+            // load_examples has already checked the label is in the set.
+            let y = spec.labels.index_of(&label).ok_or_else(|| {
+                TrainError::Data(format!(
+                    "{}: label `{label}` is not in the task's label set",
+                    data_path.display()
+                ))
+            })?;
+            examples.push((ex.text, y));
+        }
     }
+    for path in &sources.out_of_scope {
+        let y = oos.unwrap_or_default();
+        hashes.push(distill_core::fsutil::sha256_file(path)?);
+        let text_only = Columns {
+            text: spec.input.text_column.clone(),
+            gold: None,
+            id: None,
+        };
+        let mut n = 0usize;
+        for item in distill_core::input::read_inputs(path, None, &text_only)? {
+            examples.push((item?.text, y));
+            n += 1;
+        }
+        if n == 0 {
+            return Err(TrainError::Data(format!(
+                "{}: no out-of-scope examples",
+                path.display()
+            )));
+        }
+    }
+    let data_hash = if hashes.len() == 1 {
+        hashes.remove(0)
+    } else {
+        distill_core::fsutil::sha256_hex(hashes.join("\n").as_bytes())
+    };
+    let data_path = &sources.data[0];
     if examples.is_empty() {
-        let why = if loaded.skipped_unlabelled > 0 {
-            format!(
-                " ({} teacher records had no usable label)",
-                loaded.skipped_unlabelled
-            )
+        let why = if skipped_unlabelled > 0 {
+            format!(" ({skipped_unlabelled} teacher records had no usable label)")
         } else {
             String::new()
         };
@@ -86,9 +160,9 @@ pub fn load_train_data(
     }
     let (train, dev) = stratified_split(examples, spec.labels.len(), dev_fraction, seed);
     let report = DataReport {
-        skipped_unlabelled: loaded.skipped_unlabelled,
+        skipped_unlabelled,
         classes_present,
-        from_teacher: loaded.from_teacher,
+        from_teacher,
     };
     Ok((
         TrainData {
@@ -97,7 +171,7 @@ pub fn load_train_data(
             train,
             dev,
             data_hash,
-            label_source: if loaded.from_teacher {
+            label_source: if from_teacher {
                 "teacher".into()
             } else {
                 "gold".into()

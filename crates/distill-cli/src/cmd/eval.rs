@@ -31,6 +31,15 @@ pub struct Args {
     /// Teacher JSONL for the test items (`distill teach` run on the test file).
     #[arg(long)]
     pub teacher_labels: Option<PathBuf>,
+    /// Inputs known to be out of scope, for an open-set task (labels.out_of_scope): a CSV/JSONL
+    /// of texts, or `distill teach --input FILE`'s dataset of them (the teacher's answers).
+    /// Scored for out-of-scope recall and precision beside in-scope accuracy. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub out_of_scope: Vec<PathBuf>,
+    /// Out-of-scope share of the traffic (e.g. 0.1): the summary table and the cascade's
+    /// threshold are evaluated on that mix (a seeded sample). Default: the files' own ratio.
+    #[arg(long, value_name = "SHARE")]
+    pub oos_share: Option<f64>,
     /// Output directory (e.g. evals/banking77), written whole once the eval is done. An existing
     /// distill eval directory there is replaced; anything else is refused unless --force.
     #[arg(long)]
@@ -107,6 +116,8 @@ pub fn options(args: &Args, g: &Global) -> EvalOptions {
     o.batch_size = args.batch_size;
     o.progress = !g.quiet;
     o.force = args.force;
+    o.out_of_scope = args.out_of_scope.clone();
+    o.oos_share = args.oos_share;
     o
 }
 

@@ -15,9 +15,14 @@ pub struct Args {
     #[arg(long)]
     pub task: PathBuf,
     /// Training data: a teacher dataset written by `distill teach` (the teacher's labels are
-    /// learned), or any CSV/JSONL with a text column and a label column.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// learned), or any CSV/JSONL with a text column and a label column. Repeat to train on
+    /// several files together.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Texts known to be out of scope (CSV/JSONL, the spec's text column), each an example of
+    /// the task's `labels.out_of_scope` label (open-set tasks). Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub out_of_scope_examples: Vec<PathBuf>,
     /// Student kind: `linear` (hashed n-grams + logistic regression; seconds on a CPU),
     /// `encoder-head` (frozen sentence encoder + head) or `encoder-finetune` (whole encoder).
     #[arg(long, default_value = "linear")]
@@ -99,17 +104,27 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     // indicatif hides the bars itself when stderr is not a terminal; the per-epoch summary lines
     // still reach a log file that way.
     let progress = !g.quiet;
-    let (data, report) = distill_train::train::load_train_data(
+    let sources = distill_train::train::TrainSources {
+        data: args.data.clone(),
+        out_of_scope: args.out_of_scope_examples.clone(),
+    };
+    let (data, report) = distill_train::train::load_train_sources(
         &spec,
-        &args.data,
+        &sources,
         args.dev_fraction,
         args.seed,
         args.label_column.as_deref(),
     )?;
     if !g.quiet {
+        let names: Vec<String> = args
+            .data
+            .iter()
+            .chain(&args.out_of_scope_examples)
+            .map(|p| p.display().to_string())
+            .collect();
         eprintln!(
             "{}: {} train / {} dev examples, {} of {} labels present, labels from {}{}",
-            args.data.display(),
+            names.join(" + "),
             data.train.len(),
             data.dev.len(),
             report.classes_present,

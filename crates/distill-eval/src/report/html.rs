@@ -138,6 +138,22 @@ pub fn render(r: &EvalReport) -> String {
         "No reliability diagram: no student with confidences was scored against a reference.",
     ));
 
+    if let (Some(info), Some((h, rows))) = (&r.open_set, super::open_set_rows(r)) {
+        b.push_str("<h2>Out-of-scope traffic</h2>");
+        b.push_str(&format!(
+            "<p><code>{}</code> is the answer for inputs that fit no label: {} out-of-scope and {} \
+             in-scope test items, evaluated with out-of-scope requests at {} of the traffic ({}). \
+             An out-of-scope request costs a cascade its student plus the teacher for those it \
+             escalates.</p>",
+            escape(&info.label),
+            info.n_out_of_scope,
+            info.n_in_scope,
+            super::fmt::pct(info.share),
+            escape(&info.share_source)
+        ));
+        b.push_str(&table(&h, &rows));
+    }
+
     b.push_str("<h2>Costs</h2>");
     let t = &r.teacher;
     b.push_str(&format!(

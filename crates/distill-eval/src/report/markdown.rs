@@ -185,6 +185,30 @@ pub fn render(r: &EvalReport) -> String {
         }
     }
 
+    if let (Some(info), Some((h, rows))) = (&r.open_set, super::open_set_rows(r)) {
+        let _ = writeln!(out, "## Out-of-scope traffic\n");
+        let _ = writeln!(
+            out,
+            "`{}` is the answer for inputs that fit no label. {} out-of-scope and {} in-scope test \
+             items; the table above and the cascade are evaluated with out-of-scope requests at {} \
+             of the traffic ({}: {} out-of-scope and {} in-scope items). Recall counts out-of-scope \
+             inputs answered `{}`; *turned away* counts in-scope inputs answered `{}`; precision and \
+             accuracy are at the stated mix; an out-of-scope request costs a cascade its student plus \
+             the teacher for those it escalates.\n",
+            info.label,
+            info.n_out_of_scope,
+            info.n_in_scope,
+            pct(info.share),
+            info.share_source,
+            info.population_out_of_scope,
+            info.population_in_scope,
+            info.label,
+            info.label
+        );
+        table(&mut out, &h, &rows);
+        out.push('\n');
+    }
+
     let _ = writeln!(out, "## Costs\n");
     let t = &r.teacher;
     let _ = writeln!(

@@ -51,8 +51,8 @@
 //!          "student_quality": {...}, "cost_per_request_usd": f|null}
 //! ```
 //!
-//! `distill serve --threshold evals/x/metrics.json` reads `cascade.threshold` (and
-//! `cascade.model_path` to check it serves the model the threshold was chosen for).
+//! `distill serve --threshold evals/x/metrics.json` gives each served model the threshold of
+//! its own entry in `cascades`, matched by `model_sha256`.
 //! Intervals are 95%: Wilson for proportions, seeded percentile bootstrap for F1 and ECE.
 
 pub mod charts;
@@ -80,6 +80,9 @@ pub struct EvalReport {
     pub options: Vec<OptionReport>,
     pub cascade: Option<CascadeReport>,
     pub cascades: Vec<CascadeReport>,
+    /// Present when the test items held out-of-scope inputs (open-set tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_set: Option<crate::open_set::OpenSetInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +168,10 @@ pub struct OptionReport {
     pub cost: OptionCost,
     pub runtime: Option<Runtime>,
     pub escalated_fraction: Option<f64>,
+    /// Open-set tasks with out-of-scope test items: in-scope accuracy, out-of-scope recall,
+    /// precision and cost at the stated mix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_set: Option<crate::open_set::OpenSetQuality>,
 }
 
 impl OptionReport {
@@ -288,6 +295,86 @@ pub fn summary_rows(r: &EvalReport) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 /// The summary table as aligned plain text for the terminal.
+/// The out-of-scope table (open-set evals): one row per option that has the figures.
+pub fn open_set_rows(r: &EvalReport) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let info = r.open_set.as_ref()?;
+    let header = vec![
+        "option".to_string(),
+        "in-scope accuracy".into(),
+        format!("`{}` recall", info.label),
+        "in-scope turned away".into(),
+        format!("precision at {}", fmt::pct(info.share)),
+        format!("accuracy at {}", fmt::pct(info.share)),
+        "$/out-of-scope request".into(),
+        format!("$/request at {}", fmt::pct(info.share)),
+    ];
+    let ci = |e: &crate::metrics::Estimate| {
+        format!(
+            "{} [{}–{}]",
+            fmt::pct(e.value),
+            fmt::pct(e.lo),
+            fmt::pct(e.hi)
+        )
+    };
+    let rows = r
+        .options
+        .iter()
+        .filter(|o| o.kind != OptionKind::TeacherBatch)
+        .filter_map(|o| {
+            let q = o.open_set.as_ref()?;
+            let esc = |x: Option<f64>| x.map(|e| format!(" ({} escalated)", fmt::pct(e)));
+            Some(vec![
+                o.name.clone(),
+                ci(&q.in_scope_accuracy),
+                format!(
+                    "{}{}",
+                    ci(&q.oos_recall),
+                    esc(q.oos_escalated).unwrap_or_default()
+                ),
+                fmt::pct(q.in_scope_rejected.value),
+                q.oos_precision_at_mix
+                    .map(fmt::pct)
+                    .unwrap_or_else(|| "—".into()),
+                fmt::pct(q.accuracy_at_mix),
+                q.per_oos_request_usd
+                    .map(fmt::usd)
+                    .unwrap_or_else(|| "—".into()),
+                q.per_request_at_mix_usd
+                    .map(fmt::usd)
+                    .unwrap_or_else(|| "—".into()),
+            ])
+        })
+        .collect();
+    Some((header, rows))
+}
+
+/// Aligned plain-text table.
+fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut s = line(header);
+    s.push('\n');
+    for row in rows {
+        s.push_str(&line(row));
+        s.push('\n');
+    }
+    s
+}
+
 pub fn summary_text(r: &EvalReport) -> String {
     let (header, rows) = summary_rows(r);
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -328,6 +415,16 @@ pub fn summary_text(r: &EvalReport) -> String {
                 "NOT held"
             },
         ));
+    }
+    if let (Some(info), Some((h, rows))) = (&r.open_set, open_set_rows(r)) {
+        s.push_str(&format!(
+            "\nout-of-scope traffic ({} of requests, {}; {} out-of-scope and {} in-scope items):\n",
+            fmt::pct(info.share),
+            info.share_source,
+            info.n_out_of_scope,
+            info.n_in_scope
+        ));
+        s.push_str(&text_table(&h, &rows));
     }
     for w in &r.warnings {
         s.push_str(&format!("warning: {w}\n"));

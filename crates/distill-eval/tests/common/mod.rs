@@ -121,6 +121,7 @@ pub fn write_teacher_labels(path: &Path, n: usize, accuracy: f64) -> Vec<Option<
 
 pub fn meta(labels: Vec<String>) -> ModelMeta {
     ModelMeta {
+        out_of_scope: None,
         format_version: 1,
         task: "banking77".into(),
         labels,

@@ -810,6 +810,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         wall / 3600.0 * DEFAULT_GPU_HOUR_USD
     };
     let meta = ModelMeta {
+        out_of_scope: data.labels.out_of_scope.clone(),
         format_version: 1,
         task: data.task.clone(),
         labels: labels.clone(),

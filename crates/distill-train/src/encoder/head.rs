@@ -753,6 +753,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
 
     let device_name = crate::device::device_name(&opts.device);
     let mut meta = ModelMeta {
+        out_of_scope: data.labels.out_of_scope.clone(),
         format_version: 1,
         task: data.task.clone(),
         labels: data.labels.names.clone(),

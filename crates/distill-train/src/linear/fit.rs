@@ -73,6 +73,7 @@ pub fn train_linear(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> 
 
     let wall = stats.wall_s;
     let meta = ModelMeta {
+        out_of_scope: data.labels.out_of_scope.clone(),
         format_version: 1,
         task: data.task.clone(),
         labels: labels.clone(),
