@@ -9,6 +9,10 @@
 //! ```
 //! Each prints one JSON object on its last line.
 
+/// The same allocator as the `distill` binary (see `distill_train::alloc`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::Device;
 use distill_core::LabelSet;
 use distill_train::encoder::embed::FrozenEncoder;

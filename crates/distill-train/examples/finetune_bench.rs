@@ -9,6 +9,10 @@
 //! Batches are fixed so every peer sees the same ones: example `(i * 7919) % n` in order, cut
 //! into batches, each padded to its longest row. Prints one JSON object on its last line.
 
+/// The same allocator as the `distill` binary (see `distill_train::alloc`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{Device, Tensor};
 use distill_train::encoder::bert::{model_files, Batch, BertClassifier, BertConfig, LoadOptions};
 use distill_train::encoder::finetune::{Hyper, Trainer};
@@ -107,19 +111,41 @@ fn main() -> Res<()> {
             st.forward_s, st.backward_s, st.update_s, st.loss
         );
     }
+    let tokens_per_step = tokens as f64 / steps as f64;
+    let matmul_gflops = matmul_probe(tokens_per_step.round() as usize, &dev)?;
     println!(
         "{}",
         serde_json::json!({
             "impl": "distill",
+            "allocator": "mimalloc (freed memory kept while training)",
+            "matmul_gflops": matmul_gflops,
             "examples_per_s": (steps * batch) as f64 / timed_s,
             "step_s": timed_s / steps as f64,
             "forward_s": fwd / steps as f64,
             "backward_s": bwd / steps as f64,
             "update_s": upd / steps as f64,
-            "padded_tokens_per_step": tokens as f64 / steps as f64,
+            "padded_tokens_per_step": tokens_per_step,
             "last_loss": last_loss,
             "batch": batch, "max_len": max_len, "steps": steps, "threads": threads,
         })
     );
     Ok(())
+}
+
+/// GFLOP/s of the matmul that dominates a step (the feed-forward up-projection: tokens × 384
+/// times 384 × 1536), through the same candle call the model uses: the peer's probe does the
+/// same, so a peer far below its own matmul speed shows in the report.
+fn matmul_probe(tokens: usize, dev: &Device) -> Res<f64> {
+    let (m, k, n) = (tokens.max(1), 384, 1536);
+    let a = Tensor::randn(0f32, 1.0, (m, k), dev)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), dev)?;
+    for _ in 0..3 {
+        a.matmul(&b)?;
+    }
+    let reps = 30;
+    let t = Instant::now();
+    for _ in 0..reps {
+        a.matmul(&b)?;
+    }
+    Ok(2.0 * (m * k * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }

@@ -5,6 +5,7 @@
 //! - `encoder-head`: a frozen BERT-family sentence encoder with a small head.
 //! - `encoder-finetune`: the whole encoder fine-tuned (our own differentiable BERT).
 
+pub mod alloc;
 pub mod device;
 pub mod encoder;
 pub mod error;

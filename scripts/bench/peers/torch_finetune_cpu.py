@@ -57,7 +57,7 @@ def main() -> int:
     warm = max(1, int(0.1 * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    timed = 0.0
+    timed = fwd = bwd = upd = 0.0
     tokens = 0
     loss = None
     for s in range(total):
@@ -65,21 +65,48 @@ def main() -> int:
         t0 = time.perf_counter()
         feats = tok.pad({"input_ids": ids[lo:hi]}, return_tensors="pt")
         out = model(**feats, labels=labels[lo:hi])
+        t1 = time.perf_counter()
         out.loss.backward()
+        t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         loss = float(out.loss.detach())
-        el = time.perf_counter() - t0
+        t3 = time.perf_counter()
+        el = t3 - t0
         print(f"step {s}: {el:.3f}s loss {loss:.4f}", file=sys.stderr)
         if s >= a.warmup:
             timed += el
+            fwd, bwd, upd = fwd + (t1 - t0), bwd + (t2 - t1), upd + (t3 - t2)
             tokens += feats["input_ids"].numel()
+    tokens_per_step = tokens / a.steps
+    # The probe: the step's dominant matmul (tokens x 384 times 384 x 1536), as distill's.
+    pa, pb = torch.randn(round(tokens_per_step), 384), torch.randn(384, 1536)
+    for _ in range(3):
+        pa @ pb
+    t0 = time.perf_counter()
+    for _ in range(30):
+        pa @ pb
+    gflops = 2 * pa.shape[0] * 384 * 1536 * 30 / (time.perf_counter() - t0) / 1e9
+    config = torch.__config__.show()
+    import re
+    field = lambda k: (re.search(rf"{k}=([^,\n]+)", config) or [None, "?"])[1].strip()
+    blas = f"{field('BLAS_INFO')} (LAPACK {field('LAPACK_INFO')}, USE_MKLDNN={field('USE_MKLDNN')}, " \
+           f"USE_OPENMP={field('USE_OPENMP')})"
+    versions = [l.strip() for l in config.splitlines() if "Math Kernel Library" in l or "oneDNN" in l
+                or "MKL-DNN" in l or "OpenMP" in l]
     print(json.dumps({
         "impl": "torch", "torch": torch.__version__, "examples_per_s": a.steps * a.batch / timed,
-        "step_s": timed / a.steps, "padded_tokens_per_step": tokens / a.steps, "last_loss": loss,
+        "step_s": timed / a.steps, "forward_s": fwd / a.steps, "backward_s": bwd / a.steps,
+        "update_s": upd / a.steps, "padded_tokens_per_step": tokens_per_step, "last_loss": loss,
         "batch": a.batch, "max_len": a.max_len, "steps": a.steps, "threads": a.threads,
+        "torch_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+        "mkldnn": {"available": torch.backends.mkldnn.is_available(),
+                   "enabled": torch.backends.mkldnn.enabled},
+        "blas": blas, "mkl": torch.backends.mkl.is_available(), "libraries": versions,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "matmul_gflops": gflops,
     }))
     return 0
 

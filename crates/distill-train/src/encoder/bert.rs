@@ -521,6 +521,16 @@ struct Layer {
     out_norm: LayerNorm,
 }
 
+/// The word-embedding rows a training forward looked up, as a leaf of the autograd graph: the
+/// optimiser applies their gradient to the embedding table as sparse rows (see
+/// [`BertClassifier::forward_with_word_rows`]).
+pub struct WordRows {
+    /// The looked-up rows, `(batch · seq, hidden)`.
+    pub leaf: Var,
+    /// The token id of each row.
+    pub ids: Vec<u32>,
+}
+
 /// `BertForSequenceClassification` with Hugging Face tensor names.
 pub struct BertClassifier {
     pub config: BertConfig,
@@ -699,6 +709,14 @@ impl BertClassifier {
         ))
     }
 
+    /// The word-embedding table's variable (trainable models).
+    pub fn word_embeddings_var(&self) -> Option<&Var> {
+        self.vars
+            .iter()
+            .find(|(n, _)| n.ends_with("embeddings.word_embeddings.weight"))
+            .map(|(_, v)| v)
+    }
+
     /// Trainable parameters by name (empty unless loaded with `trainable`).
     pub fn vars(&self) -> &[(String, Var)] {
         &self.vars
@@ -721,7 +739,20 @@ impl BertClassifier {
     }
 
     /// Last hidden states (b, s, hidden). `dropout` is `Some` in training mode.
-    pub fn encode(&self, batch: &Batch, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
+    pub fn encode(&self, batch: &Batch, dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        self.encode_with(batch, dropout, None)
+    }
+
+    /// `encode`; with `word_rows`, the word embeddings are looked up from a detached copy of the
+    /// table and the rows become a leaf whose gradient the caller applies as sparse rows.
+    /// Autograd would otherwise build a dense zeroed 47 MB gradient for a 30,522-row table
+    /// (and copy it twice) every step to carry the few hundred rows a batch uses.
+    fn encode_with(
+        &self,
+        batch: &Batch,
+        mut dropout: Option<&mut Dropout>,
+        word_rows: Option<&mut Option<WordRows>>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let train = dropout.is_some();
         let (b, s) = batch.ids.dims2()?;
@@ -734,7 +765,20 @@ impl BertClassifier {
         let h = c.hidden_size;
         let (heads, hd) = (c.num_attention_heads, c.head_dim());
         let e = &self.embeddings;
-        let word = e.word.index_select(&batch.ids.flatten_all()?, 0)?;
+        let flat_ids = batch.ids.flatten_all()?;
+        let word = match word_rows {
+            Some(out) => {
+                let rows = e.word.detach().index_select(&flat_ids, 0)?;
+                let leaf = Var::from_tensor(&rows)?;
+                let word = leaf.as_tensor().clone();
+                *out = Some(WordRows {
+                    leaf,
+                    ids: flat_ids.to_vec1::<u32>()?,
+                });
+                word
+            }
+            None => e.word.index_select(&flat_ids, 0)?,
+        };
         let tt = e
             .token_type
             .index_select(&batch.type_ids.flatten_all()?, 0)?;
@@ -808,8 +852,30 @@ impl BertClassifier {
     }
 
     /// Classification logits (b, n_labels).
-    pub fn forward(&self, batch: &Batch, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
-        let hidden = self.encode(batch, dropout.as_deref_mut())?;
+    pub fn forward(&self, batch: &Batch, dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        self.forward_with(batch, dropout, None)
+    }
+
+    /// Training forward whose word-embedding gradient comes back as sparse rows: the logits,
+    /// and the [`WordRows`] leaf to read the rows' gradient from after `backward`.
+    pub fn forward_with_word_rows(
+        &self,
+        batch: &Batch,
+        dropout: Option<&mut Dropout>,
+    ) -> Result<(Tensor, WordRows)> {
+        let mut rows = None;
+        let logits = self.forward_with(batch, dropout, Some(&mut rows))?;
+        let rows = rows.ok_or_else(|| TrainError::Other("no word rows recorded".into()))?;
+        Ok((logits, rows))
+    }
+
+    fn forward_with(
+        &self,
+        batch: &Batch,
+        mut dropout: Option<&mut Dropout>,
+        word_rows: Option<&mut Option<WordRows>>,
+    ) -> Result<Tensor> {
+        let hidden = self.encode_with(batch, dropout.as_deref_mut(), word_rows)?;
         let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
         let mut pooled = self.pooler.forward(&cls)?.tanh()?;
         if let Some(d) = dropout {

@@ -15,7 +15,9 @@ use crate::student::{
     DEFAULT_CPU_CORE_HOUR_USD, DEFAULT_GPU_HOUR_USD,
 };
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor, Var};
+use candle_core::{
+    CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor, Var,
+};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -264,15 +266,40 @@ impl AdamW {
         })
     }
 
-    /// One update with learning rate `lr` from gradients scaled by `grad_scale`.
-    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+    /// One update with learning rate `lr` from gradients scaled by `grad_scale`; `sparse` gives
+    /// one variable's gradient as rows instead (see [`SparseRows`]).
+    pub fn step(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: f64,
+        sparse: Option<(&Var, &SparseRows)>,
+    ) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t);
         let bc2 = 1.0 - self.beta2.powi(self.t);
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         for p in self.params.iter_mut() {
-            let Some(g) = grads.get(&p.var) else { continue };
             let lr = lr * p.lr_mult;
+            if let (Some((var, rows)), AdamState::Cpu { m, v }) = (sparse, &mut p.state) {
+                if var.as_tensor().id() == p.var.as_tensor().id() {
+                    let op = AdamCpuSparseStep {
+                        m: std::cell::RefCell::new(m),
+                        v: std::cell::RefCell::new(v),
+                        rows,
+                        decay: (1.0 - lr * p.weight_decay) as f32,
+                        b1: b1 as f32,
+                        b2: b2 as f32,
+                        eps: eps as f32,
+                        step_size: (lr / bc1) as f32,
+                        inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+                        scale: grad_scale as f32,
+                    };
+                    p.var.as_tensor().inplace_op1(&op)?;
+                    continue;
+                }
+            }
+            let Some(g) = grads.get(&p.var) else { continue };
             match &mut p.state {
                 AdamState::Cpu { m, v } => {
                     let g = if g.is_contiguous() {
@@ -376,6 +403,134 @@ impl InplaceOp2 for AdamCpuStep<'_> {
     }
 }
 
+/// A gradient given as rows of a table (the word embeddings): `grad[k·width..(k+1)·width]` is
+/// the summed gradient of table row `ids[k]`; rows not listed have a zero gradient. The update
+/// is still AdamW over every row (moments decay and weights decay everywhere), exactly as with
+/// the dense gradient, without building it.
+#[derive(Debug, Clone, Default)]
+pub struct SparseRows {
+    pub ids: Vec<u32>,
+    pub grad: Vec<f32>,
+    pub width: usize,
+}
+
+impl SparseRows {
+    /// Sums the gradient `g` (one row per entry of `ids`) by id.
+    pub fn accumulate(ids: &[u32], g: &Tensor) -> Result<Self> {
+        let g = g.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let (n, width) = g.dims2()?;
+        if n != ids.len() {
+            return Err(TrainError::Other(format!(
+                "sparse rows: {n} gradient rows for {} ids",
+                ids.len()
+            )));
+        }
+        let flat = g.flatten_all()?.to_vec1::<f32>()?;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| ids[i]);
+        let mut out = SparseRows {
+            ids: Vec::new(),
+            grad: Vec::new(),
+            width,
+        };
+        for i in order {
+            let row = &flat[i * width..(i + 1) * width];
+            if out.ids.last() == Some(&ids[i]) {
+                let k = out.grad.len() - width;
+                for (a, b) in out.grad[k..].iter_mut().zip(row) {
+                    *a += *b;
+                }
+            } else {
+                out.ids.push(ids[i]);
+                out.grad.extend_from_slice(row);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn sum_squares(&self) -> f64 {
+        self.grad.iter().map(|&x| (x as f64) * (x as f64)).sum()
+    }
+}
+
+/// The fused CPU AdamW update of a table from a [`SparseRows`] gradient, in place.
+struct AdamCpuSparseStep<'a> {
+    m: std::cell::RefCell<&'a mut Vec<f32>>,
+    v: std::cell::RefCell<&'a mut Vec<f32>>,
+    rows: &'a SparseRows,
+    decay: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    scale: f32,
+}
+
+impl InplaceOp1 for AdamCpuSparseStep<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-sparse-step"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(theta) = s else {
+            candle_core::bail!("adamw-sparse-step: f32 only");
+        };
+        let Some((t0, t1)) = l.contiguous_offsets() else {
+            candle_core::bail!("adamw-sparse-step: contiguous tensors only");
+        };
+        let theta = &mut theta[t0..t1];
+        let w = self.rows.width;
+        let mut m = self.m.borrow_mut();
+        let mut v = self.v.borrow_mut();
+        if w == 0 || theta.len() % w != 0 || m.len() != theta.len() {
+            candle_core::bail!("adamw-sparse-step: size mismatch");
+        }
+        let n_rows = theta.len() / w;
+        let mut slot = vec![u32::MAX; n_rows];
+        for (k, &id) in self.rows.ids.iter().enumerate() {
+            match slot.get_mut(id as usize) {
+                Some(s) => *s = k as u32,
+                None => candle_core::bail!("adamw-sparse-step: row {id} out of range"),
+            }
+        }
+        let zeros = vec![0f32; w];
+        const ROWS: usize = 64;
+        let (b1, b2, eps, decay) = (self.b1, self.b2, self.eps, self.decay);
+        let (step_size, inv_sqrt_bc2, scale) = (self.step_size, self.inv_sqrt_bc2, self.scale);
+        let grad = &self.rows.grad;
+        theta
+            .par_chunks_mut(ROWS * w)
+            .zip(m.par_chunks_mut(ROWS * w))
+            .zip(v.par_chunks_mut(ROWS * w))
+            .zip(slot.par_chunks(ROWS))
+            .for_each(|(((th, m), v), slots)| {
+                for (r, &k) in slots.iter().enumerate() {
+                    let g = if k == u32::MAX {
+                        &zeros[..]
+                    } else {
+                        &grad[k as usize * w..(k as usize + 1) * w]
+                    };
+                    let (th, m, v) = (
+                        &mut th[r * w..(r + 1) * w],
+                        &mut m[r * w..(r + 1) * w],
+                        &mut v[r * w..(r + 1) * w],
+                    );
+                    for i in 0..w {
+                        let gi = g[i] * scale;
+                        let mi = b1 * m[i] + (1.0 - b1) * gi;
+                        let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                        m[i] = mi;
+                        v[i] = vi;
+                        let denom = vi.sqrt() * inv_sqrt_bc2 + eps;
+                        th[i] = th[i] * decay - step_size * mi / denom;
+                    }
+                }
+            });
+        Ok(())
+    }
+}
+
 /// Statistics of one optimisation step.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StepStats {
@@ -386,28 +541,6 @@ pub struct StepStats {
     pub forward_s: f64,
     pub backward_s: f64,
     pub update_s: f64,
-}
-
-/// A training step allocates and frees hundreds of activation buffers of 0.1 to 10 MB. glibc
-/// serves each from a fresh `mmap` and returns it on free, so every step page-faults (and the
-/// kernel zeroes) all of them again: ~12% of a CPU step. Serving them from the heap and keeping
-/// freed memory for reuse removes that; peak memory is what it was (the same buffers are live).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only tunes glibc's allocator; both values are within its documented
-        // ranges (the mmap threshold is capped at 32 MiB on 64-bit glibc: larger requests,
-        // such as the embedding gradient, still map fresh memory).
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 32 << 20);
-            mallopt(M_TRIM_THRESHOLD, 512 << 20);
-        }
-    }
 }
 
 /// Whether a parameter is excluded from weight decay (biases and LayerNorm, as in BERT).
@@ -430,9 +563,24 @@ pub struct Trainer<'m> {
     hp: Hyper,
     total_steps: usize,
     step: usize,
+    /// The word-embedding gradient as sparse rows (CPU f32; see [`SparseRows`]).
+    sparse_word_grad: bool,
 }
 
 impl<'m> Trainer<'m> {
+    /// Turns the sparse word-embedding gradient off (on by default on the CPU): tests compare
+    /// both paths.
+    pub fn with_sparse_word_grad(mut self, on: bool) -> Self {
+        self.sparse_word_grad = on && self.sparse_word_grad_possible();
+        self
+    }
+
+    fn sparse_word_grad_possible(&self) -> bool {
+        self.model
+            .word_embeddings_var()
+            .is_some_and(|v| v.device().is_cpu() && v.dtype() == DType::F32)
+    }
+
     pub fn new(
         model: &'m BertClassifier,
         hp: &Hyper,
@@ -447,7 +595,7 @@ impl<'m> Trainer<'m> {
             ));
         }
         if device.is_cpu() {
-            keep_freed_memory();
+            crate::alloc::keep_freed_memory();
         }
         let groups = vars
             .iter()
@@ -457,7 +605,7 @@ impl<'m> Trainer<'m> {
                 (v.clone(), wd, mult)
             })
             .collect();
-        Ok(Trainer {
+        let mut trainer = Trainer {
             model,
             opt: AdamW::new(groups)?,
             dropout: Dropout::new(hp.seed, device)?,
@@ -465,7 +613,10 @@ impl<'m> Trainer<'m> {
             hp: hp.clone(),
             total_steps: total_steps.max(1),
             step: 0,
-        })
+            sparse_word_grad: false,
+        };
+        trainer.sparse_word_grad = trainer.sparse_word_grad_possible();
+        Ok(trainer)
     }
 
     /// Steps taken so far.
@@ -477,7 +628,14 @@ impl<'m> Trainer<'m> {
         let step = self.step;
         let lr = self.hp.lr_at(step, self.total_steps);
         let t0 = Instant::now();
-        let logits = self.model.forward(batch, Some(&mut self.dropout))?;
+        let (logits, word_rows) = if self.sparse_word_grad {
+            let (logits, rows) = self
+                .model
+                .forward_with_word_rows(batch, Some(&mut self.dropout))?;
+            (logits, Some(rows))
+        } else {
+            (self.model.forward(batch, Some(&mut self.dropout))?, None)
+        };
         let loss = classification_loss(&logits, labels, self.class_weights.as_ref())?;
         let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss_value.is_finite() {
@@ -491,7 +649,18 @@ impl<'m> Trainer<'m> {
         let grads = loss.backward()?;
         let t2 = Instant::now();
         let vars = self.model.vars();
-        let norm = grad_norm(&grads, vars)?;
+        let sparse = match (&word_rows, self.model.word_embeddings_var()) {
+            (Some(r), Some(var)) => match grads.get(r.leaf.as_tensor()) {
+                Some(g) => Some((var, SparseRows::accumulate(&r.ids, g)?)),
+                None => None,
+            },
+            _ => None,
+        };
+        let dense = grad_norm(&grads, vars)?;
+        let norm = match &sparse {
+            Some((_, rows)) => ((dense as f64).powi(2) + rows.sum_squares()).sqrt() as f32,
+            None => dense,
+        };
         if !norm.is_finite() {
             return Err(TrainError::NonFinite {
                 step,
@@ -499,8 +668,12 @@ impl<'m> Trainer<'m> {
                 loss: norm,
             });
         }
-        self.opt
-            .step(&grads, lr, clip_factor(norm, self.hp.clip_norm))?;
+        self.opt.step(
+            &grads,
+            lr,
+            clip_factor(norm, self.hp.clip_norm),
+            sparse.as_ref().map(|(v, r)| (*v, r)),
+        )?;
         drop(grads);
         self.step += 1;
         Ok(StepStats {
