@@ -44,6 +44,21 @@ for f in train.csv test.csv categories.json LICENSE; do
     curl -fsSL "$url" -o "$data/$f.tmp" && mv "$data/$f.tmp" "$data/$f"
   fi
 done
+# 4. RouteLLM's recorded outcomes (Apache-2.0) for the routing tasks: linked, not copied.
+routellm="$root/../shared/datasets/routellm"
+for task in mmlu gsm8k; do
+  dst="$root/datasets/$task-routing/outcomes"
+  [ -d "$dst" ] && continue
+  if [ -d "$routellm/$task" ]; then
+    mkdir -p "$dst"
+    if [ "$task" = mmlu ]; then src_files=("$routellm/mmlu/responses"/*.csv); else src_files=("$routellm/gsm8k"/*.csv); fi
+    ln -sf "${src_files[@]}" "$routellm/$task/contaminated_prompts.jsonl" "$dst/"
+    ln -sf "$routellm/LICENSE" "$dst/LICENSE"
+  else
+    say "RouteLLM outcomes not found at $routellm: the $task-routing example is unavailable"
+  fi
+done
+
 rows() { python3 -c 'import csv,sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], newline=""))))' "$1"; }
 say "Banking77: $(rows "$data/train.csv") train / $(rows "$data/test.csv") test rows in datasets/banking77/"
 say "ready: try  target/release/distill quickstart"

@@ -12,6 +12,7 @@ pub mod input;
 pub mod ledger;
 pub mod prices;
 pub mod record;
+pub mod route;
 pub mod spec;
 
 pub use error::{CoreError, Result};

@@ -16,6 +16,8 @@ pub enum TaskKind {
     Classify,
     Multilabel,
     Extract,
+    /// Which model tier answers a free-form request well enough (see [`crate::route`]).
+    Route,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,8 +196,21 @@ pub struct TaskSpecFile {
     #[serde(default)]
     pub description: Option<String>,
     pub input: InputSpec,
-    pub labels: LabelsSpec,
-    pub teacher: TeacherSpec,
+    /// Required for classification; a route task's labels are `fail`/`pass`.
+    #[serde(default)]
+    pub labels: Option<LabelsSpec>,
+    /// Required for classification; a route task's teacher is its judge (else its top tier).
+    #[serde(default)]
+    pub teacher: Option<TeacherSpec>,
+    /// Route tasks: the model tiers, cheapest first (`[[tier]]`).
+    #[serde(default)]
+    pub tier: Vec<crate::route::TierSpec>,
+    /// Route tasks: the model grading each tier's answer.
+    #[serde(default)]
+    pub judge: Option<crate::route::JudgeSpec>,
+    /// Route tasks: extra columns and the heuristic baseline.
+    #[serde(default)]
+    pub route: Option<crate::route::RouteOptions>,
     #[serde(default)]
     pub output: OutputSpec,
     /// Lower-case inputs before caching/serving (for case-insensitive tasks).
@@ -271,6 +286,8 @@ pub struct TaskSpec {
     pub teacher: TeacherSpec,
     pub output: OutputSpec,
     pub case_insensitive: bool,
+    /// Route tasks: tiers, judge and heuristic.
+    pub route: Option<crate::route::RouteSpec>,
 }
 
 /// Parses TOML into `T`, naming the failing key by its path (`teacher.rpm`,
@@ -324,19 +341,79 @@ impl TaskSpec {
         if file.name.trim().is_empty() {
             return Err(CoreError::spec(path, "name", "must not be empty"));
         }
-        if file.kind != TaskKind::Classify {
+        if !matches!(file.kind, TaskKind::Classify | TaskKind::Route) {
             return Err(CoreError::spec(
                 path,
                 "kind",
                 format!(
-                    "`{:?}` tasks are not supported yet; use \"classify\"",
+                    "`{:?}` tasks are not supported yet; use \"classify\" or \"route\"",
                     file.kind
                 )
                 .to_lowercase(),
             ));
         }
-        let mut labels = load_labels(&file.labels, path, &resolve)?;
-        if let Some(oos) = &file.labels.out_of_scope {
+        let mut file = file;
+        let route = if file.kind == TaskKind::Route {
+            if file.labels.is_some() {
+                return Err(CoreError::spec(
+                    path,
+                    "labels",
+                    "a route task has no label set (a router learns whether each tier passes)",
+                ));
+            }
+            let spec = crate::route::RouteSpec::new(
+                std::mem::take(&mut file.tier),
+                file.judge.take(),
+                file.route.take().unwrap_or_default(),
+                path,
+            )?;
+            file.labels = Some(LabelsSpec {
+                values: Some(vec!["fail".into(), "pass".into()]),
+                file: None,
+                descriptions: BTreeMap::new(),
+                out_of_scope: None,
+            });
+            if file.teacher.is_none() {
+                file.teacher = Some(match &spec.judge {
+                    Some(j) => crate::route::RouteSpec::judge_teacher(j),
+                    None => crate::route::RouteSpec::tier_teacher(
+                        spec.tiers.last().expect("at least two tiers"),
+                    ),
+                });
+            }
+            Some(spec)
+        } else {
+            for (field, given) in [
+                ("tier", !file.tier.is_empty()),
+                ("judge", file.judge.is_some()),
+                ("route", file.route.is_some()),
+            ] {
+                if given {
+                    return Err(CoreError::spec(
+                        path,
+                        field,
+                        "only route tasks (kind = \"route\") have tiers, a judge and [route]",
+                    ));
+                }
+            }
+            None
+        };
+        let Some(labels_spec) = file.labels.clone() else {
+            return Err(CoreError::spec(
+                path,
+                "labels",
+                "missing: a classification task needs [labels]",
+            ));
+        };
+        let Some(teacher) = file.teacher.clone() else {
+            return Err(CoreError::spec(
+                path,
+                "teacher",
+                "missing: a classification task needs [teacher]",
+            ));
+        };
+        let mut labels = load_labels(&labels_spec, path, &resolve)?;
+        if let Some(oos) = &labels_spec.out_of_scope {
             let oos = oos.trim();
             if oos.is_empty() {
                 return Err(CoreError::spec(
@@ -350,7 +427,7 @@ impl TaskSpec {
             }
             labels.out_of_scope = Some(oos.to_string());
         }
-        for key in file.labels.descriptions.keys() {
+        for key in labels_spec.descriptions.keys() {
             if !labels.contains(key) {
                 return Err(CoreError::spec(
                     path,
@@ -359,7 +436,7 @@ impl TaskSpec {
                 ));
             }
         }
-        let t = &file.teacher;
+        let t = &teacher;
         if t.model.trim().is_empty() {
             return Err(CoreError::spec(path, "teacher.model", "must not be empty"));
         }
@@ -408,7 +485,7 @@ impl TaskSpec {
         let mut input = file.input.clone();
         input.path = input.path.as_ref().map(resolve);
         input.test_path = input.test_path.as_ref().map(resolve);
-        labels.descriptions.extend(file.labels.descriptions.clone());
+        labels.descriptions.extend(labels_spec.descriptions.clone());
         if let Some(oos) = labels.out_of_scope.clone() {
             labels
                 .descriptions
@@ -422,9 +499,10 @@ impl TaskSpec {
             description: file.description,
             input,
             labels,
-            teacher: file.teacher,
+            teacher,
             output: file.output,
             case_insensitive: file.case_insensitive,
+            route,
         })
     }
 

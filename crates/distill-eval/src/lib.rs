@@ -15,6 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod open_set;
 pub mod report;
+pub mod route;
 pub mod run;
 
 pub use error::{EvalError, Result};

@@ -35,6 +35,8 @@ pub struct SimConfig {
     /// Reject requests without an API key header, as the real providers do (any key is
     /// accepted).
     pub require_api_key: bool,
+    /// Route tasks: answer from this route dataset's recorded outcomes ([`crate::replay`]).
+    pub replay: Option<PathBuf>,
 }
 
 impl SimConfig {
@@ -53,6 +55,7 @@ impl SimConfig {
             batch_completion_ms: 200,
             retry_after_ms: 100,
             require_api_key: true,
+            replay: None,
         }
     }
 

@@ -52,6 +52,8 @@ pub enum Injected {
 
 pub struct Engine {
     pub oracle: Oracle,
+    /// Route tasks: answers replayed from recorded outcomes instead of the oracle's labels.
+    pub replay: Option<crate::replay::Replay>,
     pub counters: Counters,
     pub price: Option<ModelPrice>,
     pub price_as: String,
@@ -70,6 +72,7 @@ impl Engine {
             .cloned();
         Engine {
             oracle,
+            replay: None,
             counters: Counters::new(),
             price,
             price_as: price_as.to_string(),
@@ -135,8 +138,18 @@ impl Engine {
             .unwrap_or("");
         let decision = oracle.decide(text);
         let label = &oracle.labels[decision.label];
-        let invalid = decision.invalid && !repair;
-        let (content, completion) = if invalid {
+        let invalid = decision.invalid && !repair && self.replay.is_none();
+        let (content, completion) = if let Some(r) = &self.replay {
+            let last = turns
+                .iter()
+                .rev()
+                .find(is_user)
+                .map(|t| t.content.as_ref())
+                .unwrap_or("");
+            let c = r.answer(model, last);
+            let n = oracle.tokens.count(&c);
+            (c, n)
+        } else if invalid {
             self.counters.invalid_reply();
             let c = oracle.invalid_reply(&decision);
             let n = oracle.tokens.count(&c);

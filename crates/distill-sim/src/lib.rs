@@ -23,6 +23,7 @@ mod engine;
 mod error;
 mod openai;
 pub mod oracle;
+pub mod replay;
 mod server;
 mod stats;
 

@@ -241,7 +241,10 @@ impl Drop for SimHandle {
 
 fn build_state(config: SimConfig, addr: SocketAddr) -> Result<AppState> {
     let oracle = Oracle::new(&config)?;
-    let engine = Engine::new(oracle, &config.price_as, config.seed, config.error_rate);
+    let mut engine = Engine::new(oracle, &config.price_as, config.seed, config.error_rate);
+    if let Some(p) = &config.replay {
+        engine.replay = Some(crate::replay::Replay::load(p, &config.task)?);
+    }
     let mut models = vec![config.task.teacher.model.clone()];
     if !models.contains(&config.price_as) {
         models.push(config.price_as.clone());

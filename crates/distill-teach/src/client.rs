@@ -43,6 +43,8 @@ pub struct ClientOptions {
     pub ledger_path: Option<PathBuf>,
     /// Price table; the built-in one when `None`.
     pub prices: Option<PriceTable>,
+    /// Price the model as this price-table entry (a route tier's `price_as`).
+    pub price_as: Option<String>,
     /// Retries after the first attempt on retryable errors (default 6).
     pub max_retries: Option<u32>,
     /// First backoff delay (default 250 ms); doubles per retry up to 8 s, with jitter.
@@ -125,6 +127,20 @@ impl LabelOutcome {
             request_hash: self.request_hash.clone(),
         }
     }
+}
+
+/// A free-form answer ([`TeacherClient::complete_deferred`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The reply, or `None` when the request failed (see `error`).
+    pub text: Option<String>,
+    pub error: Option<String>,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+    /// Answered from the cache (nothing paid).
+    pub cached: bool,
+    pub request_hash: String,
 }
 
 /// Ledger rows and cache entries not yet written (the runner writes them with its journal).
@@ -270,9 +286,10 @@ impl TeacherClient {
             .transpose()?;
         let ledger = opts.ledger_path.as_ref().map(Ledger::open).transpose()?;
         let prices = opts.prices.clone().unwrap_or_else(PriceTable::builtin);
-        let price = prices.get(&model).cloned();
+        let price_model = opts.price_as.clone().unwrap_or_else(|| model.clone());
+        let price = prices.get(&price_model).cloned();
         if price.is_none() {
-            tracing::warn!("model `{model}` is not in the price table; costs are recorded as $0 (use --prices FILE)");
+            tracing::warn!("model `{price_model}` is not in the price table; costs are recorded as $0 (use --prices FILE)");
         }
         Ok(TeacherClient {
             limiter: RateLimiter::new(spec.teacher.rpm, spec.teacher.tpm),
@@ -560,6 +577,40 @@ impl TeacherClient {
                 }
             }
         }
+        Ok((out, pending))
+    }
+
+    /// One free-form answer to `text` (rendered with the spec's user template): cached,
+    /// rate-limited, retried and ledgered like a label, without parsing or repair. Route
+    /// tasks ask their tiers and their judge through it.
+    pub async fn complete_deferred(
+        &self,
+        text: &str,
+        ctx: &CallContext,
+    ) -> Result<(Completion, Pending)> {
+        let mut pending = Pending::default();
+        let msgs = [Msg::user(self.spec.render_user(text))];
+        let tokens = self.prompt_tokens(text);
+        let out = match self.exchange(&msgs, ctx, &mut pending, tokens).await? {
+            Ok(ex) => Completion {
+                text: Some(ex.reply.text),
+                error: None,
+                usage: ex.reply.usage,
+                cost_usd: ex.cost,
+                latency_ms: ex.latency_ms,
+                cached: ex.cached,
+                request_hash: ex.hash,
+            },
+            Err(message) => Completion {
+                text: None,
+                error: Some(message),
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                latency_ms: 0,
+                cached: false,
+                request_hash: self.hash_body(&self.wire.body(&msgs)),
+            },
+        };
         Ok((out, pending))
     }
 

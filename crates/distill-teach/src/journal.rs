@@ -296,18 +296,18 @@ impl Journal {
 }
 
 /// Serialises one journal line (with its newline) into `buf`.
-pub fn encode_line(
+pub fn encode_line<R: Serialize>(
     buf: &mut Vec<u8>,
     ordinal: u64,
     batch: u64,
-    record: &distill_core::TeacherRecord,
+    record: &R,
     pending: &Pending,
 ) {
     #[derive(Serialize)]
-    struct Line<'a> {
+    struct Line<'a, R> {
         i: u64,
         b: u64,
-        r: &'a distill_core::TeacherRecord,
+        r: &'a R,
         #[serde(flatten)]
         p: &'a Pending,
     }

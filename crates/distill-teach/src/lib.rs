@@ -23,6 +23,7 @@ pub mod label;
 pub mod lock;
 pub mod provider;
 pub mod ratelimit;
+pub mod route;
 pub mod runner;
 
 pub use client::{CallContext, ClientOptions, LabelOutcome, TeacherClient};

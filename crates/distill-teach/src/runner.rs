@@ -262,9 +262,9 @@ pub(crate) fn client_options(opts: &TeachOptions) -> ClientOptions {
     }
 }
 
-struct Done {
+struct Done<R> {
     ordinal: u64,
-    record: TeacherRecord,
+    record: R,
     pending: Pending,
     /// The concurrency slot, released only once the record is in the journal, so calls paid
     /// but not yet journalled never exceed the concurrency (what a kill can make us pay again).
@@ -360,7 +360,104 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
             ),
         ));
     }
-    reconcile(&client, &recovered.last_batch)?;
+    let labeler = Arc::new(ClassifyLabeler {
+        estimator: crate::dry_run::Estimator::new(spec, &client),
+        client,
+    });
+    run_items(
+        labeler, spec, &opts, &input, &out, &jpath, journal, recovered, total, started,
+    )
+    .await
+}
+
+/// What labelling one input produced, whatever the task kind.
+pub(crate) struct Labelled<R> {
+    pub record: R,
+    pub pending: Pending,
+    pub status: RecordStatus,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    /// No call reached a provider.
+    pub cached: bool,
+    pub paid_calls: u32,
+}
+
+/// Labels one input for a job: the one thing that differs between task kinds; the journal,
+/// lock, budget, concurrency, ledger and progress around it are [`run_items`]'s.
+pub(crate) trait Labeler: Send + Sync + 'static {
+    type Record: serde::Serialize + Send + 'static;
+    fn label(
+        &self,
+        item: distill_core::input::InputItem,
+        ctx: CallContext,
+    ) -> impl std::future::Future<Output = Result<Labelled<Self::Record>>> + Send;
+    /// An upper bound on what labelling `text` can cost (for `--max-spend` reservations).
+    fn worst_case_cost(&self, text: &str) -> f64;
+    /// The client whose ledger and cache the job writes.
+    fn client(&self) -> &TeacherClient;
+}
+
+/// Classification: one teacher call (and a repair if needed) per input.
+struct ClassifyLabeler {
+    client: Arc<TeacherClient>,
+    estimator: crate::dry_run::Estimator,
+}
+
+impl Labeler for ClassifyLabeler {
+    type Record = TeacherRecord;
+
+    async fn label(
+        &self,
+        item: distill_core::input::InputItem,
+        ctx: CallContext,
+    ) -> Result<Labelled<TeacherRecord>> {
+        let (outcome, pending) = self.client.label_deferred(&item.text, &ctx).await?;
+        let record = outcome.to_record(
+            item.id,
+            item.text,
+            item.gold,
+            self.client.provider().as_str(),
+            self.client.model(),
+            false,
+        );
+        Ok(Labelled {
+            record,
+            pending,
+            status: outcome.status,
+            usage: outcome.usage,
+            cost_usd: outcome.cost_usd,
+            cached: outcome.cached,
+            paid_calls: outcome.paid_calls,
+        })
+    }
+
+    fn worst_case_cost(&self, text: &str) -> f64 {
+        // A repair doubles it.
+        2.0 * self.estimator.worst_case_cost(&self.client, text)
+    }
+
+    fn client(&self) -> &TeacherClient {
+        &self.client
+    }
+}
+
+/// The real-time job around a [`Labeler`]: inputs in order, bounded concurrency, the budget,
+/// group-committed journal, ledger and cache writes, progress; then the output file.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_items<L: Labeler>(
+    labeler: Arc<L>,
+    spec: &TaskSpec,
+    opts: &TeachOptions,
+    input: &Path,
+    out: &Path,
+    jpath: &Path,
+    journal: Journal,
+    recovered: crate::journal::Recovered,
+    total: u64,
+    started: Instant,
+) -> Result<TeachSummary> {
+    let (input, out, jpath) = (input.to_path_buf(), out.to_path_buf(), jpath.to_path_buf());
+    reconcile(labeler.client(), &recovered.last_batch)?;
     let done = recovered.done;
     let resumed = (0..total).filter(|i| done.contains(*i)).count() as u64;
     let spent_before = recovered.spent_usd;
@@ -373,12 +470,12 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
         earlier_cost_usd: spent_before,
         ..Default::default()
     }));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Done>(4096);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Done<L::Record>>(4096);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let client = client.clone();
+        let labeler = labeler.clone();
         let stop = stop.clone();
-        std::thread::spawn(move || writer_loop(rx, journal, &client, &stop))
+        std::thread::spawn(move || writer_loop(rx, journal, labeler.client(), &stop))
     };
     // --max-spend caps the job: what its earlier runs spent (journalled) counts.
     let budget = Arc::new(Mutex::new(Budget {
@@ -388,7 +485,6 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
     let fatal: Arc<Mutex<Option<TeachError>>> = Arc::new(Mutex::new(None));
     let concurrency = opts.concurrency.max(1);
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let estimator = crate::dry_run::Estimator::new(spec, &client);
     let ctx = CallContext::teach();
     let mut stopped_by_budget = false;
     let reader = read_inputs(&input, spec.input.format, &Columns::from(&spec.input))?;
@@ -411,7 +507,7 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
         // Reserve the worst case (a repair doubles it) so in-flight calls cannot overshoot.
         let reserve = match opts.max_spend {
             Some(max) => {
-                let worst = 2.0 * estimator.worst_case_cost(&client, &item.text);
+                let worst = labeler.worst_case_cost(&item.text);
                 let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
                 if b.spent + b.reserved + worst > max {
                     stopped_by_budget = true;
@@ -422,8 +518,8 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
             }
             None => 0.0,
         };
-        let (client, tx, budget, fatal, stop, summary, bar, ctx) = (
-            client.clone(),
+        let (labeler, tx, budget, fatal, stop, summary, bar, ctx) = (
+            labeler.clone(),
             tx.clone(),
             budget.clone(),
             fatal.clone(),
@@ -433,9 +529,9 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
             ctx.clone(),
         );
         tokio::spawn(async move {
-            let res = client.label_deferred(&item.text, &ctx).await;
+            let res = labeler.label(item, ctx).await;
             match res {
-                Ok((outcome, pending)) => {
+                Ok(outcome) => {
                     let spent = {
                         let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
                         b.reserved -= reserve;
@@ -456,19 +552,11 @@ pub async fn run_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<TeachSumma
                     }
                     bar.inc(1);
                     bar.set_message(format!("${spent:.4}"));
-                    let record = outcome.to_record(
-                        item.id,
-                        item.text,
-                        item.gold,
-                        client.provider().as_str(),
-                        client.model(),
-                        false,
-                    );
                     let _ = tx
                         .send(Done {
                             ordinal,
-                            record,
-                            pending,
+                            record: outcome.record,
+                            pending: outcome.pending,
                             permit,
                         })
                         .await;
@@ -603,8 +691,8 @@ pub(crate) fn reconcile(client: &TeacherClient, last_batch: &[Pending]) -> Resul
 
 /// Group commit: take whatever finished records are queued, append them to the journal
 /// with one fsync, then write their ledger rows and cache entries in one transaction each.
-fn writer_loop(
-    mut rx: tokio::sync::mpsc::Receiver<Done>,
+fn writer_loop<R: serde::Serialize>(
+    mut rx: tokio::sync::mpsc::Receiver<Done<R>>,
     mut journal: Journal,
     client: &TeacherClient,
     stop: &AtomicBool,

@@ -95,6 +95,13 @@ impl ModelMeta {
                 format!("cannot read distill.json ({e}); is this a distill model directory?"),
             )
         })?;
+        if crate::route::is_router_dir(dir) {
+            return Err(TrainError::model(
+                dir,
+                "this is a router (a route task's model): `distill eval` takes it with its route \
+                 task; it does not label single inputs",
+            ));
+        }
         serde_json::from_str(&text)
             .map_err(|e| TrainError::model(dir, format!("distill.json: {e}")))
     }

@@ -36,6 +36,16 @@ pub struct Args {
     /// Scored for out-of-scope recall and precision beside in-scope accuracy. Repeatable.
     #[arg(long, value_name = "FILE")]
     pub out_of_scope: Vec<PathBuf>,
+    /// Route tasks: the training route dataset (for the category-prior baseline).
+    #[arg(long, value_name = "FILE")]
+    pub train: Option<PathBuf>,
+    /// Route tasks: the routed quality must reach this fraction of the top tier's (the lower
+    /// 95% bound, on the calibration split).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.95)]
+    pub quality_floor: f64,
+    /// Route tasks: instead of a floor, the best quality within this many USD per 1,000 requests.
+    #[arg(long, value_name = "USD")]
+    pub budget_per_1000: Option<f64>,
     /// Out-of-scope share of the traffic (e.g. 0.1): the summary table and the cascade's
     /// threshold are evaluated on that mix (a seeded sample). Default: the files' own ratio.
     #[arg(long, value_name = "SHARE")]
@@ -123,10 +133,50 @@ pub fn options(args: &Args, g: &Global) -> EvalOptions {
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let spec = TaskSpec::load(&args.task)?;
+    if spec.route.is_some() {
+        return route(&args, &spec, g);
+    }
     let opts = options(&args, g);
     let outcome = distill_eval::run_eval(&spec, &opts)
         .with_context(|| format!("eval of task `{}`", spec.name))?;
     print!("{}", outcome.summary);
     println!("report: {}", outcome.report_html().display());
+    Ok(())
+}
+
+/// Route tasks: routers against the baselines on the route test set.
+fn route(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
+    let test = args
+        .test
+        .clone()
+        .or_else(|| spec.input.test_path.clone())
+        .context("no test route dataset: pass --test FILE (from `distill teach`)")?;
+    let mut o = distill_eval::route::RouteEvalOptions::new(test, &args.out);
+    o.routers = args.models.clone();
+    o.train = args.train.clone();
+    o.force = args.force;
+    o.calibration_fraction = args.calibration_fraction;
+    o.seed = args.seed;
+    o.floor_fraction = args.quality_floor;
+    o.budget_per_1000 = args.budget_per_1000;
+    o.hardware = HardwarePrices {
+        core_hour_usd: args.core_hour_usd,
+        gpu_hour_usd: args.gpu_hour_usd,
+    };
+    if let Some(t) = args.threads {
+        o.threads = t;
+    }
+    o.batch_size = args.batch_size;
+    o.volume_per_day = args.volume;
+    if o.routers.is_empty() {
+        anyhow::bail!(
+            "nothing to evaluate: pass at least one --model (a router from `distill train`)"
+        );
+    }
+    let _ = g;
+    let outcome = distill_eval::route::run_route_eval(spec, &o)
+        .with_context(|| format!("route eval of task `{}`", spec.name))?;
+    print!("{}", outcome.summary);
+    println!("report: {}", outcome.out.join("report.html").display());
     Ok(())
 }

@@ -11,9 +11,14 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Task spec to run the loop on.
-    #[arg(long, default_value = "datasets/banking77/task.toml")]
-    pub task: PathBuf,
+    /// Which loop: `banking77` (distil an intent classifier; the default) or `mmlu-routing`
+    /// (learn which MMLU questions the cheap model answers as well as the premium one, from
+    /// RouteLLM's recorded outcomes).
+    #[arg(long, default_value = "banking77", value_parser = ["banking77", "mmlu-routing"])]
+    pub example: String,
+    /// Task spec to run the loop on [default: datasets/<example>/task.toml].
+    #[arg(long)]
+    pub task: Option<PathBuf>,
     /// Train only the linear student (about 2 minutes on 2 cores instead of about 10).
     #[arg(long)]
     pub fast: bool,
@@ -52,13 +57,20 @@ pub struct Args {
 
 pub fn run(args: Args, g: &Global) -> Result<()> {
     let started = Instant::now();
-    let spec = TaskSpec::load(&args.task).with_context(|| {
+    let task = args
+        .task
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("datasets/{}/task.toml", args.example)));
+    let spec = TaskSpec::load(&task).with_context(|| {
         format!(
             "loading the task spec {} (if its data files are missing, run scripts/setup.sh: it \
                  copies or downloads them)",
-            args.task.display()
+            task.display()
         )
     })?;
+    if spec.route.is_some() {
+        return routing(&args, &spec, g, started);
+    }
     let train_file = spec
         .input
         .path
@@ -239,5 +251,104 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
         "\nquickstart finished in {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The routing loop on recorded outcomes: import, train a linear router, eval against the
+/// baselines. No call is made (the outcomes are RouteLLM's recorded ones).
+fn routing(args: &Args, spec: &TaskSpec, g: &Global, started: Instant) -> Result<()> {
+    let dir = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let outcomes = dir.join("outcomes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&outcomes)
+        .with_context(|| {
+            format!(
+                "{} is missing: run scripts/setup.sh first (it copies RouteLLM's recorded outcomes)",
+                outcomes.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!(
+            "no outcome CSV files in {}: run scripts/setup.sh",
+            outcomes.display()
+        );
+    }
+    let exclude: Vec<PathBuf> = [outcomes.join("contaminated_prompts.jsonl")]
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect();
+    let step = |n: usize, what: &str| eprintln!("\n[{n}/3] {what}");
+    step(
+        1,
+        "importing the recorded outcomes of both tiers (no call is made)",
+    );
+    let report = distill_teach::route::import_outcomes(
+        spec,
+        &files,
+        &distill_teach::route::ImportOptions {
+            exclude,
+            completion_tokens: 16,
+            prices: distill_core::prices::PriceTable::builtin(),
+        },
+    )?;
+    let (train_idx, test_idx) =
+        distill_core::route::stratified_split(&report.records, 0.5, args.seed);
+    let part =
+        |idx: &[usize]| -> Vec<_> { idx.iter().map(|&i| report.records[i].clone()).collect() };
+    let (train_file, test_file) = (
+        dir.join("routes.train.jsonl"),
+        dir.join("routes.test.jsonl"),
+    );
+    distill_teach::route::write_route_dataset(&train_file, &part(&train_idx))?;
+    distill_teach::route::write_route_dataset(&test_file, &part(&test_idx))?;
+    eprintln!(
+        "      {} prompts from {} files ({} contaminated left out): {} train, {} test",
+        report.records.len(),
+        report.files,
+        report.excluded,
+        train_idx.len(),
+        test_idx.len()
+    );
+
+    step(2, "training a linear router (does the cheap tier pass?)");
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let records = distill_core::route::read_route_records(&train_file)?;
+    let model = args.models_dir.join(format!("{}-router-linear", spec.name));
+    let mut opts = TrainOptions::new(&model);
+    opts.seed = args.seed;
+    opts.threads = threads;
+    opts.progress = !g.quiet;
+    let hash = distill_core::fsutil::sha256_file(&train_file)?;
+    let trained =
+        distill_train::route::train_router(spec, &records, StudentKind::Linear, &opts, 0.1, &hash)?;
+    eprintln!(
+        "      {}: {:.1}s",
+        model.display(),
+        trained.meta.train_wall_s
+    );
+
+    step(
+        3,
+        "evaluating: routed quality and cost against every baseline",
+    );
+    let out = args.evals_dir.join(format!("{}-quickstart", spec.name));
+    let mut eo = distill_eval::route::RouteEvalOptions::new(&test_file, &out);
+    eo.routers = vec![model];
+    eo.train = Some(train_file);
+    eo.seed = args.seed;
+    eo.threads = threads;
+    eo.volume_per_day = args.volume;
+    let outcome = distill_eval::route::run_route_eval(spec, &eo)?;
+    println!();
+    print!("{}", outcome.summary);
+    println!("report: {}", out.join("report.html").display());
+    eprintln!("done in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }

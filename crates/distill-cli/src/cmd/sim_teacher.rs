@@ -65,6 +65,10 @@ pub struct Args {
     /// Accept requests without an API key header (real providers reject them with 401).
     #[arg(long)]
     pub no_auth: bool,
+    /// Route tasks: answer as each tier's model with the outcomes this route dataset recorded
+    /// (from `distill teach --import-outcomes`), and as the judge with the recorded verdict.
+    #[arg(long, value_name = "ROUTES.jsonl")]
+    pub replay: Option<PathBuf>,
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
@@ -82,6 +86,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     config.batch_completion_ms = args.batch_completion_ms;
     config.retry_after_ms = args.retry_after_ms;
     config.require_api_key = !args.no_auth;
+    config.replay = args.replay.clone();
     config.validate()?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -82,6 +82,117 @@ pub struct Args {
     /// Longest wait between Batch API status polls, in seconds (polling starts faster).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub poll_secs: f64,
+    /// Route tasks: build the route dataset from recorded outcomes instead of asking the tiers
+    /// (CSV: a prompt column and a True/False column per tier, named like the tier's model;
+    /// RouteLLM's released files). No call is made. Repeatable.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub import_outcomes: Vec<PathBuf>,
+    /// With --import-outcomes: JSONL of prompts to leave out (RouteLLM's
+    /// contaminated_prompts.jsonl, field eval_prompt).
+    #[arg(long, value_name = "FILE", requires = "import_outcomes")]
+    pub exclude: Vec<PathBuf>,
+    /// With --import-outcomes: completion tokens assumed for an outcome without a recorded
+    /// answer (for the cost estimate).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        requires = "import_outcomes"
+    )]
+    pub completion_tokens: u64,
+    /// Route datasets: also write <out>.train.jsonl and <out>.test.jsonl, this fraction of each
+    /// category in train (seeded by --split-seed).
+    #[arg(long, value_name = "FRACTION")]
+    pub split: Option<f64>,
+    /// Route datasets: also write K folds, <out>.foldN.train.jsonl / .test.jsonl (stratified by
+    /// category), for cross-validation.
+    #[arg(long, value_name = "K", conflicts_with = "split")]
+    pub folds: Option<usize>,
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    pub split_seed: u64,
+}
+
+/// `--import-outcomes`: a route dataset from recorded outcomes.
+fn import(args: &Args, spec: &TaskSpec, prices: Option<PriceTable>) -> anyhow::Result<()> {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| distill_teach::default_out(spec));
+    let report = distill_teach::route::import_outcomes(
+        spec,
+        &args.import_outcomes,
+        &distill_teach::route::ImportOptions {
+            exclude: args.exclude.clone(),
+            completion_tokens: args.completion_tokens,
+            prices: prices.unwrap_or_else(PriceTable::builtin),
+        },
+    )?;
+    for (tier, model, known) in &report.priced {
+        if !known {
+            eprintln!(
+                "warning: tier `{tier}`: `{model}` is not in the price table; its cost is $0 \
+                 (set price_as, or pass --prices FILE)"
+            );
+        }
+    }
+    distill_teach::route::write_route_dataset(&out, &report.records)?;
+    println!(
+        "imported {} prompts from {} files ({} excluded) -> {}",
+        report.records.len(),
+        report.files,
+        report.excluded,
+        out.display()
+    );
+    write_splits(args, &out, &report.records)
+}
+
+/// `--split` / `--folds`: train and test files beside `out`.
+fn write_splits(
+    args: &Args,
+    out: &std::path::Path,
+    records: &[distill_core::route::RouteRecord],
+) -> anyhow::Result<()> {
+    let stem = out.with_extension("");
+    let write = |suffix: &str, idx: &[usize]| -> anyhow::Result<PathBuf> {
+        let p = PathBuf::from(format!("{}.{suffix}.jsonl", stem.display()));
+        let part: Vec<_> = idx.iter().map(|&i| records[i].clone()).collect();
+        distill_teach::route::write_route_dataset(&p, &part)?;
+        Ok(p)
+    };
+    if let Some(f) = args.split {
+        if !(f > 0.0 && f < 1.0) {
+            anyhow::bail!("--split must be between 0 and 1 (exclusive), got {f}");
+        }
+        let (a, b) = distill_core::route::stratified_split(records, f, args.split_seed);
+        let (ta, tb) = (write("train", &a)?, write("test", &b)?);
+        println!(
+            "split: {} train -> {}, {} test -> {}",
+            a.len(),
+            ta.display(),
+            b.len(),
+            tb.display()
+        );
+    }
+    if let Some(k) = args.folds {
+        if k < 2 {
+            anyhow::bail!("--folds must be at least 2");
+        }
+        let folds = distill_core::route::stratified_folds(records, k, args.split_seed);
+        for (n, test) in folds.iter().enumerate() {
+            let train: Vec<usize> = folds
+                .iter()
+                .enumerate()
+                .filter(|(m, _)| *m != n)
+                .flat_map(|(_, f)| f.iter().copied())
+                .collect();
+            let mut train = train;
+            train.sort_unstable();
+            write(&format!("fold{}.train", n + 1), &train)?;
+            write(&format!("fold{}.test", n + 1), test)?;
+        }
+        println!("{k} folds written beside {}", out.display());
+    }
+    Ok(())
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
@@ -102,10 +213,13 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .as_deref()
         .map(PriceTable::with_overrides)
         .transpose()?;
+    if !args.import_outcomes.is_empty() {
+        return import(&args, &spec, prices);
+    }
     let opts = TeachOptions {
-        input: args.input,
-        out: args.out,
-        base_url: args.base_url,
+        input: args.input.clone(),
+        out: args.out.clone(),
+        base_url: args.base_url.clone(),
         limit: args.limit,
         concurrency: args.concurrency,
         dry_run: args.dry_run,
@@ -128,7 +242,19 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let summary = rt.block_on(run_teach(&spec, opts))?;
+    let summary = if spec.route.is_some() {
+        // Every prompt to every tier, every answer to the judge.
+        let out = opts.out.clone();
+        let s = rt.block_on(distill_teach::route::run_route_teach(&spec, opts))?;
+        if s.complete && (args.split.is_some() || args.folds.is_some()) {
+            let path = out.unwrap_or_else(|| distill_teach::default_out(&spec));
+            let records = distill_core::route::read_route_records(&path)?;
+            write_splits(&args, &path, &records)?;
+        }
+        s
+    } else {
+        rt.block_on(run_teach(&spec, opts))?
+    };
     println!("{summary}");
     if summary.stopped_by_budget {
         anyhow::bail!("budget reached before every input was labelled");

@@ -104,6 +104,30 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     // indicatif hides the bars itself when stderr is not a terminal; the per-epoch summary lines
     // still reach a log file that way.
     let progress = !g.quiet;
+    let opts = TrainOptions {
+        out: args.out.clone(),
+        seed: args.seed,
+        device,
+        threads,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        head_lr_mult: args.head_lr_mult,
+        weight_decay: args.weight_decay,
+        max_len: args.max_len,
+        patience: args.patience,
+        class_balanced: args.class_balanced,
+        dropout: args.dropout,
+        base: args.base.clone(),
+        offline: args.offline,
+        head: args.head.clone(),
+        cache_dir: Some(g.state_dir.join("embeddings")),
+        progress,
+        force: args.force,
+    };
+    if spec.route.is_some() {
+        return train_router(&args, &spec, &opts);
+    }
     let sources = distill_train::train::TrainSources {
         data: args.data.clone(),
         out_of_scope: args.out_of_scope_examples.clone(),
@@ -142,30 +166,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         eprintln!(
             "training {} on {} ({threads} threads)…",
             args.student.as_str(),
-            distill_train::device::device_name(&device)
+            distill_train::device::device_name(&opts.device)
         );
     }
-    let opts = TrainOptions {
-        out: args.out.clone(),
-        seed: args.seed,
-        device,
-        threads,
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        head_lr_mult: args.head_lr_mult,
-        weight_decay: args.weight_decay,
-        max_len: args.max_len,
-        patience: args.patience,
-        class_balanced: args.class_balanced,
-        dropout: args.dropout,
-        base: args.base.clone(),
-        offline: args.offline,
-        head: args.head.clone(),
-        cache_dir: Some(g.state_dir.join("embeddings")),
-        progress,
-        force: args.force,
-    };
     let meta = distill_train::train::train_on(&data, args.student, &opts)
         .with_context(|| format!("training {} failed", args.student.as_str()))?;
     println!(
@@ -182,6 +185,45 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         meta.threads,
         meta.train_cost_usd,
         meta.temperature
+    );
+    println!("model: {}", args.out.display());
+    Ok(())
+}
+
+/// Route tasks: one student per routed tier, written as a router directory.
+fn train_router(args: &Args, spec: &TaskSpec, opts: &TrainOptions) -> anyhow::Result<()> {
+    let mut records = Vec::new();
+    let mut hashes = Vec::new();
+    for p in &args.data {
+        records.extend(distill_core::route::read_route_records(p)?);
+        hashes.push(distill_core::fsutil::sha256_file(p)?);
+    }
+    let hash = distill_core::fsutil::sha256_hex(hashes.join("\n").as_bytes());
+    let report = distill_train::route::train_router(
+        spec,
+        &records,
+        args.student,
+        opts,
+        args.dev_fraction,
+        &hash,
+    )
+    .with_context(|| format!("training a {} router", args.student.as_str()))?;
+    for (tier, dev, epochs) in &report.tiers {
+        println!("tier {tier}: pass/fail student, dev accuracy {dev:.4} ({epochs} epochs)");
+    }
+    println!(
+        "trained a {} router for task {} on {} prompts in {:.1} s; tiers: {}",
+        report.meta.student.as_str(),
+        report.meta.task,
+        report.meta.n_train,
+        report.meta.train_wall_s,
+        report
+            .meta
+            .tiers
+            .iter()
+            .map(|t| format!("{} (passes {:.1}%)", t.name, t.train_pass_rate * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("model: {}", args.out.display());
     Ok(())

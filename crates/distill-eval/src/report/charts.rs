@@ -9,9 +9,9 @@ use super::{EvalReport, OptionKind};
 use crate::metrics::Quality;
 use plotters::prelude::*;
 
-const W: u32 = 720;
-const H: u32 = 440;
-const PALETTE: [RGBColor; 6] = [
+pub(crate) const W: u32 = 720;
+pub(crate) const H: u32 = 440;
+pub(crate) const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -20,10 +20,12 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-type Draw<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+pub(crate) type Draw<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
 /// Draws with `f` into an SVG string made responsive.
-fn svg(f: impl FnOnce(&Draw) -> Result<(), Box<dyn std::error::Error>>) -> Option<String> {
+pub(crate) fn svg(
+    f: impl FnOnce(&Draw) -> Result<(), Box<dyn std::error::Error>>,
+) -> Option<String> {
     let mut s = String::new();
     {
         let root = SVGBackend::with_string(&mut s, (W, H)).into_drawing_area();

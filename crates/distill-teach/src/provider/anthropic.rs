@@ -21,13 +21,17 @@ pub fn body(wire: &Wire, messages: &[Msg]) -> Value {
         .iter()
         .map(|m| json!({"role": m.role, "content": m.content}))
         .collect();
-    json!({
+    let mut b = json!({
         "model": wire.model,
         "max_tokens": wire.max_tokens,
         "temperature": wire.temperature.min(1.0),
-        "system": system_text(wire),
         "messages": msgs,
-    })
+    });
+    let system = system_text(wire);
+    if !system.is_empty() {
+        b["system"] = json!(system);
+    }
+    b
 }
 
 pub fn parse_reply(bytes: &[u8]) -> Result<Reply, String> {

@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 
 pub fn messages_json(wire: &Wire, messages: &[Msg]) -> Vec<Value> {
     let mut out = Vec::with_capacity(messages.len() + 1);
-    out.push(json!({"role": "system", "content": wire.system}));
+    // A free-form request (a route tier) has no system prompt: none is sent.
+    if !wire.system.is_empty() {
+        out.push(json!({"role": "system", "content": wire.system}));
+    }
     for m in messages {
         out.push(json!({"role": m.role, "content": m.content}));
     }

@@ -1,0 +1,392 @@
+//! Route tasks end to end through the binary, on slices of RouteLLM's recorded outcomes:
+//! import (MMLU), train a linear router, eval against the baselines; and the full offline
+//! loop on GSM8K: the sim-teacher replays both models and the judge, `teach` asks every tier
+//! and grades every answer (resumable, nothing paid twice), and the judged dataset equals the
+//! recorded outcomes.
+
+mod common;
+
+use common::repo;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn routellm() -> PathBuf {
+    repo().join("../shared/datasets/routellm")
+}
+
+fn distill(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args(["--state-dir", "state", "-q"])
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("TOGETHER_API_KEY")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// GET over plain HTTP/1.1 on loopback.
+fn get_json(url: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let body = raw.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn mmlu_outcomes_import_train_and_eval_against_the_baselines() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::copy(
+        repo().join("datasets/mmlu-routing/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    let mmlu = routellm().join("mmlu/responses");
+    let files: Vec<String> = [
+        "conceptual_physics",
+        "formal_logic",
+        "college_computer_science",
+        "marketing",
+        "world_religions",
+    ]
+    .iter()
+    .map(|s| mmlu.join(format!("mmlu_{s}.csv")).display().to_string())
+    .collect();
+    let mut args = vec!["teach", "--task", "task.toml", "--import-outcomes"];
+    args.extend(files.iter().map(String::as_str));
+    let exclude = routellm().join("mmlu/contaminated_prompts.jsonl");
+    let exclude = exclude.display().to_string();
+    args.extend([
+        "--exclude",
+        &exclude,
+        "--out",
+        "routes.jsonl",
+        "--split",
+        "0.5",
+    ]);
+    let out = ok(distill(dir, &args));
+    assert!(out.contains("imported") && out.contains("split:"), "{out}");
+    let test: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("routes.test.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(test.len() > 300, "{}", test.len());
+    assert!(test
+        .iter()
+        .all(|r| r["tiers"][0]["cost_usd"].as_f64().unwrap() > 0.0));
+
+    let out = ok(distill(
+        dir,
+        &[
+            "train",
+            "--task",
+            "task.toml",
+            "--data",
+            "routes.train.jsonl",
+            "--out",
+            "router",
+        ],
+    ));
+    assert!(out.contains("tier mixtral: pass/fail student"), "{out}");
+    assert!(dir.join("router/tiers/mixtral/model.safetensors").is_file());
+    // A router is not a single student: predict says so.
+    let p = distill(
+        dir,
+        &[
+            "predict",
+            "--model",
+            "router",
+            "--input",
+            "routes.test.jsonl",
+            "--out",
+            "p.jsonl",
+        ],
+    );
+    assert_eq!(p.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&p.stderr).contains("router"));
+
+    let out = ok(distill(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--model",
+            "router",
+            "--test",
+            "routes.test.jsonl",
+            "--train",
+            "routes.train.jsonl",
+            "--out",
+            "evals",
+        ],
+    ));
+    assert!(
+        out.contains("APGR") && out.contains("oracle") && out.contains("category prior"),
+        "{out}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("evals/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["kind"], "route");
+    let names: Vec<&str> = m["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "router",
+        "always mixtral",
+        "always gpt-4",
+        "random",
+        "oracle",
+        "heuristic",
+        "category prior",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let s = &m["summary"];
+    eprintln!("{out}\n{s}");
+    assert!((s["random_apgr"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+    assert!(s["oracle_apgr"].as_f64().unwrap() > s["apgr"].as_f64().unwrap());
+    assert!(s["apgr"].as_f64().unwrap().is_finite());
+    assert!(std::fs::read_to_string(dir.join("evals/report.html"))
+        .unwrap()
+        .contains("<svg"));
+}
+
+#[test]
+fn gsm8k_loop_offline_through_the_replaying_sim_and_the_judge() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::copy(
+        repo().join("datasets/gsm8k-routing/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    // 150 problems with both models' answers and correctness.
+    let src = std::fs::read_to_string(routellm().join("gsm8k/gsm8k_responses.csv")).unwrap();
+    let mut rdr = csv::Reader::from_reader(src.as_bytes());
+    let mut w = csv::Writer::from_path(dir.join("outcomes.csv")).unwrap();
+    w.write_record(rdr.headers().unwrap()).unwrap();
+    for r in rdr.records().take(150) {
+        w.write_record(&r.unwrap()).unwrap();
+    }
+    w.flush().unwrap();
+    ok(distill(
+        dir,
+        &[
+            "teach",
+            "--task",
+            "task.toml",
+            "--import-outcomes",
+            "outcomes.csv",
+            "--out",
+            "recorded.jsonl",
+        ],
+    ));
+    let recorded: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("recorded.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let prompts: String = recorded
+        .iter()
+        .map(|r| format!("{}\n", serde_json::json!({"prompt": r["text"]})))
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args([
+            "-q",
+            "sim-teacher",
+            "--task",
+            "task.toml",
+            "--replay",
+            "recorded.jsonl",
+        ])
+        .args([
+            "--port",
+            "0",
+            "--latency-ms",
+            "0",
+            "--error-rate",
+            "0.05",
+            "--retry-after-ms",
+            "5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufReader::new(sim.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_string();
+    let teach = |extra: &[&str]| {
+        let mut a = vec![
+            "teach",
+            "--task",
+            "task.toml",
+            "--input",
+            "prompts.jsonl",
+            "--out",
+            "routes.jsonl",
+            "--base-url",
+            &url,
+            "--rpm",
+            "0",
+            "--tpm",
+            "0",
+        ];
+        a.extend(extra);
+        distill(dir, &a)
+    };
+    // A budget stops it part-way (journalled); the rerun finishes without paying twice.
+    let first = teach(&["--max-spend", "0.2"]);
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("--max-spend"));
+    ok(teach(&["--split", "0.5"]));
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    // 2 tiers + 2 judge verdicts per prompt.
+    assert_eq!(stats["unique_billable"], 150 * 4, "{stats}");
+
+    let judged: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("routes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(judged.len(), 150);
+    for (j, r) in judged.iter().zip(&recorded) {
+        assert_eq!(j["text"], r["text"]);
+        assert_eq!(j["source"], "judged");
+        for t in 0..2 {
+            assert_eq!(
+                j["tiers"][t]["passed"], r["tiers"][t]["passed"],
+                "{}",
+                j["id"]
+            );
+            assert_eq!(j["tiers"][t]["answer"], r["tiers"][t]["answer"]);
+            assert!(j["tiers"][t]["judge_cost_usd"].as_f64().unwrap() > 0.0);
+        }
+    }
+    ok(distill(
+        dir,
+        &[
+            "train",
+            "--task",
+            "task.toml",
+            "--data",
+            "routes.train.jsonl",
+            "--out",
+            "router",
+        ],
+    ));
+    let out = ok(distill(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--model",
+            "router",
+            "--test",
+            "routes.test.jsonl",
+            "--out",
+            "evals",
+        ],
+    ));
+    assert!(out.contains("APGR"), "{out}");
+    let spend = ok(distill(dir, &["spend", "--by", "model", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&spend).unwrap();
+    let models: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["keys"][0].as_str().unwrap())
+        .collect();
+    for m in [
+        "gpt-4-1106-preview",
+        "gpt-4o",
+        "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    ] {
+        assert!(
+            models.contains(&m),
+            "{m} missing from the ledger: {models:?}"
+        );
+    }
+}
+
+#[test]
+fn route_specs_are_checked_and_a_route_teach_needs_a_judge() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let spec = std::fs::read_to_string(repo().join("datasets/gsm8k-routing/task.toml")).unwrap();
+    let no_judge =
+        spec[..spec.find("[judge]").unwrap()].to_string() + &spec[spec.find("[route]").unwrap()..];
+    std::fs::write(dir.join("t.toml"), &no_judge).unwrap();
+    std::fs::write(dir.join("p.jsonl"), "{\"prompt\": \"2+2?\"}\n").unwrap();
+    let o = distill(
+        dir,
+        &[
+            "teach",
+            "--task",
+            "t.toml",
+            "--input",
+            "p.jsonl",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("[judge]"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let one_tier = spec.replacen("[[tier]]", "[[tierx]]", 1);
+    std::fs::write(dir.join("bad.toml"), one_tier).unwrap();
+    let o = distill(dir, &["teach", "--task", "bad.toml", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(1));
+    let labels = spec.replace("[route]", "[labels]\nvalues = [\"a\", \"b\"]\n\n[route]");
+    std::fs::write(dir.join("labels.toml"), labels).unwrap();
+    let o = distill(dir, &["teach", "--task", "labels.toml", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("field `labels`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
