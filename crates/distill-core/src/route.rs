@@ -417,7 +417,8 @@ pub fn router_text(prompt: &str, max_chars: usize) -> String {
     format!("{h} … {t}")
 }
 
-/// The longest prompt a router reads, in characters (head two thirds, tail one third).
+/// The longest prompt a linear router reads, in characters (head two thirds, tail one third);
+/// encoder routers read about four characters per token of their `max_len`.
 pub const ROUTER_MAX_CHARS: usize = 2000;
 
 #[cfg(test)]

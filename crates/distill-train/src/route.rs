@@ -120,9 +120,15 @@ pub fn train_router(
     let mut report_tiers = Vec::new();
     let mut tiers_meta = Vec::new();
     let mut cost = 0.0;
+    // Encoders read `max_len` tokens from the start: cut to about that many characters first,
+    // so the tail (often the actual question) survives.
+    let max_chars = match kind {
+        StudentKind::Linear => ROUTER_MAX_CHARS,
+        _ => (opts.max_len.unwrap_or(128) * 4).min(ROUTER_MAX_CHARS),
+    };
     let mut texts: Vec<String> = usable
         .iter()
-        .map(|r| router_text(&r.text, ROUTER_MAX_CHARS))
+        .map(|r| router_text(&r.text, max_chars))
         .collect();
     distill_core::fsutil::replace_dir(
         &opts.out,
@@ -182,7 +188,7 @@ pub fn train_router(
                 task: spec.name.clone(),
                 student: kind,
                 tiers: std::mem::take(&mut tiers_meta),
-                max_chars: ROUTER_MAX_CHARS,
+                max_chars,
                 n_train: usable.len(),
                 data_hash: data_hash.to_string(),
                 train_wall_s: started.elapsed().as_secs_f64(),
