@@ -53,6 +53,73 @@ fn get_json(url: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// Starts `distill sim-teacher --replay` in `dir` on an ephemeral port; returns it and its URL.
+fn replay_sim(dir: &Path, replay: &str, error_rate: &str) -> (std::process::Child, String) {
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args([
+            "-q",
+            "sim-teacher",
+            "--task",
+            "task.toml",
+            "--replay",
+            replay,
+        ])
+        .args([
+            "--port",
+            "0",
+            "--latency-ms",
+            "0",
+            "--error-rate",
+            error_rate,
+            "--retry-after-ms",
+            "5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufReader::new(sim.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    (sim, url.trim().to_string())
+}
+
+/// Imports the first `n` GSM8K outcomes into `dir/recorded.jsonl` (with `task.toml` there).
+fn gsm8k_recorded(dir: &Path, n: usize) -> Vec<serde_json::Value> {
+    std::fs::copy(
+        repo().join("datasets/gsm8k-routing/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    let src = std::fs::read_to_string(routellm().join("gsm8k/gsm8k_responses.csv")).unwrap();
+    let mut rdr = csv::Reader::from_reader(src.as_bytes());
+    let mut w = csv::Writer::from_path(dir.join("outcomes.csv")).unwrap();
+    w.write_record(rdr.headers().unwrap()).unwrap();
+    for r in rdr.records().take(n) {
+        w.write_record(&r.unwrap()).unwrap();
+    }
+    w.flush().unwrap();
+    ok(distill(
+        dir,
+        &[
+            "teach",
+            "--task",
+            "task.toml",
+            "--import-outcomes",
+            "outcomes.csv",
+            "--out",
+            "recorded.jsonl",
+        ],
+    ));
+    std::fs::read_to_string(dir.join("recorded.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn mmlu_outcomes_import_train_and_eval_against_the_baselines() {
     let d = tempfile::tempdir().unwrap();
@@ -182,72 +249,15 @@ fn mmlu_outcomes_import_train_and_eval_against_the_baselines() {
 fn gsm8k_loop_offline_through_the_replaying_sim_and_the_judge() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    std::fs::copy(
-        repo().join("datasets/gsm8k-routing/task.toml"),
-        dir.join("task.toml"),
-    )
-    .unwrap();
     // 150 problems with both models' answers and correctness.
-    let src = std::fs::read_to_string(routellm().join("gsm8k/gsm8k_responses.csv")).unwrap();
-    let mut rdr = csv::Reader::from_reader(src.as_bytes());
-    let mut w = csv::Writer::from_path(dir.join("outcomes.csv")).unwrap();
-    w.write_record(rdr.headers().unwrap()).unwrap();
-    for r in rdr.records().take(150) {
-        w.write_record(&r.unwrap()).unwrap();
-    }
-    w.flush().unwrap();
-    ok(distill(
-        dir,
-        &[
-            "teach",
-            "--task",
-            "task.toml",
-            "--import-outcomes",
-            "outcomes.csv",
-            "--out",
-            "recorded.jsonl",
-        ],
-    ));
-    let recorded: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("recorded.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recorded = gsm8k_recorded(dir, 150);
     let prompts: String = recorded
         .iter()
         .map(|r| format!("{}\n", serde_json::json!({"prompt": r["text"]})))
         .collect();
     std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
 
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args([
-            "-q",
-            "sim-teacher",
-            "--task",
-            "task.toml",
-            "--replay",
-            "recorded.jsonl",
-        ])
-        .args([
-            "--port",
-            "0",
-            "--latency-ms",
-            "0",
-            "--error-rate",
-            "0.05",
-            "--retry-after-ms",
-            "5",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    std::io::BufReader::new(sim.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    let url = url.trim().to_string();
+    let (mut sim, url) = replay_sim(dir, "recorded.jsonl", "0.05");
     let teach = |extra: &[&str]| {
         let mut a = vec![
             "teach",
@@ -347,6 +357,109 @@ fn gsm8k_loop_offline_through_the_replaying_sim_and_the_judge() {
             models.contains(&m),
             "{m} missing from the ledger: {models:?}"
         );
+    }
+}
+
+#[test]
+fn multi_turn_prompts_are_asked_as_conversations_and_cached_answers_keep_their_price() {
+    use distill_core::conversation::{transcript, Role, Turn};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut recorded = gsm8k_recorded(dir, 30);
+    // Each problem becomes the last turn of a conversation; the replay knows it by that.
+    let mut prompts = String::new();
+    for r in &mut recorded {
+        let turns = vec![
+            Turn {
+                role: Role::System,
+                content: "You are a careful maths tutor.".into(),
+            },
+            Turn {
+                role: Role::User,
+                content: "I have a word problem for you.".into(),
+            },
+            Turn {
+                role: Role::Assistant,
+                content: "Go ahead.".into(),
+            },
+            Turn {
+                role: Role::User,
+                content: r["text"].as_str().unwrap().to_string(),
+            },
+        ];
+        r["text"] = transcript(&turns).into();
+        r["turns"] = serde_json::to_value(&turns).unwrap();
+        prompts.push_str(&format!("{}\n", serde_json::json!({"messages": &turns})));
+    }
+    let replay: String = recorded.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(dir.join("replay.jsonl"), replay).unwrap();
+    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+    let spec = std::fs::read_to_string(dir.join("task.toml")).unwrap();
+    std::fs::write(
+        dir.join("task.toml"),
+        spec.replace(
+            "text_column = \"prompt\"",
+            "text_column = \"prompt\"\nmessages_column = \"messages\"",
+        ),
+    )
+    .unwrap();
+    let (mut sim, url) = replay_sim(dir, "replay.jsonl", "0");
+    let teach = |out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "teach",
+            "--task",
+            "task.toml",
+            "--input",
+            "prompts.jsonl",
+            "--out",
+            out,
+            "--base-url",
+            &url,
+            "--rpm",
+            "0",
+            "--tpm",
+            "0",
+        ];
+        a.extend(extra);
+        ok(distill(dir, &a))
+    };
+    teach("routes.jsonl", &[]);
+    // The same prompts again: every answer from the cache, nothing paid...
+    let again = teach("again.jsonl", &[]);
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert!(again.contains("(30 from the cache"), "{again}");
+    assert_eq!(stats["unique_billable"], 30 * 4, "{stats}");
+    let read = |f: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (judged, cached) = (read("routes.jsonl"), read("again.jsonl"));
+    assert_eq!(judged.len(), 30);
+    for ((j, c), r) in judged.iter().zip(&cached).zip(&recorded) {
+        assert_eq!(j["text"], r["text"]);
+        assert_eq!(j["turns"], r["turns"], "the record keeps the conversation");
+        for t in 0..2 {
+            // The replay answered each tier the recorded answer: it was asked this conversation.
+            assert_eq!(
+                j["tiers"][t]["answer"], r["tiers"][t]["answer"],
+                "{}",
+                j["id"]
+            );
+            assert_eq!(j["tiers"][t]["passed"], r["tiers"][t]["passed"]);
+            // ...and a cached answer still costs what routing to its tier costs.
+            let cost = j["tiers"][t]["cost_usd"].as_f64().unwrap();
+            assert!(cost > 0.0);
+            assert_eq!(c["tiers"][t]["cost_usd"].as_f64().unwrap(), cost);
+            assert_eq!(
+                c["tiers"][t]["judge_cost_usd"],
+                j["tiers"][t]["judge_cost_usd"]
+            );
+        }
     }
 }
 

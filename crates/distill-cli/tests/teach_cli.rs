@@ -32,6 +32,7 @@ fn task(dir: &Path, rows: usize, provider: &str, model: &str) -> PathBuf {
         text: "text".into(),
         gold: Some("category".into()),
         id: None,
+        conversation: false,
     };
     let mut jsonl = String::new();
     for item in read_inputs(&src.join("train.csv"), None, &cols)

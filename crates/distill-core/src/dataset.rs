@@ -130,6 +130,7 @@ mod tests {
             text: "text".into(),
             gold: Some("category".into()),
             id: None,
+            conversation: false,
         };
         let got = load_examples(&p, &cols, &labels).unwrap();
         assert_eq!(got.examples.len(), 2);

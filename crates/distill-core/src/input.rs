@@ -1,6 +1,7 @@
 //! Streaming readers for task inputs (CSV or JSONL), one [`InputItem`] at a time, so a
 //! million-row file never sits in memory. Errors name file, line and field.
 
+use crate::conversation::{parse_turns, transcript, Turn};
 use crate::error::{CoreError, Result};
 use crate::spec::{InputFormat, InputSpec};
 use std::collections::HashSet;
@@ -16,6 +17,9 @@ pub struct InputItem {
     pub gold: Option<String>,
     /// 1-based line in the file where the row starts (for messages).
     pub line: u64,
+    /// The conversation, when the text column holds one ([`Columns::conversation`]); `text`
+    /// is then its [`transcript`](crate::conversation::transcript).
+    pub turns: Option<Vec<Turn>>,
 }
 
 /// Which columns to read. Built from a spec's `[input]` or from CLI flags.
@@ -24,14 +28,21 @@ pub struct Columns {
     pub text: String,
     pub gold: Option<String>,
     pub id: Option<String>,
+    /// The text column holds a conversation (`[input] messages_column`): a JSON array of
+    /// `{"role", "content"}` messages, or a string holding one.
+    pub conversation: bool,
 }
 
 impl From<&InputSpec> for Columns {
     fn from(s: &InputSpec) -> Self {
         Columns {
-            text: s.text_column.clone(),
+            text: s
+                .messages_column
+                .clone()
+                .unwrap_or_else(|| s.text_column.clone()),
             gold: s.gold_column.clone(),
             id: s.id_column.clone(),
+            conversation: s.messages_column.is_some(),
         }
     }
 }
@@ -109,6 +120,7 @@ struct CsvRows {
     gold_i: Option<usize>,
     id_i: Option<usize>,
     text_name: String,
+    conversation: bool,
     row: u64,
     rec: csv::ByteRecord,
 }
@@ -152,6 +164,7 @@ impl CsvRows {
             id_i: opt(&cols.id)?,
             text_i,
             text_name: cols.text.clone(),
+            conversation: cols.conversation,
             rdr,
             row: 0,
             rec: csv::ByteRecord::new(),
@@ -192,6 +205,13 @@ impl Iterator for CsvRows {
                 };
                 let item = (|| {
                     let text = field(self.text_i, &self.text_name)?;
+                    let (text, turns) = if self.conversation {
+                        let turns = parse_turns(&serde_json::Value::String(text))
+                            .map_err(|e| CoreError::data(&self.path, line, &self.text_name, e))?;
+                        (transcript(&turns), Some(turns))
+                    } else {
+                        (text, None)
+                    };
                     let gold = match self.gold_i {
                         Some(i) => Some(field(i, "gold")?).filter(|g| !g.is_empty()),
                         None => None,
@@ -205,6 +225,7 @@ impl Iterator for CsvRows {
                         text,
                         gold,
                         line,
+                        turns,
                     })
                 })();
                 Some(item)
@@ -276,8 +297,14 @@ impl Iterator for JsonlRows {
                 }
             };
             let get = |name: &str| v.get(name);
-            let text = match get(&self.cols.text) {
-                Some(serde_json::Value::String(t)) => t.clone(),
+            let (text, turns) = match get(&self.cols.text) {
+                Some(v) if self.cols.conversation => match parse_turns(v) {
+                    Ok(turns) => (transcript(&turns), Some(turns)),
+                    Err(e) => {
+                        return Some(Err(CoreError::data(&self.path, line, &self.cols.text, e)))
+                    }
+                },
+                Some(serde_json::Value::String(t)) => (t.clone(), None),
                 Some(_) => {
                     return Some(Err(CoreError::data(
                         &self.path,
@@ -291,7 +318,11 @@ impl Iterator for JsonlRows {
                         &self.path,
                         line,
                         &self.cols.text,
-                        "missing text field",
+                        if self.cols.conversation {
+                            "missing messages field"
+                        } else {
+                            "missing text field"
+                        },
                     )))
                 }
             };
@@ -321,6 +352,7 @@ impl Iterator for JsonlRows {
                 text,
                 gold,
                 line,
+                turns,
             }));
         }
     }
@@ -365,6 +397,7 @@ mod tests {
             text: "text".into(),
             gold: Some("category".into()),
             id: None,
+            conversation: false,
         }
     }
 
@@ -438,5 +471,66 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("d.jsonl:2: field `id`: duplicate id `1`"), "{e}");
+    }
+
+    #[test]
+    fn reads_conversations_from_a_messages_column() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Columns {
+            text: "messages".into(),
+            gold: None,
+            id: None,
+            conversation: true,
+        };
+        let conv = r#"[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"},{"role":"user","content":"2+2?"}]"#;
+        let p = write(
+            &d,
+            "c.jsonl",
+            format!("{{\"messages\":{conv}}}\n{{\"messages\":[{{\"role\":\"user\",\"content\":\"solo\"}}]}}\n")
+                .as_bytes(),
+        );
+        let items: Vec<_> = read_inputs(&p, None, &c)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(items[0].text, "User: Hi\n\nAssistant: Hello\n\nUser: 2+2?");
+        assert_eq!(items[0].turns.as_ref().unwrap().len(), 3);
+        assert_eq!(items[1].text, "solo");
+        // A CSV cell holds it as a JSON string.
+        let mut w = csv::Writer::from_path(d.path().join("c.csv")).unwrap();
+        w.write_record(["messages"]).unwrap();
+        w.write_record([conv]).unwrap();
+        w.flush().unwrap();
+        let from_csv: Vec<_> = read_inputs(&d.path().join("c.csv"), None, &c)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(from_csv[0].text, items[0].text);
+        assert_eq!(from_csv[0].turns, items[0].turns);
+
+        let p = write(
+            &d,
+            "bad.jsonl",
+            b"{\"messages\":[{\"role\":\"user\",\"content\":\"ok\"}]}\n{\"messages\":[{\"role\":\"bot\",\"content\":\"x\"}]}\n",
+        );
+        let e = read_inputs(&p, None, &c)
+            .unwrap()
+            .find_map(|r| r.err())
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("bad.jsonl:2: field `messages`: message 1: role `bot`"),
+            "{e}"
+        );
+        let p = write(&d, "none.jsonl", b"{\"text\":\"x\"}\n");
+        let e = read_inputs(&p, None, &c)
+            .unwrap()
+            .find_map(|r| r.err())
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("none.jsonl:1: field `messages`: missing messages field"),
+            "{e}"
+        );
     }
 }

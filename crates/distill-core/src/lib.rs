@@ -5,6 +5,7 @@
 //! This crate owns those formats so each stage reads and writes exactly the same thing,
 //! plus the money side (price table, SQLite ledger) that teach, eval and serve all touch.
 
+pub mod conversation;
 pub mod dataset;
 pub mod error;
 pub mod fsutil;

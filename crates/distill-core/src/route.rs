@@ -271,12 +271,16 @@ pub struct TierOutcome {
     pub answer: Option<String>,
     #[serde(default)]
     pub usage: Usage,
-    /// What the tier's answer cost (estimated from token counts for imported outcomes).
+    /// What the tier's answer costs at its real-time price: what routing this prompt to it
+    /// costs at run time, whether this job paid for it, took it from the cache or bought it
+    /// through a Batch API (estimated from token counts for imported outcomes).
     #[serde(default)]
     pub cost_usd: f64,
-    /// What grading it cost.
+    /// What grading it costs at the judge's real-time price.
     #[serde(default)]
     pub judge_cost_usd: f64,
+    /// How long the tier took to answer; 0 when the answer came from the cache, a batch or
+    /// a recording.
     #[serde(default)]
     pub latency_ms: u64,
 }
@@ -285,7 +289,12 @@ pub struct TierOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteRecord {
     pub id: String,
+    /// The prompt; for a conversation, its transcript (what the router reads).
     pub text: String,
+    /// The conversation the tiers were asked, for multi-turn prompts (`[input]
+    /// messages_column`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<Vec<crate::conversation::Turn>>,
     #[serde(default)]
     pub category: Option<String>,
     pub status: RecordStatus,
@@ -451,6 +460,7 @@ mod tests {
             .map(|i| RouteRecord {
                 id: i.to_string(),
                 text: format!("p{i}"),
+                turns: None,
                 category: Some(if i < 80 { "a" } else { "b" }.into()),
                 status: RecordStatus::Ok,
                 tiers: vec![],

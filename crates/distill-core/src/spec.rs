@@ -109,6 +109,11 @@ pub struct InputSpec {
     /// Column with a stable id; when absent the 1-based data row number is the id.
     #[serde(default)]
     pub id_column: Option<String>,
+    /// Multi-turn prompts: a column holding the conversation, a JSON array of `{"role",
+    /// "content"}` messages ending with the user's turn (in a CSV, as a JSON string). Read
+    /// instead of `text_column`; the text is its transcript.
+    #[serde(default)]
+    pub messages_column: Option<String>,
 }
 
 fn default_text_column() -> String {

@@ -99,9 +99,9 @@ pub fn load_out_of_scope(spec: &TaskSpec, path: &Path, oos: usize) -> Result<Tes
         }
     } else {
         let cols = Columns {
-            text: spec.input.text_column.clone(),
             gold: None,
             id: None,
+            ..Columns::from(&spec.input)
         };
         for item in distill_core::input::read_inputs(path, None, &cols)? {
             let item = item?;

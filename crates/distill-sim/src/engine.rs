@@ -140,13 +140,22 @@ impl Engine {
         let label = &oracle.labels[decision.label];
         let invalid = decision.invalid && !repair && self.replay.is_none();
         let (content, completion) = if let Some(r) = &self.replay {
-            let last = turns
+            let dialogue: Vec<distill_core::conversation::Turn> = turns
                 .iter()
-                .rev()
-                .find(is_user)
-                .map(|t| t.content.as_ref())
-                .unwrap_or("");
-            let c = r.answer(model, last);
+                .filter_map(|t| {
+                    let role = match t.role {
+                        "user" => distill_core::conversation::Role::User,
+                        "assistant" => distill_core::conversation::Role::Assistant,
+                        _ => return None,
+                    };
+                    Some(distill_core::conversation::Turn {
+                        role,
+                        content: t.content.to_string(),
+                    })
+                })
+                .collect();
+            // A multi-turn prompt is known by its transcript, a plain one by its text.
+            let c = r.answer(model, &distill_core::conversation::transcript(&dialogue));
             let n = oracle.tokens.count(&c);
             (c, n)
         } else if invalid {

@@ -260,9 +260,9 @@ fn load_gold_file(
             ),
         })?;
     let cols = Columns {
-        text: task.input.text_column.clone(),
         gold: Some(gold_column.clone()),
         id: None,
+        ..Columns::from(&task.input)
     };
     let mut rows = 0usize;
     for item in read_inputs(&path, task.input.format, &cols)? {

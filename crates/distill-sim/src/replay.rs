@@ -5,6 +5,7 @@
 //! models' behaviour (RouteLLM's MMLU, GSM8K and MT-Bench outcomes).
 
 use crate::error::{Result, SimError};
+use distill_core::conversation::dialogue_transcript;
 use distill_core::route::{parse_judge_prompt, read_route_records, Rubric};
 use distill_core::TaskSpec;
 use std::collections::HashMap;
@@ -19,7 +20,10 @@ struct Recorded {
 }
 
 pub struct Replay {
+    /// By the prompt's text (a conversation's transcript): what the judge is shown.
     by_prompt: HashMap<String, Vec<Recorded>>,
+    /// By what a tier is asked: the text, or a conversation's user and assistant turns.
+    by_request: HashMap<String, Vec<Recorded>>,
     judge_model: Option<String>,
     rubric: Rubric,
     pass_mark: f64,
@@ -44,9 +48,9 @@ impl Replay {
             setting: "replay",
             message: e.to_string(),
         })?;
-        let mut by_prompt = HashMap::new();
+        let (mut by_prompt, mut by_request) = (HashMap::new(), HashMap::new());
         for r in records {
-            let tiers = r
+            let tiers: Vec<Recorded> = r
                 .tiers
                 .into_iter()
                 .filter_map(|t| {
@@ -57,10 +61,18 @@ impl Replay {
                     })
                 })
                 .collect();
+            // A conversation is asked as turns (the sim sees its user and assistant turns)
+            // and judged by its transcript.
+            let asked = match &r.turns {
+                Some(turns) => dialogue_transcript(turns),
+                None => r.text.clone(),
+            };
+            by_request.insert(asked, tiers.clone());
             by_prompt.insert(r.text, tiers);
         }
         Ok(Replay {
             by_prompt,
+            by_request,
             judge_model: route.judge.as_ref().map(|j| j.model.clone()),
             rubric: route.judge.as_ref().map(|j| j.rubric).unwrap_or_default(),
             pass_mark: route.judge.as_ref().map_or(7.0, |j| j.pass_mark),
@@ -75,7 +87,7 @@ impl Replay {
         self.by_prompt.is_empty()
     }
 
-    /// The reply of `model` to a request whose last user message is `text`.
+    /// The reply of `model` to a request for `text` (a conversation's dialogue transcript).
     pub fn answer(&self, model: &str, text: &str) -> String {
         if self.judge_model.as_deref() == Some(model) {
             let passed = parse_judge_prompt(text).and_then(|(request, answer)| {
@@ -99,7 +111,7 @@ impl Replay {
             };
         }
         match self
-            .by_prompt
+            .by_request
             .get(text)
             .and_then(|tiers| tiers.iter().find(|t| t.model == model))
         {

@@ -16,6 +16,7 @@ use crate::error::{redact, Result, TeachError};
 use crate::label::parse_label;
 use crate::provider::{Msg, Reply, Wire};
 use crate::ratelimit::RateLimiter;
+use distill_core::conversation::Turn;
 use distill_core::ledger::{Ledger, LedgerRow};
 use distill_core::prices::{ModelPrice, PriceTable};
 use distill_core::spec::ResponseFormat;
@@ -588,10 +589,38 @@ impl TeacherClient {
         text: &str,
         ctx: &CallContext,
     ) -> Result<(Completion, Pending)> {
-        let mut pending = Pending::default();
         let msgs = [Msg::user(self.spec.render_user(text))];
-        let tokens = self.prompt_tokens(text);
-        let out = match self.exchange(&msgs, ctx, &mut pending, tokens).await? {
+        self.complete_msgs_deferred(&msgs, self.prompt_tokens(text), ctx)
+            .await
+    }
+
+    /// [`Self::complete_deferred`] for a conversation: its turns are sent as they are (no
+    /// user template), after the spec's system prompt if it has one.
+    pub async fn complete_turns_deferred(
+        &self,
+        turns: &[Turn],
+        ctx: &CallContext,
+    ) -> Result<(Completion, Pending)> {
+        let tokens = self.prompt_tokens(&distill_core::conversation::transcript(turns));
+        self.complete_msgs_deferred(&turn_msgs(turns), tokens, ctx)
+            .await
+    }
+
+    /// The request for a conversation: its JSON body and its cache key.
+    pub fn request_for_turns(&self, turns: &[Turn]) -> (serde_json::Value, String) {
+        let body = self.wire.body(&turn_msgs(turns));
+        let hash = self.hash_body(&body);
+        (body, hash)
+    }
+
+    async fn complete_msgs_deferred(
+        &self,
+        msgs: &[Msg],
+        tokens: u64,
+        ctx: &CallContext,
+    ) -> Result<(Completion, Pending)> {
+        let mut pending = Pending::default();
+        let out = match self.exchange(msgs, ctx, &mut pending, tokens).await? {
             Ok(ex) => Completion {
                 text: Some(ex.reply.text),
                 error: None,
@@ -608,7 +637,7 @@ impl TeacherClient {
                 cost_usd: 0.0,
                 latency_ms: 0,
                 cached: false,
-                request_hash: self.hash_body(&self.wire.body(&msgs)),
+                request_hash: self.hash_body(&self.wire.body(msgs)),
             },
         };
         Ok((out, pending))
@@ -909,6 +938,17 @@ impl Drop for InflightGuard<'_> {
             let _ = tx.send(true);
         }
     }
+}
+
+/// A conversation as chat messages.
+fn turn_msgs(turns: &[Turn]) -> Vec<Msg> {
+    turns
+        .iter()
+        .map(|t| Msg {
+            role: t.role.as_str(),
+            content: t.content.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

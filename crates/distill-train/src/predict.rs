@@ -36,6 +36,7 @@ impl Default for PredictOptions {
                 text: "text".into(),
                 gold: None,
                 id: None,
+                conversation: false,
             },
             progress: false,
         }

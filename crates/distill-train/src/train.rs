@@ -79,7 +79,6 @@ pub fn load_train_sources(
         }
     };
     let cols = Columns {
-        text: spec.input.text_column.clone(),
         gold: Some(
             label_column
                 .map(str::to_string)
@@ -87,6 +86,7 @@ pub fn load_train_sources(
                 .unwrap_or_else(|| "label".into()),
         ),
         id: spec.input.id_column.clone(),
+        ..Columns::from(&spec.input)
     };
     let mut examples: Vec<(String, usize)> = Vec::new();
     let mut hashes = Vec::new();
@@ -112,9 +112,9 @@ pub fn load_train_sources(
         let y = oos.unwrap_or_default();
         hashes.push(distill_core::fsutil::sha256_file(path)?);
         let text_only = Columns {
-            text: spec.input.text_column.clone(),
             gold: None,
             id: None,
+            ..Columns::from(&spec.input)
         };
         let mut n = 0usize;
         for item in distill_core::input::read_inputs(path, None, &text_only)? {

@@ -57,6 +57,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             text: args.text_column.clone(),
             gold: args.gold_column.clone(),
             id: args.id_column.clone(),
+            conversation: false,
         },
         progress: !g.quiet && std::io::stderr().is_terminal(),
         ..PredictOptions::default()

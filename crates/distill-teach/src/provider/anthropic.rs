@@ -17,8 +17,11 @@ pub fn system_text(wire: &Wire) -> String {
 }
 
 pub fn body(wire: &Wire, messages: &[Msg]) -> Value {
+    // The Messages API takes system text apart from the turns: a conversation's own system
+    // turns join the spec's system prompt there.
     let msgs: Vec<Value> = messages
         .iter()
+        .filter(|m| m.role != "system")
         .map(|m| json!({"role": m.role, "content": m.content}))
         .collect();
     let mut b = json!({
@@ -27,7 +30,13 @@ pub fn body(wire: &Wire, messages: &[Msg]) -> Value {
         "temperature": wire.temperature.min(1.0),
         "messages": msgs,
     });
-    let system = system_text(wire);
+    let mut system = system_text(wire);
+    for m in messages.iter().filter(|m| m.role == "system") {
+        if !system.is_empty() {
+            system.push_str("\n\n");
+        }
+        system.push_str(&m.content);
+    }
     if !system.is_empty() {
         b["system"] = json!(system);
     }

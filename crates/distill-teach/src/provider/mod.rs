@@ -147,3 +147,54 @@ pub(crate) fn num(v: Option<&Value>) -> u64 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn wire(provider: Provider, system: &str) -> Wire {
+        Wire {
+            provider,
+            base_url: "http://127.0.0.1:9/v1".into(),
+            model: "m".into(),
+            max_tokens: 64,
+            max_tokens_field: MaxTokensField::MaxTokens,
+            temperature: 0.0,
+            format: ResponseFormat::Text,
+            system: system.into(),
+            schema: Value::Null,
+        }
+    }
+
+    /// A multi-turn prompt reaches the model as its turns, with the system text where each
+    /// API wants it.
+    #[test]
+    fn conversations_are_sent_as_turns() {
+        let turns = [
+            Msg {
+                role: "system",
+                content: "Be brief.".into(),
+            },
+            Msg::user("Hi"),
+            Msg::assistant("Hello!"),
+            Msg::user("2+2?"),
+        ];
+        let o = wire(Provider::Openai, "").body(&turns);
+        assert_eq!(
+            o["messages"],
+            json!([{"role": "system", "content": "Be brief."},
+                   {"role": "user", "content": "Hi"},
+                   {"role": "assistant", "content": "Hello!"},
+                   {"role": "user", "content": "2+2?"}])
+        );
+        let a = wire(Provider::Anthropic, "Spec prompt.").body(&turns);
+        assert_eq!(a["system"], "Spec prompt.\n\nBe brief.");
+        assert_eq!(
+            a["messages"],
+            json!([{"role": "user", "content": "Hi"},
+                   {"role": "assistant", "content": "Hello!"},
+                   {"role": "user", "content": "2+2?"}])
+        );
+    }
+}

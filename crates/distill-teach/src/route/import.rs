@@ -173,6 +173,7 @@ pub fn import_outcomes(
             report.records.push(RouteRecord {
                 id: format!("{stem}:{}", row + 1),
                 text: prompt,
+                turns: None,
                 category,
                 status: RecordStatus::Ok,
                 tiers,

@@ -84,7 +84,10 @@ impl Labeler for RouteLabeler {
         let mut error = None;
         let (judge_spec, judge) = &self.judge;
         for (tier, client) in &self.tiers {
-            let (answer, p) = client.complete_deferred(&item.text, &ctx).await?;
+            let (answer, p) = match &item.turns {
+                Some(turns) => client.complete_turns_deferred(turns, &ctx).await?,
+                None => client.complete_deferred(&item.text, &ctx).await?,
+            };
             pending.ledger.extend(p.ledger);
             pending.cache.extend(p.cache);
             usage.add(&answer.usage);
@@ -98,7 +101,8 @@ impl Labeler for RouteLabeler {
                 score: None,
                 answer: answer.text.clone(),
                 usage: answer.usage,
-                cost_usd: answer.cost_usd,
+                // What routing to this tier costs, even when this job did not pay for it.
+                cost_usd: client.cost(&answer.usage, false),
                 judge_cost_usd: 0.0,
                 latency_ms: answer.latency_ms,
             };
@@ -124,7 +128,7 @@ impl Labeler for RouteLabeler {
                     cost += verdict.cost_usd;
                     cached &= verdict.cached;
                     paid += u32::from(!verdict.cached && verdict.text.is_some());
-                    outcome.judge_cost_usd = verdict.cost_usd;
+                    outcome.judge_cost_usd = judge.cost(&verdict.usage, false);
                     match verdict
                         .text
                         .as_deref()
@@ -162,6 +166,7 @@ impl Labeler for RouteLabeler {
                 category: self.categories.get(&item.id).cloned(),
                 id: item.id,
                 text: item.text,
+                turns: item.turns,
                 status,
                 tiers,
                 source: "judged".into(),
@@ -210,9 +215,8 @@ fn column_by_id(
         return Ok(HashMap::new());
     };
     let cols = Columns {
-        text: spec.input.text_column.clone(),
         gold: Some(column.to_string()),
-        id: spec.input.id_column.clone(),
+        ..Columns::from(&spec.input)
     };
     let mut out = HashMap::new();
     for item in read_inputs(input, spec.input.format, &cols)? {

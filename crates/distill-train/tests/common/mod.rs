@@ -14,6 +14,7 @@ fn read(name: &str) -> Vec<InputItem> {
         text: "text".into(),
         gold: Some("category".into()),
         id: None,
+        conversation: false,
     };
     read_inputs(&banking77_dir().join(name), None, &cols)
         .expect("banking77 data (../shared/datasets/banking77)")
