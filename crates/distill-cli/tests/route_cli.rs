@@ -463,6 +463,124 @@ fn multi_turn_prompts_are_asked_as_conversations_and_cached_answers_keep_their_p
     }
 }
 
+/// `--batch` on a route task: the tiers' answers, then the judge's gradings, through the
+/// Batch API at batch prices; `--no-wait` runs pick their batches up instead of resubmitting;
+/// what a batch left unanswered is asked in real time; the records equal a real-time run's.
+#[test]
+fn route_teach_through_the_batch_api_in_two_rounds() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let recorded = gsm8k_recorded(dir, 40);
+    let prompts: String = recorded
+        .iter()
+        .map(|r| format!("{}\n", serde_json::json!({"prompt": r["text"]})))
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+    // Each batch answers its first 30 requests; the rest expire.
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args([
+            "-q",
+            "sim-teacher",
+            "--task",
+            "task.toml",
+            "--replay",
+            "recorded.jsonl",
+        ])
+        .args(["--port", "0", "--latency-ms", "0", "--error-rate", "0"])
+        .args(["--batch-expire-after", "30", "--batch-completion-ms", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufReader::new(sim.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_string();
+    let teach = |extra: &[&str]| {
+        let mut a = vec![
+            "teach",
+            "--task",
+            "task.toml",
+            "--input",
+            "prompts.jsonl",
+            "--out",
+            "routes.jsonl",
+            "--base-url",
+            &url,
+            "--rpm",
+            "0",
+            "--tpm",
+            "0",
+            "--batch",
+            "--poll-secs",
+            "0.02",
+        ];
+        a.extend(extra);
+        distill(dir, &a)
+    };
+    // 1: submits the tier round and leaves.
+    let first = ok(teach(&["--no-wait"]));
+    assert!(first.contains("--resume"), "{first}");
+    assert!(!dir.join("routes.jsonl").exists());
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    assert_eq!(stats["batches"]["created"], 2, "{stats}");
+    // 2: collects the tiers' batches, submits the judge round, leaves.
+    ok(teach(&["--no-wait", "--resume"]));
+    assert!(!dir.join("routes.jsonl").exists());
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    assert_eq!(stats["batches"]["created"], 4, "{stats}");
+    // 3: collects the judge's, asks the expired requests in real time, writes the records.
+    let last = ok(teach(&["--resume"]));
+    assert!(last.contains("wrote"), "{last}");
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    let _ = sim.kill();
+    let _ = sim.wait();
+    // One batch per tier, then one per tier's gradings: nothing resubmitted.
+    assert_eq!(stats["batches"]["created"], 4, "{stats}");
+    // Tiers: 40 requests each, 30 answered. Judge: the 30 answered per tier, all answered.
+    assert_eq!(stats["batches"]["requests"], 40 * 2 + 30 * 2, "{stats}");
+    assert_eq!(stats["batches"]["expired"], 10 * 2, "{stats}");
+    // Every request paid once: 4 per prompt; the 20 expired answers (and their gradings)
+    // were asked in real time.
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    assert_eq!(stats["unique_billable"], 40 * 4, "{stats}");
+    assert_eq!(stats["requests"], 20 * 2, "{stats}");
+
+    let judged: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("routes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(judged.len(), 40);
+    for (j, r) in judged.iter().zip(&recorded) {
+        assert_eq!(j["status"], "ok");
+        for t in 0..2 {
+            assert_eq!(
+                j["tiers"][t]["passed"], r["tiers"][t]["passed"],
+                "{}",
+                j["id"]
+            );
+            assert_eq!(j["tiers"][t]["answer"], r["tiers"][t]["answer"]);
+            assert!(j["tiers"][t]["cost_usd"].as_f64().unwrap() > 0.0);
+        }
+    }
+    // The ledger holds every paid call once: 120 at batch prices (with their batch ids),
+    // 40 in real time.
+    let spend = ok(distill(dir, &["spend", "--by", "mode", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&spend).unwrap();
+    let calls = |mode: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["keys"][0] == mode)
+            .map_or(0, |r| r["calls"].as_u64().unwrap())
+    };
+    let (batched, realtime) = (calls("batch"), calls("real-time"));
+    assert_eq!((batched, realtime), (120, 40), "{spend}");
+}
+
 #[test]
 fn route_specs_are_checked_and_a_route_teach_needs_a_judge() {
     let d = tempfile::tempdir().unwrap();

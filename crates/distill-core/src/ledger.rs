@@ -59,6 +59,8 @@ pub enum GroupBy {
     Model,
     Day,
     Source,
+    /// `batch` (a Batch API's half price) or `real-time`.
+    Mode,
 }
 
 impl GroupBy {
@@ -68,6 +70,7 @@ impl GroupBy {
             GroupBy::Model => "model",
             GroupBy::Day => "substr(ts, 1, 10)",
             GroupBy::Source => "source",
+            GroupBy::Mode => "(CASE WHEN batch_id IS NULL THEN 'real-time' ELSE 'batch' END)",
         }
     }
 }

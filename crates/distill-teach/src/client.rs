@@ -488,6 +488,12 @@ impl TeacherClient {
         }
     }
 
+    /// The reply to the request `hash` if this client has it (the response cache, or a reply
+    /// not yet committed to it), without asking anyone.
+    pub fn cached_reply(&self, hash: &str) -> Result<Option<Reply>> {
+        self.lookup(hash)
+    }
+
     fn lookup(&self, hash: &str) -> Result<Option<Reply>> {
         if let Some(r) = self
             .recent

@@ -128,6 +128,10 @@ pub struct BatchRef {
     pub n: u64,
     /// Half-open ordinal ranges `[start, end)`; the request for ordinal `i` has custom_id `in-<i>`.
     pub ranges: Vec<[u64; 2]>,
+    /// The round of requests it carries, for jobs that send several (a route task's
+    /// `tier:<name>` and `judge:<name>`: see [`crate::batch::prefetch`]); none for labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<String>,
 }
 
 impl BatchRef {
@@ -149,6 +153,36 @@ pub fn encode_batch_line(batch: &BatchRef) -> Vec<u8> {
     .unwrap_or_default();
     v.push(b'\n');
     v
+}
+
+/// Answers a Batch API round brought into the response cache: their ledger rows and cache
+/// entries, journalled before SQLite sees them, like a record's.
+#[derive(Serialize, Deserialize)]
+struct FetchedLine {
+    fetched: String,
+    b: u64,
+    #[serde(flatten)]
+    p: Pending,
+}
+
+/// The journal line recording answers of `round` fetched by a batch (with its newline).
+pub fn encode_fetched_line(buf: &mut Vec<u8>, round: &str, batch: u64, pending: &Pending) {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        fetched: &'a str,
+        b: u64,
+        #[serde(flatten)]
+        p: &'a Pending,
+    }
+    let _ = serde_json::to_writer(
+        &mut *buf,
+        &Line {
+            fetched: round,
+            b: batch,
+            p: pending,
+        },
+    );
+    buf.push(b'\n');
 }
 
 #[derive(Deserialize)]
@@ -370,6 +404,20 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
                 continue;
             }
         }
+        if complete && line.starts_with(b"{\"fetched\":") {
+            let f: FetchedLine = serde_json::from_slice(&line)
+                .map_err(|e| TeachError::file(path, format!("line {lineno}: {e}")))?;
+            good_end = offset;
+            rec.spent_usd += f.p.ledger.iter().map(|r| r.cost_usd).sum::<f64>();
+            if f.b > max_batch {
+                max_batch = f.b;
+                rec.last_batch.clear();
+            }
+            if f.b == max_batch {
+                rec.last_batch.push(f.p);
+            }
+            continue;
+        }
         let head: LineHead = match serde_json::from_slice(&line) {
             Ok(h) if complete => h,
             // A torn last line from a kill: drop it, the input is simply redone.
@@ -483,4 +531,94 @@ pub fn assemble(journal: &Path, total: u64, out: &mut impl Write, out_path: &Pat
             .map_err(|e| TeachError::io(out_path, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheEntry;
+    use crate::provider::Reply;
+    use distill_core::ledger::LedgerRow;
+
+    fn header() -> JournalHeader {
+        JournalHeader {
+            distill_journal: JOURNAL_VERSION,
+            task: "t".into(),
+            input_sha256: "x".into(),
+            provider: "route".into(),
+            model: "a,b".into(),
+            request: RequestShape::new(),
+        }
+    }
+
+    fn fetched(hash: &str, cost: f64) -> Pending {
+        Pending {
+            ledger: vec![LedgerRow {
+                id: None,
+                ts: LedgerRow::now(),
+                task: "t".into(),
+                provider: "openai".into(),
+                model: "a".into(),
+                request_hash: hash.into(),
+                usage: Default::default(),
+                cost_usd: cost,
+                latency_ms: 0,
+                status: "ok".into(),
+                batch_id: Some("batch_1".into()),
+                price_version: "v".into(),
+                source: "teach".into(),
+                tag: None,
+            }],
+            cache: vec![CacheEntry {
+                hash: hash.into(),
+                model: "a".into(),
+                reply: Reply {
+                    text: "42".into(),
+                    usage: Default::default(),
+                },
+            }],
+        }
+    }
+
+    /// A round's batch and the answers fetched by it survive a restart: the batch keeps its
+    /// round, the answers count as spent, the last group is there to re-apply to SQLite, and
+    /// a torn line after them is dropped.
+    #[test]
+    fn fetched_answers_and_rounds_are_recovered() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out.jsonl.partial");
+        let (mut j, rec) = Journal::open(&path, &header(), false).unwrap();
+        assert_eq!(rec.spent_usd, 0.0);
+        let b = BatchRef {
+            id: "batch_1".into(),
+            provider: "openai".into(),
+            n: 2,
+            ranges: vec![[0, 2]],
+            round: Some("tier:cheap".into()),
+        };
+        j.append(&encode_batch_line(&b)).unwrap();
+        for (i, h) in ["h1", "h2"].iter().enumerate() {
+            let mut buf = Vec::new();
+            encode_fetched_line(
+                &mut buf,
+                "tier:cheap",
+                j.next_batch,
+                &fetched(h, 0.25 + i as f64),
+            );
+            j.append(&buf).unwrap();
+        }
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"fetched\":\"tier:ch").unwrap();
+        drop(f);
+        let (_, rec) = Journal::open(&path, &header(), false).unwrap();
+        assert_eq!(rec.batches, vec![b]);
+        assert!((rec.spent_usd - 1.5).abs() < 1e-12, "{}", rec.spent_usd);
+        assert_eq!(rec.last_batch.len(), 1);
+        assert_eq!(rec.last_batch[0].cache[0].hash, "h2");
+        assert!(rec.done.is_empty());
+        assert!(!std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("tier:ch\""));
+    }
 }

@@ -9,7 +9,8 @@ pub struct Args {
     /// Only this task: a task name or a task spec (.toml) path.
     #[arg(long, value_name = "T")]
     pub task: Option<String>,
-    /// Group by these keys, comma separated: task, model, day, source.
+    /// Group by these keys, comma separated: task, model, day, source, mode (batch or
+    /// real-time).
     #[arg(
         long,
         value_name = "KEYS",
@@ -89,7 +90,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             "model" => GroupBy::Model,
             "day" => GroupBy::Day,
             "source" => GroupBy::Source,
-            other => anyhow::bail!("--by: unknown key `{other}` (use task, model, day, source)"),
+            "mode" => GroupBy::Mode,
+            other => {
+                anyhow::bail!("--by: unknown key `{other}` (use task, model, day, source, mode)")
+            }
         });
     }
     let task = match &args.task {

@@ -51,7 +51,8 @@ pub struct Args {
     /// at most --batch-size requests per batch. Batch ids are journalled as soon as they are
     /// submitted, so a rerun picks the batches up instead of resubmitting. Items a batch did
     /// not answer (expired, cancelled, 429/5xx) are retried in real time; items it rejected
-    /// (4xx) are recorded as failed. Waits for the batches unless --no-wait.
+    /// (4xx) are recorded as failed. Waits for the batches unless --no-wait. Route tasks run
+    /// two rounds: every tier's answers, then the judge's gradings of them (needs the cache).
     #[arg(long)]
     pub batch: bool,
     /// With --batch: submit, record the batch ids and exit; collect later with --batch --resume.

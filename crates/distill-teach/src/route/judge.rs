@@ -1,20 +1,22 @@
 //! `distill teach` on a route task: every prompt to every tier, every answer to the judge,
 //! one [`RouteRecord`] per prompt. The job is the same real-time job as labelling (journal,
 //! resume, lock, budget, cache, ledger, progress: [`crate::runner::run_items`]); only what one
-//! input costs differs ([`RouteLabeler`]).
+//! input costs differs ([`RouteLabeler`]). With `--batch`, the tiers' answers and then the
+//! judge's gradings go through the Batch APIs first, at batch prices ([`batch_rounds`]).
 
+use crate::batch::prefetch::{Prefetch, Request, Round};
 use crate::client::{CallContext, ClientOptions, Pending, TeacherClient};
 use crate::error::{Result, TeachError};
 use crate::journal::{Journal, JournalHeader, JOURNAL_VERSION};
 use crate::runner::{
-    client_options, default_out, effective_spec, input_path, journal_path, run_items,
+    client_options, default_out, effective_spec, input_path, journal_path, reconcile, run_items,
     validate_inputs, Labeler, Labelled, TeachOptions, TeachSummary,
 };
 use distill_core::input::{read_inputs, Columns, InputItem};
 use distill_core::route::{judge_prompt, JudgeSpec, RouteRecord, RouteSpec, Rubric, TierOutcome};
 use distill_core::spec::ResponseFormat;
 use distill_core::{RecordStatus, TaskSpec, Usage};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +41,8 @@ pub(crate) struct RouteLabeler {
     references: HashMap<String, String>,
     /// Categories by input id (`route.category_column`).
     categories: HashMap<String, String>,
+    /// Cache keys of the answers this run's batches brought (`--batch`): paid for, not free.
+    fetched: HashSet<String>,
 }
 
 /// What the judge's reply says: passed, and the score for the score rubric.
@@ -92,8 +96,9 @@ impl Labeler for RouteLabeler {
             pending.cache.extend(p.cache);
             usage.add(&answer.usage);
             cost += answer.cost_usd;
-            cached &= answer.cached;
-            paid += u32::from(!answer.cached && answer.text.is_some());
+            let from_batch = self.fetched.contains(&answer.request_hash);
+            cached &= answer.cached && !from_batch;
+            paid += u32::from((!answer.cached || from_batch) && answer.text.is_some());
             let mut outcome = TierOutcome {
                 tier: tier.name.clone(),
                 model: tier.model.clone(),
@@ -126,8 +131,9 @@ impl Labeler for RouteLabeler {
                     pending.cache.extend(p.cache);
                     usage.add(&verdict.usage);
                     cost += verdict.cost_usd;
-                    cached &= verdict.cached;
-                    paid += u32::from(!verdict.cached && verdict.text.is_some());
+                    let from_batch = self.fetched.contains(&verdict.request_hash);
+                    cached &= verdict.cached && !from_batch;
+                    paid += u32::from((!verdict.cached || from_batch) && verdict.text.is_some());
                     outcome.judge_cost_usd = judge.cost(&verdict.usage, false);
                     match verdict
                         .text
@@ -243,13 +249,6 @@ pub async fn run_route_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<Teac
             spec.path.display()
         ))
     })?;
-    if opts.batch {
-        return Err(TeachError::Invalid(
-            "--batch is not supported for route tasks yet: their answers are graded in a second \
-             round; run without --batch"
-                .into(),
-        ));
-    }
     let input = input_path(spec, &opts)?;
     let out = opts.out.clone().unwrap_or_else(|| default_out(spec));
     let mut copts = client_options(&opts);
@@ -269,12 +268,20 @@ pub async fn run_route_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<Teac
     let judge_client = client_for(spec, RouteSpec::judge_teacher(&judge), &o)?;
     let total = validate_inputs(spec, &input, opts.limit)?;
     let opt = &route.options;
-    let labeler = RouteLabeler {
+    let mut labeler = RouteLabeler {
         references: column_by_id(spec, &input, opt.reference_column.as_deref())?,
         categories: column_by_id(spec, &input, opt.category_column.as_deref())?,
         tiers,
         judge: (judge, judge_client),
+        fetched: HashSet::new(),
     };
+    if opts.batch && labeler.client().cache().is_none() {
+        return Err(TeachError::Invalid(
+            "--batch on a route task needs the response cache, which carries each round's \
+             answers (the tiers', then the judge's) to the next: drop --no-cache"
+                .into(),
+        ));
+    }
     if opts.dry_run {
         let mut worst = 0.0;
         for item in read_inputs(&input, spec.input.format, &Columns::from(&spec.input))?
@@ -318,8 +325,40 @@ pub async fn run_route_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<Teac
             "--resume: there is no interrupted run to resume: no journal",
         ));
     }
-    let (journal, recovered) = Journal::open(&jpath, &header, opts.restart)?;
-    run_items(
+    let had_journal = jpath.exists() && !opts.restart;
+    let (mut journal, mut recovered) = Journal::open(&jpath, &header, opts.restart)?;
+    let mut batched = None;
+    if opts.batch {
+        // Answers cut off from SQLite by a kill go back first: the rounds read the cache.
+        reconcile(labeler.client(), &recovered.last_batch)?;
+        recovered.last_batch.clear();
+        let mut pf = Prefetch::new(
+            &mut journal,
+            std::mem::take(&mut recovered.batches),
+            header.job_key(),
+            had_journal,
+            recovered.spent_usd,
+            &opts,
+        );
+        batch_rounds(&labeler, spec, &input, total, &mut pf).await?;
+        if !pf.may_continue() {
+            return Ok(TeachSummary {
+                out,
+                total,
+                cost_usd: pf.spent_usd,
+                earlier_cost_usd: recovered.spent_usd,
+                stopped_by_budget: pf.stopped_by_budget,
+                awaiting_batches: pf.awaiting,
+                batch_ids: pf.batch_ids,
+                elapsed: started.elapsed(),
+                ..Default::default()
+            });
+        }
+        recovered.spent_usd += pf.spent_usd;
+        labeler.fetched = std::mem::take(&mut pf.fetched);
+        batched = Some((pf.spent_usd, pf.batch_ids));
+    }
+    let mut summary = run_items(
         Arc::new(labeler),
         spec,
         &opts,
@@ -331,7 +370,104 @@ pub async fn run_route_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<Teac
         total,
         started,
     )
-    .await
+    .await?;
+    if let Some((spent, ids)) = batched {
+        // The batches' spending is this run's, not an earlier run's.
+        summary.cost_usd += spent;
+        summary.earlier_cost_usd -= spent;
+        summary.batch_ids = ids;
+        let paid = summary.ok + summary.invalid + summary.failed - summary.cached;
+        if paid > 0 {
+            summary.cost_per_1000 = Some(summary.cost_usd / paid as f64 * 1000.0);
+        }
+    }
+    Ok(summary)
+}
+
+/// `--batch`: the tiers' answers, then the judge's gradings of them, through the Batch API
+/// into the response cache (see [`crate::batch::prefetch`]); the real-time pass that follows
+/// reads them from there. A round's request numbers are `input × tiers + tier`.
+async fn batch_rounds(
+    labeler: &RouteLabeler,
+    spec: &TaskSpec,
+    input: &std::path::Path,
+    total: u64,
+    pf: &mut Prefetch<'_>,
+) -> Result<()> {
+    let mut items = Vec::new();
+    for item in
+        read_inputs(input, spec.input.format, &Columns::from(&spec.input))?.take(total as usize)
+    {
+        items.push(item?);
+    }
+    let n_tiers = labeler.tiers.len() as u64;
+    let tier_rounds: Vec<Round<'_>> = labeler
+        .tiers
+        .iter()
+        .enumerate()
+        .map(|(k, (tier, client))| Round {
+            name: format!("tier:{}", tier.name),
+            client,
+            requests: (0u64..)
+                .zip(&items)
+                .map(|(i, item)| {
+                    let (body, hash) = match &item.turns {
+                        Some(turns) => client.request_for_turns(turns),
+                        None => client.request_for(&item.text),
+                    };
+                    let worst = Usage {
+                        prompt_tokens: client.prompt_tokens(&item.text),
+                        completion_tokens: u64::from(tier.max_tokens),
+                        ..Default::default()
+                    };
+                    Request {
+                        ordinal: i * n_tiers + k as u64,
+                        body,
+                        hash,
+                        worst_usd: client.cost(&worst, true),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    pf.run(&tier_rounds).await?;
+    if !pf.may_continue() {
+        return Ok(());
+    }
+    let (judge_spec, judge) = &labeler.judge;
+    let mut judge_rounds = Vec::with_capacity(tier_rounds.len());
+    for ((tier, client), round) in labeler.tiers.iter().zip(&tier_rounds) {
+        let mut requests = Vec::new();
+        for (item, asked) in items.iter().zip(&round.requests) {
+            // An answer no batch brought is asked, and graded, in real time.
+            let Some(answer) = client.cached_reply(&asked.hash)? else {
+                continue;
+            };
+            let prompt = judge_prompt(
+                &item.text,
+                &answer.text,
+                labeler.references.get(&item.id).map(String::as_str),
+            );
+            let (body, hash) = judge.request_for(&prompt);
+            let worst = Usage {
+                prompt_tokens: judge.prompt_tokens(&prompt),
+                completion_tokens: u64::from(judge_spec.max_tokens),
+                ..Default::default()
+            };
+            requests.push(Request {
+                ordinal: asked.ordinal,
+                body,
+                hash,
+                worst_usd: judge.cost(&worst, true),
+            });
+        }
+        judge_rounds.push(Round {
+            name: format!("judge:{}", tier.name),
+            client: judge,
+            requests,
+        });
+    }
+    pf.run(&judge_rounds).await
 }
 
 #[cfg(test)]

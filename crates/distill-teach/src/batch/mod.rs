@@ -1,0 +1,595 @@
+//! `--batch`: label through the providers' Batch APIs at batch prices.
+//!
+//! - **OpenAI**: the requests go into a JSONL file uploaded to `/v1/files`
+//!   (`purpose=batch`), a batch is created on `/v1/batches` (`endpoint
+//!   /v1/chat/completions`, `completion_window 24h`), polled until it ends, and its
+//!   `output_file_id` and `error_file_id` are downloaded and matched back by `custom_id`.
+//! - **Anthropic**: one `/v1/messages/batches` request carries the requests; it is polled
+//!   until `processing_status` is `ended` and its `results_url` JSONL is read.
+//!
+//! What it guarantees:
+//! - Inputs whose request is already in the response cache are answered from it and never
+//!   submitted; identical requests are submitted once.
+//! - At most [`MAX_BATCH_REQUESTS`] requests (and [`MAX_BATCH_BYTES`]) go in one batch.
+//! - Each batch id is appended (and fsync'd) to the journal (`<out>.partial`) the moment the
+//!   provider accepts it. A rerun (`--resume`, or simply the same command) polls those batches
+//!   by id instead of submitting their inputs again, so a crash while waiting costs nothing.
+//!   OpenAI batches are also tagged with `metadata` (`distill_job`, `distill_chunk`); a rerun
+//!   adopts a tagged batch it finds in `GET /v1/batches`, which closes the gap between the
+//!   provider accepting a batch and the journal line reaching the disk. The job key covers
+//!   everything that shapes the requests (the journal's
+//!   [`RequestShape`](crate::journal::RequestShape)), and a batch is
+//!   adopted only when its input file holds exactly this chunk's requests: every `custom_id`
+//!   (`in-<ordinal>-<request hash>`) must be one this job would send. A batch another job left
+//!   behind (another prompt, output or state directory) is never adopted. (Anthropic batches
+//!   have no metadata: a kill inside that gap of a few milliseconds would resubmit.)
+//! - A result is used only when its `custom_id` carries the request hash of the request this
+//!   job sends for that input; anything else is retried in real time.
+//! - Answers are journalled as they arrive (group commits of whatever is ready), including
+//!   items retried in real time, so a kill pays again for at most the calls in flight.
+//! - Replies are priced at the table's batch prices (half the real-time price when it has
+//!   none); every ledger row carries its batch id and every record has `batch: true`.
+//! - **Items a batch did not answer are retried in real time** (at real-time prices): expired
+//!   or cancelled items, items with a 408/429/5xx result, items missing from the results and
+//!   every item of a batch that failed as a whole. Items the provider rejected as invalid
+//!   (a 4xx result) are recorded as `failed` with the provider's message, as in the
+//!   real-time path; a rerun tries them again.
+//! - A reply that is not a valid label gets the same one repair request as the real-time
+//!   path, sent in real time; a reply still invalid after it is recorded as `invalid`.
+//! - `--max-spend` reserves each submitted request's real-time worst case (reply at
+//!   `max_tokens`, plus a repair), because an expired item is retried in real time; inputs
+//!   that do not fit are not submitted and the run stops as over budget.
+
+mod api;
+pub(crate) mod prefetch;
+
+use crate::client::{CallContext, LabelOutcome, Pending, TeacherClient};
+use crate::error::{Result, TeachError};
+use crate::journal::{encode_batch_line, encode_line, BatchRef, Journal, JournalHeader, Ordinals};
+use crate::label::parse_label;
+use crate::runner::{finish, progress_bar, reconcile, TeachOptions, TeachSummary};
+pub use api::{answered_count, custom_id};
+use api::{Api, Chunk, ItemResult, Orphan, Poll, Results};
+use distill_core::input::{read_inputs, Columns, InputItem};
+use distill_core::ledger::LedgerRow;
+use distill_core::{RecordStatus, TaskSpec, TeacherRecord};
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most requests distill puts in one provider batch (OpenAI allows 50,000; Anthropic 100,000).
+pub const MAX_BATCH_REQUESTS: usize = 50_000;
+/// Most bytes of requests in one batch: under OpenAI's 200 MB input file limit (Anthropic
+/// allows 256 MB).
+pub const MAX_BATCH_BYTES: usize = 190 * 1024 * 1024;
+
+/// Records written to the journal per fsync while collecting results.
+const WRITE_GROUP: usize = 2048;
+
+/// Journal, counters and the set of inputs with a final record.
+struct Sink {
+    journal: Journal,
+    done: Ordinals,
+    summary: TeachSummary,
+    buf: Vec<u8>,
+}
+
+struct Done {
+    ordinal: u64,
+    record: TeacherRecord,
+    pending: Pending,
+    outcome: LabelOutcome,
+}
+
+impl Sink {
+    /// Appends records to the journal (one fsync), then their ledger rows and cache entries.
+    fn write(&mut self, client: &TeacherClient, items: Vec<Done>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        let b = self.journal.next_batch;
+        for d in &items {
+            encode_line(&mut self.buf, d.ordinal, b, &d.record, &d.pending);
+        }
+        self.journal.append(&self.buf)?;
+        let mut merged = Pending::default();
+        for d in items {
+            let o = &d.outcome;
+            let s = &mut self.summary;
+            match o.status {
+                RecordStatus::Ok => s.ok += 1,
+                RecordStatus::Invalid => s.invalid += 1,
+                RecordStatus::Failed => s.failed += 1,
+            }
+            if o.status != RecordStatus::Failed {
+                self.done.insert(d.ordinal);
+            }
+            s.cached += u64::from(o.cached);
+            s.paid_calls += u64::from(o.paid_calls);
+            s.usage.add(&o.usage);
+            s.cost_usd += o.cost_usd;
+            merged.ledger.extend(d.pending.ledger);
+            merged.cache.extend(d.pending.cache);
+        }
+        client.persist(&merged)
+    }
+}
+
+/// The whole `--batch` job; called by [`crate::run_teach`] after the common checks.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_batch(
+    spec: &TaskSpec,
+    opts: &TeachOptions,
+    client: Arc<TeacherClient>,
+    input: &Path,
+    out: &Path,
+    jpath: &Path,
+    header: JournalHeader,
+    total: u64,
+    started: Instant,
+) -> Result<TeachSummary> {
+    let had_journal = jpath.exists() && !opts.restart;
+    let job_key = header.job_key();
+    let (journal, recovered) = Journal::open(jpath, &header, opts.restart)?;
+    reconcile(&client, &recovered.last_batch)?;
+    let done = recovered.done;
+    let resumed = (0..total).filter(|i| done.contains(*i)).count() as u64;
+    let spent_before = recovered.spent_usd;
+    let mut sink = Sink {
+        journal,
+        done,
+        summary: TeachSummary {
+            out: out.to_path_buf(),
+            total,
+            resumed,
+            earlier_cost_usd: spent_before,
+            ..Default::default()
+        },
+        buf: Vec::with_capacity(1 << 20),
+    };
+    let api = Api {
+        client: &client,
+        spec,
+    };
+    let ctx = CallContext::teach();
+    let cols = Columns::from(&spec.input);
+    let concurrency = opts.concurrency.max(1);
+    let batch_size = opts.batch_size.clamp(1, MAX_BATCH_REQUESTS);
+
+    // Batches from an earlier run that still owe records.
+    let known: HashSet<String> = recovered.batches.iter().map(|b| b.id.clone()).collect();
+    let mut waiting: Vec<BatchRef> = recovered
+        .batches
+        .into_iter()
+        .filter(|b| b.ordinals().any(|i| i < total && !sink.done.contains(i)))
+        .collect();
+    let mut in_batch = Ordinals::default();
+    for b in &waiting {
+        b.ordinals().for_each(|i| in_batch.insert(i));
+    }
+    // Request hashes already submitted, so an identical request is never submitted twice.
+    let mut submitted: HashSet<u128> = HashSet::new();
+    let estimator = crate::dry_run::Estimator::new(spec, &client);
+    // --max-spend caps the job: earlier runs' spending and the worst case of the requests
+    // still out in their batches count.
+    let mut reserved = spent_before;
+    if !waiting.is_empty() {
+        let reader = read_inputs(input, spec.input.format, &cols)?;
+        for (ordinal, item) in (0u64..).zip(reader) {
+            if ordinal >= total {
+                break;
+            }
+            let item = item?;
+            if in_batch.contains(ordinal) && !sink.done.contains(ordinal) {
+                submitted.insert(short_hash(&client.request_for(&item.text).1));
+                reserved += 2.0 * estimator.worst_case_cost(&client, &item.text);
+            }
+        }
+    }
+
+    // Plan the rest: cache hits are answered now, misses go into new batches, duplicates of a
+    // submitted request wait for its answer.
+    let mut stopped_by_budget = false;
+    let mut deferred: Vec<u64> = Vec::new();
+    let mut from_cache: Vec<(u64, InputItem)> = Vec::new();
+    let mut chunk = Chunk::default();
+    let mut adoptable: Option<HashMap<String, Orphan>> = None;
+    let mut new_batches = 0u64;
+    let reader = read_inputs(input, spec.input.format, &cols)?;
+    for (ordinal, item) in (0u64..).zip(reader) {
+        if ordinal >= total {
+            break;
+        }
+        let item = item?;
+        if sink.done.contains(ordinal) || in_batch.contains(ordinal) {
+            continue;
+        }
+        let (body, hash) = client.request_for(&item.text);
+        if submitted.contains(&short_hash(&hash)) {
+            deferred.push(ordinal);
+            continue;
+        }
+        let cached = match client.cache() {
+            Some(c) => c.get(&hash)?.is_some(),
+            None => false,
+        };
+        if cached {
+            from_cache.push((ordinal, item));
+            if from_cache.len() >= WRITE_GROUP {
+                let items = std::mem::take(&mut from_cache)
+                    .into_iter()
+                    .map(|(o, it)| (o, it, None))
+                    .collect();
+                resolve(&client, &ctx, &mut sink, items, None, concurrency).await?;
+            }
+            continue;
+        }
+        if let Some(max) = opts.max_spend {
+            let worst = 2.0 * estimator.worst_case_cost(&client, &item.text);
+            if reserved + worst > max {
+                stopped_by_budget = true;
+                break;
+            }
+            reserved += worst;
+        }
+        submitted.insert(short_hash(&hash));
+        api.add(&mut chunk, ordinal, &hash, &body);
+        if chunk.ordinals.len() >= batch_size || chunk.bytes.len() >= MAX_BATCH_BYTES {
+            let c = std::mem::take(&mut chunk);
+            let b = api
+                .submit(c, &job_key, had_journal, &known, &mut adoptable)
+                .await?;
+            sink.journal.append(&encode_batch_line(&b))?;
+            new_batches += 1;
+            waiting.push(b);
+        }
+    }
+    if !chunk.ordinals.is_empty() {
+        let b = api
+            .submit(chunk, &job_key, had_journal, &known, &mut adoptable)
+            .await?;
+        sink.journal.append(&encode_batch_line(&b))?;
+        new_batches += 1;
+        waiting.push(b);
+    }
+    let items = from_cache
+        .into_iter()
+        .map(|(o, it)| (o, it, None))
+        .collect();
+    resolve(&client, &ctx, &mut sink, items, None, concurrency).await?;
+    sink.summary.batch_ids = waiting.iter().map(|b| b.id.clone()).collect();
+    if new_batches > 0 {
+        tracing::info!(
+            "submitted {new_batches} batch(es) of {} requests; ids recorded in {}",
+            waiting.iter().map(|b| b.n).sum::<u64>(),
+            jpath.display()
+        );
+    }
+
+    if opts.batch_no_wait && !waiting.is_empty() {
+        let mut s = sink.summary;
+        s.awaiting_batches = true;
+        s.stopped_by_budget = stopped_by_budget;
+        s.elapsed = started.elapsed();
+        return Ok(s);
+    }
+
+    // Wait for every batch, collecting each as soon as it ends.
+    let bar = progress_bar(opts.progress, waiting.iter().map(|b| b.n).sum(), 0);
+    let mut collected = 0u64;
+    let mut delay = (opts.batch_poll / 8)
+        .max(Duration::from_millis(10))
+        .min(opts.batch_poll.max(Duration::from_millis(10)));
+    while !waiting.is_empty() {
+        let mut still = Vec::with_capacity(waiting.len());
+        let mut running = 0u64;
+        for b in waiting {
+            match api.poll(&b).await.map_err(|e| hint(e, &b, jpath))? {
+                Poll::Running { finished } => {
+                    running += finished;
+                    still.push(b);
+                }
+                Poll::Ended(results) => {
+                    collect(
+                        &client,
+                        &ctx,
+                        &mut sink,
+                        &b,
+                        results,
+                        input,
+                        spec,
+                        total,
+                        concurrency,
+                    )
+                    .await?;
+                    collected += b.n;
+                }
+            }
+        }
+        waiting = still;
+        bar.set_position(collected + running);
+        bar.set_message(format!(
+            "{} batch(es) running, ${:.4}",
+            waiting.len(),
+            sink.summary.cost_usd
+        ));
+        if !waiting.is_empty() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(opts.batch_poll.max(Duration::from_millis(10)));
+        }
+    }
+    bar.finish_and_clear();
+
+    // Duplicates of submitted requests: now answered from the cache (or in real time when
+    // their twin failed).
+    if !deferred.is_empty() {
+        let want: HashSet<u64> = deferred.into_iter().collect();
+        let mut items = Vec::new();
+        let reader = read_inputs(input, spec.input.format, &cols)?;
+        for (ordinal, item) in (0u64..).zip(reader) {
+            if ordinal >= total {
+                break;
+            }
+            if want.contains(&ordinal) {
+                items.push((ordinal, item?, None));
+                if items.len() >= WRITE_GROUP {
+                    resolve(
+                        &client,
+                        &ctx,
+                        &mut sink,
+                        std::mem::take(&mut items),
+                        None,
+                        concurrency,
+                    )
+                    .await?;
+                }
+            }
+        }
+        resolve(&client, &ctx, &mut sink, items, None, concurrency).await?;
+    }
+
+    let mut summary = sink.summary;
+    summary.stopped_by_budget = stopped_by_budget;
+    summary.elapsed = started.elapsed();
+    let paid_records = summary.ok + summary.invalid + summary.failed - summary.cached;
+    if paid_records > 0 {
+        summary.cost_per_1000 = Some(summary.cost_usd / paid_records as f64 * 1000.0);
+    }
+    if !stopped_by_budget {
+        finish(jpath, out, total)?;
+        summary.complete = true;
+    }
+    Ok(summary)
+}
+
+fn short_hash(hex: &str) -> u128 {
+    u128::from_str_radix(hex.get(..32).unwrap_or(hex), 16).unwrap_or(0)
+}
+
+/// Adds the journal's name to an error met while a batch was running.
+fn hint(e: TeachError, b: &BatchRef, jpath: &Path) -> TeachError {
+    match e {
+        TeachError::Unreachable { url, message } => TeachError::Unreachable {
+            url,
+            message: format!(
+                "{message}; batch {} is recorded in {}: run the same command with --resume to pick it up",
+                b.id,
+                jpath.display()
+            ),
+        },
+        other => other,
+    }
+}
+
+/// Collects one finished batch: its answered inputs, its unanswered ones in real time.
+#[allow(clippy::too_many_arguments)]
+async fn collect(
+    client: &Arc<TeacherClient>,
+    ctx: &CallContext,
+    sink: &mut Sink,
+    b: &BatchRef,
+    mut results: Results,
+    input: &Path,
+    spec: &TaskSpec,
+    total: u64,
+    concurrency: usize,
+) -> Result<()> {
+    let mut owed = Ordinals::default();
+    let mut n = 0u64;
+    for i in b.ordinals() {
+        if i < total && !sink.done.contains(i) {
+            owed.insert(i);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let (answered, retried, rejected) = results.values().fold((0, 0, 0), |a, r| match r {
+        ItemResult::Reply(_) => (a.0 + 1, a.1, a.2),
+        ItemResult::Retry(_) => (a.0, a.1 + 1, a.2),
+        ItemResult::Failed(_) => (a.0, a.1, a.2 + 1),
+    });
+    let missing = b.n.saturating_sub(answered + retried + rejected);
+    if retried + missing > 0 {
+        tracing::warn!(
+            "batch {}: {} of {} requests not answered (expired, cancelled or errored); retrying them in real time",
+            b.id,
+            retried + missing,
+            b.n
+        );
+    }
+    let reader = read_inputs(input, spec.input.format, &Columns::from(&spec.input))?;
+    let mut items = Vec::new();
+    for (ordinal, item) in (0u64..).zip(reader) {
+        if ordinal >= total {
+            break;
+        }
+        if !owed.contains(ordinal) {
+            continue;
+        }
+        let item = item?;
+        // Only a result for exactly the request this job sends counts.
+        let want = custom_id(ordinal, &client.request_for(&item.text).1);
+        let r = results.remove(&want).unwrap_or_else(|| {
+            ItemResult::Retry(format!("no result for this request in batch {}", b.id))
+        });
+        items.push((ordinal, item, Some(r)));
+        if items.len() >= WRITE_GROUP {
+            resolve(
+                client,
+                ctx,
+                sink,
+                std::mem::take(&mut items),
+                Some(&b.id),
+                concurrency,
+            )
+            .await?;
+        }
+    }
+    if !results.is_empty() {
+        tracing::warn!(
+            "batch {}: ignored {} result(s) whose custom_id is not a request of this job",
+            b.id,
+            results.len()
+        );
+    }
+    resolve(client, ctx, sink, items, Some(&b.id), concurrency).await
+}
+
+/// Turns items into records (a batch reply, a real-time call, or a failure) and writes them.
+async fn resolve(
+    client: &Arc<TeacherClient>,
+    ctx: &CallContext,
+    sink: &mut Sink,
+    items: Vec<(u64, InputItem, Option<ItemResult>)>,
+    batch_id: Option<&str>,
+    concurrency: usize,
+) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    // Journal answers as they arrive (a group commit of whatever is ready), never holding a
+    // whole group of paid answers in memory where a kill would lose them.
+    let mut stream = futures::stream::iter(items)
+        .map(|(ordinal, item, result)| {
+            let client = client.clone();
+            let ctx = ctx.clone();
+            let batch_id = batch_id.map(str::to_string);
+            async move { one(&client, &ctx, ordinal, item, result, batch_id).await }
+        })
+        .buffer_unordered(concurrency)
+        .ready_chunks(WRITE_GROUP);
+    let mut first_err = None;
+    while let Some(chunk) = stream.next().await {
+        let mut done = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            match r {
+                Ok(d) => done.push(d),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        // Whatever was answered is kept even when another item hit a fatal error.
+        sink.write(client, done)?;
+        if first_err.is_some() {
+            break;
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn one(
+    client: &TeacherClient,
+    ctx: &CallContext,
+    ordinal: u64,
+    item: InputItem,
+    result: Option<ItemResult>,
+    batch_id: Option<String>,
+) -> Result<Done> {
+    let provider = client.provider().as_str();
+    let (outcome, pending, batch) = match result {
+        None => {
+            let (o, p) = client.label_deferred(&item.text, ctx).await?;
+            (o, p, false)
+        }
+        Some(ItemResult::Retry(why)) => {
+            tracing::debug!("input {}: {why}; asking in real time", item.id);
+            let (o, p) = client.label_deferred(&item.text, ctx).await?;
+            (o, p, false)
+        }
+        Some(ItemResult::Failed(message)) => {
+            let (_, hash) = client.request_for(&item.text);
+            let o = LabelOutcome {
+                label: None,
+                status: RecordStatus::Failed,
+                raw: None,
+                error: Some(message),
+                usage: Default::default(),
+                cost_usd: 0.0,
+                latency_ms: 0,
+                cached: false,
+                request_hash: hash,
+                paid_calls: 0,
+            };
+            (o, Pending::default(), true)
+        }
+        Some(ItemResult::Reply(reply)) => {
+            let (_, hash) = client.request_for(&item.text);
+            let spec = client.spec();
+            let valid = parse_label(&reply.text, &spec.labels, client.wire().format).is_ok();
+            let cost = client.cost(&reply.usage, true);
+            let row = LedgerRow {
+                id: None,
+                ts: LedgerRow::now(),
+                task: spec.name.clone(),
+                provider: provider.to_string(),
+                model: client.model().to_string(),
+                request_hash: hash.clone(),
+                usage: reply.usage,
+                cost_usd: cost,
+                latency_ms: 0,
+                status: if valid { "ok" } else { "invalid" }.into(),
+                batch_id: batch_id.clone(),
+                price_version: client.prices().version.clone(),
+                source: ctx.source.clone(),
+                tag: ctx.tag.clone(),
+            };
+            let entry = crate::cache::CacheEntry {
+                hash: hash.clone(),
+                model: client.model().to_string(),
+                reply: reply.clone(),
+            };
+            // The batch reply answers the first request; a repair, if needed, goes out now.
+            client.remember(&hash, reply);
+            let (mut o, mut p) = client.label_deferred(&item.text, ctx).await?;
+            o.cost_usd += cost;
+            o.cached = false;
+            o.paid_calls += 1;
+            p.ledger.insert(0, row);
+            p.cache.insert(0, entry);
+            (o, p, true)
+        }
+    };
+    let record = outcome.to_record(
+        item.id.clone(),
+        item.text,
+        item.gold,
+        provider,
+        client.model(),
+        batch,
+    );
+    Ok(Done {
+        ordinal,
+        record,
+        pending,
+        outcome,
+    })
+}
