@@ -240,9 +240,9 @@ fn mmlu_outcomes_import_train_and_eval_against_the_baselines() {
     assert!((s["random_apgr"].as_f64().unwrap() - 0.5).abs() < 1e-9);
     assert!(s["oracle_apgr"].as_f64().unwrap() > s["apgr"].as_f64().unwrap());
     assert!(s["apgr"].as_f64().unwrap().is_finite());
-    assert!(std::fs::read_to_string(dir.join("evals/report.html"))
-        .unwrap()
-        .contains("<svg"));
+    let html = std::fs::read_to_string(dir.join("evals/report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 2, "both cost axes");
+    assert!(html.contains("$ per 1,000 requests") && html.contains("<h2>Tiers</h2>"));
 }
 
 #[test]
@@ -337,9 +337,18 @@ fn gsm8k_loop_offline_through_the_replaying_sim_and_the_judge() {
             "routes.test.jsonl",
             "--out",
             "evals",
+            "--quality-floor",
+            "0.9",
         ],
     ));
     assert!(out.contains("APGR"), "{out}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("evals/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        m["settings"]["floor_fraction"], 0.9,
+        "--floor is --quality-floor"
+    );
     let spend = ok(distill(dir, &["spend", "--by", "model", "--json"]));
     let rows: serde_json::Value = serde_json::from_str(&spend).unwrap();
     let models: Vec<&str> = rows

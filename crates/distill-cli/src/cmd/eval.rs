@@ -146,6 +146,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
 
 /// Route tasks: routers against the baselines on the route test set.
 fn route(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
+    if args.floor.is_some() {
+        anyhow::bail!(
+            "--floor sets a classification cascade's floor; a route task's floor is \
+             --quality-floor FRACTION (of the top tier's quality, default 0.95)"
+        );
+    }
     let test = args
         .test
         .clone()

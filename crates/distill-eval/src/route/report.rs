@@ -211,15 +211,35 @@ pub fn markdown(r: &RouteReport) -> String {
     out
 }
 
-/// Quality against the share of top-tier calls, every policy's curve.
-fn chart(r: &RouteReport) -> Option<String> {
+/// What a cost–quality chart puts on its x axis.
+#[derive(Clone, Copy)]
+enum CostAxis {
+    /// The share of requests sent to the top tier.
+    PremiumShare,
+    /// Dollars per 1,000 requests.
+    UsdPer1000,
+}
+
+impl CostAxis {
+    fn x(self, pt: &super::curve::Point) -> f64 {
+        match self {
+            CostAxis::PremiumShare => pt.premium_share,
+            CostAxis::UsdPer1000 => pt.cost_per_request_usd * 1000.0,
+        }
+    }
+}
+
+/// Quality against cost (the share of top-tier calls, or $ per 1,000 requests), every
+/// policy's curve.
+fn chart(r: &RouteReport, axis: CostAxis) -> Option<String> {
     let curves: Vec<&Policy> = r.policies.iter().collect();
-    let (mut y0, mut y1) = (1.0f64, 0.0f64);
+    let (mut y0, mut y1, mut x1) = (1.0f64, 0.0f64, 0.0f64);
     for p in &curves {
         for pt in &p.curve {
             if pt.quality.is_finite() {
                 y0 = y0.min(pt.quality);
                 y1 = y1.max(pt.quality);
+                x1 = x1.max(axis.x(pt));
             }
         }
     }
@@ -227,21 +247,33 @@ fn chart(r: &RouteReport) -> Option<String> {
         return None;
     }
     let (y0, y1) = ((y0 - 0.02).max(0.0), (y1 + 0.02).min(1.0));
+    let (x1, caption, x_desc) = match axis {
+        CostAxis::PremiumShare => (
+            1.0,
+            "quality vs share of top-tier calls (held-out)",
+            "share of requests sent to the top tier",
+        ),
+        CostAxis::UsdPer1000 => (
+            (x1 * 1.05).max(1e-9),
+            "quality vs $ per 1,000 requests (held-out)",
+            "$ per 1,000 requests",
+        ),
+    };
     svg(|root| {
         let mut chart = ChartBuilder::on(root)
-            .caption(
-                "quality vs share of top-tier calls (held-out)",
-                ("sans-serif", 20),
-            )
+            .caption(caption, ("sans-serif", 20))
             .margin(16)
             .x_label_area_size(44)
             .y_label_area_size(56)
-            .build_cartesian_2d(0.0..1.0, y0..y1)?;
+            .build_cartesian_2d(0.0..x1, y0..y1)?;
         chart
             .configure_mesh()
-            .x_desc("share of requests sent to the top tier")
+            .x_desc(x_desc)
             .y_desc("quality (pass rate)")
-            .x_label_formatter(&|x| format!("{:.0}%", x * 100.0))
+            .x_label_formatter(&|x| match axis {
+                CostAxis::PremiumShare => format!("{:.0}%", x * 100.0),
+                CostAxis::UsdPer1000 => format!("${x:.2}"),
+            })
             .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
             .draw()?;
         for (k, p) in curves.iter().enumerate() {
@@ -250,7 +282,7 @@ fn chart(r: &RouteReport) -> Option<String> {
                 .curve
                 .iter()
                 .filter(|pt| pt.quality.is_finite())
-                .map(|pt| (pt.premium_share, pt.quality))
+                .map(|pt| (axis.x(pt), pt.quality))
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             if pts.len() == 1 {
@@ -305,10 +337,12 @@ pub fn html(r: &RouteReport) -> String {
         }
         b.push_str("</ul>");
     }
-    b.push_str("<h2>Cost–quality curve</h2>");
-    match chart(r) {
-        Some(svg) => b.push_str(&svg),
-        None => b.push_str("<p>No curve: no policy has a finite quality.</p>"),
+    b.push_str("<h2>Cost–quality curves</h2>");
+    for axis in [CostAxis::PremiumShare, CostAxis::UsdPer1000] {
+        match chart(r, axis) {
+            Some(svg) => b.push_str(&svg),
+            None => b.push_str("<p>No curve: no policy has a finite quality.</p>"),
+        }
     }
     b.push_str("<h2>Routers and baselines</h2><table><tr>");
     let (h, rows) = rows(r);
