@@ -54,7 +54,7 @@ fn get_json(url: &str) -> serde_json::Value {
 }
 
 /// Starts `distill sim-teacher --replay` in `dir` on an ephemeral port; returns it and its URL.
-fn replay_sim(dir: &Path, replay: &str, error_rate: &str) -> (std::process::Child, String) {
+fn replay_sim(dir: &Path, replay: &str, extra: &[&str]) -> (std::process::Child, String) {
     let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
         .current_dir(dir)
         .args([
@@ -65,16 +65,8 @@ fn replay_sim(dir: &Path, replay: &str, error_rate: &str) -> (std::process::Chil
             "--replay",
             replay,
         ])
-        .args([
-            "--port",
-            "0",
-            "--latency-ms",
-            "0",
-            "--error-rate",
-            error_rate,
-            "--retry-after-ms",
-            "5",
-        ])
+        .args(["--port", "0", "--latency-ms", "0", "--retry-after-ms", "5"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -257,7 +249,7 @@ fn gsm8k_loop_offline_through_the_replaying_sim_and_the_judge() {
         .collect();
     std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
 
-    let (mut sim, url) = replay_sim(dir, "recorded.jsonl", "0.05");
+    let (mut sim, url) = replay_sim(dir, "recorded.jsonl", &["--error-rate", "0.05"]);
     let teach = |extra: &[&str]| {
         let mut a = vec![
             "teach",
@@ -412,7 +404,7 @@ fn multi_turn_prompts_are_asked_as_conversations_and_cached_answers_keep_their_p
         ),
     )
     .unwrap();
-    let (mut sim, url) = replay_sim(dir, "replay.jsonl", "0");
+    let (mut sim, url) = replay_sim(dir, "replay.jsonl", &["--error-rate", "0"]);
     let teach = |out: &str, extra: &[&str]| {
         let mut a = vec![
             "teach",
@@ -486,27 +478,18 @@ fn route_teach_through_the_batch_api_in_two_rounds() {
         .collect();
     std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
     // Each batch answers its first 30 requests; the rest expire.
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args([
-            "-q",
-            "sim-teacher",
-            "--task",
-            "task.toml",
-            "--replay",
-            "recorded.jsonl",
-        ])
-        .args(["--port", "0", "--latency-ms", "0", "--error-rate", "0"])
-        .args(["--batch-expire-after", "30", "--batch-completion-ms", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    std::io::BufReader::new(sim.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    let url = url.trim().to_string();
+    let (mut sim, url) = replay_sim(
+        dir,
+        "recorded.jsonl",
+        &[
+            "--error-rate",
+            "0",
+            "--batch-expire-after",
+            "30",
+            "--batch-completion-ms",
+            "0",
+        ],
+    );
     let teach = |extra: &[&str]| {
         let mut a = vec![
             "teach",

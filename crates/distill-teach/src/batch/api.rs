@@ -67,6 +67,33 @@ impl Chunk {
     }
 }
 
+/// How often running batches are polled: first at an eighth of the longest wait, then twice
+/// as long each time, up to it.
+pub(crate) struct Pace {
+    delay: Duration,
+    max: Duration,
+}
+
+impl Pace {
+    pub(crate) fn new(max: Duration) -> Self {
+        let max = max.max(Duration::from_millis(10));
+        Pace {
+            delay: (max / 8).max(Duration::from_millis(10)).min(max),
+            max,
+        }
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(self.max);
+    }
+}
+
+/// The progress bar's message while batches run.
+pub(crate) fn running_message(batches: usize, spent_usd: f64) -> String {
+    format!("{batches} batch(es) running, ${spent_usd:.4}")
+}
+
 /// How many of a batch's requests the provider says it answered (OpenAI `completed`,
 /// Anthropic `succeeded`): what it bills, for `distill spend --reconcile`.
 pub async fn answered_count(client: &TeacherClient, batch_id: &str) -> Result<u64> {

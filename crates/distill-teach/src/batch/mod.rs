@@ -49,7 +49,7 @@ use crate::journal::{encode_batch_line, encode_line, BatchRef, Journal, JournalH
 use crate::label::parse_label;
 use crate::runner::{finish, progress_bar, reconcile, TeachOptions, TeachSummary};
 pub use api::{answered_count, custom_id};
-use api::{Api, Chunk, ItemResult, Orphan, Poll, Results};
+use api::{running_message, Api, Chunk, ItemResult, Orphan, Pace, Poll, Results};
 use distill_core::input::{read_inputs, Columns, InputItem};
 use distill_core::ledger::LedgerRow;
 use distill_core::{RecordStatus, TaskSpec, TeacherRecord};
@@ -57,7 +57,7 @@ use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Most requests distill puts in one provider batch (OpenAI allows 50,000; Anthropic 100,000).
 pub const MAX_BATCH_REQUESTS: usize = 50_000;
@@ -280,9 +280,7 @@ pub(crate) async fn run_batch(
     // Wait for every batch, collecting each as soon as it ends.
     let bar = progress_bar(opts.progress, waiting.iter().map(|b| b.n).sum(), 0);
     let mut collected = 0u64;
-    let mut delay = (opts.batch_poll / 8)
-        .max(Duration::from_millis(10))
-        .min(opts.batch_poll.max(Duration::from_millis(10)));
+    let mut pace = Pace::new(opts.batch_poll);
     while !waiting.is_empty() {
         let mut still = Vec::with_capacity(waiting.len());
         let mut running = 0u64;
@@ -311,14 +309,9 @@ pub(crate) async fn run_batch(
         }
         waiting = still;
         bar.set_position(collected + running);
-        bar.set_message(format!(
-            "{} batch(es) running, ${:.4}",
-            waiting.len(),
-            sink.summary.cost_usd
-        ));
+        bar.set_message(running_message(waiting.len(), sink.summary.cost_usd));
         if !waiting.is_empty() {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(opts.batch_poll.max(Duration::from_millis(10)));
+            pace.wait().await;
         }
     }
     bar.finish_and_clear();
@@ -370,7 +363,7 @@ fn short_hash(hex: &str) -> u128 {
 }
 
 /// Adds the journal's name to an error met while a batch was running.
-fn hint(e: TeachError, b: &BatchRef, jpath: &Path) -> TeachError {
+pub(crate) fn hint(e: TeachError, b: &BatchRef, jpath: &Path) -> TeachError {
     match e {
         TeachError::Unreachable { url, message } => TeachError::Unreachable {
             url,

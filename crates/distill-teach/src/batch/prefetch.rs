@@ -11,7 +11,7 @@
 //! ledger rows, at batch prices) before SQLite sees them, so a kill loses nothing paid for;
 //! `--max-spend` reserves each submitted request's worst case at batch prices.
 
-use super::api::{custom_id, Api, Chunk, ItemResult, Orphan, Poll, Results};
+use super::api::{custom_id, running_message, Api, Chunk, ItemResult, Orphan, Pace, Poll, Results};
 use super::{MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, WRITE_GROUP};
 use crate::cache::CacheEntry;
 use crate::client::{CallContext, Pending, TeacherClient};
@@ -87,7 +87,7 @@ impl<'j> Prefetch<'j> {
             max_spend: opts.max_spend,
             reserved: spent_before,
             batch_size: opts.batch_size.clamp(1, MAX_BATCH_REQUESTS),
-            poll: opts.batch_poll.max(Duration::from_millis(10)),
+            poll: opts.batch_poll,
             no_wait: opts.batch_no_wait,
             progress: opts.progress,
             ctx: CallContext::teach(),
@@ -199,7 +199,7 @@ impl<'j> Prefetch<'j> {
 
         let bar = progress_bar(self.progress, waiting.iter().map(|(_, b)| b.n).sum(), 0);
         let mut collected = 0u64;
-        let mut delay = (self.poll / 8).max(Duration::from_millis(10));
+        let mut pace = Pace::new(self.poll);
         while !waiting.is_empty() {
             let mut still = Vec::with_capacity(waiting.len());
             let mut running = 0u64;
@@ -209,7 +209,11 @@ impl<'j> Prefetch<'j> {
                     client: round.client,
                     spec: round.client.spec(),
                 };
-                match api.poll(&b).await? {
+                match api
+                    .poll(&b)
+                    .await
+                    .map_err(|e| super::hint(e, &b, self.journal.path()))?
+                {
                     Poll::Running { finished } => {
                         running += finished;
                         still.push((r, b));
@@ -222,14 +226,9 @@ impl<'j> Prefetch<'j> {
             }
             waiting = still;
             bar.set_position(collected + running);
-            bar.set_message(format!(
-                "{} batch(es) running, ${:.4}",
-                waiting.len(),
-                self.spent_usd
-            ));
+            bar.set_message(running_message(waiting.len(), self.spent_usd));
             if !waiting.is_empty() {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(self.poll);
+                pace.wait().await;
             }
         }
         bar.finish_and_clear();
@@ -242,7 +241,11 @@ impl<'j> Prefetch<'j> {
             client: round.client,
             spec: round.client.spec(),
         };
-        match api.poll(b).await? {
+        match api
+            .poll(b)
+            .await
+            .map_err(|e| super::hint(e, b, self.journal.path()))?
+        {
             Poll::Running { .. } => Ok(false),
             Poll::Ended(results) => {
                 self.collect(round, b, results)?;
