@@ -2,7 +2,9 @@
 """Fault injection for `distill teach`: kill -9 at a random moment, resume, count the damage.
 
 For each path (real time; the Batch API with part of every batch expiring, so its items are
-retried in real time) this runs the same job RUNS times, each time:
+retried in real time; a route task through the Batch API in two rounds, the tiers' answers then
+the judge's gradings, on RouteLLM's GSM8K outcomes replayed by the sim) this runs the same job
+RUNS times, each time:
   1. a fresh sim-teacher (its /stats is the provider's bill) and a fresh state directory;
   2. `distill teach`, killed with SIGKILL at a moment drawn uniformly over a clean run's
      duration (measured first, same settings);
@@ -11,14 +13,15 @@ retried in real time) this runs the same job RUNS times, each time:
 Then it counts, against the sim's /stats and the ledger:
   lost        inputs without a record in the output;
   duplicated  inputs with more than one record;
-  stale       records whose request hash differs from the clean rerun's (an answer to another
-              request than the one this job sends);
+  stale       records whose request hash (route: tiers' answers and verdicts) differs from the
+              clean rerun's (an answer to another request than the one this job sends);
   paid twice  responses billed for a request already billed: allowed up to the calls in
               flight at the kill (--concurrency), never more;
   under       billed responses the ledger does not count (it must count every one).
 Exit 1 when any of these is out of bounds. Prints a table per path.
 
-Usage: crash_resume.py BIN DATA_DIR [--runs N] [--inputs N] [--seed S]
+Usage: crash_resume.py BIN DATA_DIR [--routellm DIR --route-spec TOML] [--runs N] [--inputs N]
+                       [--seed S]
 """
 
 import argparse
@@ -69,13 +72,32 @@ tpm = 0
     return os.path.join(d, "task.toml")
 
 
+def write_route_task(binary, d, routellm, spec, n):
+    """A route task on the first `n` GSM8K problems: the recorded outcomes for the sim to
+    replay, and the prompts to teach."""
+    shutil.copy(spec, os.path.join(d, "task.toml"))
+    with open(os.path.join(routellm, "gsm8k", "gsm8k_responses.csv"), newline="") as f:
+        rows = list(csv.reader(f))[: n + 1]
+    with open(os.path.join(d, "outcomes.csv"), "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run_to_end([binary, "--state-dir", os.path.join(d, "import-state"), "-q", "teach",
+                "--task", os.path.join(d, "task.toml"), "--import-outcomes",
+                os.path.join(d, "outcomes.csv"), "--out", os.path.join(d, "recorded.jsonl")])
+    with open(os.path.join(d, "prompts.jsonl"), "w") as f:
+        for r in records(os.path.join(d, "recorded.jsonl")):
+            f.write(json.dumps({"prompt": r["text"]}) + "\n")
+    return os.path.join(d, "task.toml")
+
+
 class Sim:
-    def __init__(self, binary, task, batch):
+    def __init__(self, binary, task, batch, replay=None):
         args = [binary, "-q", "sim-teacher", "--task", task, "--port", "0",
                 "--latency-ms", "15", "--error-rate", "0.05", "--retry-after-ms", "5",
                 "--batch-completion-ms", "300"]
         if batch:
             args += ["--batch-expire-after", "40"]
+        if replay:
+            args += ["--replay", replay]
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.url = self.p.stdout.readline().strip()
         if not self.url.startswith("http"):
@@ -95,9 +117,12 @@ class Sim:
             self.p.wait()
 
 
-def teach_cmd(binary, state, task, url, out, batch):
+def teach_cmd(binary, state, task, url, out, batch, route=False):
     c = [binary, "--state-dir", state, "-q", "teach", "--task", task, "--base-url", url,
          "--out", out, "--concurrency", str(CONCURRENCY)]
+    if route:
+        c += ["--input", os.path.join(os.path.dirname(task), "prompts.jsonl"), "--rpm", "0",
+              "--tpm", "0"]
     if batch:
         c += ["--batch", "--poll-secs", "0.05", "--batch-size", "50"]
     return c
@@ -121,14 +146,24 @@ def ledger_calls(binary, state):
     return sum(x["calls"] for x in rows)
 
 
-def one_run(binary, data_dir, n, batch, kill_after, work):
+def answer_key(r):
+    """What must not change between a resumed run's record and a clean rerun's."""
+    if "tiers" in r:
+        return json.dumps([(t["answer"], t["passed"]) for t in r["tiers"]])
+    return r["request_hash"]
+
+
+def one_run(binary, data_dir, n, batch, kill_after, work, route=None):
     d = tempfile.mkdtemp(dir=work)
-    task = write_task(d, data_dir, n)
+    if route:
+        task = write_route_task(binary, d, route[0], route[1], n)
+    else:
+        task = write_task(d, data_dir, n)
     state = os.path.join(d, "state")
     out = os.path.join(d, "t.jsonl")
-    sim = Sim(binary, task, batch)
+    sim = Sim(binary, task, batch, os.path.join(d, "recorded.jsonl") if route else None)
     try:
-        cmd = teach_cmd(binary, state, task, sim.url, out, batch)
+        cmd = teach_cmd(binary, state, task, sim.url, out, batch, bool(route))
         killed = False
         if kill_after is not None:
             p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -150,9 +185,9 @@ def one_run(binary, data_dir, n, batch, kill_after, work):
         duplicated = len(ids) - len(set(ids))
         billed = sim.stats()
         again = os.path.join(d, "again.jsonl")
-        run_to_end(teach_cmd(binary, state, task, sim.url, again, False))
-        clean = {r["id"]: r["request_hash"] for r in records(again)}
-        stale = sum(1 for r in recs if clean.get(r["id"]) != r["request_hash"])
+        run_to_end(teach_cmd(binary, state, task, sim.url, again, False, bool(route)))
+        clean = {r["id"]: answer_key(r) for r in records(again)}
+        stale = sum(1 for r in recs if clean.get(r["id"]) != answer_key(r))
         repaid = sim.stats()["billable"] - billed["billable"]
         calls = ledger_calls(binary, state)
         return {
@@ -177,23 +212,29 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--inputs", type=int, default=150)
     ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--routellm", help="RouteLLM's outcomes (adds the route-batch path)")
+    ap.add_argument("--route-spec", help="the GSM8K route task spec")
+    ap.add_argument("--route-inputs", type=int, default=40)
     a = ap.parse_args()
     rng = random.Random(a.seed)
     work = tempfile.mkdtemp(prefix="distill-crash-")
     failed = False
     print(f"crash_resume: {a.runs} runs per path, {a.inputs} inputs, concurrency {CONCURRENCY}, "
           f"seed {a.seed}")
-    print(f"{'path':<10} {'runs':>4} {'killed':>6} {'lost':>5} {'dup':>4} {'stale':>5} "
+    print(f"{'path':<11} {'runs':>4} {'killed':>6} {'lost':>5} {'dup':>4} {'stale':>5} "
           f"{'paid twice (max/run)':>21} {'ledger under':>12} {'ledger over (max)':>17}")
     try:
-        for name, batch in (("real-time", False), ("batch", True)):
-            clean = one_run(a.binary, a.data_dir, a.inputs, batch, None, work)
+        paths = [("real-time", False, None, a.inputs), ("batch", True, None, a.inputs)]
+        if a.routellm and a.route_spec:
+            paths.append(("route-batch", True, (a.routellm, a.route_spec), a.route_inputs))
+        for name, batch, route, n in paths:
+            clean = one_run(a.binary, a.data_dir, n, batch, None, work, route)
             span = clean["elapsed"]
             totals = {"killed": 0, "lost": 0, "duplicated": 0, "stale": 0, "under": 0}
             max_twice = 0
             max_over = 0
             for _ in range(a.runs):
-                r = one_run(a.binary, a.data_dir, a.inputs, batch, rng.uniform(0, span), work)
+                r = one_run(a.binary, a.data_dir, n, batch, rng.uniform(0, span), work, route)
                 for k in totals:
                     totals[k] += int(r[k])
                 max_twice = max(max_twice, r["paid_twice"])
@@ -201,7 +242,7 @@ def main():
             bad = (totals["lost"] or totals["duplicated"] or totals["stale"] or totals["under"]
                    or max_twice > CONCURRENCY)
             failed |= bool(bad)
-            print(f"{name:<10} {a.runs:>4} {totals['killed']:>6} {totals['lost']:>5} "
+            print(f"{name:<11} {a.runs:>4} {totals['killed']:>6} {totals['lost']:>5} "
                   f"{totals['duplicated']:>4} {totals['stale']:>5} "
                   f"{max_twice:>14} (<= {CONCURRENCY}) {totals['under']:>12} {max_over:>17}"
                   f"   clean run {span:.2f}s {'FAIL' if bad else 'ok'}")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# kill -9 `distill teach` at random moments (real-time and Batch API paths), resume it, and
+# kill -9 `distill teach` at random moments (real-time and Batch API paths, and a route task
+# through the Batch API in two rounds), resume it, and
 # count lost / duplicated / stale records, responses paid twice beyond the calls in flight,
 # and billed calls missing from the ledger, against the sim-teacher's /stats. All must be 0
 # (paid twice: at most --concurrency per kill). See crash_resume.py for the protocol.
@@ -20,4 +21,5 @@ case $bin in /*) ;; *) bin=$root/$bin ;; esac
 data=$root/datasets/banking77
 [ -s "$data/train.csv" ] || data=$root/../shared/datasets/banking77
 exec "$py" scripts/verify/crash_resume.py "$bin" "$data" \
+  --routellm "$root/../shared/datasets/routellm" --route-spec "$root/datasets/gsm8k-routing/task.toml" \
   --runs "${RUNS:-20}" --inputs "${INPUTS:-150}" ${SEED:+--seed "$SEED"}
