@@ -349,7 +349,7 @@ pub fn open_set_rows(r: &EvalReport) -> Option<(Vec<String>, Vec<Vec<String>>)> 
 }
 
 /// Aligned plain-text table.
-fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {

@@ -5,6 +5,7 @@ use super::{Policy, RouteReport};
 use crate::report::charts::{svg, PALETTE};
 use crate::report::fmt::{pct, usd};
 use crate::report::html::escape;
+use crate::report::text_table;
 use plotters::prelude::*;
 use std::fmt::Write;
 
@@ -79,31 +80,6 @@ fn rows(r: &RouteReport) -> (Vec<String>, Vec<Vec<String>>) {
         })
         .collect();
     (header, rows)
-}
-
-fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}", w = *w))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut s = line(header) + "\n";
-    for row in rows {
-        s.push_str(&line(row));
-        s.push('\n');
-    }
-    s
 }
 
 /// What the CLI prints.
