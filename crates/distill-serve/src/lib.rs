@@ -3,6 +3,7 @@
 //! answered locally for free, unsure ones still get the premium model's answer, and every
 //! dollar spent or saved is counted.
 
+mod answer;
 pub mod auth;
 pub mod batcher;
 pub mod budget;

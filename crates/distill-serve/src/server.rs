@@ -2,24 +2,22 @@
 //! served students, with the cascade (escalate unsure inputs to the teacher), the answer cache,
 //! budgets, shadow traffic, metrics, auth, limits and graceful draining.
 
+use crate::answer::{chat_completions, classify};
 use crate::auth::ApiKeys;
-use crate::batcher::{BatchError, BatchOptions, Batcher};
-use crate::budget::{Budgets, CapHit, DEFAULT_TAG};
-use crate::cache::{cache_key, normalise, Cache, CachedAnswer};
+use crate::batcher::{BatchOptions, Batcher};
+use crate::budget::Budgets;
+use crate::cache::Cache;
 use crate::error::{Result, ServeError};
-use crate::escalate::{CallContext, CostEstimator, Escalator};
-use crate::metrics::{Metrics, BATCH_BUCKETS, LATENCY_BUCKETS};
-use crate::shadow::{ShadowRecorder, ShadowRow};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use crate::escalate::{CostEstimator, Escalator};
+use crate::metrics::{Metrics, BATCH_BUCKETS};
+use crate::shadow::ShadowRecorder;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use distill_train::{ModelMeta, Prediction, Student};
+use distill_train::{ModelMeta, Student};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -93,23 +91,23 @@ impl Default for ServerOptions {
 pub struct ServedModel {
     pub name: String,
     pub meta: ModelMeta,
-    student: Arc<dyn Student>,
-    batcher: Batcher,
-    escalator: Option<Arc<dyn Escalator>>,
-    estimator: CostEstimator,
-    case_insensitive: bool,
+    pub(crate) student: Arc<dyn Student>,
+    pub(crate) batcher: Batcher,
+    pub(crate) escalator: Option<Arc<dyn Escalator>>,
+    pub(crate) estimator: CostEstimator,
+    pub(crate) case_insensitive: bool,
     /// Escalate when the student's confidence is below this.
-    threshold: f32,
-    created: i64,
+    pub(crate) threshold: f32,
+    pub(crate) created: i64,
 }
 
-struct TokenBucket {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
+pub(crate) struct TokenBucket {
+    pub(crate) rate: f64,
+    pub(crate) state: Mutex<(f64, Instant)>,
 }
 
 impl TokenBucket {
-    fn take(&self) -> bool {
+    pub(crate) fn take(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let burst = self.rate.max(1.0);
@@ -128,22 +126,22 @@ pub struct AppState {
     pub models: BTreeMap<String, Arc<ServedModel>>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
-    cache: Cache,
-    budgets: Budgets,
-    alert_webhook: Option<String>,
-    shadow_rate: f64,
-    shadow: Option<ShadowRecorder>,
+    pub(crate) cache: Cache,
+    pub(crate) budgets: Budgets,
+    pub(crate) alert_webhook: Option<String>,
+    pub(crate) shadow_rate: f64,
+    pub(crate) shadow: Option<ShadowRecorder>,
     /// Shadow calls still waiting on the teacher: shutdown waits for them, since each one is
     /// paid for and its comparison would otherwise be lost.
-    shadow_in_flight: tokio::sync::watch::Sender<usize>,
-    api_keys: Option<ApiKeys>,
-    rate: Option<TokenBucket>,
-    max_body_bytes: usize,
-    max_input_tokens: usize,
-    truncate: bool,
-    teacher_timeout: Duration,
-    max_classify_inputs: usize,
-    http: reqwest::Client,
+    pub(crate) shadow_in_flight: tokio::sync::watch::Sender<usize>,
+    pub(crate) api_keys: Option<ApiKeys>,
+    pub(crate) rate: Option<TokenBucket>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_input_tokens: usize,
+    pub(crate) truncate: bool,
+    pub(crate) teacher_timeout: Duration,
+    pub(crate) max_classify_inputs: usize,
+    pub(crate) http: reqwest::Client,
 }
 
 impl AppState {
@@ -165,10 +163,10 @@ impl AppState {
 }
 
 /// Counts one shadow call in flight for as long as it lives, however the call ends.
-struct InFlight(tokio::sync::watch::Sender<usize>);
+pub(crate) struct InFlight(pub(crate) tokio::sync::watch::Sender<usize>);
 
 impl InFlight {
-    fn start(counter: &tokio::sync::watch::Sender<usize>) -> Self {
+    pub(crate) fn start(counter: &tokio::sync::watch::Sender<usize>) -> Self {
         counter.send_modify(|n| *n += 1);
         Self(counter.clone())
     }
@@ -191,7 +189,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
+    pub(crate) fn new(
         status: StatusCode,
         kind: &'static str,
         code: Option<&'static str>,
@@ -205,7 +203,7 @@ impl ApiError {
             code,
         }
     }
-    fn bad_request(message: impl Into<String>, param: &str) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>, param: &str) -> Self {
         let mut e = Self::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -256,15 +254,15 @@ pub struct Answer {
 }
 
 pub struct Server {
-    state: Arc<AppState>,
+    pub(crate) state: Arc<AppState>,
 }
 
 /// A server running on a background task (tests, embedding).
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    join: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub(crate) stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(crate) join: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl RunningServer {
@@ -549,49 +547,6 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Response {
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-fn parse_body(
-    body: std::result::Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> std::result::Result<Value, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                Some("request_too_large"),
-                format!("request body is larger than the {limit}-byte limit"),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {e}"), "body")
-        }
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"), "body"))
-}
-
-fn model_of(st: &AppState, body: &Value) -> std::result::Result<Arc<ServedModel>, ApiError> {
-    let name = body.get("model").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::bad_request(
-            "missing required field `model` (a served model's name)",
-            "model",
-        )
-    })?;
-    st.models.get(name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = st.models.keys().map(String::as_str).collect();
-        let mut e = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("model_not_found"),
-            format!(
-                "the model `{name}` is not served here (served: {})",
-                known.join(", ")
-            ),
-        );
-        e.param = Some("model".into());
-        e
-    })
-}
-
 /// A known endpoint asked with the wrong method: 405 in OpenAI's error shape (axum's own
 /// 405 has an empty body, which clients cannot report).
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
@@ -601,638 +556,4 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         Some("method_not_allowed"),
         format!("{method} is not allowed on {}", uri.path()),
     )
-}
-
-fn tag_of(headers: &HeaderMap) -> std::result::Result<String, ApiError> {
-    let Some(v) = headers.get("x-distill-tag") else {
-        return Ok(DEFAULT_TAG.to_string());
-    };
-    let t = v.to_str().unwrap_or("");
-    let ok = !t.is_empty()
-        && t.len() <= 64
-        && t.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
-    if ok {
-        Ok(t.to_string())
-    } else {
-        Err(ApiError::bad_request(
-            "X-Distill-Tag must be 1-64 characters of letters, digits and - _ . : /",
-            "X-Distill-Tag",
-        ))
-    }
-}
-
-/// Most characters per allowed token: a cheap bound checked before any tokenizer runs (BPE on
-/// one 100,000-character "word" is slow, and a student may count such a word as one token).
-const MAX_CHARS_PER_TOKEN: usize = 16;
-
-/// Applies the length limits: 422 (or truncation with `--truncate`). An input must fit the
-/// model's tokens and, for a model that escalates, the teacher's tokens too. Empty input is a
-/// 400. Returns the text to answer and its length in the model's tokens (tokenised once
-/// here, reused for `usage`).
-fn check_len(
-    st: &AppState,
-    m: &ServedModel,
-    text: String,
-    param: &str,
-) -> std::result::Result<(String, usize), ApiError> {
-    if text.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "the input is empty (or only whitespace): there is nothing to classify",
-            param,
-        ));
-    }
-    let too_long = |message: String| {
-        let mut e = ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request_error",
-            Some("context_length_exceeded"),
-            format!("{message} (start the server with --truncate to cut long inputs)"),
-        );
-        e.param = Some(param.into());
-        e
-    };
-    let mut text = text;
-    let char_cap = st.max_input_tokens.saturating_mul(MAX_CHARS_PER_TOKEN);
-    if text.len() > char_cap {
-        let chars = text.chars().count();
-        if chars > char_cap {
-            if !st.truncate {
-                return Err(too_long(format!(
-                    "the input is {chars} characters; at most {char_cap} are accepted \
-                     ({MAX_CHARS_PER_TOKEN} per token of --max-input-tokens {})",
-                    st.max_input_tokens
-                )));
-            }
-            text = text.chars().take(char_cap).collect();
-        }
-    }
-    let limit = m.meta.max_len.unwrap_or(st.max_input_tokens);
-    let mut n = m.student.token_len(&text);
-    if n > limit {
-        if !st.truncate {
-            return Err(too_long(format!(
-                "the input is {n} tokens; model `{}` accepts at most {limit}",
-                m.name
-            )));
-        }
-        // The model truncates to its own tokens too; cutting words bounds the work before that.
-        text = text
-            .split_whitespace()
-            .take(limit)
-            .collect::<Vec<_>>()
-            .join(" ");
-        n = m.student.token_len(&text).min(limit);
-    }
-    if let Some(esc) = &m.escalator {
-        let teacher_limit = st.max_input_tokens;
-        if let Some(tn) = esc.input_tokens(&text).filter(|&tn| tn > teacher_limit) {
-            if !st.truncate {
-                return Err(too_long(format!(
-                    "the input is {tn} tokens for the teacher ({}); an input that may be \
-                     escalated is at most {teacher_limit} (--max-input-tokens)",
-                    esc.teacher_model()
-                )));
-            }
-            text = esc.truncate_input(&text, teacher_limit);
-            n = m.student.token_len(&text).min(limit);
-        }
-    }
-    Ok((text, n))
-}
-
-fn finish(
-    st: &AppState,
-    endpoint: &str,
-    model: Option<&str>,
-    started: Instant,
-    r: std::result::Result<Response, ApiError>,
-) -> Response {
-    let resp = match r {
-        Ok(r) => r,
-        Err(e) => {
-            st.metrics.inc(
-                "distill_http_errors_total",
-                &[("endpoint", endpoint), ("status", e.status.as_str())],
-            );
-            e.into_response()
-        }
-    };
-    st.metrics.observe(
-        "distill_request_duration_seconds",
-        LATENCY_BUCKETS,
-        &[("model", model.unwrap_or("")), ("endpoint", endpoint)],
-        started.elapsed().as_secs_f64(),
-    );
-    resp
-}
-
-fn user_text(body: &Value) -> std::result::Result<String, ApiError> {
-    let messages = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing required field `messages` (a non-empty array)",
-                "messages",
-            )
-        })?;
-    let last = messages
-        .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-        .ok_or_else(|| {
-            ApiError::bad_request("`messages` has no user message to classify", "messages")
-        })?;
-    match last.get("content") {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect();
-            if texts.is_empty() {
-                Err(ApiError::bad_request(
-                    "the last user message has no text part",
-                    "messages",
-                ))
-            } else {
-                Ok(texts.join("\n"))
-            }
-        }
-        _ => Err(ApiError::bad_request(
-            "the last user message has no `content` string",
-            "messages",
-        )),
-    }
-}
-
-async fn chat_completions(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let mut model_name = None;
-    let r = chat_inner(&st, &headers, body, &mut model_name).await;
-    finish(&st, "chat", model_name.as_deref(), started, r)
-}
-
-async fn chat_inner(
-    st: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-    model_name: &mut Option<String>,
-) -> std::result::Result<Response, ApiError> {
-    let body = parse_body(body, st.max_body_bytes)?;
-    let m = model_of(st, &body)?;
-    *model_name = Some(m.name.clone());
-    let text = user_text(&body)?;
-    let tag = tag_of(headers)?;
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "`stream` must be true or false",
-                "stream",
-            ))
-        }
-    };
-    let (text, prompt_tokens) = check_len(st, &m, text, "messages")?;
-    let prompt_tokens = prompt_tokens as u64;
-    let answer = answer_many(st, &m, vec![text], &tag, "chat")
-        .await?
-        .pop()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                None,
-                "no answer",
-            )
-        })?;
-    let json_reply = matches!(
-        body.pointer("/response_format/type")
-            .and_then(Value::as_str),
-        Some("json_object" | "json_schema")
-    );
-    let content = if json_reply {
-        json!({"label": answer.label}).to_string()
-    } else {
-        answer.label.clone()
-    };
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": 1,
-        "total_tokens": prompt_tokens + 1,
-    });
-    let id = format!("chatcmpl-distill-{:016x}", rand::random::<u64>());
-    let created = chrono::Utc::now().timestamp();
-    if !stream {
-        return Ok(Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": m.name,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": null},
-                "logprobs": null,
-                "finish_reason": "stop",
-            }],
-            "usage": usage,
-            "system_fingerprint": null,
-            "distill": answer,
-        }))
-        .into_response());
-    }
-    // The whole answer exists already, so the stream is one content chunk, a stop chunk,
-    // the usage chunk when asked for, and [DONE] — exactly what OpenAI clients expect.
-    let chunk = |delta: Value, finish: Value| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        })
-    };
-    let mut first = chunk(
-        json!({"role": "assistant", "content": content}),
-        Value::Null,
-    );
-    first["distill"] = serde_json::to_value(&answer).unwrap_or(Value::Null);
-    let mut events = vec![first, chunk(json!({}), json!("stop"))];
-    if body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        == Some(true)
-    {
-        events.push(json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": m.name,
-            "choices": [], "usage": usage,
-        }));
-    }
-    let mut out: Vec<std::result::Result<Event, std::convert::Infallible>> = events
-        .into_iter()
-        .map(|v| Ok(Event::default().data(v.to_string())))
-        .collect();
-    out.push(Ok(Event::default().data("[DONE]")));
-    Ok(Sse::new(futures::stream::iter(out)).into_response())
-}
-
-async fn classify(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let mut model_name = None;
-    let r = classify_inner(&st, &headers, body, &mut model_name).await;
-    finish(&st, "classify", model_name.as_deref(), started, r)
-}
-
-async fn classify_inner(
-    st: &Arc<AppState>,
-    headers: &HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
-    model_name: &mut Option<String>,
-) -> std::result::Result<Response, ApiError> {
-    let body = parse_body(body, st.max_body_bytes)?;
-    let m = model_of(st, &body)?;
-    *model_name = Some(m.name.clone());
-    let inputs = body
-        .get("inputs")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing required field `inputs` (an array of strings)",
-                "inputs",
-            )
-        })?;
-    if inputs.len() > st.max_classify_inputs {
-        return Err(ApiError::bad_request(
-            format!(
-                "at most {} inputs per request, got {}",
-                st.max_classify_inputs,
-                inputs.len()
-            ),
-            "inputs",
-        ));
-    }
-    let tag = tag_of(headers)?;
-    let mut texts = Vec::with_capacity(inputs.len());
-    let mut prompt_tokens = 0usize;
-    for (i, v) in inputs.iter().enumerate() {
-        let s = v.as_str().ok_or_else(|| {
-            ApiError::bad_request(
-                format!("inputs[{i}] is not a string"),
-                &format!("inputs[{i}]"),
-            )
-        })?;
-        let (text, n) = check_len(st, &m, s.to_string(), &format!("inputs[{i}]"))?;
-        prompt_tokens += n;
-        texts.push(text);
-    }
-    let answers = answer_many(st, &m, texts, &tag, "classify").await?;
-    Ok(Json(json!({
-        "object": "list",
-        "model": m.name,
-        "results": answers,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }))
-    .into_response())
-}
-
-/// The cascade for a batch of inputs: cache, then one micro-batched student pass for the
-/// misses, then the teacher (concurrently) for those below the threshold.
-async fn answer_many(
-    st: &Arc<AppState>,
-    m: &Arc<ServedModel>,
-    texts: Vec<String>,
-    tag: &str,
-    endpoint: &'static str,
-) -> std::result::Result<Vec<Answer>, ApiError> {
-    let norm: Vec<String> = texts
-        .iter()
-        .map(|t| normalise(t, m.case_insensitive))
-        .collect();
-    let keys: Vec<String> = norm.iter().map(|n| cache_key(&m.name, n)).collect();
-    let cached: Vec<Option<CachedAnswer>> =
-        futures::future::join_all(keys.iter().map(|k| st.cache.get(k))).await;
-    let miss_idx: Vec<usize> = (0..texts.len()).filter(|&i| cached[i].is_none()).collect();
-    let caching = !matches!(st.cache, Cache::Off);
-    if caching {
-        let hits = (texts.len() - miss_idx.len()) as f64;
-        let model = [("model", m.name.as_str())];
-        st.metrics.add("distill_cache_hits_total", &model, hits);
-        st.metrics
-            .add("distill_cache_misses_total", &model, miss_idx.len() as f64);
-    }
-    let preds = if miss_idx.is_empty() {
-        Vec::new()
-    } else {
-        m.batcher
-            .predict(miss_idx.iter().map(|&i| norm[i].clone()).collect())
-            .await
-            .map_err(|e| match e {
-                BatchError::Overloaded => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    Some("overloaded"),
-                    e.to_string(),
-                ),
-                other => {
-                    tracing::error!("model `{}`: {other}", m.name);
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "server_error",
-                        None,
-                        format!("model `{}` failed", m.name),
-                    )
-                }
-            })?
-    };
-    let mut pred_of = vec![None; texts.len()];
-    for (i, p) in miss_idx.into_iter().zip(preds) {
-        pred_of[i] = Some(p);
-    }
-    let futs = (0..texts.len()).map(|i| {
-        let cached = cached[i].clone();
-        let pred = pred_of[i].take();
-        let norm = &norm[i];
-        let key = &keys[i];
-        async move {
-            let saved = m.estimator.estimate(norm);
-            match (cached, pred) {
-                (Some(c), _) => Answer {
-                    label: c.label,
-                    confidence: c.confidence,
-                    source: "cache",
-                    cost_usd: 0.0,
-                    saved_usd: saved,
-                    degraded: false,
-                    budget_capped: false,
-                    student_label: None,
-                },
-                (None, Some(p)) => decide(st, m, norm, key, p, tag, endpoint, saved).await,
-                (None, None) => unreachable!("every cache miss has a prediction"),
-            }
-        }
-    });
-    let answers = futures::future::join_all(futs).await;
-    for a in &answers {
-        st.metrics.inc(
-            "distill_requests_total",
-            &[
-                ("model", &m.name),
-                ("endpoint", endpoint),
-                ("tag", tag),
-                ("source", a.source),
-            ],
-        );
-        st.metrics.add(
-            "distill_saved_usd_total",
-            &[("model", &m.name), ("tag", tag)],
-            a.saved_usd,
-        );
-    }
-    Ok(answers)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn decide(
-    st: &Arc<AppState>,
-    m: &Arc<ServedModel>,
-    text: &str,
-    key: &str,
-    p: Prediction,
-    tag: &str,
-    endpoint: &'static str,
-    saved: f64,
-) -> Answer {
-    let student = Answer {
-        label: p.label.clone(),
-        confidence: p.confidence,
-        source: "student",
-        cost_usd: 0.0,
-        saved_usd: saved,
-        degraded: false,
-        budget_capped: false,
-        student_label: None,
-    };
-    let Some(esc) = m.escalator.clone() else {
-        st.cache
-            .put(
-                key,
-                &CachedAnswer {
-                    label: p.label,
-                    confidence: p.confidence,
-                    origin: "student".into(),
-                },
-            )
-            .await;
-        return student;
-    };
-    if p.confidence >= m.threshold {
-        if st.shadow.is_some() && st.shadow_rate > 0.0 && rand::random::<f64>() < st.shadow_rate {
-            shadow(
-                st.clone(),
-                m.clone(),
-                esc,
-                text.to_string(),
-                p.clone(),
-                tag.to_string(),
-            );
-        }
-        st.cache
-            .put(
-                key,
-                &CachedAnswer {
-                    label: p.label,
-                    confidence: p.confidence,
-                    origin: "student".into(),
-                },
-            )
-            .await;
-        return student;
-    }
-    let labels = [("model", m.name.as_str()), ("tag", tag)];
-    if let Some(hit) = st.budgets.check(tag) {
-        capped(st, &hit);
-        st.metrics.inc(
-            "distill_escalations_total",
-            &[labels[0], labels[1], ("outcome", "budget_capped")],
-        );
-        return Answer {
-            budget_capped: true,
-            ..student
-        };
-    }
-    let ctx = CallContext {
-        source: format!("serve.{endpoint}"),
-        tag: (tag != DEFAULT_TAG).then(|| tag.to_string()),
-    };
-    let outcome = tokio::time::timeout(st.teacher_timeout, esc.label(text, &ctx)).await;
-    match outcome {
-        Ok(Ok(e)) => {
-            st.budgets.record(tag, e.cost_usd);
-            st.metrics
-                .add("distill_escalation_spend_usd_total", &labels, e.cost_usd);
-            st.metrics.inc(
-                "distill_escalations_total",
-                &[labels[0], labels[1], ("outcome", "ok")],
-            );
-            st.cache
-                .put(
-                    key,
-                    &CachedAnswer {
-                        label: e.label.clone(),
-                        confidence: p.confidence,
-                        origin: "teacher".into(),
-                    },
-                )
-                .await;
-            Answer {
-                student_label: Some(p.label),
-                label: e.label,
-                source: "teacher",
-                cost_usd: e.cost_usd,
-                saved_usd: if e.cached { saved } else { 0.0 },
-                ..student
-            }
-        }
-        failure => {
-            let why = match failure {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!("no answer within {:?}", st.teacher_timeout),
-            };
-            tracing::warn!(model = %m.name, "escalation failed, answering from the student: {why}");
-            st.metrics.inc(
-                "distill_escalations_total",
-                &[labels[0], labels[1], ("outcome", "failed")],
-            );
-            Answer {
-                degraded: true,
-                ..student
-            }
-        }
-    }
-}
-
-fn capped(st: &Arc<AppState>, hit: &CapHit) {
-    if !st.budgets.first_hit(hit) {
-        return;
-    }
-    tracing::warn!(
-        "escalation budget `{}` ({}, ${:.2}) is spent (${:.4}); answering from the student",
-        hit.budget,
-        hit.period.as_str(),
-        hit.cap_usd,
-        hit.spent_usd
-    );
-    if let Some(url) = st.alert_webhook.clone() {
-        let http = st.http.clone();
-        let body = hit.alert_json();
-        tokio::spawn(async move {
-            if let Err(e) = http
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-            {
-                tracing::warn!("budget alert webhook failed: {}", e.without_url());
-            }
-        });
-    }
-}
-
-/// Off the latency path: asks the teacher about a confidently answered input and records
-/// whether it agrees. Shadow calls count against the tag's budget like escalations.
-fn shadow(
-    st: Arc<AppState>,
-    m: Arc<ServedModel>,
-    esc: Arc<dyn Escalator>,
-    text: String,
-    p: Prediction,
-    tag: String,
-) {
-    let in_flight = InFlight::start(&st.shadow_in_flight);
-    tokio::spawn(async move {
-        let _in_flight = in_flight;
-        if st.budgets.check(&tag).is_some() {
-            return;
-        }
-        let ctx = CallContext {
-            source: "serve.shadow".into(),
-            tag: (tag != DEFAULT_TAG).then(|| tag.clone()),
-        };
-        let Ok(Ok(e)) = tokio::time::timeout(st.teacher_timeout, esc.label(&text, &ctx)).await
-        else {
-            return;
-        };
-        st.budgets.record(&tag, e.cost_usd);
-        let labels = [("model", m.name.as_str()), ("tag", tag.as_str())];
-        st.metrics
-            .add("distill_escalation_spend_usd_total", &labels, e.cost_usd);
-        let model = [("model", m.name.as_str())];
-        st.metrics.inc("distill_shadow_total", &model);
-        if e.label == p.label {
-            st.metrics.inc("distill_shadow_agree_total", &model);
-        }
-        if let Some(rec) = &st.shadow {
-            rec.record(ShadowRow {
-                ts: distill_core::ledger::LedgerRow::now(),
-                model: m.name.clone(),
-                tag,
-                input_hash: distill_core::fsutil::sha256_hex(text.as_bytes()),
-                student_label: p.label,
-                confidence: p.confidence,
-                teacher_label: e.label,
-                cost_usd: e.cost_usd,
-            });
-        }
-    });
 }
