@@ -304,9 +304,23 @@ fn serve_refuses_bad_start_up_settings_with_exit_1() {
     assert!(err.contains("threshold"), "{err}");
 }
 
+/// A free port below the kernel's ephemeral range, so that nothing (not the HTTP clients'
+/// own outgoing connections) takes it before the Redis server this test starts later does.
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = low.saturating_sub(10_000).max(1);
+    let start = (std::process::id() as u64 * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos())))
+        % u64::from(span);
+    (0..span)
+        .map(|k| 10_000 + ((start + u64::from(k)) % u64::from(span)) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("no free port below the ephemeral range")
 }
 
 fn metric(addr: &str, name: &str) -> f64 {
