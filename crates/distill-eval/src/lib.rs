@@ -7,6 +7,7 @@
 //! through the `Student` trait. [`report`] renders `metrics.json`, `report.md` and a
 //! self-contained `report.html`; its module docs hold the `metrics.json` schema.
 
+pub mod answers;
 pub mod api;
 pub mod cascade;
 pub mod cost;
@@ -14,6 +15,7 @@ pub mod data;
 pub mod error;
 pub mod metrics;
 pub mod open_set;
+mod pricing;
 pub mod report;
 pub mod route;
 pub mod run;

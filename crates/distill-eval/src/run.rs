@@ -2,6 +2,8 @@
 //! option, price it, pick a cascade threshold and write the report. Students are reached only
 //! through the [`Student`] trait, so any kind (or a test double) can be evaluated.
 
+pub use crate::answers::label_map;
+use crate::answers::Answers;
 use crate::cascade::{self, CascadeItem, Floor, FloorMetric, DEFAULT_AGREEMENT_FLOOR};
 use crate::cost::{self, HardwarePrices, DAYS_PER_MONTH};
 use crate::data::{self, PredictionLine, StoredPrediction, TestItems};
@@ -9,17 +11,14 @@ use crate::error::{EvalError, Result};
 use crate::metrics::{self, Quality};
 use crate::open_set;
 use crate::report::{
-    html, markdown, summary_text, CascadeReport, CostItem, EvalReport, OptionCost, OptionKind,
-    OptionReport, Runtime, Settings, TeacherCostInfo, TestInfo, FORMAT_VERSION,
+    html, markdown, summary_text, CascadeReport, EvalReport, OptionCost, OptionKind, OptionReport,
+    Settings, TeacherCostInfo, TestInfo, FORMAT_VERSION,
 };
 use distill_core::fsutil::write_atomic;
-use distill_core::ledger::{Ledger, LedgerRow};
-use distill_core::prices::PriceTable;
-use distill_core::{TaskSpec, Usage};
-use distill_train::student::{ModelMeta, Student};
+use distill_core::TaskSpec;
+use distill_train::student::Student;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Everything `distill eval` can be asked; [`EvalOptions::new`] gives the CLI's defaults.
 #[derive(Debug, Clone)]
@@ -148,23 +147,6 @@ impl EvalOutcome {
     pub fn metrics_json(&self) -> PathBuf {
         self.out.join("metrics.json")
     }
-}
-
-/// One option's per-item answers plus what it costs.
-struct Answers {
-    name: String,
-    kind: OptionKind,
-    source: Option<String>,
-    labels: Vec<Option<usize>>,
-    confidence: Option<Vec<f64>>,
-    escalated: Option<Vec<bool>>,
-    runtime: Option<Runtime>,
-    per_request: Option<f64>,
-    per_request_basis: String,
-    one_time: Vec<CostItem>,
-    held_out_only: bool,
-    /// Cascades: the student's own per-request cost (for pricing out-of-scope traffic).
-    student_per_request: Option<f64>,
 }
 
 /// Unique, readable option names from model paths (`models/a` → `a`).
@@ -315,334 +297,20 @@ pub fn run_eval_with(
     }
 
     // 2. Prices and the ledger.
-    let table = match &opts.prices {
-        Some(p) => PriceTable::with_overrides(p)?,
-        None => PriceTable::builtin(),
-    };
-    let price_model = opts
-        .teacher_price_model
-        .clone()
-        .unwrap_or_else(|| spec.teacher.model.clone());
-    let price = table.get(&price_model).cloned().ok_or_else(|| {
-        EvalError::Invalid(format!(
-            "no price for `{price_model}` in the price table (version {}); pass \
-             --teacher-price-model with a known model (e.g. gpt-4o) or --prices FILE",
-            table.version
-        ))
-    })?;
-    let ledger_rows: Vec<LedgerRow> = match &opts.ledger {
-        Some(p) if p.exists() => Ledger::open(p)?
-            .rows_for_task(&spec.name)?
-            .into_iter()
-            .filter(|r| r.source == "teach")
-            .collect(),
-        _ => vec![],
-    };
-    let test_hashes: HashSet<&str> = items
-        .teacher_hash
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    // Calls whose outcome was never recorded (a killed run) carry estimated tokens: they count
-    // towards what labelling cost, not towards the measured per-request price.
-    let (test_rows, train_rows): (Vec<&LedgerRow>, Vec<&LedgerRow>) = ledger_rows
-        .iter()
-        .partition(|r| test_hashes.contains(r.request_hash.as_str()));
-    let measured = |rows: &[&LedgerRow]| -> Vec<Usage> {
-        rows.iter()
-            .filter(|r| r.status != distill_core::ledger::IN_FLIGHT)
-            .map(|r| r.usage)
-            .collect()
-    };
-    let record_usages: Vec<Usage> = items.teacher_usage.iter().flatten().copied().collect();
-    let (test_usages, train_usages) = (measured(&test_rows), measured(&train_rows));
-    let (usages, basis, basis_detail): (Vec<Usage>, &str, String) = if !test_usages.is_empty() {
-        let n = test_usages.len();
-        (
-            test_usages,
-            "ledger",
-            format!("mean of {n} ledger calls for the test items, real tokens × price"),
-        )
-    } else if !train_usages.is_empty() {
-        let n = train_usages.len();
-        (
-            train_usages,
-            "ledger",
-            format!(
-                "mean of {n} ledger calls for task `{}` (same prompt), real tokens × price",
-                spec.name
-            ),
-        )
-    } else if !record_usages.is_empty() {
-        (
-            record_usages.clone(),
-            "teacher records",
-            format!(
-                "mean usage of {} teacher records for the test items",
-                record_usages.len()
-            ),
-        )
-    } else {
-        warnings.push(format!(
-            "the ledger has no rows for task `{}`: the teacher's cost per request is estimated from \
-             tiktoken counts of the prompt, and the labelling cost from the number of training examples",
-            spec.name
-        ));
-        let texts: Vec<&str> = items.texts.iter().map(String::as_str).collect();
-        let replies: Vec<Option<&str>> = items
-            .teacher
-            .iter()
-            .zip(&items.gold)
-            .map(|(t, g)| t.or(*g).map(|i| labels.names[i].as_str()))
-            .collect();
-        (
-            cost::estimate_usages(spec, &price_model, &texts, &replies)?,
-            "estimated",
-            "tiktoken count of the rendered prompt and a {\"label\": ...} reply; the provider's \
-             response-format overhead is not counted"
-                .to_string(),
-        )
-    };
-    let (teacher_rt, teacher_batch) = cost::mean_cost(&usages, &price);
-    let (mean_prompt, mean_completion) = cost::mean_usage(&usages);
-    let teacher_priced = teacher_rt > 0.0;
-    if !teacher_priced {
-        warnings.push(format!(
-            "the teacher costs $0 per request at `{price_model}`'s price: savings and break-even are \
-             not defined (pass --teacher-price-model or --prices)"
-        ));
-    }
-    let labelling_paid: f64 = train_rows.iter().map(|r| r.cost_usd).sum();
+    let pricing = crate::pricing::price_teacher(spec, opts, &items, &mut warnings)?;
+    let teacher_rt = pricing.per_request;
 
     // 3. Answers: teacher, students, replays.
-    let mut answers: Vec<Answers> = Vec::new();
-    if has_teacher {
-        let teacher_answers = |name: &str, kind, per_request, basis: &str| Answers {
-            name: name.into(),
-            kind,
-            source: Some(spec.teacher.model.clone()),
-            labels: items.teacher.clone(),
-            confidence: None,
-            escalated: None,
-            runtime: None,
-            per_request: Some(per_request),
-            per_request_basis: basis.into(),
-            one_time: vec![],
-            held_out_only: false,
-            student_per_request: None,
-        };
-        answers.push(teacher_answers(
-            "teacher",
-            OptionKind::Teacher,
-            teacher_rt,
-            "real-time API price",
-        ));
-        answers.push(teacher_answers(
-            "teacher (batch API)",
-            OptionKind::TeacherBatch,
-            teacher_batch,
-            "Batch API price (asynchronous, up to 24 h)",
-        ));
-    } else {
-        // The teacher's row still anchors the cost comparison.
-        answers.push(Answers {
-            name: "teacher".into(),
-            kind: OptionKind::Teacher,
-            source: Some(spec.teacher.model.clone()),
-            labels: vec![None; n],
-            confidence: None,
-            escalated: None,
-            runtime: None,
-            per_request: Some(teacher_rt),
-            per_request_basis: "real-time API price".into(),
-            one_time: vec![],
-            held_out_only: false,
-            student_per_request: None,
-        });
-    }
-    let threads = opts.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| EvalError::Other(format!("thread pool: {e}")))?;
-    let texts: Vec<&str> = items.texts.iter().map(String::as_str).collect();
-    for s in &students {
-        let meta = s.student.meta();
-        let where_ = s.path.clone().unwrap_or_else(|| PathBuf::from(&s.name));
-        let map = label_map(meta, labels, &where_)?;
-        if map.len() < labels.len() {
-            warnings.push(format!(
-                "model `{}` has no `{}` label (trained closed-set): it answers every out-of-scope \
-                 input with an in-scope label",
-                s.name,
-                labels.out_of_scope.as_deref().unwrap_or("out-of-scope")
-            ));
-        }
-        if meta.task != spec.name {
-            warnings.push(format!(
-                "model `{}` was trained for task `{}`, not `{}` (its labels match, so it is evaluated)",
-                s.name, meta.task, spec.name
-            ));
-        }
-        let run = pool.install(|| run_student(s, &texts, &map, opts))?;
-        // Priced by where it runs now, not where it was trained.
-        let device = if opts.device.starts_with("cuda") || opts.device == "metal" {
-            opts.device.clone()
-        } else {
-            "cpu".to_string()
-        };
-        let per_second = opts.hardware.usd_per_second(&device, threads);
-        let mut one_time = Vec::new();
-        if meta.label_source == "teacher" {
-            if labelling_paid > 0.0 {
-                one_time.push(CostItem {
-                    what: "labelling".into(),
-                    usd: labelling_paid,
-                    basis: format!(
-                        "ledger: {} teach calls for task `{}`",
-                        train_rows.len(),
-                        spec.name
-                    ),
-                });
-            } else {
-                let k = (meta.n_train + meta.n_dev) as f64;
-                one_time.push(CostItem {
-                    what: "labelling".into(),
-                    usd: k * teacher_rt,
-                    basis: format!(
-                        "estimated: {k:.0} examples × teacher $/request (no ledger rows)"
-                    ),
-                });
-            }
-        }
-        let train_rate = opts.hardware.usd_per_second(
-            if meta.device.starts_with("cpu") {
-                "cpu"
-            } else {
-                "cuda"
-            },
-            meta.threads,
-        );
-        one_time.push(CostItem {
-            what: "training".into(),
-            usd: meta.train_wall_s * train_rate,
-            basis: format!(
-                "{:.1} s on {} × {} threads (distill.json)",
-                meta.train_wall_s, meta.device, meta.threads
-            ),
-        });
-        let per_request = run.batch_seconds_per_request * per_second;
-        answers.push(Answers {
-            name: s.name.clone(),
-            kind: OptionKind::Student,
-            source: s.path.as_ref().map(|p| p.display().to_string()),
-            labels: run.labels.into_iter().map(Some).collect(),
-            confidence: Some(run.confidence),
-            escalated: None,
-            per_request: Some(per_request),
-            per_request_basis: format!(
-                "{:.3} ms/request batched × {} per {}",
-                run.batch_seconds_per_request * 1e3,
-                crate::report::fmt::usd(per_second * 3600.0),
-                if device == "cpu" {
-                    format!("hour of {threads} cores")
-                } else {
-                    "GPU-hour".into()
-                }
-            ),
-            runtime: Some(Runtime {
-                device,
-                threads,
-                batch_size: opts.batch_size,
-                batch_seconds_per_request: run.batch_seconds_per_request,
-                latency: cost::latency(run.latency_ms),
-            }),
-            one_time,
-            held_out_only: false,
-            student_per_request: None,
-        });
-    }
-    for who in &api_students {
-        let run = crate::api::run_api_student(
-            spec,
-            who,
-            &items.texts,
-            labels,
-            &crate::api::ApiRunOptions {
-                cache_path: opts.cache.clone(),
-                ledger_path: opts.ledger.clone(),
-                prices: Some(table.clone()),
-                concurrency: opts.api_concurrency,
-                progress: opts.progress,
-            },
-        )?;
-        if !run.priced {
-            warnings.push(format!(
-                "`{}` is not in the price table: its cost is shown as $0 (pass --prices FILE)",
-                who.model
-            ));
-        }
-        if run.invalid + run.failed > 0 {
-            warnings.push(format!(
-                "{}: {} invalid and {} failed answers of {} count as wrong",
-                who.name(),
-                run.invalid,
-                run.failed,
-                n
-            ));
-        }
-        answers.push(Answers {
-            name: who.name(),
-            kind: OptionKind::Api,
-            source: Some(run.base_url.clone()),
-            labels: run.labels,
-            confidence: None,
-            escalated: None,
-            runtime: Some(Runtime {
-                device: "api".into(),
-                threads: opts.api_concurrency,
-                batch_size: 1,
-                batch_seconds_per_request: 0.0,
-                latency: cost::latency(run.latency_ms),
-            }),
-            per_request: Some(run.per_request_usd),
-            per_request_basis: format!(
-                "real tokens × `{}` price, mean of {n} calls (Batch API: {})",
-                who.model,
-                crate::report::fmt::usd(run.batch_per_request_usd)
-            ),
-            one_time: vec![],
-            held_out_only: false,
-            student_per_request: None,
-        });
-    }
-    if !replayed.is_empty() {
-        warnings.push(
-            "students replayed from a predictions file: their speed and cost were not measured"
-                .into(),
-        );
-    }
-    for (name, l, conf) in replayed {
-        answers.push(Answers {
-            name,
-            kind: OptionKind::Student,
-            source: None,
-            labels: l,
-            confidence: conf,
-            escalated: None,
-            runtime: None,
-            per_request: None,
-            per_request_basis: "not measured (replayed predictions)".into(),
-            one_time: vec![],
-            held_out_only: false,
-            student_per_request: None,
-        });
-    }
+    let mut answers = crate::answers::gather(
+        spec,
+        opts,
+        &items,
+        &pricing,
+        &students,
+        &api_students,
+        replayed,
+        &mut warnings,
+    )?;
 
     // 4. The population evaluated (the stated out-of-scope share of the traffic, for an
     // open-set task), and cascades on a seeded calibration split of it.
@@ -884,7 +552,7 @@ pub fn run_eval_with(
     let partial = !warnings.is_empty()
         && (!has_gold
             || !has_teacher
-            || !teacher_priced
+            || !pricing.priced()
             || options.iter().any(|o| o.cost.per_request_usd.is_none()));
 
     let report = EvalReport {
@@ -911,20 +579,20 @@ pub fn run_eval_with(
             days_per_month: DAYS_PER_MONTH,
             core_hour_usd: opts.hardware.core_hour_usd,
             gpu_hour_usd: opts.hardware.gpu_hour_usd,
-            teacher_price_model: price_model.clone(),
-            price_version: table.version.clone(),
+            teacher_price_model: pricing.price_model.clone(),
+            price_version: pricing.table.version.clone(),
             seed: opts.seed,
             calibration_fraction: opts.calibration_fraction,
         },
         teacher: TeacherCostInfo {
             model: spec.teacher.model.clone(),
-            price_model,
+            price_model: pricing.price_model,
             per_request_usd: teacher_rt,
-            per_request_batch_usd: teacher_batch,
-            mean_prompt_tokens: mean_prompt,
-            mean_completion_tokens: mean_completion,
-            basis: basis.into(),
-            basis_detail,
+            per_request_batch_usd: pricing.per_request_batch,
+            mean_prompt_tokens: pricing.mean_prompt,
+            mean_completion_tokens: pricing.mean_completion,
+            basis: pricing.basis.into(),
+            basis_detail: pricing.basis_detail,
         },
         options,
         cascade: recommended,
@@ -986,156 +654,6 @@ fn resolve_floor(opts: &EvalOptions, items: &TestItems, cal_idx: &[usize]) -> Re
             }
         }
     }
-}
-
-/// Maps the student's label columns to the task's label indices; any difference in the label
-/// sets is an error (a student cannot be scored on labels it does not know).
-pub fn label_map(
-    meta: &ModelMeta,
-    labels: &distill_core::LabelSet,
-    model: &Path,
-) -> Result<Vec<usize>> {
-    let mine: HashSet<&str> = meta.labels.iter().map(String::as_str).collect();
-    let missing: Vec<&str> = labels
-        .names
-        .iter()
-        .map(String::as_str)
-        .filter(|l| !mine.contains(l))
-        .collect();
-    let extra: Vec<&str> = meta
-        .labels
-        .iter()
-        .map(String::as_str)
-        .filter(|l| !labels.contains(l))
-        .collect();
-    // A closed-set student of an open-set task lacks only the out-of-scope label: it is
-    // evaluated (it answers every out-of-scope input in scope), which is what to compare with.
-    let closed_set = extra.is_empty()
-        && labels
-            .out_of_scope
-            .as_deref()
-            .is_some_and(|o| missing == [o]);
-    if !closed_set && (!missing.is_empty() || !extra.is_empty()) {
-        let list = |v: &[&str]| {
-            let mut s = v.iter().take(5).copied().collect::<Vec<_>>().join(", ");
-            if v.len() > 5 {
-                s.push_str(&format!(" and {} more", v.len() - 5));
-            }
-            s
-        };
-        let mut parts = Vec::new();
-        if !missing.is_empty() {
-            parts.push(format!("task labels the model lacks: {}", list(&missing)));
-        }
-        if !extra.is_empty() {
-            parts.push(format!("model labels not in the task: {}", list(&extra)));
-        }
-        return Err(EvalError::LabelMismatch {
-            model: model.to_path_buf(),
-            detail: parts.join("; "),
-        });
-    }
-    if meta.labels.len() + usize::from(closed_set) != labels.len() {
-        return Err(EvalError::LabelMismatch {
-            model: model.to_path_buf(),
-            detail: "the model lists a label more than once".into(),
-        });
-    }
-    Ok(meta
-        .labels
-        .iter()
-        .filter_map(|l| labels.index_of(l))
-        .collect())
-}
-
-struct StudentRun {
-    labels: Vec<usize>,
-    confidence: Vec<f64>,
-    batch_seconds_per_request: f64,
-    latency_ms: Vec<f64>,
-}
-
-fn run_student(
-    s: &NamedStudent,
-    texts: &[&str],
-    map: &[usize],
-    opts: &EvalOptions,
-) -> Result<StudentRun> {
-    let n = texts.len();
-    let bar = progress_bar(opts.progress, n as u64, &s.name);
-    let mut labels = Vec::with_capacity(n);
-    let mut confidence = Vec::with_capacity(n);
-    // Warm-up (lazy allocations, caches) outside the timed pass.
-    s.student.predict_proba(&texts[..n.min(2)])?;
-    let start = Instant::now();
-    for chunk in texts.chunks(opts.batch_size) {
-        let probs = s.student.predict_proba(chunk)?;
-        if probs.len() != chunk.len() {
-            return Err(EvalError::Other(format!(
-                "model {}: returned {} predictions for {} texts",
-                s.name,
-                probs.len(),
-                chunk.len()
-            )));
-        }
-        for row in probs {
-            if row.len() != map.len() {
-                return Err(EvalError::Other(format!(
-                    "model {}: returned {} probabilities, it has {} labels",
-                    s.name,
-                    row.len(),
-                    map.len()
-                )));
-            }
-            let (best, p) =
-                row.iter()
-                    .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |acc, (i, &p)| {
-                        if p > acc.1 {
-                            (i, p)
-                        } else {
-                            acc
-                        }
-                    });
-            labels.push(map[best]);
-            confidence.push(if p.is_finite() { p as f64 } else { 0.0 });
-        }
-        if let Some(b) = &bar {
-            b.inc(chunk.len() as u64);
-        }
-    }
-    let batch_seconds_per_request = start.elapsed().as_secs_f64() / n.max(1) as f64;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let k = opts.latency_samples.min(n);
-    let mut latency_ms = Vec::with_capacity(k);
-    for j in 0..k {
-        let i = j * n / k.max(1);
-        let t = Instant::now();
-        s.student.predict_proba(&texts[i..=i])?;
-        latency_ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(StudentRun {
-        labels,
-        confidence,
-        batch_seconds_per_request,
-        latency_ms,
-    })
-}
-
-fn progress_bar(show: bool, len: u64, name: &str) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !show || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new(len);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b.set_message(format!("eval {name}"));
-    Some(b)
 }
 
 fn prediction_lines(
