@@ -52,55 +52,17 @@ if [ "$dev" != cpu ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/log.txt" >&2
 fi
 
-# 1. The binary: carried xz-compressed (the carry is limited to 64 MiB); Python's lzma unpacks it anywhere.
+# 1. The binary and 2. the CUDA libraries it links (scripts/gpu/lib.sh).
+. scripts/gpu/lib.sh
 bin=${DISTILL_BIN:-}
-if [ -z "$bin" ]; then
-  [ -f "$carry/distill.xz" ] || die "no $carry/distill.xz (run scripts/gpu/pack-carry.sh first)"
-  bin="$work/distill"
-  "$py" -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" \
-    "$carry/distill.xz" "$bin" || die "cannot unpack distill.xz"
-  chmod +x "$bin"
-fi
-
-# 2. The CUDA libraries the binary links dynamically (cublas, cublasLt, curand, cudart, nvrtc of its CUDA major,
-#    and the driver's libcuda.so.1). Nothing is hard-coded: ask the loader what is missing and search for it.
-if [ "$dev" != cpu ]; then
-  libdirs=()
-  for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do [ -e "$d/libcuda.so.1" ] && libdirs+=("$d"); done
-  roots=(${CUDA_LIB_ROOTS:-} /opt/torch/.venv/lib /usr/local/cuda/lib64 /usr/local/cuda/targets /usr/lib/x86_64-linux-gnu /usr/local/lib)
-  site=$("$py" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
-  for s in $site; do roots+=("$s/nvidia"); done
-  for d in /usr/local/cuda-*; do [ -d "$d" ] && roots+=("$d"); done
-  for _ in 1 2 3; do
-    LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}") ldd "$bin" >"$work/ldd.txt" 2>&1
-    missing=$(awk '/not found/ {print $1}' "$work/ldd.txt" | sort -u)
-    [ -z "$missing" ] && break
-    for lib in $missing; do
-      hit=$(find "${roots[@]}" -name "$lib" \( -type f -o -type l \) 2>/dev/null | head -n1)
-      [ -n "$hit" ] || continue
-      d=$(dirname "$hit")
-      case " ${libdirs[*]} " in *" $d "*) ;; *) libdirs+=("$d") ;; esac
-    done
-  done
-  export LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-  grep -E 'cuda|cublas|curand|nvrtc' "$work/ldd.txt" | tee -a "$out/log.txt" >&2
-  grep -q 'not found' "$work/ldd.txt" && die "libraries still missing: $(grep 'not found' "$work/ldd.txt" | tr '\n' ' ')"
-fi
+[ -n "$bin" ] || gpu_unpack_distill
+[ "$dev" != cpu ] && gpu_find_cuda_libs
 "$bin" --version >>"$out/log.txt" 2>&1 || die "the binary does not start (see log.txt)"
 [ "${ONLY_LIBS:-0}" = 1 ] && { log "libraries resolved; ONLY_LIBS=1, stopping"; exit 0; }
 
 # 3. Base model (f16 carried, widened back to f32: exact) and data.
 base="$work/minilm"
-mkdir -p "$base"
-for f in "$carry"/minilm/*; do
-  case "$f" in *.f16.safetensors) ;; *) cp "$f" "$base/" ;; esac
-done
-if [ -f "$carry/minilm/model.f16.safetensors" ]; then
-  "$py" scripts/gpu/convert_safetensors.py --to f32 "$carry/minilm/model.f16.safetensors" \
-    "$base/model.safetensors" 2>>"$out/log.txt" || die "weight conversion"
-fi
-[ -f "$base/model.safetensors" ] || die "no base weights in $carry/minilm"
+gpu_unpack_base "$base"
 data="$work/banking77"
 mkdir -p "$data"
 cp "$carry"/banking77/* "$data/"

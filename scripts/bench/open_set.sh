@@ -12,18 +12,26 @@
 # at <= 1 point of in-scope accuracy lost against the closed-set student of the same kind.
 # Usage: STUDENTS="linear encoder-head encoder-finetune" scripts/bench/open_set.sh [threads=2]
 # (encoder-finetune takes ~30 min per model on 2 cores; the default runs linear and encoder-head).
+# Elsewhere (scripts/gpu/students-check.sh on a lent GPU): DISTILL_BIN (a built binary; no cargo),
+# DEVICE (cpu|cuda, for training and eval), DATASETS (the shared data sets' folder), BASE (the encoder).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 threads=${1:-2}
 students=${STUDENTS:-linear encoder-head}
 share=${OOS_SHARE:-0.1}
+device=${DEVICE:-cpu}
+shared=${DATASETS:-$root/../shared/datasets}
+base=${BASE:-$root/models/base/all-MiniLM-L6-v2}
 data=$root/datasets/banking77
-[ -s "$data/train.csv" ] || data=$root/../shared/datasets/banking77
-snips=$root/../shared/datasets/mixsnips
+[ -s "$data/train.csv" ] || data=$shared/banking77
+snips=$shared/mixsnips
 export RAYON_NUM_THREADS=$threads
-cargo build --release --quiet -p distill-cli
-bin=$root/target/release/distill
+bin=${DISTILL_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet -p distill-cli
+  bin=$root/target/release/distill
+fi
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
 cd "$work"
@@ -66,8 +74,7 @@ for kind in $students; do
     if [ ! -f "$out/distill.json" ]; then
       start=$(date +%s)
       "$bin" -q train --task $scope.toml --data teacher.jsonl "${extra[@]}" --student "$kind" \
-        --base "$root/models/base/all-MiniLM-L6-v2" \
-        --out "$out" --threads "$threads" --device cpu | tail -n 2 >&2
+        --base "$base" --out "$out" --threads "$threads" --device "$device" | tail -n 2 >&2
       echo "trained $out in $(( $(date +%s) - start )) s" >&2
     fi
     models+=(--model "$out")
@@ -75,7 +82,7 @@ for kind in $students; do
 done
 
 "$bin" -q eval --task open.toml "${models[@]}" --test test.csv --teacher-labels teacher-test.jsonl \
-  --out-of-scope teacher-oos-test.jsonl --oos-share "$share" --threads "$threads" --out evals --force
+  --out-of-scope teacher-oos-test.jsonl --oos-share "$share" --threads "$threads" --device "$device" --out evals --force
 
 python3 - "$students" <<'PY'
 import json, sys

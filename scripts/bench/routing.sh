@@ -11,16 +11,22 @@
 # category prior on APGR and CPT(50%); target CPT(50%) <= 25%.
 # Usage: STUDENTS="linear encoder-head encoder-finetune" scripts/bench/routing.sh [threads=2]
 # (encoder-finetune trains ~30 min on 2 cores; the default runs linear and encoder-head).
+# Elsewhere (scripts/gpu/students-check.sh on a lent GPU): DISTILL_BIN (a built binary; no cargo),
+# DEVICE (cpu|cuda, for training and eval), DATASETS (the shared data sets' folder), BASE (the encoder).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 threads=${1:-2}
 students=${STUDENTS:-linear encoder-head}
+device=${DEVICE:-cpu}
 export RAYON_NUM_THREADS=$threads
-cargo build --release --quiet -p distill-cli
-bin=$root/target/release/distill
-base=$root/models/base/all-MiniLM-L6-v2
-rl=$root/../shared/datasets/routellm
+bin=${DISTILL_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet -p distill-cli
+  bin=$root/target/release/distill
+fi
+base=${BASE:-$root/models/base/all-MiniLM-L6-v2}
+rl=${DATASETS:-$root/../shared/datasets}/routellm
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
 echo "work dir: $work" >&2
@@ -36,13 +42,13 @@ for kind in $students; do
   if [ ! -f "$out/distill.json" ]; then
     start=$(date +%s)
     "$bin" -q train --task "$work/mmlu.toml" --data "$work/mmlu.train.jsonl" --student "$kind" \
-      --base "$base" --out "$out" --threads "$threads" --device cpu | tail -n 1 >&2
+      --base "$base" --out "$out" --threads "$threads" --device "$device" | tail -n 1 >&2
     echo "trained $kind router in $(( $(date +%s) - start )) s" >&2
   fi
   models+=(--model "$out")
 done
 "$bin" -q eval --task "$work/mmlu.toml" "${models[@]}" --test "$work/mmlu.test.jsonl" \
-  --train "$work/mmlu.train.jsonl" --threads "$threads" --out "$work/mmlu-eval" --force
+  --train "$work/mmlu.train.jsonl" --threads "$threads" --device "$device" --out "$work/mmlu-eval" --force
 
 # --- GSM8K: the full offline loop, 5-fold cross-validation ----------------------------------
 cp "$root/datasets/gsm8k-routing/task.toml" "$work/gsm8k.toml"
