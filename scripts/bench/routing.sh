@@ -25,6 +25,7 @@ if [ -z "$bin" ]; then
   cargo build --release --quiet -p distill-cli
   bin=$root/target/release/distill
 fi
+bin=$(realpath "$bin")
 base=${BASE:-$root/models/base/all-MiniLM-L6-v2}
 rl=${DATASETS:-$root/../shared/datasets}/routellm
 work=${WORK:-$(mktemp -d)}
