@@ -6,8 +6,10 @@ Usage: metrics_vs_sklearn.py EVAL_DIR
 EVAL_DIR holds `metrics.json` and `predictions.jsonl` as `distill eval` writes them. For
 every option in metrics.json and each reference (gold, teacher) it scored against, this
 recomputes accuracy, macro F1, weighted F1 and the confusion matrix from predictions.jsonl
-with scikit-learn and compares them to 1e-9 (the matrix exactly). Exit 0 when all match,
-1 on any mismatch (each one printed), 2 on unusable input.
+with scikit-learn and compares them to 1e-9 (the matrix exactly). It also recomputes each
+option's economics directly from its $/request, one-time cost and the settings: month 1
+(one-time costs included), every later month, both savings and the break-even. Exit 0 when all
+match, 1 on any mismatch (each one printed), 2 on unusable input.
 
 Item selection mirrors the eval: an option is scored on the items where both the reference
 label and its prediction exist; options with "evaluated_on": "held_out" (cascades) only on
@@ -84,6 +86,8 @@ def main() -> int:
             print(f"ok  {where}: n={q['n']} accuracy={theirs['accuracy']:.6f} "
                   f"macro_f1={theirs['macro_f1']:.6f} weighted_f1={theirs['weighted_f1']:.6f}")
 
+    checked += check_economics(metrics, failures)
+
     if checked == 0:
         print("nothing to check: no option has a quality figure", file=sys.stderr)
         return 1
@@ -93,6 +97,36 @@ def main() -> int:
         return 1
     print(f"all {checked} metric sets match scikit-learn (tolerance {TOL})")
     return 0
+
+
+def check_economics(metrics, failures) -> int:
+    """Month 1 = requests × $/request + one-time; later months = requests × $/request;
+    saving = 1 − option ÷ teacher; break-even = one-time ÷ (teacher − option) $/request."""
+    s = metrics["settings"]
+    month = s["volume_per_day"] * s["days_per_month"]
+    teacher = metrics["teacher"]["per_request_usd"]
+    checked = 0
+    for opt in metrics["options"]:
+        c = opt["cost"]
+        p = c["per_request_usd"]
+        if p is None or not teacher:
+            continue
+        want = {
+            "monthly_usd": p * month + c["one_time_usd"],
+            "steady_monthly_usd": p * month,
+            "saving": 1 - (p * month + c["one_time_usd"]) / (teacher * month),
+            "steady_saving": 1 - p / teacher,
+        }
+        if opt["kind"] not in ("teacher", "teacher-batch") and teacher > p:
+            want["break_even_requests"] = c["one_time_usd"] / (teacher - p)
+        for k, v in want.items():
+            got = c.get(k)
+            if got is None or not abs(got - v) <= 1e-9 * max(1.0, abs(v)):
+                failures.append(f"{opt['name']}: {k} distill={got!r} python={v!r}")
+        checked += 1
+        print(f"ok  {opt['name']} economics: month 1 ${want['monthly_usd']:.2f} ({want['saving']:.1%}), "
+              f"then ${want['steady_monthly_usd']:.2f}/month ({want['steady_saving']:.1%})")
+    return checked
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@
 //!   and Batch API prices are both reported.
 //! - Student $/request: batched inference seconds per request × hardware price per second
 //!   (CPU: threads × $/core-hour; GPU: $/GPU-hour).
-//! - $/month = 30 × volume/day × $/request + one-time costs, i.e. labelling and training are
-//!   charged in full to the first month (the conservative reading of "amortised over a month").
+//! - Month 1 $ = 30 × volume/day × $/request + one-time costs, i.e. labelling and training are
+//!   charged in full to the first month (the conservative reading of "amortised over a month");
+//!   steady $/month (every later month) = 30 × volume/day × $/request. Both are reported: the
+//!   first hides the run rate behind the labelling bill, the second hides the bill.
 //! - Break-even requests = one-time cost / (teacher $/request − option $/request).
 
 use crate::error::{EvalError, Result};
@@ -158,9 +160,14 @@ pub fn estimate_usages(
 /// Monthly cost, saving and break-even of an option against sending everything to the teacher.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Economics {
+    /// The first month: traffic plus every one-time cost.
     pub monthly_usd: f64,
-    /// 1 − option $/month ÷ teacher $/month; `None` when the teacher costs nothing.
+    /// 1 − option month-1 $ ÷ teacher $/month; `None` when the teacher costs nothing.
     pub saving: Option<f64>,
+    /// Every later month: traffic only.
+    pub steady_monthly_usd: f64,
+    /// 1 − option steady $/month ÷ teacher $/month; `None` when the teacher costs nothing.
+    pub steady_saving: Option<f64>,
     /// Requests until the one-time cost is repaid; `None` when it never is (the option costs
     /// as much as the teacher per request, or more) or the teacher costs nothing.
     pub break_even_requests: Option<f64>,
@@ -173,9 +180,11 @@ pub fn economics(
     volume_per_day: f64,
 ) -> Economics {
     let month = DAYS_PER_MONTH * volume_per_day;
-    let monthly_usd = option_per_request * month + one_time;
+    let steady_monthly_usd = option_per_request * month;
+    let monthly_usd = steady_monthly_usd + one_time;
     let teacher_month = teacher_per_request * month;
     let saving = (teacher_month > 0.0).then(|| 1.0 - monthly_usd / teacher_month);
+    let steady_saving = (teacher_month > 0.0).then(|| 1.0 - steady_monthly_usd / teacher_month);
     let margin = teacher_per_request - option_per_request;
     let break_even_requests = if teacher_per_request > 0.0 && margin > 0.0 {
         Some(one_time / margin)
@@ -185,6 +194,8 @@ pub fn economics(
     Economics {
         monthly_usd,
         saving,
+        steady_monthly_usd,
+        steady_saving,
         break_even_requests,
     }
 }
@@ -225,6 +236,10 @@ mod tests {
         let teacher_month = 0.002 * 300_000.0;
         assert!((e.saving.unwrap() - (1.0 - e.monthly_usd / teacher_month)).abs() < 1e-12);
         assert!((e.break_even_requests.unwrap() - 20.0 / 0.001_99).abs() < 1e-6);
+        // Later months carry no one-time cost: the run rate alone.
+        assert!((e.steady_monthly_usd - 0.000_01 * 300_000.0).abs() < 1e-9);
+        assert!((e.steady_saving.unwrap() - (1.0 - 0.000_01 / 0.002)).abs() < 1e-12);
+        assert!(e.steady_saving.unwrap() > e.saving.unwrap());
         // An option dearer than the teacher never breaks even.
         assert_eq!(
             economics(0.001, 0.002, 5.0, 100.0).break_even_requests,
@@ -233,6 +248,7 @@ mod tests {
         // A free teacher: no saving or break-even can be claimed.
         let free = economics(0.0, 0.0, 1.0, 100.0);
         assert_eq!(free.saving, None);
+        assert_eq!(free.steady_saving, None);
         assert_eq!(free.break_even_requests, None);
     }
 

@@ -514,6 +514,8 @@ pub fn run_eval_with(
                     one_time: a.one_time.clone(),
                     monthly_usd: econ.map(|e| e.monthly_usd),
                     saving: econ.and_then(|e| e.saving),
+                    steady_monthly_usd: econ.map(|e| e.steady_monthly_usd),
+                    steady_saving: econ.and_then(|e| e.steady_saving),
                     break_even_requests: if is_teacher {
                         None
                     } else {

@@ -87,6 +87,15 @@ fn full_eval_writes_every_file_and_a_cascade_that_holds() {
         "{:?}",
         cascade_row.cost
     );
+    // Month 1 carries the one-time costs, later months only the traffic.
+    let cost = &cascade_row.cost;
+    assert!(cost.one_time_usd > 0.0, "{cost:?}");
+    let steady = cost.steady_monthly_usd.unwrap();
+    assert!((cost.monthly_usd.unwrap() - steady - cost.one_time_usd).abs() < 1e-9);
+    assert!(
+        cost.steady_saving.unwrap() > cost.saving.unwrap(),
+        "{cost:?}"
+    );
     // metrics.json carries the threshold where serve reads it.
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.metrics_json()).unwrap()).unwrap();

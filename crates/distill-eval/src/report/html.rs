@@ -73,7 +73,8 @@ pub fn render(r: &EvalReport) -> String {
     }
     b.push_str(&format!(
         "<p>{} test items ({} with gold labels, {} with teacher labels). Projection: {} requests/day \
-         over {} days; one-time costs are charged to the first month.</p>",
+         over {} days; <em>month 1</em> includes the one-time costs (labelling, training), <em>then $/month</em> \
+         is every later month.</p>",
         r.test.n, r.test.n_gold, r.test.n_teacher, r.settings.volume_per_day, r.settings.days_per_month
     ));
     let (header, rows) = summary_rows(r);

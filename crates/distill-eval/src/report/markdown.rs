@@ -80,7 +80,8 @@ pub fn render(r: &EvalReport) -> String {
     let _ = writeln!(
         out,
         "Test set: `{}`, {} items ({} with gold labels, {} with teacher labels). \
-         Projection: {} requests/day, {} days/month; one-time costs are charged to the first month.\n",
+         Projection: {} requests/day, {} days/month; `month 1` includes the one-time costs (labelling, \
+         training), `then $/month` is every later month.\n",
         r.test.path,
         r.test.n,
         r.test.n_gold,

@@ -26,7 +26,9 @@
 //!       "vs_gold": Quality|null, "vs_teacher": Quality|null,
 //!       "cost": {"per_request_usd": f|null, "per_request_basis": "...",
 //!                "one_time_usd": f, "one_time": [{"what": "labelling", "usd": f, "basis": "..."}],
-//!                "monthly_usd": f|null, "saving": f|null, "break_even_requests": f|null},
+//!                "monthly_usd": f|null, "saving": f|null,        // month 1: one-time costs included
+//!                "steady_monthly_usd": f|null, "steady_saving": f|null, // later months
+//!                "break_even_requests": f|null},
 //!       "runtime": {"device": "cpu", "threads": 2, "batch_size": 64,
 //!                   "batch_seconds_per_request": f, "latency": {"p50_ms","p95_ms","p99_ms","samples"}}|null,
 //!       "escalated_fraction": f|null  // cascades only
@@ -143,8 +145,14 @@ pub struct OptionCost {
     pub per_request_basis: String,
     pub one_time_usd: f64,
     pub one_time: Vec<CostItem>,
+    /// The first month: traffic plus the one-time costs.
     pub monthly_usd: Option<f64>,
     pub saving: Option<f64>,
+    /// Every later month: traffic only.
+    #[serde(default)]
+    pub steady_monthly_usd: Option<f64>,
+    #[serde(default)]
+    pub steady_saving: Option<f64>,
     pub break_even_requests: Option<f64>,
 }
 
@@ -213,7 +221,10 @@ impl EvalReport {
 /// Formatting shared by the renderings.
 pub(crate) mod fmt {
     pub fn pct(x: f64) -> String {
-        if x.is_finite() {
+        if x < 1.0 && x >= 0.9995 {
+            // A student's run-rate saving is 99.99…%: "100.0%" would claim it is free.
+            ">99.9%".into()
+        } else if x.is_finite() {
             format!("{:.1}%", x * 100.0)
         } else {
             "—".into()
@@ -253,7 +264,9 @@ pub fn summary_rows(r: &EvalReport) -> (Vec<String>, Vec<Vec<String>>) {
         "option".to_string(),
         r.headline_metric().to_string(),
         "$/request".into(),
-        "$/month".into(),
+        "month 1".into(),
+        "saving".into(),
+        "then $/month".into(),
         "saving".into(),
         "break-even".into(),
     ];
@@ -287,6 +300,10 @@ pub fn summary_rows(r: &EvalReport) -> (Vec<String>, Vec<Vec<String>>) {
                     .unwrap_or_else(|| "—".into()),
                 c.monthly_usd.map(fmt::usd).unwrap_or_else(|| "—".into()),
                 c.saving.map(fmt::pct).unwrap_or_else(|| "—".into()),
+                c.steady_monthly_usd
+                    .map(fmt::usd)
+                    .unwrap_or_else(|| "—".into()),
+                c.steady_saving.map(fmt::pct).unwrap_or_else(|| "—".into()),
                 be,
             ]
         })
@@ -430,4 +447,18 @@ pub fn summary_text(r: &EvalReport) -> String {
         s.push_str(&format!("warning: {w}\n"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt::pct;
+
+    #[test]
+    fn percentages_never_round_up_to_whole() {
+        assert_eq!(pct(0.967), "96.7%");
+        assert_eq!(pct(1.0), "100.0%");
+        assert_eq!(pct(0.999_999_95), ">99.9%");
+        assert_eq!(pct(0.9994), "99.9%");
+        assert_eq!(pct(f64::NAN), "—");
+    }
 }
