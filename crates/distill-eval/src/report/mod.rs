@@ -221,7 +221,7 @@ impl EvalReport {
 /// Formatting shared by the renderings.
 pub(crate) mod fmt {
     pub fn pct(x: f64) -> String {
-        if x < 1.0 && x >= 0.9995 {
+        if (0.9995..1.0).contains(&x) {
             // A student's run-rate saving is 99.99…%: "100.0%" would claim it is free.
             ">99.9%".into()
         } else if x.is_finite() {
