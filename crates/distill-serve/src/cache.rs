@@ -1,7 +1,7 @@
 //! The answer cache: repeated inputs (after normalisation) skip the model and, more importantly,
 //! the teacher. In-process by default; Redis when several replicas should share what they paid for.
 
-use crate::redis::RedisConn;
+use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -123,12 +123,14 @@ impl MemoryCache {
     }
 }
 
-/// A Redis-backed cache over one connection. Redis going away never fails a request: the
-/// operation is skipped, a warning is logged once, and reconnection is retried at most once a second.
+/// A Redis-backed cache over one multiplexed connection (requests are pipelined on it, none waits
+/// for another's round trip). Redis going away never fails a request: the operation is skipped, a
+/// warning is logged once, and reconnection is retried at most once a second.
 pub struct RedisCache {
+    client: redis::Client,
     addr: String,
     ttl: Duration,
-    conn: tokio::sync::Mutex<Option<RedisConn>>,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     last_attempt: Mutex<Option<Instant>>,
     warned: AtomicBool,
     pub errors: AtomicU64,
@@ -136,27 +138,29 @@ pub struct RedisCache {
 }
 
 impl RedisCache {
-    /// `url` is `redis://host:port`.
+    /// `url` is `redis://host[:port][/db]`.
     pub fn new(url: &str, ttl: Duration) -> Result<Self, crate::ServeError> {
-        let rest = url.strip_prefix("redis://").ok_or_else(|| {
-            crate::ServeError::config(
-                "--cache",
-                format!("`{url}` is not memory, off or redis://host:port"),
-            )
-        })?;
+        let bad = |why: String| crate::ServeError::config("--cache", why);
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| bad(format!("`{url}` is not memory, off or redis://host:port")))?;
         let hostport = rest.split('/').next().unwrap_or(rest);
         if hostport.contains('@') {
-            return Err(crate::ServeError::config(
-                "--cache",
-                "Redis credentials in the URL are not supported; bind Redis to a private interface",
+            // Secrets come from the environment only; a URL ends up in logs and shell history.
+            return Err(bad(
+                "Redis credentials in the URL are not supported; bind Redis to a private interface"
+                    .into(),
             ));
         }
+        let client = redis::Client::open(url)
+            .map_err(|e| bad(format!("`{url}` is not a Redis URL: {e}")))?;
         let addr = if hostport.contains(':') {
             hostport.to_string()
         } else {
             format!("{hostport}:6379")
         };
         Ok(Self {
+            client,
             addr,
             ttl,
             conn: tokio::sync::Mutex::new(None),
@@ -173,9 +177,27 @@ impl RedisCache {
 
     /// Connects now, so a wrong address is reported at start-up rather than silently ignored.
     pub async fn check(&self) -> Result<(), String> {
-        let conn = RedisConn::connect(&self.addr, self.op_timeout).await?;
+        let mut conn = self.connect().await?;
+        let pong: String =
+            tokio::time::timeout(self.op_timeout, redis::cmd("PING").query_async(&mut conn))
+                .await
+                .map_err(|_| "PING timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+        if pong != "PONG" {
+            return Err(format!("unexpected PING reply {pong:?}"));
+        }
         *self.conn.lock().await = Some(conn);
         Ok(())
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, String> {
+        tokio::time::timeout(
+            self.op_timeout,
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())
     }
 
     fn failed(&self, why: &str) {
@@ -188,53 +210,52 @@ impl RedisCache {
         }
     }
 
-    async fn with_conn<T>(
-        &self,
-        op: impl for<'c> FnOnce(&'c mut RedisConn) -> futures::future::BoxFuture<'c, Result<T, String>>,
-    ) -> Option<T> {
+    /// The shared connection, (re)connecting at most once a second while Redis is away.
+    async fn connection(&self) -> Option<MultiplexedConnection> {
         let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            {
-                let mut last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
-                if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                    return None;
-                }
-                *last = Some(Instant::now());
-            }
-            match RedisConn::connect(&self.addr, self.op_timeout).await {
-                Ok(c) => {
-                    if self.warned.swap(false, Ordering::Relaxed) {
-                        tracing::warn!("Redis cache at {} is back", self.addr);
-                    }
-                    *guard = Some(c)
-                }
-                Err(e) => {
-                    self.failed(&e);
-                    return None;
-                }
-            }
+        if let Some(c) = guard.as_ref() {
+            return Some(c.clone());
         }
-        let conn = guard.as_mut()?;
-        match tokio::time::timeout(self.op_timeout, op(conn)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                *guard = None;
-                self.failed(&e);
-                None
+        {
+            let mut last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return None;
             }
-            Err(_) => {
-                *guard = None;
-                self.failed("timed out");
+            *last = Some(Instant::now());
+        }
+        match self.connect().await {
+            Ok(c) => {
+                if self.warned.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("Redis cache at {} is back", self.addr);
+                }
+                *guard = Some(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                self.failed(&e);
                 None
             }
         }
     }
 
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
+        let mut conn = self.connection().await?;
+        let why = match tokio::time::timeout(self.op_timeout, cmd.query_async::<T>(&mut conn)).await
+        {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        // A broken connection is dropped so the next operation reconnects.
+        *self.conn.lock().await = None;
+        self.failed(&why);
+        None
+    }
+
     pub async fn get(&self, key: &str) -> Option<CachedAnswer> {
-        let key = key.to_string();
-        let bytes = self
-            .with_conn(move |c| Box::pin(async move { c.get(&key).await }))
-            .await??;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        let bytes: Vec<u8> = self.run::<Option<Vec<u8>>>(cmd).await??;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -242,10 +263,10 @@ impl RedisCache {
         let Ok(json) = serde_json::to_vec(value) else {
             return;
         };
-        let key = key.to_string();
-        let ttl_ms = self.ttl.as_millis().max(1) as u64;
-        self.with_conn(move |c| Box::pin(async move { c.set_px(&key, &json, ttl_ms).await }))
-            .await;
+        let ttl_ms = self.ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(json).arg("PX").arg(ttl_ms);
+        self.run::<()>(cmd).await;
     }
 }
 
@@ -264,6 +285,26 @@ mod tests {
             "where is my card"
         );
         assert_ne!(cache_key("a", "x"), cache_key("b", "x"));
+    }
+
+    #[test]
+    fn redis_urls_are_checked_and_credentials_refused() {
+        let ttl = Duration::from_secs(1);
+        assert_eq!(
+            RedisCache::new("redis://cache", ttl).unwrap().addr(),
+            "cache:6379"
+        );
+        assert_eq!(
+            RedisCache::new("redis://10.0.0.2:7000/3", ttl)
+                .unwrap()
+                .addr(),
+            "10.0.0.2:7000"
+        );
+        let err = |url: &str| RedisCache::new(url, ttl).err().unwrap().to_string();
+        let e = err("redis://user:hunter2@cache:6379");
+        assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
+        assert!(err("http://cache:6379").contains("redis://host:port"));
+        assert!(err("redis://cache:notaport").contains("--cache"));
     }
 
     #[test]

@@ -11,7 +11,6 @@ pub mod cache;
 pub mod error;
 pub mod escalate;
 pub mod metrics;
-mod redis;
 pub mod server;
 pub mod shadow;
 pub mod teach_escalator;
