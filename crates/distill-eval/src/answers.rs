@@ -130,7 +130,19 @@ pub(crate) fn gather(
         let per_second = opts.hardware.usd_per_second(&device, threads);
         let mut one_time = Vec::new();
         if meta.label_source == "teacher" {
-            if pricing.labelling_paid > 0.0 {
+            let k = (meta.n_train + meta.n_dev) as f64;
+            if opts.labelling_per_example && pricing.labelling_calls > 0 {
+                let per_label = pricing.labelling_paid / pricing.labelling_calls as f64;
+                one_time.push(CostItem {
+                    what: "labelling".into(),
+                    usd: k * per_label,
+                    basis: format!(
+                        "{k:.0} examples × ${per_label:.3e} per label (the ledger's mean over {} \
+                         teach calls for task `{}`)",
+                        pricing.labelling_calls, spec.name
+                    ),
+                });
+            } else if pricing.labelling_paid > 0.0 {
                 one_time.push(CostItem {
                     what: "labelling".into(),
                     usd: pricing.labelling_paid,
@@ -140,7 +152,6 @@ pub(crate) fn gather(
                     ),
                 });
             } else {
-                let k = (meta.n_train + meta.n_dev) as f64;
                 one_time.push(CostItem {
                     what: "labelling".into(),
                     usd: k * teacher_rt,

@@ -11,6 +11,7 @@ pub mod answers;
 pub mod api;
 pub mod cascade;
 pub mod cost;
+pub mod curve;
 pub mod data;
 pub mod error;
 pub mod metrics;

@@ -64,6 +64,12 @@ pub struct EvalOptions {
     /// Out-of-scope share of the traffic to evaluate and choose the cascade on; the files'
     /// own ratio when `None`.
     pub oos_share: Option<f64>,
+    /// Charge each student only for the examples it was trained on (at the ledger's mean $ per
+    /// label), not for everything the ledger shows was labelled: learning-curve points ask what
+    /// labelling that many would have cost.
+    pub labelling_per_example: bool,
+    /// A learning curve to carry into the report ([`crate::curve::run_curve`]).
+    pub curve: Option<crate::curve::Curve>,
 }
 
 impl EvalOptions {
@@ -93,6 +99,8 @@ impl EvalOptions {
             force: false,
             out_of_scope: Vec::new(),
             oos_share: None,
+            labelling_per_example: false,
+            curve: None,
         }
     }
 
@@ -260,7 +268,8 @@ pub fn run_eval_with(
             items.extend(extra);
         }
     }
-    if students.is_empty() && replayed.is_empty() && api_students.is_empty() {
+    if students.is_empty() && replayed.is_empty() && api_students.is_empty() && opts.curve.is_none()
+    {
         return Err(EvalError::Invalid(
             "nothing to evaluate: pass at least one --model (or --api)".into(),
         ));
@@ -610,6 +619,7 @@ pub fn run_eval_with(
                 population_in_scope: population.iter().filter(|&&i| !is_oos[i]).count(),
                 population_out_of_scope: population.iter().filter(|&&i| is_oos[i]).count(),
             }),
+        curve: opts.curve.clone(),
     };
 
     // 6. Write everything, each file atomically, only after everything was computed.

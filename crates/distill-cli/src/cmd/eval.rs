@@ -36,9 +36,31 @@ pub struct Args {
     /// Scored for out-of-scope recall and precision beside in-scope accuracy. Repeatable.
     #[arg(long, value_name = "FILE")]
     pub out_of_scope: Vec<PathBuf>,
-    /// Route tasks: the training route dataset (for the category-prior baseline).
+    /// Route tasks: the training route dataset (for the category-prior baseline). With --curve:
+    /// the teacher dataset (or labelled CSV/JSONL) whose first N labels each point trains on.
     #[arg(long, value_name = "FILE")]
     pub train: Option<PathBuf>,
+    /// Draw a learning curve: train a student on the first N labels of --train for each N
+    /// (e.g. 500,1000,2000,4000,all), evaluate each like any model (cascade, costs with only
+    /// those N labels charged) and mark the cheapest size whose cascade holds the floor.
+    #[arg(long, value_name = "SIZES", value_parser = parse_curve_sizes)]
+    pub curve: Option<CurveSizes>,
+    /// The student kind the learning curve trains.
+    #[arg(long, value_name = "KIND", default_value = "linear")]
+    pub curve_student: distill_train::StudentKind,
+    /// Seeds per curve size (each draws its own subset and trains with its own seed).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub curve_seeds: usize,
+    /// Which N labels a curve point uses: `random` (a seeded sample per seed) or `recorded` (the
+    /// file's first N: the selection order of labels chosen actively).
+    #[arg(long, value_name = "ORDER", default_value = "random")]
+    pub curve_order: distill_eval::curve::CurveOrder,
+    /// Base encoder for encoder curve students: a local directory or a Hugging Face repo id.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Never download the base encoder.
+    #[arg(long)]
+    pub offline: bool,
     /// Route tasks: the routed quality must reach this fraction of the top tier's (the lower
     /// 95% bound, on the calibration split).
     #[arg(long, value_name = "FRACTION", default_value_t = 0.95)]
@@ -101,6 +123,14 @@ fn parse_floor_arg(s: &str) -> Result<(FloorMetric, f64), String> {
     parse_floor(s)
 }
 
+/// `--curve`'s sizes as one value (a bare `Vec` would make clap expect a list of arguments).
+#[derive(Debug, Clone)]
+pub struct CurveSizes(pub Vec<distill_eval::curve::CurveSize>);
+
+fn parse_curve_sizes(s: &str) -> Result<CurveSizes, String> {
+    distill_eval::curve::parse_sizes(s).map(CurveSizes)
+}
+
 pub fn options(args: &Args, g: &Global) -> EvalOptions {
     let mut o = EvalOptions::new(&args.out);
     o.models = args.models.clone();
@@ -136,7 +166,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     if spec.route.is_some() {
         return route(&args, &spec, g);
     }
-    let opts = options(&args, g);
+    let mut opts = options(&args, g);
+    if let Some(sizes) = &args.curve {
+        opts.curve = Some(curve(&args, &sizes.0, &spec, &opts, g)?);
+    }
     let outcome = distill_eval::run_eval(&spec, &opts)
         .with_context(|| format!("eval of task `{}`", spec.name))?;
     print!("{}", outcome.summary);
@@ -144,8 +177,44 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The learning curve, drawn before the eval so the report carries it.
+fn curve(
+    args: &Args,
+    sizes: &[distill_eval::curve::CurveSize],
+    spec: &TaskSpec,
+    opts: &distill_eval::EvalOptions,
+    g: &Global,
+) -> anyhow::Result<distill_eval::curve::Curve> {
+    let train = args.train.clone().context(
+        "--curve needs --train FILE: the teacher dataset whose first N labels each point trains on",
+    )?;
+    let mut t = distill_train::TrainOptions::new(&args.out);
+    t.device = distill_train::select_device(&args.device)?;
+    t.threads = distill_train::device::set_threads(args.threads);
+    t.base = args.base.clone();
+    t.offline = args.offline;
+    t.cache_dir = Some(g.state_dir.join("embeddings"));
+    let c = distill_eval::curve::CurveOptions {
+        train,
+        sizes: sizes.to_vec(),
+        student: args.curve_student,
+        seeds: args.curve_seeds,
+        order: args.curve_order,
+        dev_fraction: 0.1,
+        train_opts: t,
+    };
+    distill_eval::curve::run_curve(spec, opts, &c)
+        .with_context(|| format!("learning curve for task `{}`", spec.name))
+}
+
 /// Route tasks: routers against the baselines on the route test set.
 fn route(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
+    if args.curve.is_some() {
+        anyhow::bail!(
+            "--curve draws a classification student's learning curve; a route task's routers \
+             are compared with --model"
+        );
+    }
     if args.floor.is_some() {
         anyhow::bail!(
             "--floor sets a classification cascade's floor; a route task's floor is \

@@ -335,3 +335,129 @@ pub fn reliability(r: &EvalReport) -> Option<String> {
         Ok(())
     })
 }
+
+/// The learning curve: student and cascade quality against labelling dollars (or labels, when
+/// the labels cost nothing), mean over seeds with min–max bars, the floor, the cheapest
+/// sufficient size ringed.
+pub fn learning_curve(r: &EvalReport) -> Option<String> {
+    let c = r.curve.as_ref()?;
+    let by_dollars = c.rows.iter().any(|row| row.labelling_usd > 0.0);
+    let x = |row: &crate::curve::CurveRow| {
+        if by_dollars {
+            row.labelling_usd
+        } else {
+            row.n_labels as f64
+        }
+    };
+    let series = |pick: fn(&crate::curve::CurveRow) -> Option<crate::curve::Spread>| {
+        c.rows
+            .iter()
+            .filter_map(|row| pick(row).map(|s| (x(row), s)))
+            .filter(|(_, s)| s.mean.is_finite())
+            .collect::<Vec<_>>()
+    };
+    let student = series(|row| row.student_quality);
+    let cascade = series(|row| row.cascade_quality);
+    if student.is_empty() && cascade.is_empty() {
+        return None;
+    }
+    let x1 = c.rows.iter().map(x).fold(0.0, f64::max) * 1.08;
+    let y0 = student
+        .iter()
+        .chain(&cascade)
+        .map(|(_, s)| s.min)
+        .chain(c.floor)
+        .fold(1.0, f64::min);
+    let y0 = ((y0 - 0.03) * 20.0).floor() / 20.0;
+    let metric = c.metric.clone();
+    svg(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("learning curve: {metric} vs labelling"),
+                ("sans-serif", 22),
+            )
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..x1.max(1e-9), y0.max(0.0)..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc(if by_dollars {
+                "labelling cost ($)"
+            } else {
+                "labels"
+            })
+            .y_desc(metric.as_str())
+            .x_label_formatter(&|v| {
+                if by_dollars {
+                    format!("${v:.2}")
+                } else {
+                    format!("{v:.0}")
+                }
+            })
+            .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .draw()?;
+        for (pts, color, name) in [
+            (&student, PALETTE[0], "student"),
+            (&cascade, PALETTE[2], "cascade"),
+        ] {
+            if pts.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|(x, s)| (*x, s.mean)),
+                    color.stroke_width(3),
+                ))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(pts.iter().map(|(x, s)| {
+                PathElement::new(vec![(*x, s.min), (*x, s.max)], color.stroke_width(2))
+            }))?;
+            chart.draw_series(
+                pts.iter()
+                    .map(|(x, s)| Circle::new((*x, s.mean), 4, color.filled())),
+            )?;
+        }
+        if let Some(f) = c.floor {
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(0.0, f), (x1, f)],
+                    PALETTE[1].stroke_width(2),
+                ))?
+                .label("floor")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[1]));
+        }
+        if let Some(row) = c
+            .rows
+            .iter()
+            .find(|row| Some(row.n_labels) == c.cheapest_sufficient)
+        {
+            if let Some(s) = row.cascade_quality {
+                chart.draw_series(std::iter::once(Circle::new(
+                    (x(row), s.mean),
+                    11,
+                    PALETTE[3].stroke_width(3),
+                )))?;
+                // Left of the ring near the right edge, so the label stays inside the plot.
+                let lx = if x(row) > 0.7 * x1 {
+                    x(row) - 0.16 * x1
+                } else {
+                    x(row)
+                };
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{} labels", row.n_labels),
+                    (lx, s.mean - 0.035),
+                    ("sans-serif", 15),
+                )))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })
+}

@@ -87,6 +87,19 @@ pub fn render(r: &EvalReport) -> String {
         b.push_str("</ul>");
     }
 
+    if let (Some(c), Some((h, rows))) = (&r.curve, super::curve_rows(r)) {
+        b.push_str("<h2>Learning curve</h2>");
+        b.push_str(&format!("<p>{}</p>", escape(&super::curve_caption(c))));
+        b.push_str(&table(&h, &rows));
+        b.push_str(&figure(
+            "curve",
+            charts::learning_curve(r),
+            "Student and cascade quality against what labelling cost (mean over seeds, bars from \
+             the lowest to the highest seed); the ring marks the cheapest sufficient size.",
+            "No learning-curve chart: no point has a quality figure.",
+        ));
+    }
+
     b.push_str("<h2>Cascade</h2>");
     match &r.cascade {
         Some(c) => {

@@ -101,6 +101,12 @@ pub fn render(r: &EvalReport) -> String {
         out.push('\n');
     }
 
+    if let (Some(c), Some((header, rows))) = (&r.curve, super::curve_rows(r)) {
+        let _ = writeln!(out, "## Learning curve\n\n{}\n", super::curve_caption(c));
+        table(&mut out, &header, &rows);
+        out.push('\n');
+    }
+
     let _ = writeln!(out, "## Cascade\n");
     match &r.cascade {
         None => {

@@ -34,8 +34,19 @@
 //!       "escalated_fraction": f|null  // cascades only
 //!   }],
 //!   "cascade": Cascade|null,          // the recommended cascade (what `distill serve` reads)
-//!   "cascades": [Cascade]             // one per student with confidences
+//!   "cascades": [Cascade],            // one per student with confidences
+//!   "curve": Curve                    // only with --curve
 //! }
+//! Curve = {"student": "linear", "order": "random"|"recorded", "seeds": 3, "train": "path",
+//!          "metric": "accuracy"|"agreement", "floor": f|null, "floor_metric": "accuracy"|null,
+//!          "cheapest_sufficient": n|null,
+//!          "rule": "...", "rows": [{"n_labels", "labelling_usd", "student_quality", "cascade_quality",
+//!          "escalated", "month1_usd", "saving", "steady_monthly_usd", "steady_saving": Spread|null,
+//!          "floor_held": seeds that held it, "seeds", "sufficient": bool}],
+//!          "points": [{"n_labels", "seed", "labelling_usd", "training_usd", "student_quality",
+//!          "cascade_quality", "escalated", "floor_held", "month1_usd", "saving",
+//!          "steady_monthly_usd", "steady_saving", "break_even_requests"}]}
+//! Spread = {"mean", "min", "max"} over the seeds
 //! Quality = {"reference": "gold"|"teacher", "n", "correct",
 //!            "accuracy": {"value","lo","hi"}, "macro_f1": {...}, "weighted_f1": {...},
 //!            "per_class": [{"label","precision","recall","f1","support"}],
@@ -85,6 +96,9 @@ pub struct EvalReport {
     /// Present when the test items held out-of-scope inputs (open-set tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_set: Option<crate::open_set::OpenSetInfo>,
+    /// Present when the eval drew a learning curve (`--curve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<crate::curve::Curve>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,7 +239,13 @@ pub(crate) mod fmt {
             // A student's run-rate saving is 99.99…%: "100.0%" would claim it is free.
             ">99.9%".into()
         } else if x.is_finite() {
-            format!("{:.1}%", x * 100.0)
+            // -0.0004 would print as "-0.0%".
+            let p = if (x * 100.0).abs() < 0.05 {
+                0.0
+            } else {
+                x * 100.0
+            };
+            format!("{p:.1}%")
         } else {
             "—".into()
         }
@@ -309,6 +329,87 @@ pub fn summary_rows(r: &EvalReport) -> (Vec<String>, Vec<Vec<String>>) {
         })
         .collect();
     (header, rows)
+}
+
+/// The learning-curve table: one row per size, each figure the mean over seeds with its range.
+pub fn curve_rows(r: &EvalReport) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let c = r.curve.as_ref()?;
+    let header = vec![
+        "labels".to_string(),
+        "labelling".into(),
+        format!("student {}", c.metric),
+        format!(
+            "cascade {}",
+            c.floor_metric.as_deref().unwrap_or(c.metric.as_str())
+        ),
+        "escalated".into(),
+        "floor held".into(),
+        "month 1".into(),
+        "saving".into(),
+        "then $/month".into(),
+        "saving".into(),
+        String::new(),
+    ];
+    let spread = |s: &Option<crate::curve::Spread>, f: fn(f64) -> String| match s {
+        Some(s) if c.seeds > 1 => format!("{} [{}–{}]", f(s.mean), f(s.min), f(s.max)),
+        Some(s) => f(s.mean),
+        None => "—".into(),
+    };
+    let rows = c
+        .rows
+        .iter()
+        .map(|row| {
+            vec![
+                row.n_labels.to_string(),
+                fmt::usd(row.labelling_usd),
+                spread(&row.student_quality, fmt::pct),
+                spread(&row.cascade_quality, fmt::pct),
+                spread(&row.escalated, fmt::pct),
+                format!("{}/{}", row.floor_held, row.seeds),
+                spread(&row.month1_usd, fmt::usd),
+                spread(&row.saving, fmt::pct),
+                spread(&row.steady_monthly_usd, fmt::usd),
+                spread(&row.steady_saving, fmt::pct),
+                if Some(row.n_labels) == c.cheapest_sufficient {
+                    "◀ cheapest sufficient".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    Some((header, rows))
+}
+
+/// One sentence on the curve: what it is and its cheapest sufficient size.
+pub fn curve_caption(c: &crate::curve::Curve) -> String {
+    let order = match c.order {
+        crate::curve::CurveOrder::Random => "seeded random subsets",
+        crate::curve::CurveOrder::Recorded => "the dataset's recorded order",
+    };
+    let verdict = match c
+        .rows
+        .iter()
+        .find(|r| Some(r.n_labels) == c.cheapest_sufficient)
+    {
+        Some(r) => format!(
+            "the cheapest sufficient size is {} labels ({} of labelling)",
+            r.n_labels,
+            fmt::usd(r.labelling_usd)
+        ),
+        None => "no size is sufficient".into(),
+    };
+    format!(
+        "Learning curve: `{}` students trained on the first N labels of {} ({order}, {} seed{} per \
+         size; cascade figures on the held-out split, costs for the cascade, month 1 charging \
+         only those N labels); {}; {}.",
+        c.student,
+        c.train,
+        c.seeds,
+        if c.seeds == 1 { "" } else { "s" },
+        c.rule,
+        verdict
+    )
 }
 
 /// The summary table as aligned plain text for the terminal.
@@ -443,6 +544,10 @@ pub fn summary_text(r: &EvalReport) -> String {
         ));
         s.push_str(&text_table(&h, &rows));
     }
+    if let (Some(c), Some((h, rows))) = (&r.curve, curve_rows(r)) {
+        s.push_str(&format!("\n{}\n", curve_caption(c)));
+        s.push_str(&text_table(&h, &rows));
+    }
     for w in &r.warnings {
         s.push_str(&format!("warning: {w}\n"));
     }
@@ -459,6 +564,8 @@ mod tests {
         assert_eq!(pct(1.0), "100.0%");
         assert_eq!(pct(0.999_999_95), ">99.9%");
         assert_eq!(pct(0.9994), "99.9%");
+        assert_eq!(pct(-0.000_4), "0.0%");
+        assert_eq!(pct(-0.002), "-0.2%");
         assert_eq!(pct(f64::NAN), "—");
     }
 }

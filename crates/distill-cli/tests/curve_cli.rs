@@ -1,0 +1,256 @@
+//! `distill eval --curve`: a learning curve drawn through the binary from a real teacher dataset
+//! (the sim-teacher labelling a Banking77 slice): one student per size and seed, each evaluated
+//! like any model, labelling charged for its labels only, the cheapest sufficient size marked.
+
+mod common;
+
+use common::{banking77, every_nth_csv, repo};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args(["--state-dir", "state", "-q"])
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> Output {
+    let o = run(dir, args);
+    assert!(
+        o.status.success(),
+        "distill {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+#[test]
+fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_sufficient() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let n_train = every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 5);
+    every_nth_csv(&banking77().join("test.csv"), &dir.join("test.csv"), 3);
+    std::fs::copy(
+        banking77().join("categories.json"),
+        dir.join("categories.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("datasets/banking77/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args(["-q", "sim-teacher", "--task", "task.toml", "--port", "0"])
+        .args(["--latency-ms", "0", "--error-rate", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sim.stdout.take().unwrap()),
+        &mut url,
+    )
+    .unwrap();
+    let url = url.trim().to_string();
+    for (input, out) in [
+        ("train.csv", "teacher.jsonl"),
+        ("test.csv", "teacher-test.jsonl"),
+    ] {
+        ok(
+            dir,
+            &[
+                "teach",
+                "--task",
+                "task.toml",
+                "--input",
+                input,
+                "--out",
+                out,
+                "--base-url",
+                &url,
+                "--concurrency",
+                "32",
+                "--rpm",
+                "0",
+                "--tpm",
+                "0",
+            ],
+        );
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
+
+    let o = ok(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--test",
+            "test.csv",
+            "--teacher-labels",
+            "teacher-test.jsonl",
+            "--train",
+            "teacher.jsonl",
+            "--curve",
+            "200,600,all",
+            "--curve-seeds",
+            "2",
+            "--threads",
+            "2",
+            "--out",
+            "evals",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("Learning curve: `linear` students"),
+        "{stdout}"
+    );
+
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("evals/metrics.json")).unwrap())
+            .unwrap();
+    let c = &m["curve"];
+    let rows = c["rows"].as_array().unwrap();
+    let points = c["points"].as_array().unwrap();
+    let sizes: Vec<u64> = rows
+        .iter()
+        .map(|r| r["n_labels"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![200, 600, n_train as u64]);
+    assert_eq!(points.len(), 6);
+    assert_eq!(c["seeds"], 2);
+    assert_eq!(c["order"], "random");
+
+    // Labelling is charged per label at what this dataset's labels cost on average.
+    let records = std::fs::read_to_string(dir.join("teacher.jsonl")).unwrap();
+    let costs: Vec<f64> = records
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["cost_usd"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let per_label = costs.iter().sum::<f64>() / costs.len() as f64;
+    assert!(per_label > 0.0);
+    for p in points {
+        let n = p["n_labels"].as_f64().unwrap();
+        let labelling = p["labelling_usd"].as_f64().unwrap();
+        assert!(
+            (labelling - n * per_label).abs() < 1e-9 * n.max(1.0),
+            "{n} labels charged {labelling}, expected {}",
+            n * per_label
+        );
+        // Month 1 is the run rate plus that point's one-time costs.
+        let one_time = labelling + p["training_usd"].as_f64().unwrap();
+        let month1 = p["month1_usd"].as_f64().unwrap();
+        let steady = p["steady_monthly_usd"].as_f64().unwrap();
+        assert!((month1 - steady - one_time).abs() < 1e-6, "{p}");
+    }
+
+    // More labels, a better student.
+    let mean = |r: &serde_json::Value, k: &str| r[k]["mean"].as_f64().unwrap();
+    assert!(
+        mean(&rows[0], "student_quality") + 0.1 < mean(&rows[2], "student_quality"),
+        "{rows:?}"
+    );
+    // The verdict follows the stated rule from the rows themselves.
+    let floor = c["floor"].as_f64().unwrap();
+    let full = mean(&rows[2], "escalated");
+    let sufficient: Vec<u64> = rows
+        .iter()
+        .filter(|r| {
+            mean(r, "cascade_quality") >= floor && mean(r, "escalated") <= full + 0.02 + 1e-12
+        })
+        .map(|r| r["n_labels"].as_u64().unwrap())
+        .collect();
+    for r in rows {
+        let n = r["n_labels"].as_u64().unwrap();
+        assert_eq!(
+            r["sufficient"].as_bool().unwrap(),
+            sufficient.contains(&n),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        c["cheapest_sufficient"].as_u64(),
+        sufficient.first().copied()
+    );
+
+    let md = std::fs::read_to_string(dir.join("evals/report.md")).unwrap();
+    assert!(md.contains("## Learning curve"), "{md}");
+    let html = std::fs::read_to_string(dir.join("evals/report.html")).unwrap();
+    let at = html
+        .find("<h2>Learning curve</h2>")
+        .expect("a learning-curve section");
+    assert!(html[at..].contains("<svg"), "the chart is drawn");
+
+    // Mistakes are named, not half-done.
+    let o = run(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--test",
+            "test.csv",
+            "--curve",
+            "200",
+            "--out",
+            "e2",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--train"));
+    let o = run(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--test",
+            "test.csv",
+            "--train",
+            "teacher.jsonl",
+            "--curve",
+            "200,99999",
+            "--out",
+            "e2",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("99999") && err.contains("teacher.jsonl"),
+        "{err}"
+    );
+    let o = run(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--curve",
+            "200,lots",
+            "--out",
+            "e2",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`lots`"));
+    assert!(
+        !dir.join("e2").exists(),
+        "nothing is written for a refused curve"
+    );
+}
