@@ -111,6 +111,99 @@ pub struct Args {
     pub folds: Option<usize>,
     #[arg(long, value_name = "SEED", default_value_t = 0)]
     pub split_seed: u64,
+    /// Label less: which inputs of --input the teacher labels. `all` (every input, in order);
+    /// `random`, `uncertainty` or `diverse` label in rounds (a random seed round, then the
+    /// inputs a student trained on the labels so far is least sure about; `diverse` spreads
+    /// them over the encoder's embedding space) until --limit, --max-spend or --stop-gain.
+    /// Each selection is journalled in <out>.rounds/ before it is labelled; the output lists
+    /// the labels in selection order (`distill eval --curve --curve-order recorded`).
+    #[arg(long, value_name = "STRATEGY", default_value = "all")]
+    pub strategy: distill_active::Strategy,
+    /// How `uncertainty` and `diverse` measure it: margin (top two probabilities),
+    /// least-confidence or entropy.
+    #[arg(long, value_name = "MEASURE", default_value = "margin")]
+    pub uncertainty: distill_active::Measure,
+    /// Inputs labelled per round after the first.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub round_size: usize,
+    /// Inputs in the first, random round [default: --round-size].
+    #[arg(long, value_name = "N")]
+    pub seed_size: Option<usize>,
+    /// The student that scores the pool between rounds (linear or encoder-head: seconds).
+    #[arg(long, value_name = "KIND", default_value = "linear")]
+    pub select_student: distill_train::StudentKind,
+    /// Stop when that student's dev accuracy gained less than this over two rounds.
+    #[arg(long, value_name = "GAIN")]
+    pub stop_gain: Option<f64>,
+    /// Seed for the random rounds and the scoring student.
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    pub select_seed: u64,
+    /// Base encoder for an encoder-head scorer and for `diverse` (a directory or a Hub repo id).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Never download the base encoder.
+    #[arg(long)]
+    pub offline: bool,
+    /// Device for the scoring student: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads for the scoring student (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `--strategy random|uncertainty|diverse`: label the input in rounds.
+fn active(
+    args: &Args,
+    spec: &TaskSpec,
+    teach: TeachOptions,
+    rt: &tokio::runtime::Runtime,
+    g: &Global,
+) -> anyhow::Result<()> {
+    if spec.route.is_some() {
+        anyhow::bail!(
+            "--strategy chooses inputs of a classification task; route tasks label every prompt"
+        );
+    }
+    if args.dry_run || args.resume {
+        anyhow::bail!(
+            "--strategy runs in rounds whose inputs depend on the labels so far: it has no \
+             --dry-run, and a plain rerun of the same command resumes it"
+        );
+    }
+    let pool = args
+        .input
+        .clone()
+        .or_else(|| spec.input.path.clone())
+        .context("no input: pass --input FILE (the pool to choose from)")?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| distill_teach::default_out(spec));
+    let mut t = distill_train::TrainOptions::new(distill_active::rounds_dir(&out).join("student"));
+    t.device = distill_train::select_device(&args.device)?;
+    t.threads = distill_train::device::set_threads(args.threads);
+    t.base = args.base.clone();
+    t.offline = args.offline;
+    t.cache_dir = Some(g.state_dir.join("embeddings"));
+    let opts = distill_active::ActiveOptions {
+        pool,
+        out,
+        strategy: args.strategy,
+        measure: args.uncertainty,
+        limit: args.limit.map(|n| n as usize),
+        max_spend: args.max_spend,
+        round_size: args.round_size,
+        seed_size: args.seed_size,
+        seed: args.select_seed,
+        student: args.select_student,
+        train: t,
+        stop_gain: args.stop_gain,
+        restart: args.restart,
+    };
+    let summary = distill_active::run_active(spec, &opts, &teach, rt)?;
+    println!("{summary}");
+    Ok(())
 }
 
 /// `--import-outcomes`: a route dataset from recorded outcomes.
@@ -243,6 +336,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if args.strategy != distill_active::Strategy::All {
+        return active(&args, &spec, opts, &rt, g);
+    }
     let summary = if spec.route.is_some() {
         // Every prompt to every tier, every answer to the judge.
         let out = opts.out.clone();

@@ -1,0 +1,712 @@
+//! Label less. The teacher's labelling bill is the largest one-time cost of distillation, and
+//! most of it buys labels the student would have got right anyway. This stage labels an
+//! unlabelled pool in rounds: a seed round at random, then each round trains a student on the
+//! labels so far, scores the rest of the pool and sends the teacher only the inputs worth it
+//! ([`strategy`]), until a label limit, the budget, the pool or a stop rule ends it.
+//!
+//! Every round is an ordinary `distill teach` job over that round's inputs (its own journal,
+//! the response cache, the ledger, the Batch API when asked), and every selection is journalled
+//! before it is labelled, so `kill -9` anywhere resumes with the same picks and nothing paid
+//! twice. The result is one teacher dataset in selection order, so `distill eval --curve
+//! --curve-order recorded` draws the learning curve of exactly this labelling.
+//!
+//! Files, beside the output `OUT`: `OUT.rounds/plan.json` (what the selection depends on; a
+//! changed plan is refused rather than silently mixed), `selection.jsonl` (one line per round:
+//! its input ids), `round-NNN.input.jsonl` and `round-NNN.jsonl` (each round's teach job), and
+//! `student/` (the scoring student).
+
+pub mod strategy;
+
+use distill_core::{CoreError, TaskSpec};
+use distill_teach::{run_teach, TeachOptions};
+use distill_train::student::{StudentKind, TrainData, TrainOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+pub use strategy::{Measure, Strategy};
+
+/// Rounds near the budget are sized at this multiple of the mean $ per paid label.
+const BUDGET_HEADROOM: f64 = 1.25;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActiveError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Teach(#[from] distill_teach::TeachError),
+    #[error(transparent)]
+    Train(#[from] distill_train::TrainError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = ActiveError> = std::result::Result<T, E>;
+
+/// What to label and how to choose it.
+#[derive(Debug, Clone)]
+pub struct ActiveOptions {
+    /// The unlabelled inputs (the spec's input columns).
+    pub pool: PathBuf,
+    /// The teacher dataset to write, in selection order.
+    pub out: PathBuf,
+    pub strategy: Strategy,
+    pub measure: Measure,
+    /// Stop after this many labels.
+    pub limit: Option<usize>,
+    /// Stop before spending more than this (USD, every round included).
+    pub max_spend: Option<f64>,
+    pub round_size: usize,
+    /// The first, random round (default: `round_size`).
+    pub seed_size: Option<usize>,
+    pub seed: u64,
+    /// The student that scores the pool (`linear` or `encoder-head`: seconds per round).
+    pub student: StudentKind,
+    /// Device, threads, base encoder and embedding cache for that student.
+    pub train: TrainOptions,
+    /// Stop when the scoring student's dev accuracy gained less than this over two rounds.
+    pub stop_gain: Option<f64>,
+    /// Forget the journalled selection and choose again (answers already bought come from the
+    /// response cache, free).
+    pub restart: bool,
+}
+
+/// What the selection depends on; a resumed run must have the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Plan {
+    pool_sha256: String,
+    strategy: Strategy,
+    measure: Measure,
+    seed: u64,
+    round_size: usize,
+    seed_size: usize,
+    student: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Selection {
+    round: usize,
+    ids: Vec<String>,
+}
+
+/// One round as it went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundSummary {
+    pub round: usize,
+    pub picked: usize,
+    /// Paid in this run for this round (0 when it was already labelled, or from the cache).
+    pub spent_usd: f64,
+    /// The scoring student's dev accuracy before the round was picked (rounds after the first).
+    pub dev_accuracy: Option<f64>,
+    pub teach: distill_teach::TeachSummary,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveSummary {
+    pub out: PathBuf,
+    pub rounds: Vec<RoundSummary>,
+    pub labelled: usize,
+    pub pool: usize,
+    /// What every round's labels cost (their records' `cost_usd`, earlier runs included).
+    pub spent_usd: f64,
+    /// Why it stopped.
+    pub stopped: String,
+    /// False when a round is unfinished (budget, a batch still running, failures): run again.
+    pub complete: bool,
+}
+
+impl std::fmt::Display for ActiveSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for r in &self.rounds {
+            writeln!(
+                f,
+                "round {}: {} inputs, ${:.4} paid now{}",
+                r.round,
+                r.picked,
+                r.spent_usd,
+                r.dev_accuracy
+                    .map(|a| format!(", scoring student dev accuracy {a:.4}"))
+                    .unwrap_or_default()
+            )?;
+        }
+        write!(
+            f,
+            "labelled {} of {} pool inputs for ${:.4} in {} rounds; stopped: {}",
+            self.labelled,
+            self.pool,
+            self.spent_usd,
+            self.rounds.len(),
+            self.stopped
+        )?;
+        if self.complete {
+            write!(f, "\nwrote {}", self.out.display())
+        } else {
+            write!(
+                f,
+                "\nthe last round is unfinished: run the same command again to continue"
+            )
+        }
+    }
+}
+
+pub fn rounds_dir(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".rounds");
+    PathBuf::from(s)
+}
+
+struct PoolItem {
+    id: String,
+    text: String,
+    gold: Option<String>,
+}
+
+/// Labels the pool in rounds; see the module doc.
+pub fn run_active(
+    spec: &TaskSpec,
+    opts: &ActiveOptions,
+    teach: &TeachOptions,
+    rt: &tokio::runtime::Runtime,
+) -> Result<ActiveSummary> {
+    if opts.strategy == Strategy::All {
+        return Err(ActiveError::Invalid(
+            "--strategy all labels the whole input: that is plain `distill teach`".into(),
+        ));
+    }
+    if opts.round_size == 0 || opts.seed_size == Some(0) {
+        return Err(ActiveError::Invalid(
+            "--round-size and --seed-size must be at least 1".into(),
+        ));
+    }
+    if spec.input.messages_column.is_some() {
+        return Err(ActiveError::Invalid(
+            "--strategy works on single texts; this task's inputs are conversations".into(),
+        ));
+    }
+    if opts.limit.is_none() && opts.max_spend.is_none() && opts.stop_gain.is_none() {
+        return Err(ActiveError::Invalid(
+            "--strategy needs somewhere to stop: --limit N labels, --max-spend USD or --stop-gain"
+                .into(),
+        ));
+    }
+    let pool = read_pool(spec, &opts.pool)?;
+    let dir = rounds_dir(&opts.out);
+    if opts.restart && dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
+    let plan = Plan {
+        pool_sha256: distill_core::fsutil::sha256_file(&opts.pool)?,
+        strategy: opts.strategy,
+        measure: opts.measure,
+        seed: opts.seed,
+        round_size: opts.round_size,
+        seed_size: opts.seed_size.unwrap_or(opts.round_size),
+        student: opts.student.as_str().into(),
+    };
+    check_plan(&dir.join("plan.json"), &plan)?;
+    let journal = dir.join("selection.jsonl");
+    let mut selections = read_selections(&journal)?;
+
+    let mut labelled: HashSet<String> = HashSet::new();
+    let mut rounds = Vec::new();
+    let mut spent = 0.0;
+    let mut paid = 0usize;
+    let mut dev_history: Vec<f64> = Vec::new();
+    let limit = opts.limit.unwrap_or(usize::MAX);
+    let mut stopped = String::new();
+    let mut complete = true;
+    for r in 0.. {
+        let mut dev_accuracy = None;
+        let ids = if let Some(s) = selections.get(r) {
+            s.ids.clone()
+        } else {
+            let remaining: Vec<usize> = (0..pool.len())
+                .filter(|&i| !labelled.contains(&pool[i].id))
+                .collect();
+            // Per label actually paid for: cache hits cost nothing now but a fresh label will.
+            let mean_cost = (paid > 0).then(|| spent / paid as f64);
+            // A quarter's headroom over the mean: teach stops a round whose next request could
+            // cross the cap at its worst case (a reply of max_tokens), and a round cut short by
+            // the cap leaves its labels in its journal, not in the output. Rounds too small to
+            // be worth a retrain are not started.
+            let budget_room = match (opts.max_spend, mean_cost) {
+                (Some(m), Some(c)) if c > 0.0 => {
+                    let n = ((m - spent) / (c * BUDGET_HEADROOM)).floor().max(0.0) as usize;
+                    if n < (opts.round_size / 10).max(1) {
+                        0
+                    } else {
+                        n
+                    }
+                }
+                (Some(m), _) if m - spent <= 0.0 => 0,
+                _ => usize::MAX,
+            };
+            let want = if r == 0 {
+                plan.seed_size
+            } else {
+                opts.round_size
+            };
+            let k = want
+                .min(limit.saturating_sub(labelled.len()))
+                .min(remaining.len())
+                .min(budget_room);
+            if labelled.len() >= limit {
+                stopped = format!("the label limit ({limit})");
+                break;
+            }
+            if remaining.is_empty() {
+                stopped = "the pool is all labelled".into();
+                break;
+            }
+            if k == 0 {
+                stopped = format!(
+                    "the budget (${:.4} of ${:.4} spent; another label costs about ${:.4})",
+                    spent,
+                    opts.max_spend.unwrap_or(0.0),
+                    mean_cost.unwrap_or(0.0)
+                );
+                break;
+            }
+            let picked = if r == 0 || opts.strategy == Strategy::Random {
+                if let (Some(gain), true) = (opts.stop_gain, r > 0) {
+                    // Random rounds still train, for the stop rule.
+                    let acc = train_scorer(spec, opts, &dir, &labelled_records(&dir, r)?)?;
+                    dev_accuracy = Some(acc);
+                    if stop_by_gain(&mut dev_history, acc, gain) {
+                        stopped = stop_message(&dev_history, gain);
+                        break;
+                    }
+                }
+                strategy::random_pick(remaining.len(), k, opts.seed ^ (r as u64) << 1)
+                    .into_iter()
+                    .map(|i| remaining[i])
+                    .collect()
+            } else {
+                let records = labelled_records(&dir, r)?;
+                let acc = train_scorer(spec, opts, &dir, &records)?;
+                dev_accuracy = Some(acc);
+                if let Some(gain) = opts.stop_gain {
+                    if stop_by_gain(&mut dev_history, acc, gain) {
+                        stopped = stop_message(&dev_history, gain);
+                        break;
+                    }
+                }
+                score_and_pick(opts, &dir, &pool, &remaining, k)?
+            };
+            let s = Selection {
+                round: r,
+                ids: picked.iter().map(|&i| pool[i].id.clone()).collect(),
+            };
+            append_selection(&journal, &s)?;
+            selections.push(s.clone());
+            s.ids
+        };
+
+        // Label the round: an ordinary teach job over its inputs.
+        let input = dir.join(format!("round-{r:03}.input.jsonl"));
+        let output = dir.join(format!("round-{r:03}.jsonl"));
+        if !input.exists() {
+            write_round_input(&input, &pool, &ids)?;
+        }
+        if round_done(&output, ids.len())? {
+            // Labelled by an earlier run: asking again would only turn its records into
+            // cache hits and lose what they cost.
+            labelled.extend(ids.iter().cloned());
+            let (cost, n_paid) = round_spend(&output)?;
+            spent += cost;
+            paid += n_paid;
+            merge_rounds(&dir, r + 1, &opts.out)?;
+            continue;
+        }
+        let round_spec = round_spec(spec);
+        let mut t = teach.clone();
+        t.input = Some(input);
+        t.out = Some(output.clone());
+        t.limit = None;
+        t.restart = false;
+        t.resume = false;
+        // A round job's cap includes its own earlier runs (the teach journal keeps them).
+        t.max_spend = opts.max_spend.map(|m| (m - spent).max(0.0));
+        let summary = rt.block_on(run_teach(&round_spec, t))?;
+        let paid_now = summary.cost_usd;
+        let done = summary.complete;
+        rounds.push(RoundSummary {
+            round: r,
+            picked: ids.len(),
+            spent_usd: paid_now,
+            dev_accuracy,
+            teach: summary.clone(),
+        });
+        labelled.extend(ids.iter().cloned());
+        if !done {
+            complete = false;
+            stopped = if summary.awaiting_batches {
+                "round's batch submitted; run again with --resume to collect it".into()
+            } else if summary.stopped_by_budget {
+                "the budget, in the middle of a round".into()
+            } else {
+                "the round has failed records".into()
+            };
+            break;
+        }
+        let (cost, n_paid) = round_spend(&output)?;
+        spent += cost;
+        paid += n_paid;
+        merge_rounds(&dir, r + 1, &opts.out)?;
+    }
+    Ok(ActiveSummary {
+        out: opts.out.clone(),
+        labelled: labelled.len(),
+        pool: pool.len(),
+        rounds,
+        spent_usd: spent,
+        stopped,
+        complete,
+    })
+}
+
+fn stop_by_gain(history: &mut Vec<f64>, acc: f64, gain: f64) -> bool {
+    history.push(acc);
+    let n = history.len();
+    n >= 3 && history[n - 1] - history[n - 3] < gain
+}
+
+fn stop_message(history: &[f64], gain: f64) -> String {
+    let n = history.len();
+    format!(
+        "the scoring student's dev accuracy gained {:+.4} over the last two rounds (< --stop-gain {gain})",
+        history[n - 1] - history[n - 3]
+    )
+}
+
+fn read_pool(spec: &TaskSpec, path: &Path) -> Result<Vec<PoolItem>> {
+    let cols = distill_core::input::Columns::from(&spec.input);
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for item in distill_core::input::read_inputs(path, spec.input.format, &cols)? {
+        let item = item?;
+        if !seen.insert(item.id.clone()) {
+            return Err(CoreError::data(
+                path,
+                item.line,
+                "id",
+                format!("duplicate id `{}`", item.id),
+            )
+            .into());
+        }
+        out.push(PoolItem {
+            id: item.id,
+            text: item.text,
+            gold: item.gold,
+        });
+    }
+    if out.is_empty() {
+        return Err(ActiveError::Invalid(format!(
+            "{}: no inputs to choose from",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+fn check_plan(path: &Path, plan: &Plan) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let old: Plan = serde_json::from_str(&text)
+            .map_err(|e| CoreError::data(path, 1, "plan", format!("not a selection plan: {e}")))?;
+        if &old != plan {
+            let mut changed = Vec::new();
+            let (a, b) = (
+                serde_json::to_value(&old).unwrap_or_default(),
+                serde_json::to_value(plan).unwrap_or_default(),
+            );
+            if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+                for (k, v) in b {
+                    if a.get(k) != Some(v) {
+                        changed.push(format!(
+                            "{k} ({} → {v})",
+                            a.get(k).cloned().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            return Err(ActiveError::Invalid(format!(
+                "{} was chosen with another plan; changed: {}. Pass --restart to choose again \
+                 (labels already bought come from the response cache, free)",
+                path.parent().unwrap_or(path).display(),
+                changed.join(", ")
+            )));
+        }
+        return Ok(());
+    }
+    let json = serde_json::to_vec_pretty(plan).map_err(|e| ActiveError::Invalid(e.to_string()))?;
+    distill_core::fsutil::write_atomic(path, &json)?;
+    Ok(())
+}
+
+/// The journalled selections; a torn last line (killed mid-append) is dropped, since that
+/// round was never labelled.
+fn read_selections(path: &Path) -> Result<Vec<Selection>> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut torn = false;
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line.map_err(|e| CoreError::io(path, e))?;
+        match serde_json::from_str::<Selection>(&line) {
+            Ok(s) if s.round == out.len() => out.push(s),
+            _ => {
+                torn = true;
+                break;
+            }
+        }
+    }
+    if torn {
+        // Cut the journal back to its whole rounds so the next append lands after them.
+        let mut keep = String::new();
+        for s in &out {
+            keep.push_str(
+                &serde_json::to_string(s).map_err(|e| ActiveError::Invalid(e.to_string()))?,
+            );
+            keep.push('\n');
+        }
+        distill_core::fsutil::write_atomic(path, keep.as_bytes())?;
+    }
+    Ok(out)
+}
+
+fn append_selection(path: &Path, s: &Selection) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| CoreError::io(path, e))?;
+    let mut line = serde_json::to_string(s).map_err(|e| ActiveError::Invalid(e.to_string()))?;
+    line.push('\n');
+    f.write_all(line.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| CoreError::io(path, e))?;
+    Ok(())
+}
+
+fn write_round_input(path: &Path, pool: &[PoolItem], ids: &[String]) -> Result<()> {
+    let by_id: std::collections::HashMap<&str, &PoolItem> =
+        pool.iter().map(|p| (p.id.as_str(), p)).collect();
+    let mut s = String::new();
+    for id in ids {
+        let p = by_id.get(id.as_str()).ok_or_else(|| {
+            ActiveError::Invalid(format!(
+                "the journalled selection names input `{id}`, which the pool no longer has"
+            ))
+        })?;
+        let mut v = serde_json::json!({"id": p.id, "text": p.text});
+        if let Some(g) = &p.gold {
+            v["gold"] = g.clone().into();
+        }
+        s.push_str(&v.to_string());
+        s.push('\n');
+    }
+    distill_core::fsutil::write_atomic(path, s.as_bytes())?;
+    Ok(())
+}
+
+/// The spec as a round's teach job reads its input file (JSONL of id, text, gold).
+fn round_spec(spec: &TaskSpec) -> TaskSpec {
+    let mut s = spec.clone();
+    s.input.format = Some(distill_core::spec::InputFormat::Jsonl);
+    s.input.text_column = "text".into();
+    s.input.id_column = Some("id".into());
+    s.input.gold_column = spec.input.gold_column.as_ref().map(|_| "gold".into());
+    s
+}
+
+/// True when a round's teach job wrote its output (it does only once every input has a record).
+fn round_done(path: &Path, n: usize) -> Result<bool> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Ok(false);
+    };
+    let lines = std::io::BufReader::new(f)
+        .lines()
+        .map_while(|l| l.ok())
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    Ok(lines == n)
+}
+
+/// What a finished round's records cost, and how many of them were paid for (not cache hits).
+fn round_spend(path: &Path) -> Result<(f64, usize)> {
+    let f = std::fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
+    let (mut sum, mut paid) = (0.0, 0);
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line.map_err(|e| CoreError::io(path, e))?;
+        if let Ok(r) = serde_json::from_str::<distill_core::TeacherRecord>(&line) {
+            sum += r.cost_usd;
+            paid += usize::from(r.cost_usd > 0.0);
+        }
+    }
+    Ok((sum, paid))
+}
+
+/// Writes the first `n` rounds' records, in order, as the output dataset.
+fn merge_rounds(dir: &Path, n: usize, out: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    for r in 0..n {
+        let p = dir.join(format!("round-{r:03}.jsonl"));
+        bytes.extend(std::fs::read(&p).map_err(|e| CoreError::io(&p, e))?);
+    }
+    distill_core::fsutil::write_atomic(out, &bytes)?;
+    Ok(())
+}
+
+/// The finished rounds' records before round `r`, as one dataset the scorer trains on.
+fn labelled_records(dir: &Path, r: usize) -> Result<PathBuf> {
+    let p = dir.join("labelled.jsonl");
+    merge_rounds(dir, r, &p)?;
+    Ok(p)
+}
+
+/// Trains the scoring student on `records`; returns its dev accuracy.
+fn train_scorer(spec: &TaskSpec, opts: &ActiveOptions, dir: &Path, records: &Path) -> Result<f64> {
+    let sources = distill_train::train::TrainSources {
+        data: vec![records.to_path_buf()],
+        out_of_scope: vec![],
+    };
+    let (data, _): (TrainData, _) =
+        distill_train::train::load_train_sources(spec, &sources, 0.1, opts.seed, None)?;
+    let mut t = opts.train.clone();
+    t.out = dir.join("student");
+    t.force = true;
+    t.progress = false;
+    t.seed = opts.seed;
+    let meta = distill_train::train::train_on(&data, opts.student, &t)?;
+    Ok(meta.dev_accuracy)
+}
+
+/// Scores the unlabelled pool with the trained student and picks `k` of `remaining`.
+fn score_and_pick(
+    opts: &ActiveOptions,
+    dir: &Path,
+    pool: &[PoolItem],
+    remaining: &[usize],
+    k: usize,
+) -> Result<Vec<usize>> {
+    let student = distill_train::load_student(&dir.join("student"), &opts.train.device)?;
+    let mut scores = Vec::with_capacity(remaining.len());
+    for chunk in remaining.chunks(256) {
+        let texts: Vec<&str> = chunk.iter().map(|&i| pool[i].text.as_str()).collect();
+        for p in student.predict_proba(&texts)? {
+            scores.push(strategy::uncertainty(&p, opts.measure));
+        }
+    }
+    let order = strategy::top_uncertain(
+        &scores,
+        if opts.strategy == Strategy::Diverse {
+            k * 4
+        } else {
+            k
+        },
+    );
+    if opts.strategy != Strategy::Diverse {
+        return Ok(order.into_iter().map(|j| remaining[j]).collect());
+    }
+    // Diverse: k-centre greedy in the encoder's embedding space over the 4k most uncertain,
+    // with the labelled inputs as the starting centres.
+    let base = opts
+        .train
+        .base
+        .clone()
+        .unwrap_or_else(|| distill_train::encoder::DEFAULT_BASE.to_string());
+    let resolved = distill_train::encoder::resolve_base(
+        &base,
+        distill_train::encoder::HubOptions {
+            offline: opts.train.offline,
+            progress: false,
+        },
+    )
+    .map_err(distill_train::TrainError::from)?;
+    let enc = distill_train::encoder::embed::FrozenEncoder::load(
+        &resolved.dir,
+        None,
+        opts.train.threads,
+        &opts.train.device,
+    )?;
+    let dim = enc.dim();
+    let embed = |idx: &[usize]| -> Result<Vec<Vec<f32>>> {
+        let texts: Vec<&str> = idx.iter().map(|&i| pool[i].text.as_str()).collect();
+        Ok(enc
+            .embed(&texts, 64)?
+            .chunks(dim)
+            .map(<[f32]>::to_vec)
+            .collect())
+    };
+    let candidates: Vec<usize> = order.iter().map(|&j| remaining[j]).collect();
+    let remaining_set: HashSet<usize> = remaining.iter().copied().collect();
+    // At most 2,000 labelled centres: enough to mark the covered regions, cheap to embed.
+    let labelled: Vec<usize> = (0..pool.len())
+        .filter(|i| !remaining_set.contains(i))
+        .take(2000)
+        .collect();
+    let cand_emb = embed(&candidates)?;
+    let centres = embed(&labelled)?;
+    let local: Vec<usize> = (0..candidates.len()).collect();
+    Ok(strategy::k_centre(&local, &cand_emb, &centres, k)
+        .into_iter()
+        .map(|j| candidates[j])
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stop_rule_needs_two_rounds_of_small_gains() {
+        let mut h = Vec::new();
+        assert!(!stop_by_gain(&mut h, 0.50, 0.01));
+        assert!(!stop_by_gain(&mut h, 0.60, 0.01));
+        assert!(
+            !stop_by_gain(&mut h, 0.62, 0.01),
+            "0.12 gained over two rounds"
+        );
+        assert!(
+            !stop_by_gain(&mut h, 0.625, 0.01),
+            "0.025 gained over two rounds"
+        );
+        assert!(
+            stop_by_gain(&mut h, 0.627, 0.01),
+            "0.007 gained over two rounds"
+        );
+        assert!(
+            stop_message(&h, 0.01).contains("+0.0070"),
+            "{}",
+            stop_message(&h, 0.01)
+        );
+    }
+
+    #[test]
+    fn a_torn_or_out_of_order_journal_line_ends_the_journal() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("selection.jsonl");
+        std::fs::write(
+            &p,
+            "{\"round\":0,\"ids\":[\"a\",\"b\"]}\n{\"round\":1,\"ids\":[\"c\"]}\n{\"round\":2,\"ids\":[\"d",
+        )
+        .unwrap();
+        let s = read_selections(&p).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1].ids, vec!["c".to_string()]);
+        // The torn line was cut away, so the next round's line is read back.
+        append_selection(
+            &p,
+            &Selection {
+                round: 2,
+                ids: vec!["e".into()],
+            },
+        )
+        .unwrap();
+        let s = read_selections(&p).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[2].ids, vec!["e".to_string()]);
+    }
+}

@@ -1,0 +1,215 @@
+//! Which unlabelled inputs to send to the teacher next. Pure functions of the student's
+//! probabilities (and, for `diverse`, embeddings), so each rule is tested on its own.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+/// How a round picks its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Everything, in file order (what `distill teach` does without `--strategy`).
+    All,
+    /// A seeded random sample each round.
+    Random,
+    /// The inputs the current student is least sure about.
+    Uncertainty,
+    /// Uncertain inputs spread over the embedding space (k-centre greedy), so a round is not
+    /// a cluster of near-duplicates.
+    Diverse,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "random" => Ok(Self::Random),
+            "uncertainty" => Ok(Self::Uncertainty),
+            "diverse" => Ok(Self::Diverse),
+            _ => Err(format!(
+                "`{s}` is not a strategy: all, random, uncertainty or diverse"
+            )),
+        }
+    }
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Random => "random",
+            Self::Uncertainty => "uncertainty",
+            Self::Diverse => "diverse",
+        }
+    }
+}
+
+/// How unsure a probability vector is; higher = more worth labelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Measure {
+    /// 1 − the top probability.
+    LeastConfidence,
+    /// 1 − (top − second): small margins between the two best labels.
+    Margin,
+    /// Shannon entropy of the distribution.
+    Entropy,
+}
+
+impl std::str::FromStr for Measure {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "least-confidence" => Ok(Self::LeastConfidence),
+            "margin" => Ok(Self::Margin),
+            "entropy" => Ok(Self::Entropy),
+            _ => Err(format!(
+                "`{s}` is not an uncertainty measure: least-confidence, margin or entropy"
+            )),
+        }
+    }
+}
+
+pub fn uncertainty(p: &[f32], m: Measure) -> f64 {
+    let mut top = [0f64; 2];
+    for &x in p {
+        let x = x as f64;
+        if x > top[0] {
+            top = [x, top[0]];
+        } else if x > top[1] {
+            top[1] = x;
+        }
+    }
+    match m {
+        Measure::LeastConfidence => 1.0 - top[0],
+        Measure::Margin => 1.0 - (top[0] - top[1]),
+        Measure::Entropy => p
+            .iter()
+            .map(|&x| x as f64)
+            .filter(|&x| x > 0.0)
+            .map(|x| -x * x.ln())
+            .sum(),
+    }
+}
+
+/// A seeded sample of `k` of `0..n`, in a random order.
+pub fn random_pick(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    idx.shuffle(&mut rng);
+    idx.truncate(k);
+    idx
+}
+
+/// The `k` most uncertain, most uncertain first (ties by position, so the pick is stable).
+pub fn top_uncertain(scores: &[f64], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// k-centre greedy (Sener & Savarese 2018) over `candidates`: repeatedly take the candidate
+/// farthest (cosine distance) from everything chosen or already labelled (`centres`).
+pub fn k_centre(
+    candidates: &[usize],
+    embeddings: &[Vec<f32>],
+    centres: &[Vec<f32>],
+    k: usize,
+) -> Vec<usize> {
+    let dist = |a: &[f32], b: &[f32]| {
+        let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+        for (x, y) in a.iter().zip(b) {
+            dot += (*x as f64) * (*y as f64);
+            na += (*x as f64) * (*x as f64);
+            nb += (*y as f64) * (*y as f64);
+        }
+        1.0 - dot / (na.sqrt() * nb.sqrt()).max(1e-12)
+    };
+    let mut nearest: Vec<f64> = candidates
+        .iter()
+        .map(|&c| {
+            centres
+                .iter()
+                .map(|z| dist(&embeddings[c], z))
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    let mut taken = vec![false; candidates.len()];
+    let mut out = Vec::with_capacity(k.min(candidates.len()));
+    while out.len() < k.min(candidates.len()) {
+        // With no centres yet every distance is infinite: the first candidate (the most
+        // uncertain, as the caller orders them) starts.
+        let Some(best) = (0..candidates.len())
+            .filter(|&i| !taken[i])
+            .max_by(|&a, &b| nearest[a].total_cmp(&nearest[b]).then(b.cmp(&a)))
+        else {
+            break;
+        };
+        taken[best] = true;
+        out.push(candidates[best]);
+        let chosen = &embeddings[candidates[best]];
+        for (i, &c) in candidates.iter().enumerate() {
+            if !taken[i] {
+                nearest[i] = nearest[i].min(dist(&embeddings[c], chosen));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_rank_unsure_distributions_higher() {
+        let sure = [0.9f32, 0.05, 0.05];
+        let split = [0.45f32, 0.45, 0.1];
+        let flat = [0.34f32, 0.33, 0.33];
+        for m in [Measure::LeastConfidence, Measure::Margin, Measure::Entropy] {
+            assert!(uncertainty(&sure, m) < uncertainty(&split, m), "{m:?}");
+            assert!(uncertainty(&sure, m) < uncertainty(&flat, m), "{m:?}");
+        }
+        // Margin sees a two-way tie as the most uncertain; least confidence the flat one.
+        assert!(uncertainty(&split, Measure::Margin) > uncertainty(&flat, Measure::Margin) - 0.02);
+        assert!(
+            uncertainty(&flat, Measure::LeastConfidence)
+                > uncertainty(&split, Measure::LeastConfidence)
+        );
+        assert!((uncertainty(&[0.5, 0.5], Measure::Entropy) - 2f64.ln() / 2.0 * 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_uncertain_is_stable_and_random_pick_is_seeded() {
+        assert_eq!(top_uncertain(&[0.1, 0.9, 0.5, 0.9], 3), vec![1, 3, 2]);
+        let a = random_pick(100, 10, 7);
+        assert_eq!(a, random_pick(100, 10, 7));
+        assert_ne!(a, random_pick(100, 10, 8));
+        let mut s = a.clone();
+        s.sort_unstable();
+        s.dedup();
+        assert_eq!(s.len(), 10);
+    }
+
+    #[test]
+    fn k_centre_spreads_over_clusters_instead_of_taking_near_duplicates() {
+        // Two tight clusters; the candidates are ordered so that the first three are all in
+        // cluster A (as an uncertainty ranking might put them).
+        let e = vec![
+            vec![1.0, 0.0],
+            vec![0.99, 0.01],
+            vec![0.98, 0.02],
+            vec![0.0, 1.0],
+            vec![0.01, 0.99],
+        ];
+        let picked = k_centre(&[0, 1, 2, 3, 4], &e, &[], 2);
+        assert_eq!(picked[0], 0);
+        assert!(picked[1] >= 3, "{picked:?}");
+        // An already-labelled centre in cluster B pushes the first pick to cluster A.
+        let picked = k_centre(&[3, 4, 0], &e, &[vec![0.0, 1.0]], 1);
+        assert_eq!(picked, vec![0]);
+    }
+}

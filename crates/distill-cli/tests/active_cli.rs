@@ -1,0 +1,236 @@
+//! `distill teach --strategy`: labelling a pool in rounds against the sim-teacher. Each round is
+//! journalled before it is labelled and labelled once; a rerun pays nothing; a changed plan is
+//! refused; the output lists the labels in selection order for `eval --curve --curve-order recorded`.
+
+mod common;
+
+use common::{banking77, every_nth_csv, get_json, repo};
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args(["--state-dir", "state", "-q"])
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = run(dir, args);
+    assert!(
+        o.status.success(),
+        "distill {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let pool = every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 3);
+    every_nth_csv(&banking77().join("test.csv"), &dir.join("test.csv"), 4);
+    std::fs::copy(
+        banking77().join("categories.json"),
+        dir.join("categories.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("datasets/banking77/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args(["-q", "sim-teacher", "--task", "task.toml", "--port", "0"])
+        .args(["--latency-ms", "0", "--error-rate", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sim.stdout.take().unwrap()),
+        &mut url,
+    )
+    .unwrap();
+    let url = url.trim().to_string();
+    let teach = |strategy: &str, out: &str, round: &str| {
+        vec![
+            "teach".to_string(),
+            "--task".into(),
+            "task.toml".into(),
+            "--input".into(),
+            "train.csv".into(),
+            "--out".into(),
+            out.into(),
+            "--base-url".into(),
+            url.clone(),
+            "--rpm".into(),
+            "0".into(),
+            "--tpm".into(),
+            "0".into(),
+            "--strategy".into(),
+            strategy.into(),
+            "--limit".into(),
+            "600".into(),
+            "--round-size".into(),
+            round.into(),
+            "--threads".into(),
+            "2".into(),
+        ]
+    };
+    let args = teach("uncertainty", "active.jsonl", "200");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(dir, &a);
+    assert!(out.contains("labelled 600 of"), "{out}");
+    assert!(out.contains("stopped: the label limit (600)"), "{out}");
+
+    let picked = ids(&dir.join("active.jsonl"));
+    assert_eq!(picked.len(), 600);
+    assert_eq!(
+        picked.iter().collect::<HashSet<_>>().len(),
+        600,
+        "no input labelled twice"
+    );
+    let journal = std::fs::read_to_string(dir.join("active.jsonl.rounds/selection.jsonl")).unwrap();
+    let rounds: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rounds.len(), 3);
+    // The output is the rounds' labels in selection order.
+    let journalled: Vec<String> = rounds
+        .iter()
+        .flat_map(|r| {
+            r["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(journalled, picked);
+    let pool_ids: HashSet<String> = (1..=pool).map(|i| i.to_string()).collect();
+    assert!(picked.iter().all(|id| pool_ids.contains(id)));
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    assert_eq!(stats["unique_billable"], 600, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+
+    // The uncertainty rounds are not a random sample: the same seed's random rounds differ.
+    let rargs = teach("random", "random.jsonl", "200");
+    let r: Vec<&str> = rargs.iter().map(String::as_str).collect();
+    ok(dir, &r);
+    let random = ids(&dir.join("random.jsonl"));
+    assert_eq!(
+        random[..200],
+        picked[..200],
+        "the seed round is random in both"
+    );
+    let overlap = random[200..]
+        .iter()
+        .filter(|id| picked[200..].contains(id))
+        .count();
+    assert!(
+        overlap < 100,
+        "uncertainty rounds 1-2 share {overlap} of 400 with random ones"
+    );
+
+    // A rerun finds every round labelled: nothing is asked again and the output is unchanged.
+    let before = std::fs::read_to_string(dir.join("active.jsonl")).unwrap();
+    let calls = get_json(&url.replace("/v1", "/stats"))["requests"].clone();
+    ok(dir, &a);
+    assert_eq!(get_json(&url.replace("/v1", "/stats"))["requests"], calls);
+    assert!(
+        std::fs::read_to_string(dir.join("active.jsonl")).unwrap() == before,
+        "the rerun changed the output"
+    );
+
+    // Another plan is refused, naming what changed, until --restart.
+    let changed = teach("uncertainty", "active.jsonl", "300");
+    let c: Vec<&str> = changed.iter().map(String::as_str).collect();
+    let o = run(dir, &c);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("round_size") && err.contains("--restart"),
+        "{err}"
+    );
+
+    // A budget ends the labelling between rounds, the last round shrunk to what it can afford.
+    let mut budget = teach("random", "budget.jsonl", "200");
+    budget.extend([
+        "--max-spend".to_string(),
+        "0.5".into(),
+        "--select-seed".into(),
+        "9".into(),
+    ]);
+    let b: Vec<&str> = budget.iter().map(String::as_str).collect();
+    let out = ok(dir, &b);
+    assert!(
+        out.contains("stopped: the budget (") && out.contains("wrote budget.jsonl"),
+        "{out}"
+    );
+    let spent: f64 = std::fs::read_to_string(dir.join("budget.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["cost_usd"]
+                .as_f64()
+                .unwrap()
+        })
+        .sum();
+    let n = ids(&dir.join("budget.jsonl")).len();
+    assert!(
+        spent <= 0.5 && spent > 0.45 && n > 300 && n < 600,
+        "{n} labels for ${spent}"
+    );
+
+    // The labels in selection order draw the curve of exactly this labelling.
+    ok(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--test",
+            "test.csv",
+            "--train",
+            "active.jsonl",
+            "--curve",
+            "200,600",
+            "--curve-order",
+            "recorded",
+            "--curve-seeds",
+            "1",
+            "--out",
+            "ev",
+        ],
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ev/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["curve"]["order"], "recorded");
+    assert_eq!(m["curve"]["rows"].as_array().unwrap().len(), 2);
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
