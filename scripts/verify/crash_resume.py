@@ -3,8 +3,10 @@
 
 For each path (real time; the Batch API with part of every batch expiring, so its items are
 retried in real time; a route task through the Batch API in two rounds, the tiers' answers then
-the judge's gradings, on RouteLLM's GSM8K outcomes replayed by the sim) this runs the same job
-RUNS times, each time:
+the judge's gradings, on RouteLLM's GSM8K outcomes replayed by the sim; active selection
+(`--strategy uncertainty`: 2/3 of the inputs in rounds of 1/6, each picked by a student trained
+between rounds) in real time and through the Batch API) this runs the same job RUNS times, each
+time:
   1. a fresh sim-teacher (its /stats is the provider's bill) and a fresh state directory;
   2. `distill teach`, killed with SIGKILL at a moment drawn uniformly over a clean run's
      duration (measured first, same settings);
@@ -117,9 +119,12 @@ class Sim:
             self.p.wait()
 
 
-def teach_cmd(binary, state, task, url, out, batch, route=False):
+def teach_cmd(binary, state, task, url, out, batch, route=False, active=None):
     c = [binary, "--state-dir", state, "-q", "teach", "--task", task, "--base-url", url,
          "--out", out, "--concurrency", str(CONCURRENCY)]
+    if active:
+        c += ["--strategy", "uncertainty", "--limit", str(active), "--round-size",
+              str(max(1, active // 4)), "--threads", "1"]
     if route:
         c += ["--input", os.path.join(os.path.dirname(task), "prompts.jsonl"), "--rpm", "0",
               "--tpm", "0"]
@@ -153,7 +158,7 @@ def answer_key(r):
     return r["request_hash"]
 
 
-def one_run(binary, data_dir, n, batch, kill_after, work, route=None):
+def one_run(binary, data_dir, n, batch, kill_after, work, route=None, active=False):
     d = tempfile.mkdtemp(dir=work)
     if route:
         task = write_route_task(binary, d, route[0], route[1], n)
@@ -162,8 +167,10 @@ def one_run(binary, data_dir, n, batch, kill_after, work, route=None):
     state = os.path.join(d, "state")
     out = os.path.join(d, "t.jsonl")
     sim = Sim(binary, task, batch, os.path.join(d, "recorded.jsonl") if route else None)
+    # Active selection labels 2/3 of the pool, in four rounds.
+    limit = n * 2 // 3 if active else None
     try:
-        cmd = teach_cmd(binary, state, task, sim.url, out, batch, bool(route))
+        cmd = teach_cmd(binary, state, task, sim.url, out, batch, bool(route), limit)
         killed = False
         if kill_after is not None:
             p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -181,11 +188,13 @@ def one_run(binary, data_dir, n, batch, kill_after, work, route=None):
         elapsed = time.monotonic() - started
         recs = records(out)
         ids = [r["id"] for r in recs]
-        lost = n - len(set(ids))
+        lost = (limit or n) - len(set(ids))
         duplicated = len(ids) - len(set(ids))
         billed = sim.stats()
         again = os.path.join(d, "again.jsonl")
-        run_to_end(teach_cmd(binary, state, task, sim.url, again, False, bool(route)))
+        # The same job again: every answer (active: every pick, as the same labels train the
+        # same scoring students) must come from the cache.
+        run_to_end(teach_cmd(binary, state, task, sim.url, again, False, bool(route), limit))
         clean = {r["id"]: answer_key(r) for r in records(again)}
         stale = sum(1 for r in recs if clean.get(r["id"]) != answer_key(r))
         repaid = sim.stats()["billable"] - billed["billable"]
@@ -221,20 +230,22 @@ def main():
     failed = False
     print(f"crash_resume: {a.runs} runs per path, {a.inputs} inputs, concurrency {CONCURRENCY}, "
           f"seed {a.seed}")
-    print(f"{'path':<11} {'runs':>4} {'killed':>6} {'lost':>5} {'dup':>4} {'stale':>5} "
+    print(f"{'path':<12} {'runs':>4} {'killed':>6} {'lost':>5} {'dup':>4} {'stale':>5} "
           f"{'paid twice (max/run)':>21} {'ledger under':>12} {'ledger over (max)':>17}")
     try:
-        paths = [("real-time", False, None, a.inputs), ("batch", True, None, a.inputs)]
+        paths = [("real-time", False, None, a.inputs, False), ("batch", True, None, a.inputs, False)]
         if a.routellm and a.route_spec:
-            paths.append(("route-batch", True, (a.routellm, a.route_spec), a.route_inputs))
-        for name, batch, route, n in paths:
-            clean = one_run(a.binary, a.data_dir, n, batch, None, work, route)
+            paths.append(("route-batch", True, (a.routellm, a.route_spec), a.route_inputs, False))
+        paths += [("active", False, None, a.inputs, True), ("active-batch", True, None, a.inputs, True)]
+        for name, batch, route, n, active in paths:
+            clean = one_run(a.binary, a.data_dir, n, batch, None, work, route, active)
             span = clean["elapsed"]
             totals = {"killed": 0, "lost": 0, "duplicated": 0, "stale": 0, "under": 0}
             max_twice = 0
             max_over = 0
             for _ in range(a.runs):
-                r = one_run(a.binary, a.data_dir, n, batch, rng.uniform(0, span), work, route)
+                r = one_run(a.binary, a.data_dir, n, batch, rng.uniform(0, span), work, route,
+                            active)
                 for k in totals:
                     totals[k] += int(r[k])
                 max_twice = max(max_twice, r["paid_twice"])
@@ -242,7 +253,7 @@ def main():
             bad = (totals["lost"] or totals["duplicated"] or totals["stale"] or totals["under"]
                    or max_twice > CONCURRENCY)
             failed |= bool(bad)
-            print(f"{name:<11} {a.runs:>4} {totals['killed']:>6} {totals['lost']:>5} "
+            print(f"{name:<12} {a.runs:>4} {totals['killed']:>6} {totals['lost']:>5} "
                   f"{totals['duplicated']:>4} {totals['stale']:>5} "
                   f"{max_twice:>14} (<= {CONCURRENCY}) {totals['under']:>12} {max_over:>17}"
                   f"   clean run {span:.2f}s {'FAIL' if bad else 'ok'}")
