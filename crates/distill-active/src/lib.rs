@@ -213,6 +213,8 @@ pub fn run_active(
     let mut spent = 0.0;
     let mut paid = 0usize;
     let mut dev_history: Vec<f64> = Vec::new();
+    // `diverse`: the whole pool embedded once per run (the base encoder is frozen).
+    let mut embeddings: Option<Vec<Vec<f32>>> = None;
     let limit = opts.limit.unwrap_or(usize::MAX);
     let mut stopped = String::new();
     let mut complete = true;
@@ -292,7 +294,7 @@ pub fn run_active(
                         break;
                     }
                 }
-                score_and_pick(opts, &dir, &pool, &remaining, k)?
+                score_and_pick(opts, &dir, &pool, &remaining, k, &mut embeddings)?
             };
             let s = Selection {
                 round: r,
@@ -590,6 +592,7 @@ fn score_and_pick(
     pool: &[PoolItem],
     remaining: &[usize],
     k: usize,
+    embeddings: &mut Option<Vec<Vec<f32>>>,
 ) -> Result<Vec<usize>> {
     let student = distill_train::load_student(&dir.join("student"), &opts.train.device)?;
     let mut scores = Vec::with_capacity(remaining.len());
@@ -611,7 +614,27 @@ fn score_and_pick(
         return Ok(order.into_iter().map(|j| remaining[j]).collect());
     }
     // Diverse: k-centre greedy in the encoder's embedding space over the 4k most uncertain,
-    // with the labelled inputs as the starting centres.
+    // with every labelled input as a starting centre.
+    if embeddings.is_none() {
+        *embeddings = Some(embed_pool(opts, pool)?);
+    }
+    let all = embeddings.as_deref().unwrap_or_default();
+    let candidates: Vec<usize> = order.iter().map(|&j| remaining[j]).collect();
+    let remaining_set: HashSet<usize> = remaining.iter().copied().collect();
+    let centres: Vec<Vec<f32>> = (0..pool.len())
+        .filter(|i| !remaining_set.contains(i))
+        .map(|i| all[i].clone())
+        .collect();
+    let cand_emb: Vec<Vec<f32>> = candidates.iter().map(|&i| all[i].clone()).collect();
+    let local: Vec<usize> = (0..candidates.len()).collect();
+    Ok(strategy::k_centre(&local, &cand_emb, &centres, k)
+        .into_iter()
+        .map(|j| candidates[j])
+        .collect())
+}
+
+/// Every pool input's sentence embedding under the base encoder (`--base`).
+fn embed_pool(opts: &ActiveOptions, pool: &[PoolItem]) -> Result<Vec<Vec<f32>>> {
     let base = opts
         .train
         .base
@@ -631,28 +654,11 @@ fn score_and_pick(
         opts.train.threads,
         &opts.train.device,
     )?;
-    let dim = enc.dim();
-    let embed = |idx: &[usize]| -> Result<Vec<Vec<f32>>> {
-        let texts: Vec<&str> = idx.iter().map(|&i| pool[i].text.as_str()).collect();
-        Ok(enc
-            .embed(&texts, 64)?
-            .chunks(dim)
-            .map(<[f32]>::to_vec)
-            .collect())
-    };
-    let candidates: Vec<usize> = order.iter().map(|&j| remaining[j]).collect();
-    let remaining_set: HashSet<usize> = remaining.iter().copied().collect();
-    // At most 2,000 labelled centres: enough to mark the covered regions, cheap to embed.
-    let labelled: Vec<usize> = (0..pool.len())
-        .filter(|i| !remaining_set.contains(i))
-        .take(2000)
-        .collect();
-    let cand_emb = embed(&candidates)?;
-    let centres = embed(&labelled)?;
-    let local: Vec<usize> = (0..candidates.len()).collect();
-    Ok(strategy::k_centre(&local, &cand_emb, &centres, k)
-        .into_iter()
-        .map(|j| candidates[j])
+    let texts: Vec<&str> = pool.iter().map(|p| p.text.as_str()).collect();
+    Ok(enc
+        .embed(&texts, 64)?
+        .chunks(enc.dim())
+        .map(<[f32]>::to_vec)
         .collect())
 }
 
