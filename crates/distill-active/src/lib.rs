@@ -69,6 +69,8 @@ pub struct ActiveOptions {
     /// Forget the journalled selection and choose again (answers already bought come from the
     /// response cache, free).
     pub restart: bool,
+    /// A line on stderr per round (what was picked, how, what it cost so far).
+    pub progress: bool,
 }
 
 /// What the selection depends on; a resumed run must have the same.
@@ -301,6 +303,21 @@ pub fn run_active(
                 ids: picked.iter().map(|&i| pool[i].id.clone()).collect(),
             };
             append_selection(&journal, &s)?;
+            if opts.progress {
+                eprintln!(
+                    "round {r}: {} inputs picked ({}{}); {} labelled so far for ${spent:.4}",
+                    s.ids.len(),
+                    if r == 0 {
+                        "random seed round"
+                    } else {
+                        opts.strategy.as_str()
+                    },
+                    dev_accuracy
+                        .map(|a| format!(", the scoring student's dev accuracy {a:.4}"))
+                        .unwrap_or_default(),
+                    labelled.len()
+                );
+            }
             selections.push(s.clone());
             s.ids
         };

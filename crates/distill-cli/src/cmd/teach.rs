@@ -200,6 +200,7 @@ fn active(
         train: t,
         stop_gain: args.stop_gain,
         restart: args.restart,
+        progress: !g.quiet,
     };
     let summary = distill_active::run_active(spec, &opts, &teach, rt)?;
     println!("{summary}");
