@@ -77,6 +77,20 @@ pub struct RouterReport {
     pub tiers: Vec<(String, f64, usize)>,
 }
 
+/// Characters of a prompt a router of `kind` reads. Encoders read `max_len` tokens from the
+/// start, so the prompt is first cut to about that many characters (head and tail kept) and the
+/// tail, often the actual question or its choices, survives the tokenizer's truncation.
+pub fn router_max_chars(kind: StudentKind, max_len: Option<usize>) -> usize {
+    let tokens = match kind {
+        StudentKind::Linear => return ROUTER_MAX_CHARS,
+        StudentKind::EncoderFinetune => {
+            max_len.unwrap_or(crate::encoder::finetune::DEFAULT_MAX_LEN)
+        }
+        StudentKind::EncoderHead => max_len.unwrap_or(128),
+    };
+    (tokens * 4).min(ROUTER_MAX_CHARS)
+}
+
 /// Trains one `kind` student per routed tier on `records` (complete ones; others skipped) and
 /// writes the router directory at `opts.out`.
 pub fn train_router(
@@ -120,12 +134,7 @@ pub fn train_router(
     let mut report_tiers = Vec::new();
     let mut tiers_meta = Vec::new();
     let mut cost = 0.0;
-    // Encoders read `max_len` tokens from the start: cut to about that many characters first,
-    // so the tail (often the actual question) survives.
-    let max_chars = match kind {
-        StudentKind::Linear => ROUTER_MAX_CHARS,
-        _ => (opts.max_len.unwrap_or(128) * 4).min(ROUTER_MAX_CHARS),
-    };
+    let max_chars = router_max_chars(kind, opts.max_len);
     let mut texts: Vec<String> = usable
         .iter()
         .map(|r| router_text(&r.text, max_chars))
@@ -290,5 +299,26 @@ impl Router {
 
     pub fn students(&self) -> &[Box<dyn Student>] {
         &self.students
+    }
+}
+
+#[cfg(test)]
+mod max_chars_tests {
+    use super::*;
+
+    #[test]
+    fn encoder_routers_cut_prompts_to_what_their_tokenizer_keeps() {
+        // The fine-tuned encoder reads 64 tokens by default: a 512-character cut would lose the
+        // prompt's tail (the choices) to the tokenizer's truncation.
+        assert_eq!(router_max_chars(StudentKind::EncoderFinetune, None), 256);
+        assert_eq!(router_max_chars(StudentKind::EncoderHead, None), 512);
+        assert_eq!(
+            router_max_chars(StudentKind::EncoderFinetune, Some(128)),
+            512
+        );
+        assert_eq!(
+            router_max_chars(StudentKind::Linear, Some(8)),
+            ROUTER_MAX_CHARS
+        );
     }
 }

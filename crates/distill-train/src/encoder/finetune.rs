@@ -39,6 +39,9 @@ pub const DEFAULT_HEAD_LR_MULT: f64 = 10.0;
 /// stopped at epoch 8 with 0.928 test accuracy where the full schedule reached 0.932.
 pub const DEFAULT_PATIENCE: usize = 5;
 
+/// Tokens per text when `--max-len` is not given.
+pub const DEFAULT_MAX_LEN: usize = 64;
+
 /// Fine-tuning hyper-parameters after defaults are applied.
 #[derive(Debug, Clone)]
 pub struct Hyper {
@@ -61,7 +64,7 @@ impl Hyper {
         opts.validate()?;
         Ok(Hyper {
             batch_size: opts.batch_size.unwrap_or(32),
-            max_len: opts.max_len.unwrap_or(64),
+            max_len: opts.max_len.unwrap_or(DEFAULT_MAX_LEN),
             lr: opts.lr.unwrap_or(1e-4),
             weight_decay: opts.weight_decay.unwrap_or(0.01),
             epochs: opts.epochs.unwrap_or(10),
