@@ -10,11 +10,14 @@
 # the seeds meets the floor, escalating at most 2 points more than the full-data cascade) and its
 # labelling spend; the ratio active / random spend is printed last (target <= 0.40).
 # Usage: STRATEGIES="uncertainty diverse" STUDENT=linear scripts/bench/active_learning.sh [threads=2]
+#   STUDENT scores the pool between rounds; CURVE_STUDENT (default STUDENT) is the student the curves
+#   train, e.g. STUDENT=linear CURVE_STUDENT=encoder-head SIZES=1000,2000,4000,6000.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 threads=${1:-2}
 student=${STUDENT:-linear}
+curve_student=${CURVE_STUDENT:-$student}
 strategies=${STRATEGIES:-uncertainty}
 sizes=${SIZES:-500,1000,2000,4000}
 round=${ROUND_SIZE:-250}
@@ -44,7 +47,7 @@ teach() { "$bin" -q teach --task task.toml --base-url "$url" --concurrency 64 --
 [ -s teacher-test.jsonl ] || teach --input test.csv --out teacher-test.jsonl
 largest=${sizes##*,}
 curve() { "$bin" -q eval --task task.toml --test test.csv --teacher-labels teacher-test.jsonl \
-  --curve-student "$student" --base "$base" --threads "$threads" --force "$@" >/dev/null; }
+  --curve-student "$curve_student" --base "$base" --threads "$threads" --force "$@" >/dev/null; }
 
 start=$(date +%s)
 curve --train teacher.jsonl --curve "$sizes,all" --curve-order random --curve-seeds 3 --out eval-random
@@ -61,7 +64,7 @@ for strategy in $strategies; do
   done
 done
 
-python3 - "$strategies" "$student" <<'PY'
+python3 - "$strategies" "$curve_student" <<'PY'
 import json, statistics, sys
 strategies, student = sys.argv[1].split(), sys.argv[2]
 rnd = json.load(open("eval-random/metrics.json"))["curve"]
