@@ -557,7 +557,14 @@ pub(crate) fn is_rejection(code: &str) -> bool {
         .any(|k| code.contains(k))
 }
 
-pub(crate) fn parse_openai_results(bytes: &[u8], out: &mut Results, batch: &str) {
+/// Reads a batch's results file (JSONL, one line per request, any order): each line with one
+/// of our `custom_id`s becomes `item(line)`; unreadable lines are skipped with a warning.
+fn parse_results(
+    bytes: &[u8],
+    out: &mut Results,
+    batch: &str,
+    item: fn(&Value, &str) -> ItemResult,
+) {
     for line in bytes.split(|b| *b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -573,92 +580,87 @@ pub(crate) fn parse_openai_results(bytes: &[u8], out: &mut Results, batch: &str)
         else {
             continue;
         };
-        let resp = v.get("response").filter(|r| !r.is_null());
-        let result = match resp {
-            Some(r) => {
-                let status = r.get("status_code").and_then(Value::as_u64).unwrap_or(0);
-                let body = r.get("body").unwrap_or(&Value::Null);
-                if status == 200 {
-                    match crate::provider::openai::parse_reply(
-                        &serde_json::to_vec(body).unwrap_or_default(),
-                    ) {
-                        Ok(reply) => ItemResult::Reply(reply),
-                        Err(m) => ItemResult::Failed(format!("batch {batch}: {m}")),
-                    }
-                } else {
-                    let msg = body
-                        .get("error")
-                        .and_then(|e| e.get("message"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("error");
-                    let m = format!("batch {batch}: HTTP {status}: {msg}");
-                    if matches!(status, 408 | 409 | 429) || status >= 500 {
-                        ItemResult::Retry(m)
-                    } else {
-                        ItemResult::Failed(m)
-                    }
-                }
-            }
-            None => {
-                let err = v.get("error").unwrap_or(&Value::Null);
-                let code = err.get("code").and_then(Value::as_str).unwrap_or("error");
-                let msg = err.get("message").and_then(Value::as_str).unwrap_or("");
-                let m = format!("batch {batch}: {code}: {msg}");
-                if is_rejection(code) {
-                    ItemResult::Failed(m)
-                } else {
-                    ItemResult::Retry(m)
-                }
-            }
-        };
-        out.insert(cid.to_string(), result);
+        out.insert(cid.to_string(), item(&v, batch));
     }
 }
 
+pub(crate) fn parse_openai_results(bytes: &[u8], out: &mut Results, batch: &str) {
+    parse_results(bytes, out, batch, openai_item)
+}
+
 pub(crate) fn parse_anthropic_results(bytes: &[u8], out: &mut Results, batch: &str) {
-    for line in bytes.split(|b| *b == b'\n') {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let Ok(v) = serde_json::from_slice::<Value>(line) else {
-            tracing::warn!("batch {batch}: skipping an unreadable result line");
-            continue;
-        };
-        let Some(cid) = v
-            .get("custom_id")
-            .and_then(Value::as_str)
-            .filter(|c| ordinal_of(c).is_some())
-        else {
-            continue;
-        };
-        let r = v.get("result").unwrap_or(&Value::Null);
-        let kind = r.get("type").and_then(Value::as_str).unwrap_or_default();
-        let result = match kind {
-            "succeeded" => match anthropic::message_reply(r.get("message").unwrap_or(&Value::Null))
-            {
-                Ok(reply) => ItemResult::Reply(reply),
-                Err(m) => ItemResult::Failed(format!("batch {batch}: {m}")),
-            },
-            "errored" => {
-                let e = r.get("error").map(|e| e.get("error").unwrap_or(e));
-                let t = e
-                    .and_then(|e| e.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("error");
-                let msg = e
+    parse_results(bytes, out, batch, anthropic_item)
+}
+
+/// One line of an OpenAI batch's output: `response` (status and body) or `error`.
+fn openai_item(v: &Value, batch: &str) -> ItemResult {
+    let resp = v.get("response").filter(|r| !r.is_null());
+    match resp {
+        Some(r) => {
+            let status = r.get("status_code").and_then(Value::as_u64).unwrap_or(0);
+            let body = r.get("body").unwrap_or(&Value::Null);
+            if status == 200 {
+                match crate::provider::openai::parse_reply(
+                    &serde_json::to_vec(body).unwrap_or_default(),
+                ) {
+                    Ok(reply) => ItemResult::Reply(reply),
+                    Err(m) => ItemResult::Failed(format!("batch {batch}: {m}")),
+                }
+            } else {
+                let msg = body
+                    .get("error")
                     .and_then(|e| e.get("message"))
                     .and_then(Value::as_str)
-                    .unwrap_or("");
-                let m = format!("batch {batch}: {t}: {msg}");
-                if t == "invalid_request_error" {
-                    ItemResult::Failed(m)
-                } else {
+                    .unwrap_or("error");
+                let m = format!("batch {batch}: HTTP {status}: {msg}");
+                if matches!(status, 408 | 409 | 429) || status >= 500 {
                     ItemResult::Retry(m)
+                } else {
+                    ItemResult::Failed(m)
                 }
             }
-            other => ItemResult::Retry(format!("batch {batch}: request {other}")),
-        };
-        out.insert(cid.to_string(), result);
+        }
+        None => {
+            let err = v.get("error").unwrap_or(&Value::Null);
+            let code = err.get("code").and_then(Value::as_str).unwrap_or("error");
+            let msg = err.get("message").and_then(Value::as_str).unwrap_or("");
+            let m = format!("batch {batch}: {code}: {msg}");
+            if is_rejection(code) {
+                ItemResult::Failed(m)
+            } else {
+                ItemResult::Retry(m)
+            }
+        }
+    }
+}
+
+/// One line of an Anthropic message batch's output: `result` succeeded, errored or other.
+fn anthropic_item(v: &Value, batch: &str) -> ItemResult {
+    let r = v.get("result").unwrap_or(&Value::Null);
+    let kind = r.get("type").and_then(Value::as_str).unwrap_or_default();
+    match kind {
+        "succeeded" => match anthropic::message_reply(r.get("message").unwrap_or(&Value::Null)) {
+            Ok(reply) => ItemResult::Reply(reply),
+            Err(m) => ItemResult::Failed(format!("batch {batch}: {m}")),
+        },
+        "errored" => {
+            let e = r.get("error").map(|e| e.get("error").unwrap_or(e));
+            let t = e
+                .and_then(|e| e.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("error");
+            let msg = e
+                .and_then(|e| e.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let m = format!("batch {batch}: {t}: {msg}");
+            if t == "invalid_request_error" {
+                ItemResult::Failed(m)
+            } else {
+                ItemResult::Retry(m)
+            }
+        }
+        other => ItemResult::Retry(format!("batch {batch}: request {other}")),
     }
 }
 
