@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{banking77, every_nth_csv, get_json, repo};
+use common::{banking77, every_nth_csv, get_json, repo, sim_teacher};
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distill"))
@@ -59,21 +59,7 @@ fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
         dir.join("task.toml"),
     )
     .unwrap();
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args(["-q", "sim-teacher", "--task", "task.toml", "--port", "0"])
-        .args(["--latency-ms", "0", "--error-rate", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(sim.stdout.take().unwrap()),
-        &mut url,
-    )
-    .unwrap();
-    let url = url.trim().to_string();
+    let (mut sim, url) = sim_teacher(dir, "task.toml", &["--error-rate", "0"]);
     let teach = |strategy: &str, out: &str, round: &str| {
         vec![
             "teach".to_string(),

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{banking77, every_nth_csv, repo};
+use common::{banking77, every_nth_csv, repo, sim_teacher};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distill"))
@@ -46,21 +46,7 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
     )
     .unwrap();
 
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args(["-q", "sim-teacher", "--task", "task.toml", "--port", "0"])
-        .args(["--latency-ms", "0", "--error-rate", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(sim.stdout.take().unwrap()),
-        &mut url,
-    )
-    .unwrap();
-    let url = url.trim().to_string();
+    let (mut sim, url) = sim_teacher(dir, "task.toml", &["--error-rate", "0"]);
     for (input, out) in [
         ("train.csv", "teacher.jsonl"),
         ("test.csv", "teacher-test.jsonl"),

@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{banking77, head_csv, repo};
+use common::{banking77, head_csv, repo, sim_teacher};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn distill(dir: &Path, args: &[&str]) -> Output {
     let o = Command::new(env!("CARGO_BIN_EXE_distill"))
@@ -64,21 +64,7 @@ fn out_of_scope_is_learned_scored_and_priced_against_a_closed_set_student() {
 
     // The (simulated) teacher: the Banking77 files are its gold; MixSNIPS texts are unknown to
     // it, so an open-set teacher calls them `none` (at its 94% accuracy).
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args(["-q", "sim-teacher", "--task", "open.toml", "--port", "0"])
-        .args(["--latency-ms", "0", "--error-rate", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(sim.stdout.take().unwrap()),
-        &mut url,
-    )
-    .unwrap();
-    let url = url.trim().to_string();
+    let (mut sim, url) = sim_teacher(dir, "open.toml", &["--error-rate", "0"]);
     let teach = |input: &str, out: &str| {
         distill(
             dir,

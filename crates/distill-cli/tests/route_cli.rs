@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::{get_json, repo};
-use std::io::BufRead;
+use common::{get_json, repo, sim_teacher};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn routellm() -> PathBuf {
     repo().join("../shared/datasets/routellm")
@@ -38,27 +37,40 @@ fn ok(o: Output) -> String {
 
 /// Starts `distill sim-teacher --replay` in `dir` on an ephemeral port; returns it and its URL.
 fn replay_sim(dir: &Path, replay: &str, extra: &[&str]) -> (std::process::Child, String) {
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args([
-            "-q",
-            "sim-teacher",
-            "--task",
-            "task.toml",
-            "--replay",
-            replay,
-        ])
-        .args(["--port", "0", "--latency-ms", "0", "--retry-after-ms", "5"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    std::io::BufReader::new(sim.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    (sim, url.trim().to_string())
+    let mut args = vec!["--replay", replay, "--retry-after-ms", "5"];
+    args.extend(extra);
+    sim_teacher(dir, "task.toml", &args)
+}
+
+/// The recorded problems' texts as `dir/prompts.jsonl`, what a route teach asks.
+fn write_prompts(dir: &Path, recorded: &[serde_json::Value]) {
+    let prompts: String = recorded
+        .iter()
+        .map(|r| format!("{}\n", serde_json::json!({"prompt": r["text"]})))
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+}
+
+/// `distill teach` of `dir/prompts.jsonl` into `out` through the sim at `url`, without rate
+/// limits, plus `extra`.
+fn teach_routes(dir: &Path, url: &str, out: &str, extra: &[&str]) -> Output {
+    let mut a = vec![
+        "teach",
+        "--task",
+        "task.toml",
+        "--input",
+        "prompts.jsonl",
+        "--out",
+        out,
+        "--base-url",
+        url,
+        "--rpm",
+        "0",
+        "--tpm",
+        "0",
+    ];
+    a.extend(extra);
+    distill(dir, &a)
 }
 
 /// Imports the first `n` GSM8K outcomes into `dir/recorded.jsonl` (with `task.toml` there).
@@ -226,32 +238,10 @@ fn gsm8k_loop_offline_through_the_replaying_sim_and_the_judge() {
     let dir = d.path();
     // 150 problems with both models' answers and correctness.
     let recorded = gsm8k_recorded(dir, 150);
-    let prompts: String = recorded
-        .iter()
-        .map(|r| format!("{}\n", serde_json::json!({"prompt": r["text"]})))
-        .collect();
-    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+    write_prompts(dir, &recorded);
 
     let (mut sim, url) = replay_sim(dir, "recorded.jsonl", &["--error-rate", "0.05"]);
-    let teach = |extra: &[&str]| {
-        let mut a = vec![
-            "teach",
-            "--task",
-            "task.toml",
-            "--input",
-            "prompts.jsonl",
-            "--out",
-            "routes.jsonl",
-            "--base-url",
-            &url,
-            "--rpm",
-            "0",
-            "--tpm",
-            "0",
-        ];
-        a.extend(extra);
-        distill(dir, &a)
-    };
+    let teach = |extra: &[&str]| teach_routes(dir, &url, "routes.jsonl", extra);
     // A budget stops it part-way (journalled); the rerun finishes without paying twice.
     let first = teach(&["--max-spend", "0.2"]);
     assert_eq!(
@@ -388,25 +378,7 @@ fn multi_turn_prompts_are_asked_as_conversations_and_cached_answers_keep_their_p
     )
     .unwrap();
     let (mut sim, url) = replay_sim(dir, "replay.jsonl", &["--error-rate", "0"]);
-    let teach = |out: &str, extra: &[&str]| {
-        let mut a = vec![
-            "teach",
-            "--task",
-            "task.toml",
-            "--input",
-            "prompts.jsonl",
-            "--out",
-            out,
-            "--base-url",
-            &url,
-            "--rpm",
-            "0",
-            "--tpm",
-            "0",
-        ];
-        a.extend(extra);
-        ok(distill(dir, &a))
-    };
+    let teach = |out: &str, extra: &[&str]| ok(teach_routes(dir, &url, out, extra));
     teach("routes.jsonl", &[]);
     // The same prompts again: every answer from the cache, nothing paid...
     let again = teach("again.jsonl", &[]);
@@ -455,11 +427,7 @@ fn route_teach_through_the_batch_api_in_two_rounds() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let recorded = gsm8k_recorded(dir, 40);
-    let prompts: String = recorded
-        .iter()
-        .map(|r| format!("{}\n", serde_json::json!({"prompt": r["text"]})))
-        .collect();
-    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+    write_prompts(dir, &recorded);
     // Each batch answers its first 30 requests; the rest expire.
     let (mut sim, url) = replay_sim(
         dir,
@@ -474,26 +442,9 @@ fn route_teach_through_the_batch_api_in_two_rounds() {
         ],
     );
     let teach = |extra: &[&str]| {
-        let mut a = vec![
-            "teach",
-            "--task",
-            "task.toml",
-            "--input",
-            "prompts.jsonl",
-            "--out",
-            "routes.jsonl",
-            "--base-url",
-            &url,
-            "--rpm",
-            "0",
-            "--tpm",
-            "0",
-            "--batch",
-            "--poll-secs",
-            "0.02",
-        ];
+        let mut a = vec!["--batch", "--poll-secs", "0.02"];
         a.extend(extra);
-        distill(dir, &a)
+        teach_routes(dir, &url, "routes.jsonl", &a)
     };
     // 1: submits the tier round and leaves.
     let first = ok(teach(&["--no-wait"]));

@@ -71,3 +71,23 @@ pub fn get_json(url: &str) -> serde_json::Value {
     let body = raw.split_once("\r\n\r\n").unwrap().1;
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
+
+/// Starts `distill sim-teacher --task TASK --port 0 --latency-ms 0 ARGS` in `dir`; returns it
+/// and the base URL it prints first.
+pub fn sim_teacher(dir: &Path, task: &str, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args(["-q", "sim-teacher", "--task", task, "--port", "0"])
+        .args(["--latency-ms", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufReader::new(sim.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    (sim, url.trim().to_string())
+}
