@@ -13,7 +13,8 @@
 //! Files, beside the output `OUT`: `OUT.rounds/plan.json` (what the selection depends on; a
 //! changed plan is refused rather than silently mixed), `selection.jsonl` (one line per round:
 //! its input ids), `round-NNN.input.jsonl` and `round-NNN.jsonl` (each round's teach job), and
-//! `student/` (the scoring student).
+//! `student/` (the scoring student, trained on the round files so far). `OUT` is written, the
+//! rounds in order, when the run stops.
 
 pub mod strategy;
 
@@ -215,165 +216,169 @@ pub fn run_active(
     let mut spent = 0.0;
     let mut paid = 0usize;
     let mut dev_history: Vec<f64> = Vec::new();
+    let mut finished = 0;
     // `diverse`: the whole pool embedded once per run (the base encoder is frozen).
     let mut embeddings: Option<Vec<Vec<f32>>> = None;
     let limit = opts.limit.unwrap_or(usize::MAX);
     let mut stopped = String::new();
     let mut complete = true;
-    for r in 0.. {
-        let mut dev_accuracy = None;
-        let ids = if let Some(s) = selections.get(r) {
-            s.ids.clone()
-        } else {
-            let remaining: Vec<usize> = (0..pool.len())
-                .filter(|&i| !labelled.contains(&pool[i].id))
-                .collect();
-            // Per label actually paid for: cache hits cost nothing now but a fresh label will.
-            let mean_cost = (paid > 0).then(|| spent / paid as f64);
-            // A quarter's headroom over the mean: teach stops a round whose next request could
-            // cross the cap at its worst case (a reply of max_tokens), and a round cut short by
-            // the cap leaves its labels in its journal, not in the output. Rounds too small to
-            // be worth a retrain are not started.
-            let budget_room = match (opts.max_spend, mean_cost) {
-                (Some(m), Some(c)) if c > 0.0 => {
-                    let n = ((m - spent) / (c * BUDGET_HEADROOM)).floor().max(0.0) as usize;
-                    if n < (opts.round_size / 10).max(1) {
-                        0
-                    } else {
-                        n
-                    }
-                }
-                (Some(m), _) if m - spent <= 0.0 => 0,
-                _ => usize::MAX,
-            };
-            let want = if r == 0 {
-                plan.seed_size
+    // The output is written however the loop ends, an error included, from the finished rounds.
+    let mut run_rounds = || -> Result<()> {
+        for r in 0.. {
+            let mut dev_accuracy = None;
+            let ids = if let Some(s) = selections.get(r) {
+                s.ids.clone()
             } else {
-                opts.round_size
-            };
-            let k = want
-                .min(limit.saturating_sub(labelled.len()))
-                .min(remaining.len())
-                .min(budget_room);
-            if labelled.len() >= limit {
-                stopped = format!("the label limit ({limit})");
-                break;
-            }
-            if remaining.is_empty() {
-                stopped = "the pool is all labelled".into();
-                break;
-            }
-            if k == 0 {
-                stopped = format!(
-                    "the budget (${:.4} of ${:.4} spent; another label costs about ${:.4})",
-                    spent,
-                    opts.max_spend.unwrap_or(0.0),
-                    mean_cost.unwrap_or(0.0)
-                );
-                break;
-            }
-            let picked = if r == 0 || opts.strategy == Strategy::Random {
-                if let (Some(gain), true) = (opts.stop_gain, r > 0) {
-                    // Random rounds still train, for the stop rule.
-                    let acc = train_scorer(spec, opts, &dir, &labelled_records(&dir, r)?)?;
+                let remaining: Vec<usize> = (0..pool.len())
+                    .filter(|&i| !labelled.contains(&pool[i].id))
+                    .collect();
+                // Per label actually paid for: cache hits cost nothing now but a fresh label will.
+                let mean_cost = (paid > 0).then(|| spent / paid as f64);
+                // A quarter's headroom over the mean: teach stops a round whose next request could
+                // cross the cap at its worst case (a reply of max_tokens), and a round cut short by
+                // the cap leaves its labels in its journal, not in the output. Rounds too small to
+                // be worth a retrain are not started.
+                let budget_room = match (opts.max_spend, mean_cost) {
+                    (Some(m), Some(c)) if c > 0.0 => {
+                        let n = ((m - spent) / (c * BUDGET_HEADROOM)).floor().max(0.0) as usize;
+                        if n < (opts.round_size / 10).max(1) {
+                            0
+                        } else {
+                            n
+                        }
+                    }
+                    (Some(m), _) if m - spent <= 0.0 => 0,
+                    _ => usize::MAX,
+                };
+                let want = if r == 0 {
+                    plan.seed_size
+                } else {
+                    opts.round_size
+                };
+                let k = want
+                    .min(limit.saturating_sub(labelled.len()))
+                    .min(remaining.len())
+                    .min(budget_room);
+                if labelled.len() >= limit {
+                    stopped = format!("the label limit ({limit})");
+                    break;
+                }
+                if remaining.is_empty() {
+                    stopped = "the pool is all labelled".into();
+                    break;
+                }
+                if k == 0 {
+                    stopped = format!(
+                        "the budget (${:.4} of ${:.4} spent; another label costs about ${:.4})",
+                        spent,
+                        opts.max_spend.unwrap_or(0.0),
+                        mean_cost.unwrap_or(0.0)
+                    );
+                    break;
+                }
+                // After the seed round the scorer trains on the rounds so far: to pick
+                // (uncertainty, diverse) and, for any strategy, for the stop rule.
+                let random = r == 0 || opts.strategy == Strategy::Random;
+                if r > 0 && (!random || opts.stop_gain.is_some()) {
+                    let acc = train_scorer(spec, opts, &dir, &round_outputs(&dir, r))?;
                     dev_accuracy = Some(acc);
-                    if stop_by_gain(&mut dev_history, acc, gain) {
-                        stopped = stop_message(&dev_history, gain);
-                        break;
+                    if let Some(gain) = opts.stop_gain {
+                        if stop_by_gain(&mut dev_history, acc, gain) {
+                            stopped = stop_message(&dev_history, gain);
+                            break;
+                        }
                     }
                 }
-                strategy::random_pick(remaining.len(), k, opts.seed ^ (r as u64) << 1)
-                    .into_iter()
-                    .map(|i| remaining[i])
-                    .collect()
-            } else {
-                let records = labelled_records(&dir, r)?;
-                let acc = train_scorer(spec, opts, &dir, &records)?;
-                dev_accuracy = Some(acc);
-                if let Some(gain) = opts.stop_gain {
-                    if stop_by_gain(&mut dev_history, acc, gain) {
-                        stopped = stop_message(&dev_history, gain);
-                        break;
-                    }
+                let picked = if random {
+                    strategy::random_pick(remaining.len(), k, opts.seed ^ (r as u64) << 1)
+                        .into_iter()
+                        .map(|i| remaining[i])
+                        .collect()
+                } else {
+                    score_and_pick(opts, &dir, &pool, &remaining, k, &mut embeddings)?
+                };
+                let s = Selection {
+                    round: r,
+                    ids: picked.iter().map(|&i| pool[i].id.clone()).collect(),
+                };
+                append_selection(&journal, &s)?;
+                if opts.progress {
+                    eprintln!(
+                        "round {r}: {} inputs picked ({}{}); {} labelled so far for ${spent:.4}",
+                        s.ids.len(),
+                        if r == 0 {
+                            "random seed round"
+                        } else {
+                            opts.strategy.as_str()
+                        },
+                        dev_accuracy
+                            .map(|a| format!(", the scoring student's dev accuracy {a:.4}"))
+                            .unwrap_or_default(),
+                        labelled.len()
+                    );
                 }
-                score_and_pick(opts, &dir, &pool, &remaining, k, &mut embeddings)?
+                selections.push(s.clone());
+                s.ids
             };
-            let s = Selection {
-                round: r,
-                ids: picked.iter().map(|&i| pool[i].id.clone()).collect(),
-            };
-            append_selection(&journal, &s)?;
-            if opts.progress {
-                eprintln!(
-                    "round {r}: {} inputs picked ({}{}); {} labelled so far for ${spent:.4}",
-                    s.ids.len(),
-                    if r == 0 {
-                        "random seed round"
-                    } else {
-                        opts.strategy.as_str()
-                    },
-                    dev_accuracy
-                        .map(|a| format!(", the scoring student's dev accuracy {a:.4}"))
-                        .unwrap_or_default(),
-                    labelled.len()
-                );
-            }
-            selections.push(s.clone());
-            s.ids
-        };
 
-        // Label the round: an ordinary teach job over its inputs.
-        let input = dir.join(format!("round-{r:03}.input.jsonl"));
-        let output = dir.join(format!("round-{r:03}.jsonl"));
-        if !input.exists() {
-            write_round_input(&input, &pool, &ids)?;
-        }
-        if round_done(&output, ids.len())? {
-            // Labelled by an earlier run: asking again would only turn its records into
-            // cache hits and lose what they cost.
-            labelled.extend(ids.iter().cloned());
-            let (cost, n_paid) = round_spend(&output)?;
-            spent += cost;
-            paid += n_paid;
-            merge_rounds(&dir, r + 1, &opts.out)?;
-            continue;
-        }
-        let round_spec = round_spec(spec);
-        let mut t = teach.clone();
-        t.input = Some(input);
-        t.out = Some(output.clone());
-        t.limit = None;
-        t.restart = false;
-        t.resume = false;
-        // A round job's cap includes its own earlier runs (the teach journal keeps them).
-        t.max_spend = opts.max_spend.map(|m| (m - spent).max(0.0));
-        let summary = rt.block_on(run_teach(&round_spec, t))?;
-        let paid_now = summary.cost_usd;
-        let done = summary.complete;
-        rounds.push(RoundSummary {
-            round: r,
-            picked: ids.len(),
-            spent_usd: paid_now,
-            dev_accuracy,
-            teach: summary.clone(),
-        });
-        labelled.extend(ids.iter().cloned());
-        if !done {
-            complete = false;
-            stopped = if summary.awaiting_batches {
-                "round's batch submitted; run again with --resume to collect it".into()
-            } else if summary.stopped_by_budget {
-                "the budget, in the middle of a round".into()
-            } else {
-                "the round has failed records".into()
+            // Label the round: an ordinary teach job over its inputs.
+            let input = dir.join(format!("round-{r:03}.input.jsonl"));
+            let output = dir.join(format!("round-{r:03}.jsonl"));
+            if !input.exists() {
+                write_round_input(&input, &pool, &ids)?;
+            }
+            // A round labelled by an earlier run is not asked again: that would only turn its
+            // records into cache hits and lose what they cost.
+            let mut done = read_round(&output)?.filter(|f| f.records == ids.len());
+            if done.is_none() {
+                let mut t = teach.clone();
+                t.input = Some(input);
+                t.out = Some(output.clone());
+                t.limit = None;
+                t.restart = false;
+                t.resume = false;
+                // A round job's cap includes its own earlier runs (the teach journal keeps them).
+                t.max_spend = opts.max_spend.map(|m| (m - spent).max(0.0));
+                let summary = rt.block_on(run_teach(&round_spec(spec), t))?;
+                rounds.push(RoundSummary {
+                    round: r,
+                    picked: ids.len(),
+                    spent_usd: summary.cost_usd,
+                    dev_accuracy,
+                    teach: summary.clone(),
+                });
+                if !summary.complete {
+                    labelled.extend(ids.iter().cloned());
+                    complete = false;
+                    stopped = if summary.awaiting_batches {
+                        "round's batch submitted; run again with --resume to collect it".into()
+                    } else if summary.stopped_by_budget {
+                        "the budget, in the middle of a round".into()
+                    } else {
+                        "the round has failed records".into()
+                    };
+                    break;
+                }
+                done = read_round(&output)?;
+            }
+            let Some(done) = done else {
+                return Err(ActiveError::Invalid(format!(
+                    "{}: the round's teach job finished without writing it",
+                    output.display()
+                )));
             };
-            break;
+            labelled.extend(ids.iter().cloned());
+            spent += done.cost;
+            paid += done.paid;
+            finished = r + 1;
         }
-        let (cost, n_paid) = round_spend(&output)?;
-        spent += cost;
-        paid += n_paid;
-        merge_rounds(&dir, r + 1, &opts.out)?;
+        Ok(())
+    };
+    let result = run_rounds();
+    if finished > 0 {
+        merge_rounds(&dir, finished, &opts.out)?;
     }
+    result?;
     Ok(ActiveSummary {
         out: opts.out.clone(),
         labelled: labelled.len(),
@@ -540,55 +545,63 @@ fn round_spec(spec: &TaskSpec) -> TaskSpec {
     s
 }
 
-/// True when a round's teach job wrote its output (it does only once every input has a record).
-fn round_done(path: &Path, n: usize) -> Result<bool> {
-    let Ok(f) = std::fs::File::open(path) else {
-        return Ok(false);
-    };
-    let lines = std::io::BufReader::new(f)
-        .lines()
-        .map_while(|l| l.ok())
-        .filter(|l| !l.trim().is_empty())
-        .count();
-    Ok(lines == n)
+/// A round's output as its teach job wrote it (only once every input had a record).
+struct RoundFile {
+    records: usize,
+    /// What its records cost, and how many were paid for (not cache hits).
+    cost: f64,
+    paid: usize,
 }
 
-/// What a finished round's records cost, and how many of them were paid for (not cache hits).
-fn round_spend(path: &Path) -> Result<(f64, usize)> {
-    let f = std::fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
-    let (mut sum, mut paid) = (0.0, 0);
+fn read_round(path: &Path) -> Result<Option<RoundFile>> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
+    let mut out = RoundFile {
+        records: 0,
+        cost: 0.0,
+        paid: 0,
+    };
     for line in std::io::BufReader::new(f).lines() {
         let line = line.map_err(|e| CoreError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.records += 1;
         if let Ok(r) = serde_json::from_str::<distill_core::TeacherRecord>(&line) {
-            sum += r.cost_usd;
-            paid += usize::from(r.cost_usd > 0.0);
+            out.cost += r.cost_usd;
+            out.paid += usize::from(r.cost_usd > 0.0);
         }
     }
-    Ok((sum, paid))
+    Ok(Some(out))
 }
 
 /// Writes the first `n` rounds' records, in order, as the output dataset.
 fn merge_rounds(dir: &Path, n: usize, out: &Path) -> Result<()> {
     let mut bytes = Vec::new();
-    for r in 0..n {
-        let p = dir.join(format!("round-{r:03}.jsonl"));
+    for p in round_outputs(dir, n) {
         bytes.extend(std::fs::read(&p).map_err(|e| CoreError::io(&p, e))?);
     }
     distill_core::fsutil::write_atomic(out, &bytes)?;
     Ok(())
 }
 
-/// The finished rounds' records before round `r`, as one dataset the scorer trains on.
-fn labelled_records(dir: &Path, r: usize) -> Result<PathBuf> {
-    let p = dir.join("labelled.jsonl");
-    merge_rounds(dir, r, &p)?;
-    Ok(p)
+/// The output files of rounds `0..n`, in order.
+fn round_outputs(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|r| dir.join(format!("round-{r:03}.jsonl")))
+        .collect()
 }
 
-/// Trains the scoring student on `records`; returns its dev accuracy.
-fn train_scorer(spec: &TaskSpec, opts: &ActiveOptions, dir: &Path, records: &Path) -> Result<f64> {
+/// Trains the scoring student on the `records` files; returns its dev accuracy.
+fn train_scorer(
+    spec: &TaskSpec,
+    opts: &ActiveOptions,
+    dir: &Path,
+    records: &[PathBuf],
+) -> Result<f64> {
     let sources = distill_train::train::TrainSources {
-        data: vec![records.to_path_buf()],
+        data: records.to_vec(),
         out_of_scope: vec![],
     };
     let (data, _): (TrainData, _) =
