@@ -361,7 +361,7 @@ fn run_student(
     opts: &EvalOptions,
 ) -> Result<StudentRun> {
     let n = texts.len();
-    let bar = progress_bar(opts.progress, n as u64, &s.name);
+    let bar = progress_bar(opts.progress, n as u64, format!("eval {}", s.name));
     let mut labels = Vec::with_capacity(n);
     let mut confidence = Vec::with_capacity(n);
     // Warm-up (lazy allocations, caches) outside the timed pass.
@@ -423,7 +423,8 @@ fn run_student(
     })
 }
 
-fn progress_bar(show: bool, len: u64, name: &str) -> Option<indicatif::ProgressBar> {
+/// A bar on a terminal's stderr with rate and ETA (none elsewhere, or when not `show`n).
+pub(crate) fn progress_bar(show: bool, len: u64, msg: String) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     if !show || !std::io::stderr().is_terminal() {
         return None;
@@ -433,6 +434,6 @@ fn progress_bar(show: bool, len: u64, name: &str) -> Option<indicatif::ProgressB
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    b.set_message(format!("eval {name}"));
+    b.set_message(msg);
     Some(b)
 }

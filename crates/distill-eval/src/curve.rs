@@ -208,10 +208,11 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
 
     let device = distill_train::select_device(&eval.device)?;
     let work = tempfile::tempdir().map_err(|e| EvalError::Other(format!("temp dir: {e}")))?;
-    let bar = progress(
+    let what = format!("learning curve ({})", opts.student.as_str());
+    let bar = crate::answers::progress_bar(
         eval.progress,
         (sizes.len() * opts.seeds) as u64,
-        opts.student,
+        what.clone(),
     );
     let mut points = Vec::new();
     let mut metric = "accuracy".to_string();
@@ -221,7 +222,7 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
         let order = example_order(total, opts.order, seed);
         for &n in &sizes {
             if let Some(b) = &bar {
-                b.set_message(format!("{} labels, seed {seed}", n));
+                b.set_message(format!("{what}: {n} labels, seed {seed}"));
             }
             let prefix: Vec<(String, usize)> =
                 order[..n].iter().map(|&i| all.train[i].clone()).collect();
@@ -401,22 +402,6 @@ fn summarise(
         };
     }
     rows
-}
-
-fn progress(show: bool, len: u64, kind: StudentKind) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !show || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new(len);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(
-            "learning curve ({prefix}) [{bar:30}] {pos}/{len} points {msg} ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b.set_prefix(kind.as_str().to_string());
-    Some(b)
 }
 
 #[cfg(test)]

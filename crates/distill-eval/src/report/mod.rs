@@ -412,7 +412,6 @@ pub fn curve_caption(c: &crate::curve::Curve) -> String {
     )
 }
 
-/// The summary table as aligned plain text for the terminal.
 /// The out-of-scope table (open-set evals): one row per option that has the figures.
 pub fn open_set_rows(r: &EvalReport) -> Option<(Vec<String>, Vec<Vec<String>>)> {
     let info = r.open_set.as_ref()?;
@@ -493,30 +492,11 @@ pub(crate) fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
     s
 }
 
+/// The summary table as aligned plain text for the terminal, then the cascade, the out-of-scope
+/// and learning-curve tables and the warnings.
 pub fn summary_text(r: &EvalReport) -> String {
     let (header, rows) = summary_rows(r);
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}", w = *w))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut s = line(&header);
-    s.push('\n');
-    for row in &rows {
-        s.push_str(&line(row));
-        s.push('\n');
-    }
+    let mut s = text_table(&header, &rows);
     if let Some(c) = &r.cascade {
         s.push_str(&format!(
             "cascade: {} with threshold {:.3} escalates {} ({} {} on held-out, floor {} {}: {})\n",
