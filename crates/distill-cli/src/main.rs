@@ -52,6 +52,30 @@ impl Global {
     pub fn cache_path(&self) -> PathBuf {
         self.state_dir.join("cache.db")
     }
+    /// The encoder-head embedding cache.
+    pub fn embeddings_path(&self) -> PathBuf {
+        self.state_dir.join("embeddings")
+    }
+
+    /// Default training options for a student another command trains on the side (the curve's
+    /// points, the active scorer): the device and threads asked for, the base encoder, the
+    /// embedding cache.
+    pub fn side_train_options(
+        &self,
+        out: PathBuf,
+        device: &str,
+        threads: Option<usize>,
+        base: Option<String>,
+        offline: bool,
+    ) -> anyhow::Result<distill_train::TrainOptions> {
+        let mut t = distill_train::TrainOptions::new(out);
+        t.device = distill_train::select_device(device)?;
+        t.threads = distill_train::device::set_threads(threads);
+        t.base = base;
+        t.offline = offline;
+        t.cache_dir = Some(self.embeddings_path());
+        Ok(t)
+    }
 }
 
 #[derive(Subcommand)]

@@ -188,12 +188,13 @@ fn curve(
     let train = args.train.clone().context(
         "--curve needs --train FILE: the teacher dataset whose first N labels each point trains on",
     )?;
-    let mut t = distill_train::TrainOptions::new(&args.out);
-    t.device = distill_train::select_device(&args.device)?;
-    t.threads = distill_train::device::set_threads(args.threads);
-    t.base = args.base.clone();
-    t.offline = args.offline;
-    t.cache_dir = Some(g.state_dir.join("embeddings"));
+    let t = g.side_train_options(
+        args.out.clone(),
+        &args.device,
+        args.threads,
+        args.base.clone(),
+        args.offline,
+    )?;
     let c = distill_eval::curve::CurveOptions {
         train,
         sizes: sizes.to_vec(),

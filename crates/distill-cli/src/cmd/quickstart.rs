@@ -210,7 +210,7 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
             base: (kind != StudentKind::Linear).then(|| args.base.clone()),
             offline: args.offline,
             head: None,
-            cache_dir: Some(g.state_dir.join("embeddings")),
+            cache_dir: Some(g.embeddings_path()),
             progress: !g.quiet,
             force: false,
         };

@@ -180,12 +180,13 @@ fn active(
         .out
         .clone()
         .unwrap_or_else(|| distill_teach::default_out(spec));
-    let mut t = distill_train::TrainOptions::new(distill_active::rounds_dir(&out).join("student"));
-    t.device = distill_train::select_device(&args.device)?;
-    t.threads = distill_train::device::set_threads(args.threads);
-    t.base = args.base.clone();
-    t.offline = args.offline;
-    t.cache_dir = Some(g.state_dir.join("embeddings"));
+    let t = g.side_train_options(
+        distill_active::rounds_dir(&out).join("student"),
+        &args.device,
+        args.threads,
+        args.base.clone(),
+        args.offline,
+    )?;
     let opts = distill_active::ActiveOptions {
         pool,
         out,

@@ -121,7 +121,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         base: args.base.clone(),
         offline: args.offline,
         head: args.head.clone(),
-        cache_dir: Some(g.state_dir.join("embeddings")),
+        cache_dir: Some(g.embeddings_path()),
         progress,
         force: args.force,
     };
