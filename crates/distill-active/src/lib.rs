@@ -665,21 +665,9 @@ fn score_and_pick(
 
 /// Every pool input's sentence embedding under the base encoder (`--base`).
 fn embed_pool(opts: &ActiveOptions, pool: &[PoolItem]) -> Result<Vec<Vec<f32>>> {
-    let base = opts
-        .train
-        .base
-        .clone()
-        .unwrap_or_else(|| distill_train::encoder::DEFAULT_BASE.to_string());
-    let resolved = distill_train::encoder::resolve_base(
-        &base,
-        distill_train::encoder::HubOptions {
-            offline: opts.train.offline,
-            progress: false,
-        },
-    )
-    .map_err(distill_train::TrainError::from)?;
+    let base = distill_train::encoder::base_of(&opts.train)?;
     let enc = distill_train::encoder::embed::FrozenEncoder::load(
-        &resolved.dir,
+        &base.dir,
         None,
         opts.train.threads,
         &opts.train.device,

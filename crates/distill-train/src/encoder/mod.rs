@@ -46,7 +46,7 @@ pub fn train_head(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
 }
 
 /// The base model of `opts` (`--base`, else [`DEFAULT_BASE`]), through the one resolver.
-pub(crate) fn base_of(opts: &TrainOptions) -> Result<BaseModel> {
+pub fn base_of(opts: &TrainOptions) -> Result<BaseModel> {
     let spec = opts.base.as_deref().unwrap_or(DEFAULT_BASE);
     let hub = HubOptions {
         offline: opts.offline,
