@@ -23,12 +23,8 @@ sizes=${SIZES:-500,1000,2000,4000}
 round=${ROUND_SIZE:-250}
 data=$root/datasets/banking77
 [ -s "$data/train.csv" ] || data=$root/../shared/datasets/banking77
-bin=${DISTILL_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build --release --quiet -p distill-cli
-  bin=$root/target/release/distill
-fi
-bin=$(realpath "$bin")
+. scripts/bench/lib.sh
+bin=$(distill_bin)
 base=${BASE:-$root/models/base/all-MiniLM-L6-v2}
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"

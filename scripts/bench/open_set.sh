@@ -27,12 +27,8 @@ data=$root/datasets/banking77
 [ -s "$data/train.csv" ] || data=$shared/banking77
 snips=$shared/mixsnips
 export RAYON_NUM_THREADS=$threads
-bin=${DISTILL_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build --release --quiet -p distill-cli
-  bin=$root/target/release/distill
-fi
-bin=$(realpath "$bin")
+. scripts/bench/lib.sh
+bin=$(distill_bin)
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
 cd "$work"

@@ -20,12 +20,8 @@ threads=${1:-2}
 students=${STUDENTS:-linear encoder-head}
 device=${DEVICE:-cpu}
 export RAYON_NUM_THREADS=$threads
-bin=${DISTILL_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build --release --quiet -p distill-cli
-  bin=$root/target/release/distill
-fi
-bin=$(realpath "$bin")
+. scripts/bench/lib.sh
+bin=$(distill_bin)
 base=${BASE:-$root/models/base/all-MiniLM-L6-v2}
 rl=${DATASETS:-$root/../shared/datasets}/routellm
 work=${WORK:-$(mktemp -d)}
