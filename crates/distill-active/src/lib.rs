@@ -101,7 +101,6 @@ pub struct RoundSummary {
     pub spent_usd: f64,
     /// The scoring student's dev accuracy before the round was picked (rounds after the first).
     pub dev_accuracy: Option<f64>,
-    pub teach: distill_teach::TeachSummary,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -345,7 +344,6 @@ pub fn run_active(
                     picked: ids.len(),
                     spent_usd: summary.cost_usd,
                     dev_accuracy,
-                    teach: summary.clone(),
                 });
                 if !summary.complete {
                     labelled.extend(ids.iter().cloned());

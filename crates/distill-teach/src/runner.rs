@@ -496,11 +496,8 @@ pub(crate) async fn run_items<L: Labeler>(
         if done.contains(ordinal) {
             continue;
         }
-        let permit = sem
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| TeachError::Invalid("scheduler closed".into()))?;
+        let closed = |_| TeachError::Invalid("scheduler closed".into());
+        let mut permit = sem.clone().acquire_owned().await.map_err(closed)?;
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -508,12 +505,28 @@ pub(crate) async fn run_items<L: Labeler>(
         let reserve = match opts.max_spend {
             Some(max) => {
                 let worst = labeler.worst_case_cost(&item.text);
-                let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
-                if b.spent + b.reserved + worst > max {
-                    stopped_by_budget = true;
-                    break;
+                let over = |budget: &Mutex<Budget>| {
+                    let b = budget.lock().unwrap_or_else(|p| p.into_inner());
+                    b.spent + b.reserved + worst > max
+                };
+                if over(&budget) {
+                    // The calls in flight hold their worst case, and most cost far less: let them
+                    // settle (every slot back) and decide on what they actually cost, so the job
+                    // does not stop with budget left.
+                    drop(permit);
+                    drop(
+                        sem.clone()
+                            .acquire_many_owned(concurrency as u32)
+                            .await
+                            .map_err(closed)?,
+                    );
+                    permit = sem.clone().acquire_owned().await.map_err(closed)?;
+                    if over(&budget) {
+                        stopped_by_budget = true;
+                        break;
+                    }
                 }
-                b.reserved += worst;
+                budget.lock().unwrap_or_else(|p| p.into_inner()).reserved += worst;
                 worst
             }
             None => 0.0,
