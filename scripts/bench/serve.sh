@@ -10,6 +10,8 @@
 # The ratio prints last.
 # Usage: scripts/bench/serve.sh [threads=2] [requests=20000]
 # Env: OUT (work dir, default /tmp/distill-bench-serve; the trained student is reused from there),
+#      MODEL (a student directory to serve instead, e.g. an int8 copy from `distill quantize`),
+#      DISTILL_BIN (the binary; default a fresh release build),
 #      PYTHON (default .venv/bin/python), WORKERS (default: serve's own choice), MAX_BATCH,
 #      BATCH_WAIT_MS (serve's batcher).
 # The load generator is wrk (Debian; installed when missing and root), one thread, on loopback: it
@@ -42,9 +44,8 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 
-say "building distill (release)"
-cargo build --release --quiet -p distill-cli
-bin=$root/target/release/distill
+source scripts/bench/lib.sh
+bin=$(distill_bin)
 mkdir -p "$out"
 export DISTILL_STATE_DIR=$out/state
 
@@ -62,7 +63,7 @@ file = "$root/$data/categories.json"
 provider = "openai"
 model = "gpt-4o"
 EOF
-model=$out/b77-encoder-head
+model=${MODEL:-$out/b77-encoder-head}
 if [ ! -f "$model/distill.json" ]; then
   say "training the encoder-head student on $data/train.csv"
   "$bin" --quiet train --task "$out/task.toml" --data "$data/train.csv" --student encoder-head \

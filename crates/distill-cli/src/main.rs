@@ -92,6 +92,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Predict labels for a file of inputs with a trained student.
     Predict(cmd::predict::Args),
+    /// Make an int8 copy of an encoder student: faster on the CPU, same directory layout.
+    Quantize(cmd::quantize::Args),
     /// Evaluate students against the teacher: quality, cost, break-even, cascade threshold, report.
     Eval(cmd::eval::Args),
     /// Serve students behind an OpenAI-compatible API, escalating unsure inputs to the teacher.
@@ -121,6 +123,7 @@ fn main() -> ExitCode {
         Command::SimTeacher(a) => cmd::sim_teacher::run(a, &g),
         Command::Train(a) => cmd::train::run(a, &g),
         Command::Predict(a) => cmd::predict::run(a, &g),
+        Command::Quantize(a) => cmd::quantize::run(a, &g),
         Command::Eval(a) => cmd::eval::run(a, &g),
         Command::Serve(a) => cmd::serve::run(a, &g),
         Command::Drift(a) => cmd::drift::run(a, &g),

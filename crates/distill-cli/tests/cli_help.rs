@@ -30,6 +30,7 @@ fn every_subcommand_has_stable_help() {
         "sim-teacher",
         "train",
         "predict",
+        "quantize",
         "eval",
         "serve",
         "drift",

@@ -17,6 +17,7 @@ pub mod error;
 pub mod metrics;
 pub mod open_set;
 mod pricing;
+pub mod quantized;
 pub mod report;
 pub mod route;
 pub mod run;

@@ -401,7 +401,7 @@ pub fn quality(
 }
 
 /// The 2.5th and 97.5th percentiles of bootstrap replicates around a point estimate.
-fn percentile_interval(value: f64, reps: &mut [f64]) -> Estimate {
+pub(crate) fn percentile_interval(value: f64, reps: &mut [f64]) -> Estimate {
     if reps.is_empty() {
         return Estimate {
             value,

@@ -560,6 +560,14 @@ pub fn run_eval_with(
             }
         })
         .collect();
+    let quantized = crate::quantized::compare(
+        &students,
+        &answers,
+        &items.gold,
+        &items.teacher,
+        &population,
+        opts.seed,
+    );
     let partial = !warnings.is_empty()
         && (!has_gold
             || !has_teacher
@@ -620,6 +628,7 @@ pub fn run_eval_with(
                 population_out_of_scope: population.iter().filter(|&&i| is_oos[i]).count(),
             }),
         curve: opts.curve.clone(),
+        quantized,
     };
 
     // 6. Write everything, each file atomically, only after everything was computed.

@@ -70,17 +70,23 @@ fn main() -> Res<()> {
             let enc = FrozenEncoder::load(&model, None, threads, &Device::Cpu)?;
             let sents: Vec<&str> = texts.iter().cycle().take(n).copied().collect();
             enc.embed(&sents[..batch.min(n) * 2], batch)?;
-            let mut best = 0f64;
+            let mut runs = Vec::with_capacity(repeat);
             for _ in 0..repeat {
                 let t = Instant::now();
                 let e = enc.embed(&sents, batch)?;
                 std::hint::black_box(e);
-                best = best.max(sents.len() as f64 / t.elapsed().as_secs_f64());
+                runs.push(sents.len() as f64 / t.elapsed().as_secs_f64());
             }
+            let best = runs.iter().copied().fold(0f64, f64::max);
+            let mut sorted = runs.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
             println!(
                 "{}",
                 serde_json::json!({"peer": "distill", "backend": enc.backend().as_str(),
-                    "sentences_per_s": best, "n": n, "batch": batch, "threads": threads})
+                    "int8_kernel": enc.int8_kernel().map(|k| k.as_str()),
+                    "sentences_per_s": best, "runs": runs, "median_per_s": median,
+                    "n": n, "batch": batch, "threads": threads})
             );
         }
         "latency" => {
@@ -104,6 +110,7 @@ fn main() -> Res<()> {
             println!(
                 "{}",
                 serde_json::json!({"peer": "distill", "backend": enc.backend().as_str(),
+                    "int8_kernel": enc.int8_kernel().map(|k| k.as_str()),
                     "p50_ms": pct(0.5), "p95_ms": pct(0.95), "n": ms.len()})
             );
         }

@@ -11,6 +11,7 @@ pub mod encoder;
 pub mod error;
 pub mod linear;
 pub mod predict;
+pub mod quantize;
 pub mod route;
 pub mod student;
 pub mod train;

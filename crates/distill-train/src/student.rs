@@ -80,6 +80,9 @@ pub struct ModelMeta {
     /// Free-form hyper-parameters, for the record.
     #[serde(default)]
     pub hyper: serde_json::Value,
+    /// Set on an int8 copy made by `distill quantize`: the scheme and the f32 parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::quantize::Quantization>,
 }
 
 /// Default hardware prices (USD), documented in the README; eval can override them.

@@ -38,9 +38,33 @@ def export_once(model_dir, onnx_path, tok, threads):
     os.replace(tmp, onnx_path)
 
 
-def session(model_dir, onnx_path, tok, threads):
-    """The exported encoder (exported first if missing) on `threads` intra-op threads."""
+def quantize_once(onnx_path, int8_path):
+    """ONNX Runtime's own dynamic int8 quantisation of the exported model, the documented way:
+    `quant_pre_process` (ONNX shape inference and ORT graph optimisation), then `quantize_dynamic` with its
+    defaults (int8 weights, activations quantised at run time)."""
+    if os.path.exists(int8_path):
+        return
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = int8_path + ".pre.onnx"
+    tmp = int8_path + ".tmp"
+    # Symbolic shape inference cannot follow the exported attention mask's shapes ("Incomplete
+    # symbolic shape inference"); ONNX's own shape inference and ORT's optimiser still run.
+    quant_pre_process(onnx_path, pre, skip_symbolic_shape=True)
+    quantize_dynamic(pre, tmp, weight_type=QuantType.QInt8)
+    os.remove(pre)
+    os.replace(tmp, int8_path)
+
+
+def session(model_dir, onnx_path, tok, threads, int8=False):
+    """The exported encoder (exported first if missing) on `threads` intra-op threads; with
+    `int8`, its `quantize_dynamic` copy (made first if missing) beside it."""
     export_once(model_dir, onnx_path, tok, threads)
+    if int8:
+        int8_path = onnx_path[: -len(".onnx")] + ".int8.onnx"
+        quantize_once(onnx_path, int8_path)
+        onnx_path = int8_path
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

@@ -4,6 +4,7 @@ pub mod drift;
 pub mod eval;
 pub mod export;
 pub mod predict;
+pub mod quantize;
 pub mod quickstart;
 pub mod serve;
 pub mod sim_teacher;

@@ -95,6 +95,13 @@ pub struct Args {
     /// Ignored for teacher datasets.
     #[arg(long)]
     pub label_column: Option<String>,
+    /// Also write an int8 copy of the trained encoder student (as `distill quantize` does) to
+    /// --quantize-out; the f32 student stays in --out, so eval can compare the two.
+    #[arg(long, value_name = "SCHEME")]
+    pub quantize: Option<crate::cmd::quantize::Scheme>,
+    /// Where --quantize writes the int8 copy (default: --out with `-int8` appended).
+    #[arg(long, requires = "quantize")]
+    pub quantize_out: Option<PathBuf>,
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
@@ -126,7 +133,18 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         force: args.force,
     };
     if spec.route.is_some() {
+        if args.quantize.is_some() {
+            anyhow::bail!(
+                "--quantize: routers are not quantised (quantise a tier's student instead)"
+            );
+        }
         return train_router(&args, &spec, &opts);
+    }
+    if args.quantize.is_some() && args.student == StudentKind::Linear {
+        anyhow::bail!(
+            "--quantize applies to encoder students (encoder-head, encoder-finetune); a linear \
+             student has no encoder to quantise"
+        );
     }
     let sources = distill_train::train::TrainSources {
         data: args.data.clone(),
@@ -187,6 +205,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         meta.temperature
     );
     println!("model: {}", args.out.display());
+    if args.quantize.is_some() {
+        let out = args.quantize_out.clone().unwrap_or_else(|| {
+            let mut name = args.out.as_os_str().to_owned();
+            name.push("-int8");
+            PathBuf::from(name)
+        });
+        crate::cmd::quantize::quantize(&args.out, &out, args.force)?;
+    }
     Ok(())
 }
 

@@ -152,6 +152,16 @@ pub fn render(r: &EvalReport) -> String {
         "No reliability diagram: no student with confidences was scored against a reference.",
     ));
 
+    if let Some((h, rows)) = super::quantized_rows(r) {
+        b.push_str("<h2>int8 students beside their f32 parents</h2>");
+        b.push_str(
+            "<p>Each <code>distill quantize</code> copy against the f32 student it came from, on \
+             the same items: Δ is int8 − f32 accuracy in points with a 95% paired-bootstrap \
+             interval; latency is single-request p50 on this machine.</p>",
+        );
+        b.push_str(&table(&h, &rows));
+    }
+
     if let (Some(info), Some((h, rows))) = (&r.open_set, super::open_set_rows(r)) {
         b.push_str("<h2>Out-of-scope traffic</h2>");
         b.push_str(&format!(

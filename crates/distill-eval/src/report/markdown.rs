@@ -192,6 +192,17 @@ pub fn render(r: &EvalReport) -> String {
         }
     }
 
+    if let Some((h, rows)) = super::quantized_rows(r) {
+        let _ = writeln!(out, "## int8 students beside their f32 parents\n");
+        let _ = writeln!(
+            out,
+            "Each `distill quantize` copy against the f32 student it came from, on the same items: \
+             Δ is int8 − f32 accuracy in points with a 95% paired-bootstrap interval; latency is \
+             single-request p50 on this machine.\n"
+        );
+        table(&mut out, &h, &rows);
+    }
+
     if let (Some(info), Some((h, rows))) = (&r.open_set, super::open_set_rows(r)) {
         let _ = writeln!(out, "## Out-of-scope traffic\n");
         let _ = writeln!(

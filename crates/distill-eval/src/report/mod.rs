@@ -99,6 +99,9 @@ pub struct EvalReport {
     /// Present when the eval drew a learning curve (`--curve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<crate::curve::Curve>,
+    /// int8 students (`distill quantize`) evaluated beside their f32 parents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quantized: Vec<crate::quantized::QuantizedComparison>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -413,6 +416,65 @@ pub fn curve_caption(c: &crate::curve::Curve) -> String {
 }
 
 /// The out-of-scope table (open-set evals): one row per option that has the figures.
+/// The int8-vs-f32 table: one row per quantised student whose parent was evaluated too.
+pub fn quantized_rows(r: &EvalReport) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    if r.quantized.is_empty() {
+        return None;
+    }
+    let header = [
+        "int8 student",
+        "f32 parent",
+        "accuracy (int8 / f32)",
+        "Δ accuracy [95% CI]",
+        "same label",
+        "p50 ms (int8 / f32)",
+        "speed-up",
+        "$/request (int8 / f32)",
+    ]
+    .map(String::from)
+    .to_vec();
+    let points = |x: f64| format!("{:+.2}", x * 100.0);
+    let ms = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
+    let rows = r
+        .quantized
+        .iter()
+        .map(|q| {
+            vec![
+                q.student.clone(),
+                q.parent.clone(),
+                format!(
+                    "{} / {} ({})",
+                    fmt::pct(q.student_accuracy),
+                    fmt::pct(q.parent_accuracy),
+                    q.reference
+                ),
+                format!(
+                    "{} pt [{} – {}]",
+                    points(q.delta.value),
+                    points(q.delta.lo),
+                    points(q.delta.hi)
+                ),
+                fmt::pct(q.same_label),
+                format!("{} / {}", ms(q.student_p50_ms), ms(q.parent_p50_ms)),
+                match (q.student_p50_ms, q.parent_p50_ms) {
+                    (Some(a), Some(b)) if a > 0.0 => format!("{:.2}×", b / a),
+                    _ => "—".into(),
+                },
+                format!(
+                    "{} / {}",
+                    q.student_per_request_usd
+                        .map(fmt::usd)
+                        .unwrap_or_else(|| "—".into()),
+                    q.parent_per_request_usd
+                        .map(fmt::usd)
+                        .unwrap_or_else(|| "—".into())
+                ),
+            ]
+        })
+        .collect();
+    Some((header, rows))
+}
+
 pub fn open_set_rows(r: &EvalReport) -> Option<(Vec<String>, Vec<Vec<String>>)> {
     let info = r.open_set.as_ref()?;
     let header = vec![

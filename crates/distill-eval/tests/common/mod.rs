@@ -145,6 +145,7 @@ pub fn meta(labels: Vec<String>) -> ModelMeta {
         created: "2026-01-01T00:00:00Z".into(),
         distill_version: "0.1.0".into(),
         hyper: serde_json::Value::Null,
+        quantization: None,
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use tokenizers::{Tokenizer, TruncationParams};
 
 mod fast;
-pub(crate) use fast::{fill_rows, matmul_acc};
+pub(crate) use fast::{fill_rows, matmul_acc, tensor_to_f32};
 use fast::{FastBert, TensorSource};
 
 /// Longest input when neither `--max-len` nor the base's `sentence_bert_config.json` says.
@@ -182,24 +182,25 @@ impl FrozenEncoder {
         threads: usize,
         device: &Device,
     ) -> Result<Self> {
-        Ok(Self::load_with_extra(dir, max_len, threads, device, "")?.0)
+        Ok(Self::load_with_extra(dir, max_len, threads, device, &[])?.0)
     }
 
     /// [`FrozenEncoder::load`] that also returns the f32 tensors of `model.safetensors` whose names
-    /// start with `extra_prefix` (a head stored beside the encoder), read in the same pass.
+    /// start with one of `extra_prefixes` (a head stored beside the encoder), read in the same
+    /// pass.
     pub fn load_with_extra(
         dir: &Path,
         max_len: Option<usize>,
         threads: usize,
         device: &Device,
-        extra_prefix: &str,
+        extra_prefixes: &[&str],
     ) -> Result<(Self, ExtraTensors)> {
         Self::load_inner(
             dir,
             max_len,
             threads,
             device,
-            extra_prefix,
+            extra_prefixes,
             Backend::for_device(device),
         )
     }
@@ -212,7 +213,7 @@ impl FrozenEncoder {
         device: &Device,
         backend: Backend,
     ) -> Result<Self> {
-        Ok(Self::load_inner(dir, max_len, threads, device, "", backend)?.0)
+        Ok(Self::load_inner(dir, max_len, threads, device, &[], backend)?.0)
     }
 
     fn load_inner(
@@ -220,7 +221,7 @@ impl FrozenEncoder {
         max_len: Option<usize>,
         threads: usize,
         device: &Device,
-        extra_prefix: &str,
+        extra_prefixes: &[&str],
         backend: Backend,
     ) -> Result<(Self, ExtraTensors)> {
         if backend == Backend::Fast && !device.is_cpu() {
@@ -235,17 +236,25 @@ impl FrozenEncoder {
             .clamp(2, cfg.max_position_embeddings);
         let tokenizer = load_tokenizer(dir, max_len)?;
         let bytes = super::weights::read(dir)?;
-        let extra = if extra_prefix.is_empty() {
+        let extra = if extra_prefixes.is_empty() {
             ExtraTensors::new()
         } else {
-            read_prefixed(dir, &bytes, extra_prefix)?
+            read_prefixed(dir, &bytes, extra_prefixes)?
         };
         let model = match backend {
             Backend::Fast => Model::Fast(Box::new(FastBert::from_safetensors(dir, &cfg, &bytes)?)),
             Backend::Candle => {
                 // Validate names and shapes with the same checks as the fast path, so a mismatched
                 // checkpoint fails the same way whichever backend runs.
-                FastBert::from_safetensors(dir, &cfg, &bytes)?;
+                if FastBert::from_safetensors(dir, &cfg, &bytes)?
+                    .int8_kernel()
+                    .is_some()
+                {
+                    return Err(TrainError::model(
+                        dir,
+                        "an int8 model (`distill quantize`) runs on the CPU only: use --device cpu",
+                    ));
+                }
                 let vb =
                     candle_nn::VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
                 let ccfg: candle_transformers::models::bert::Config = serde_json::from_str(
@@ -364,6 +373,43 @@ impl FrozenEncoder {
     /// Embeds `texts` in batches of `batch` sentences; row i of the result (dim floats) belongs
     /// to `texts[i]`. Sentences are length-sorted so batches hold similar lengths.
     pub fn embed(&self, texts: &[&str], batch: usize) -> Result<Vec<f32>> {
+        self.in_length_sorted_batches(texts, batch, |seqs| self.embed_encoded(seqs))
+    }
+
+    /// The last layer's `[CLS]` state of each text (what a sequence-classification pooler
+    /// reads), batched like [`FrozenEncoder::embed`]. The packed CPU forward only.
+    pub fn first_token_states(&self, texts: &[&str], batch: usize) -> Result<Vec<f32>> {
+        let Model::Fast(m) = &self.model else {
+            return Err(TrainError::Other(
+                "first-token states come from the CPU encoder forward only".into(),
+            ));
+        };
+        self.in_length_sorted_batches(texts, batch, |seqs| {
+            self.forward_calls.fetch_add(1, Ordering::Relaxed);
+            self.sentences_encoded
+                .fetch_add(seqs.len(), Ordering::Relaxed);
+            Ok(self
+                .pool
+                .install(|| m.first_token_states(seqs, self.threads)))
+        })
+    }
+
+    /// The int8 kernel this encoder's dense layers run on, if it is a quantised model.
+    pub fn int8_kernel(&self) -> Option<crate::encoder::int8::Kernel> {
+        match &self.model {
+            Model::Fast(m) => m.int8_kernel(),
+            Model::Candle { .. } => None,
+        }
+    }
+
+    /// Runs `forward` over `texts` tokenised, longest first in batches of `batch`, and puts each
+    /// text's row (dim floats) back in input order.
+    fn in_length_sorted_batches(
+        &self,
+        texts: &[&str],
+        batch: usize,
+        forward: impl Fn(&[&Encoded]) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
         let dim = self.dim();
         let mut out = vec![0f32; texts.len() * dim];
         if texts.is_empty() {
@@ -374,7 +420,7 @@ impl FrozenEncoder {
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].ids.len()));
         for chunk in order.chunks(batch.max(1)) {
             let seqs: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
-            let rows = self.embed_encoded(&seqs)?;
+            let rows = forward(&seqs)?;
             for (j, &i) in chunk.iter().enumerate() {
                 out[i * dim..(i + 1) * dim].copy_from_slice(&rows[j * dim..(j + 1) * dim]);
             }
@@ -403,13 +449,13 @@ impl FrozenEncoder {
 /// Tensors by name: (shape, f32 values).
 pub type ExtraTensors = std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>;
 
-fn read_prefixed(dir: &Path, bytes: &[u8], prefix: &str) -> Result<ExtraTensors> {
+fn read_prefixed(dir: &Path, bytes: &[u8], prefixes: &[&str]) -> Result<ExtraTensors> {
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| TrainError::model(dir, format!("model.safetensors: {e}")))?;
     let src = TensorSource { dir, st };
     let mut out = ExtraTensors::new();
     for name in src.st.names() {
-        if name.starts_with(prefix) {
+        if prefixes.iter().any(|p| name.starts_with(p)) {
             let view = src
                 .st
                 .tensor(name)

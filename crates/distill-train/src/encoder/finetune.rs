@@ -23,7 +23,9 @@ use std::path::Path;
 use std::time::Instant;
 
 mod adamw;
+mod packed;
 pub use adamw::{AdamW, SparseRows};
+pub use packed::PackedClassifier;
 
 /// Batch size for inference (dev evaluation and `predict`).
 const INFER_BATCH: usize = 64;
@@ -699,6 +701,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
             "steps": fit_report.steps,
             "optimizer": "AdamW (no decay on biases and LayerNorm; pooler and classifier at head_lr), linear warm-up and decay",
         }),
+        quantization: None,
     };
     let config_json = classifier_config_json(&raw_cfg, &labels);
     write_model_dir(&opts.out, opts.force, |tmp| {
@@ -739,15 +742,33 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
 /// A fine-tuned encoder loaded for inference.
 pub struct FinetuneStudent {
     meta: ModelMeta,
-    model: BertClassifier,
-    tok: TextTokenizer,
-    device: Device,
+    model: FinetuneModel,
+}
+
+enum FinetuneModel {
+    /// Our BERT (f32) on candle, on any device.
+    Candle {
+        model: Box<BertClassifier>,
+        tok: Box<TextTokenizer>,
+        device: Device,
+    },
+    /// An int8 model on the packed CPU forward.
+    Packed(Box<PackedClassifier>),
 }
 
 impl FinetuneStudent {
     pub fn load(dir: &Path, meta: ModelMeta, device: &Device) -> Result<Self> {
         let (cfg_path, weights_path, tok_path) = model_files(dir);
         let (cfg, _) = BertConfig::from_file(&cfg_path)?;
+        let max_len = meta.max_len.unwrap_or(128).min(cfg.max_position_embeddings);
+        if meta.quantization.is_some() {
+            let threads = candle_core::utils::get_num_threads().max(1);
+            let model = PackedClassifier::load(dir, max_len, meta.labels.len(), threads, device)?;
+            return Ok(FinetuneStudent {
+                meta,
+                model: FinetuneModel::Packed(Box::new(model)),
+            });
+        }
         let (model, report) = BertClassifier::load(
             &weights_path,
             &cfg,
@@ -768,18 +789,15 @@ impl FinetuneStudent {
                 ),
             ));
         }
-        let max_len = meta.max_len.unwrap_or(128).min(cfg.max_position_embeddings);
         let tok = TextTokenizer::from_file(&tok_path, max_len, cfg.pad_token_id)?;
         Ok(FinetuneStudent {
             meta,
-            model,
-            tok,
-            device: device.clone(),
+            model: FinetuneModel::Candle {
+                model: Box::new(model),
+                tok: Box::new(tok),
+                device: device.clone(),
+            },
         })
-    }
-
-    pub fn model(&self) -> &BertClassifier {
-        &self.model
     }
 }
 
@@ -789,11 +807,19 @@ impl Student for FinetuneStudent {
     }
 
     fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let ids = self.tok.encode_batch(texts)?;
-        logits_for_ids(&self.model, &ids, self.tok.pad_id, &self.device)
+        match &self.model {
+            FinetuneModel::Candle { model, tok, device } => {
+                let ids = tok.encode_batch(texts)?;
+                logits_for_ids(model, &ids, tok.pad_id, device)
+            }
+            FinetuneModel::Packed(m) => m.logits(texts),
+        }
     }
 
     fn token_len(&self, text: &str) -> usize {
-        self.tok.token_len(text)
+        match &self.model {
+            FinetuneModel::Candle { tok, .. } => tok.token_len(text),
+            FinetuneModel::Packed(m) => m.token_len(text),
+        }
     }
 }

@@ -306,7 +306,7 @@ pub fn load_student(
         ));
     }
     let (encoder, extra) =
-        FrozenEncoder::load_with_extra(dir, meta.max_len, threads, device, HEAD_PREFIX)?;
+        FrozenEncoder::load_with_extra(dir, meta.max_len, threads, device, &[HEAD_PREFIX])?;
     if head_cfg.input_dim != encoder.dim() {
         return Err(TrainError::model(
             dir,
@@ -777,6 +777,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         created: chrono::Utc::now().to_rfc3339(),
         distill_version: env!("CARGO_PKG_VERSION").to_string(),
         hyper: serde_json::Value::Null,
+        quantization: None,
     };
     let hyper = serde_json::json!({
         "head": hp,

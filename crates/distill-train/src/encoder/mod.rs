@@ -9,6 +9,7 @@ pub mod embed_cache;
 pub mod finetune;
 pub mod head;
 pub mod hub;
+pub mod int8;
 pub mod tokenize;
 pub mod weights;
 

@@ -112,6 +112,7 @@ pub fn train_linear(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> 
             "num_features": model.vocab.len(),
             "optimizer": "lazy AdamW, exact sparse gradient",
         }),
+        quantization: None,
     };
     let student = LinearStudent::from_parts(meta.clone(), model);
     write_model_dir(&opts.out, opts.force, |dir| {

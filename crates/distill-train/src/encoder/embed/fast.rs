@@ -3,24 +3,101 @@
 //! identical to the portable ones, tested below), a fast `exp` and `erf` for softmax and GELU.
 
 use super::*;
+use crate::encoder::int8::{Kernel, QuantizedLinear};
 
 struct LayerWeights {
-    /// Fused Q|K|V projection, stored transposed: (hidden, 3*hidden) row-major.
-    wqkv_t: Vec<f32>,
+    /// Fused Q|K|V projection (3·hidden outputs).
+    wqkv: Dense,
     bqkv: Vec<f32>,
-    wo_t: Vec<f32>,
+    wo: Dense,
     bo: Vec<f32>,
     ln1_w: Vec<f32>,
     ln1_b: Vec<f32>,
-    wi_t: Vec<f32>,
+    wi: Dense,
     bi: Vec<f32>,
-    wo2_t: Vec<f32>,
+    wo2: Dense,
     bo2: Vec<f32>,
     ln2_w: Vec<f32>,
     ln2_b: Vec<f32>,
 }
 
+/// A dense layer's weights in the form the forward multiplies by.
+enum Dense {
+    /// f32, stored transposed: (in, out) row-major, what `gemm` reads.
+    F32 {
+        w_t: Vec<f32>,
+        inp: usize,
+        out: usize,
+    },
+    /// int8, packed once at load ([`crate::encoder::int8`]).
+    Int8(QuantizedLinear),
+}
+
+/// How the dense layers run: gemm's threading for f32, the int8 kernel and worker count.
+#[derive(Clone, Copy)]
+struct Compute {
+    par: gemm::Parallelism,
+    threads: usize,
+    kernel: Kernel,
+}
+
+impl Dense {
+    /// Builds the layer from stored weights ((out, in) row-major, PyTorch layout).
+    fn from_stored(w: StoredWeight, out: usize, inp: usize) -> std::result::Result<Self, String> {
+        Ok(match w {
+            StoredWeight::F32(w) => Dense::F32 {
+                w_t: transpose(&w, out, inp),
+                inp,
+                out,
+            },
+            StoredWeight::Int8(q, scales) => {
+                Dense::Int8(QuantizedLinear::from_int8(&q, &scales, out, inp)?)
+            }
+        })
+    }
+
+    /// dst (m × out) += x (m × in) · W.
+    fn matmul_acc(&self, dst: &mut [f32], x: &[f32], m: usize, c: Compute) {
+        match self {
+            Dense::F32 { w_t, inp, out } => matmul_acc(dst, x, w_t, m, *inp, *out, c.par),
+            Dense::Int8(q) => q.matmul_acc(dst, x, m, c.kernel, c.threads),
+        }
+    }
+
+    fn is_int8(&self) -> bool {
+        matches!(self, Dense::Int8(_))
+    }
+}
+
+/// A dense weight as `model.safetensors` stores it: f32 (`<layer>.weight`), or int8 values with
+/// per-output-channel scales (`<layer>.weight_int8`, `<layer>.weight_scale`: `distill quantize`).
+pub(crate) enum StoredWeight {
+    F32(Vec<f32>),
+    Int8(Vec<i8>, Vec<f32>),
+}
+
+impl StoredWeight {
+    /// Stacks the output channels of several weights of one form (the fused Q|K|V).
+    fn stack(parts: Vec<StoredWeight>) -> std::result::Result<StoredWeight, String> {
+        let mut iter = parts.into_iter();
+        let mut acc = iter.next().ok_or("nothing to stack")?;
+        for p in iter {
+            match (&mut acc, p) {
+                (StoredWeight::F32(a), StoredWeight::F32(b)) => a.extend(b),
+                (StoredWeight::Int8(a, s), StoredWeight::Int8(b, t)) => {
+                    a.extend(b);
+                    s.extend(t);
+                }
+                _ => return Err("query, key and value must all be f32 or all int8".into()),
+            }
+        }
+        Ok(acc)
+    }
+}
+
 pub(super) struct FastBert {
+    /// The int8 kernel, when any dense layer is int8.
+    kernel: Option<Kernel>,
     hidden: usize,
     heads: usize,
     inter: usize,
@@ -45,7 +122,8 @@ pub(super) struct TensorSource<'a> {
 }
 
 impl TensorSource<'_> {
-    pub(super) fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// The stored tensor `name` (or its `bert.`-prefixed / old LayerNorm spelling), if any.
+    fn find(&self, name: &str) -> Option<safetensors::tensor::TensorView<'_>> {
         let mut candidates = vec![name.to_string(), format!("bert.{name}")];
         if let Some(stem) = name.strip_suffix("LayerNorm.weight") {
             candidates.push(format!("{stem}LayerNorm.gamma"));
@@ -55,15 +133,16 @@ impl TensorSource<'_> {
             candidates.push(format!("{stem}LayerNorm.beta"));
             candidates.push(format!("bert.{stem}LayerNorm.beta"));
         }
-        let view = candidates
-            .iter()
-            .find_map(|c| self.st.tensor(c).ok())
-            .ok_or_else(|| {
-                TrainError::model(
-                    self.dir,
-                    format!("model.safetensors: missing tensor `{name}`"),
-                )
-            })?;
+        candidates.iter().find_map(|c| self.st.tensor(c).ok())
+    }
+
+    fn view(&self, name: &str, shape: &[usize]) -> Result<safetensors::tensor::TensorView<'_>> {
+        let view = self.find(name).ok_or_else(|| {
+            TrainError::model(
+                self.dir,
+                format!("model.safetensors: missing tensor `{name}`"),
+            )
+        })?;
         if view.shape() != shape {
             return Err(TrainError::model(
                 self.dir,
@@ -74,29 +153,62 @@ impl TensorSource<'_> {
                 ),
             ));
         }
-        let data = view.data();
-        let out: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            safetensors::Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            safetensors::Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(TrainError::model(
-                    self.dir,
-                    format!("model.safetensors: tensor `{name}` has unsupported dtype {other:?}"),
-                ))
-            }
-        };
-        Ok(out)
+        Ok(view)
     }
+
+    pub(super) fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        tensor_to_f32(&self.view(name, shape)?).map_err(|m| {
+            TrainError::model(self.dir, format!("model.safetensors: tensor `{name}` {m}"))
+        })
+    }
+
+    /// The weight of dense layer `layer` ((out, inp) as stored): f32 `<layer>.weight`, else the
+    /// int8 pair `distill quantize` writes.
+    pub(crate) fn dense(&self, layer: &str, out: usize, inp: usize) -> Result<StoredWeight> {
+        let f32_name = format!("{layer}.weight");
+        let q_name = format!("{layer}.{}", crate::quantize::INT8_SUFFIX);
+        if self.find(&f32_name).is_some() || self.find(&q_name).is_none() {
+            return Ok(StoredWeight::F32(self.get(&f32_name, &[out, inp])?));
+        }
+        let view = self.view(&q_name, &[out, inp])?;
+        if view.dtype() != safetensors::Dtype::I8 {
+            return Err(TrainError::model(
+                self.dir,
+                format!(
+                    "model.safetensors: tensor `{q_name}` has dtype {:?}, expected I8",
+                    view.dtype()
+                ),
+            ));
+        }
+        let q: Vec<i8> = view.data().iter().map(|&b| b as i8).collect();
+        let scales = self.get(
+            &format!("{layer}.{}", crate::quantize::SCALE_SUFFIX),
+            &[out],
+        )?;
+        Ok(StoredWeight::Int8(q, scales))
+    }
+}
+
+/// A stored f32, f16 or bf16 tensor's values as f32.
+pub(crate) fn tensor_to_f32(
+    view: &safetensors::tensor::TensorView<'_>,
+) -> std::result::Result<Vec<f32>, String> {
+    let data = view.data();
+    Ok(match view.dtype() {
+        safetensors::Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        safetensors::Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        safetensors::Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => return Err(format!("has unsupported dtype {other:?}")),
+    })
 }
 
 /// Transposes a (rows, cols) row-major matrix.
@@ -118,45 +230,60 @@ impl FastBert {
         let h = cfg.hidden_size;
         let i = cfg.intermediate_size;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let dense = |w: StoredWeight, out: usize, inp: usize, layer: &str| {
+            Dense::from_stored(w, out, inp)
+                .map_err(|m| TrainError::model(dir, format!("model.safetensors: `{layer}`: {m}")))
+        };
         for l in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
-            let q = src.get(&format!("{p}.attention.self.query.weight"), &[h, h])?;
-            let k = src.get(&format!("{p}.attention.self.key.weight"), &[h, h])?;
-            let v = src.get(&format!("{p}.attention.self.value.weight"), &[h, h])?;
-            let mut wqkv = q;
-            wqkv.extend_from_slice(&k);
-            wqkv.extend_from_slice(&v);
+            let qkv = ["query", "key", "value"]
+                .iter()
+                .map(|n| src.dense(&format!("{p}.attention.self.{n}"), h, h))
+                .collect::<Result<Vec<_>>>()?;
+            let qkv = StoredWeight::stack(qkv).map_err(|m| {
+                TrainError::model(dir, format!("model.safetensors: layer {l}: {m}"))
+            })?;
             let mut bqkv = src.get(&format!("{p}.attention.self.query.bias"), &[h])?;
             bqkv.extend(src.get(&format!("{p}.attention.self.key.bias"), &[h])?);
             bqkv.extend(src.get(&format!("{p}.attention.self.value.bias"), &[h])?);
+            let (ao, fi, fo) = (
+                format!("{p}.attention.output.dense"),
+                format!("{p}.intermediate.dense"),
+                format!("{p}.output.dense"),
+            );
             layers.push(LayerWeights {
-                wqkv_t: transpose(&wqkv, 3 * h, h),
+                wqkv: dense(qkv, 3 * h, h, &format!("{p}.attention.self"))?,
                 bqkv,
-                wo_t: transpose(
-                    &src.get(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
-                    h,
-                    h,
-                ),
-                bo: src.get(&format!("{p}.attention.output.dense.bias"), &[h])?,
+                wo: dense(src.dense(&ao, h, h)?, h, h, &ao)?,
+                bo: src.get(&format!("{ao}.bias"), &[h])?,
                 ln1_w: src.get(&format!("{p}.attention.output.LayerNorm.weight"), &[h])?,
                 ln1_b: src.get(&format!("{p}.attention.output.LayerNorm.bias"), &[h])?,
-                wi_t: transpose(
-                    &src.get(&format!("{p}.intermediate.dense.weight"), &[i, h])?,
-                    i,
-                    h,
-                ),
-                bi: src.get(&format!("{p}.intermediate.dense.bias"), &[i])?,
-                wo2_t: transpose(
-                    &src.get(&format!("{p}.output.dense.weight"), &[h, i])?,
-                    h,
-                    i,
-                ),
-                bo2: src.get(&format!("{p}.output.dense.bias"), &[h])?,
+                wi: dense(src.dense(&fi, i, h)?, i, h, &fi)?,
+                bi: src.get(&format!("{fi}.bias"), &[i])?,
+                wo2: dense(src.dense(&fo, h, i)?, h, i, &fo)?,
+                bo2: src.get(&format!("{fo}.bias"), &[h])?,
                 ln2_w: src.get(&format!("{p}.output.LayerNorm.weight"), &[h])?,
                 ln2_b: src.get(&format!("{p}.output.LayerNorm.bias"), &[h])?,
             });
         }
+        let int8 = layers
+            .iter()
+            .any(|l| [&l.wqkv, &l.wo, &l.wi, &l.wo2].iter().any(|d| d.is_int8()));
+        let kernel = if int8 {
+            let k = Kernel::detect().map_err(TrainError::Other)?;
+            if k == Kernel::Scalar {
+                tracing::warn!(
+                    "{}: int8 encoder on a CPU without AVX2: the portable int8 kernel runs, \
+                     several times slower than the f32 model",
+                    dir.display()
+                );
+            }
+            Some(k)
+        } else {
+            None
+        };
         Ok(Self {
+            kernel,
             hidden: h,
             heads: cfg.num_attention_heads,
             inter: i,
@@ -182,8 +309,48 @@ impl FastBert {
         })
     }
 
+    /// Whether any dense layer is int8 (a `distill quantize` model).
+    pub(super) fn int8_kernel(&self) -> Option<Kernel> {
+        self.kernel
+    }
+
     /// Mean-pooled, L2-normalised embeddings of `seqs`, packed without padding.
     pub(super) fn embed(&self, seqs: &[&Encoded], threads: usize) -> Vec<f32> {
+        let h = self.hidden;
+        let (x, spans) = self.hidden_states(seqs, threads);
+        let mut out = vec![0f32; seqs.len() * h];
+        for (o, &(start, n)) in out.chunks_exact_mut(h).zip(&spans) {
+            for t in 0..n {
+                let row = &x[(start + t) * h..(start + t + 1) * h];
+                for c in 0..h {
+                    o[c] += row[c];
+                }
+            }
+            let inv_n = 1.0 / n.max(1) as f32;
+            o.iter_mut().for_each(|v| *v *= inv_n);
+            let norm = o.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            o.iter_mut().for_each(|v| *v /= norm);
+        }
+        out
+    }
+
+    /// The last layer's state of each sentence's first token (`[CLS]`), what a
+    /// `BertForSequenceClassification` pooler reads.
+    pub(super) fn first_token_states(&self, seqs: &[&Encoded], threads: usize) -> Vec<f32> {
+        let h = self.hidden;
+        let (x, spans) = self.hidden_states(seqs, threads);
+        let mut out = vec![0f32; seqs.len() * h];
+        for (o, &(start, n)) in out.chunks_exact_mut(h).zip(&spans) {
+            if n > 0 {
+                o.copy_from_slice(&x[start * h..(start + 1) * h]);
+            }
+        }
+        out
+    }
+
+    /// The last layer's states of every token of `seqs`, packed end to end, and each sentence's
+    /// (first row, rows).
+    fn hidden_states(&self, seqs: &[&Encoded], threads: usize) -> (Vec<f32>, Vec<(usize, usize)>) {
         let h = self.hidden;
         // Row ranges of each sentence in the packed (tokens, hidden) activations.
         let mut spans = Vec::with_capacity(seqs.len());
@@ -210,43 +377,33 @@ impl FastBert {
         }
         layer_norm_rows(&mut x, h, &self.emb_ln_w, &self.emb_ln_b, self.eps);
 
-        let par = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
+        let c = Compute {
+            par: if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
+            threads,
+            kernel: self.kernel.unwrap_or(Kernel::Scalar),
         };
         let mut qkv = vec![0f32; total * 3 * h];
         let mut ctx = vec![0f32; total * h];
         let mut inter = vec![0f32; total * self.inter];
         for lw in &self.layers {
             fill_rows(&mut qkv, &lw.bqkv);
-            matmul_acc(&mut qkv, &x, &lw.wqkv_t, total, h, 3 * h, par);
+            lw.wqkv.matmul_acc(&mut qkv, &x, total, c);
             self.attention(&qkv, &mut ctx, &spans);
             add_rows(&mut x, &lw.bo);
-            matmul_acc(&mut x, &ctx, &lw.wo_t, total, h, h, par);
+            lw.wo.matmul_acc(&mut x, &ctx, total, c);
             layer_norm_rows(&mut x, h, &lw.ln1_w, &lw.ln1_b, self.eps);
             fill_rows(&mut inter, &lw.bi);
-            matmul_acc(&mut inter, &x, &lw.wi_t, total, h, self.inter, par);
+            lw.wi.matmul_acc(&mut inter, &x, total, c);
             activate(&mut inter, self.act);
             add_rows(&mut x, &lw.bo2);
-            matmul_acc(&mut x, &inter, &lw.wo2_t, total, self.inter, h, par);
+            lw.wo2.matmul_acc(&mut x, &inter, total, c);
             layer_norm_rows(&mut x, h, &lw.ln2_w, &lw.ln2_b, self.eps);
         }
-
-        let mut out = vec![0f32; seqs.len() * h];
-        for (o, &(start, n)) in out.chunks_exact_mut(h).zip(&spans) {
-            for t in 0..n {
-                let row = &x[(start + t) * h..(start + t + 1) * h];
-                for c in 0..h {
-                    o[c] += row[c];
-                }
-            }
-            let inv_n = 1.0 / n.max(1) as f32;
-            o.iter_mut().for_each(|v| *v *= inv_n);
-            let norm = o.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            o.iter_mut().for_each(|v| *v /= norm);
-        }
-        out
+        (x, spans)
     }
 
     /// Softmax attention, each sentence attending only to itself; sentences run in parallel.
