@@ -158,10 +158,9 @@ pub fn quantize_model_dir(src: &Path, out: &Path, force: bool) -> Result<ModelMe
                 .map_err(|e| TrainError::Other(format!("model.safetensors: {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let file_meta = std::collections::HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("distill_quantization".to_string(), SCHEME.to_string()),
-    ]);
+    // One key: a map of several serialises in random order, and the file must be reproducible
+    // byte for byte (`distill.json` records the scheme).
+    let file_meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     let encoded = safetensors::serialize(views, Some(file_meta))
         .map_err(|e| TrainError::Other(format!("model.safetensors: {e}")))?;
     meta.quantization = Some(Quantization {
