@@ -26,7 +26,8 @@
 //! - A result is used only when its `custom_id` carries the request hash of the request this
 //!   job sends for that input; anything else is retried in real time.
 //! - Answers are journalled as they arrive (group commits of whatever is ready), including
-//!   items retried in real time, so a kill pays again for at most the calls in flight.
+//!   items retried in real time, and an item's concurrency slot is released only once its
+//!   record is journalled, so a kill pays again for at most `--concurrency` calls.
 //! - Replies are priced at the table's batch prices (half the real-time price when it has
 //!   none); every ledger row carries its batch id and every record has `batch: true`.
 //! - **Items a batch did not answer are retried in real time** (at real-time prices): expired
@@ -467,21 +468,40 @@ async fn resolve(
     }
     // Journal answers as they arrive (a group commit of whatever is ready), never holding a
     // whole group of paid answers in memory where a kill would lose them.
+    //
+    // An item holds one of `concurrency` slots from before its first call until its record
+    // is journalled, as in the real-time path: `buffer_unordered` starts the next item the
+    // moment one finishes, before `ready_chunks` hands the finished one to the journal, so
+    // without the slots a kill could find `concurrency` calls in flight *plus* the answers
+    // finished but not yet journalled, all paid again by the rerun.
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut stream = futures::stream::iter(items)
         .map(|(ordinal, item, result)| {
             let client = client.clone();
             let ctx = ctx.clone();
             let batch_id = batch_id.map(str::to_string);
-            async move { one(&client, &ctx, ordinal, item, result, batch_id).await }
+            let slots = slots.clone();
+            async move {
+                let slot = slots
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| TeachError::Invalid("scheduler closed".into()))?;
+                let done = one(&client, &ctx, ordinal, item, result, batch_id).await?;
+                Ok::<_, TeachError>((done, slot))
+            }
         })
         .buffer_unordered(concurrency)
         .ready_chunks(WRITE_GROUP);
     let mut first_err = None;
     while let Some(chunk) = stream.next().await {
         let mut done = Vec::with_capacity(chunk.len());
+        let mut held = Vec::with_capacity(chunk.len());
         for r in chunk {
             match r {
-                Ok(d) => done.push(d),
+                Ok((d, slot)) => {
+                    done.push(d);
+                    held.push(slot);
+                }
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -489,6 +509,8 @@ async fn resolve(
         }
         // Whatever was answered is kept even when another item hit a fatal error.
         sink.write(client, done)?;
+        // Journalled (and ledgered): the slots may go to the next calls.
+        drop(held);
         if first_err.is_some() {
             break;
         }
@@ -585,4 +607,147 @@ async fn one(
         pending,
         outcome,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientOptions;
+    use crate::journal::JOURNAL_VERSION;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A fake OpenAI chat endpoint that, before answering its first request, takes the
+    /// ledger's write lock and holds it until the journal has a record (or 3 s pass), then
+    /// says whether it saw one. A client that starts its next call (which writes an
+    /// `in_flight` ledger row first) before journalling the answer it already has stalls
+    /// there with that paid answer unjournalled, where a kill would lose it.
+    async fn locking_server(
+        ledger: PathBuf,
+        journal: PathBuf,
+    ) -> (String, Arc<Mutex<Option<bool>>>) {
+        let seen = Arc::new(Mutex::new(None));
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let s = seen.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let (s, first, ledger, journal) =
+                    (s.clone(), first.clone(), ledger.clone(), journal.clone());
+                async move {
+                    if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        let conn = rusqlite::Connection::open(&ledger).unwrap();
+                        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                        std::thread::spawn(move || {
+                            let deadline = Instant::now() + Duration::from_secs(3);
+                            let journalled = loop {
+                                let has = std::fs::read_to_string(&journal)
+                                    .map(|j| j.lines().any(|l| l.starts_with("{\"i\":")))
+                                    .unwrap_or(false);
+                                if has || Instant::now() > deadline {
+                                    break has;
+                                }
+                                std::thread::sleep(Duration::from_millis(5));
+                            };
+                            *s.lock().unwrap() = Some(journalled);
+                            conn.execute_batch("COMMIT").unwrap();
+                        });
+                    }
+                    axum::Json(serde_json::json!({
+                        "object": "chat.completion",
+                        "choices": [{"index": 0,
+                                     "message": {"role": "assistant", "content": "{\"label\": \"refund\"}"},
+                                     "logprobs": null, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 70, "completion_tokens": 9, "total_tokens": 79}
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    /// Batch items retried in real time hold their concurrency slot until their record is
+    /// journalled (the README's "Paid once"): the next call starts only after the answer in
+    /// hand is in the journal. Without the slots `buffer_unordered` started the next call
+    /// first, so a kill could find `--concurrency` calls out plus the answers not yet
+    /// journalled, all paid again on resume (the CLI's sigkill test saw 5 at concurrency 4).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_item_keeps_its_slot_until_its_record_is_journalled() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("task.toml"),
+            r#"
+name = "t"
+kind = "classify"
+[input]
+path = "in.csv"
+[labels]
+values = ["card_arrival", "refund"]
+[teacher]
+provider = "openai"
+model = "gpt-4o"
+"#,
+        )
+        .unwrap();
+        let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
+        let ledger = d.path().join("ledger.db");
+        let jpath = d.path().join("teacher.jsonl.partial");
+        let (url, seen) = locking_server(ledger.clone(), jpath.clone()).await;
+        let client = Arc::new(
+            TeacherClient::new(
+                &spec,
+                ClientOptions {
+                    base_url: Some(url),
+                    ledger_path: Some(ledger),
+                    max_retries: Some(0),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let header = JournalHeader {
+            distill_journal: JOURNAL_VERSION,
+            task: "t".into(),
+            input_sha256: "x".into(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            request: client.request_shape(),
+        };
+        let (journal, _) = Journal::open(&jpath, &header, false).unwrap();
+        let mut sink = Sink {
+            journal,
+            done: Ordinals::default(),
+            summary: TeachSummary::default(),
+            buf: Vec::new(),
+        };
+        let items = (0..3u64)
+            .map(|i| {
+                let item = InputItem {
+                    id: i.to_string(),
+                    text: format!("I want a refund for order {i}"),
+                    gold: None,
+                    line: i + 2,
+                    turns: None,
+                };
+                (i, item, Some(ItemResult::Retry("batch_expired".into())))
+            })
+            .collect();
+        let ctx = CallContext::teach();
+        resolve(&client, &ctx, &mut sink, items, Some("batch_1"), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(true),
+            "the next call started before the answer in hand was journalled"
+        );
+        assert_eq!(sink.summary.ok, 3);
+        let rows = client.ledger().unwrap().rows_for_task("t").unwrap();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert!(rows.iter().all(|r| r.status == "ok"), "{rows:?}");
+    }
 }
