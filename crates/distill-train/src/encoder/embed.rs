@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use tokenizers::{Tokenizer, TruncationParams};
 
 mod fast;
-pub(crate) use fast::{fill_rows, matmul_acc, tensor_to_f32};
+pub(crate) use fast::{fill_rows, matmul_acc, tensor_to_f32, transpose};
 use fast::{FastBert, TensorSource};
 
 /// Longest input when neither `--max-len` nor the base's `sentence_bert_config.json` says.

@@ -12,7 +12,7 @@
 //! as `distill_head.*`, so `transformers.AutoModel` still loads the encoder), `tokenizer.json`,
 //! `distill.json`.
 
-use super::embed::FrozenEncoder;
+use super::embed::{transpose, FrozenEncoder};
 use super::embed_cache::{text_key, EmbeddingCache, TextKey, DEFAULT_CACHE_DIR};
 use crate::error::{Result, TrainError};
 use crate::student::{
@@ -211,16 +211,6 @@ impl Head {
             },
         })
     }
-}
-
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
-    }
-    t
 }
 
 /// A loaded `encoder-head` model.

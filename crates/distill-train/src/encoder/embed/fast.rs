@@ -212,7 +212,7 @@ pub(crate) fn tensor_to_f32(
 }
 
 /// Transposes a (rows, cols) row-major matrix.
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; w.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -2,7 +2,7 @@
 //! (`distill quantize`) `encoder-finetune` student runs. The pooler and classifier stay f32:
 //! `logits = Wc · tanh(Wp · h[CLS] + bp) + bc`, as in `BertForSequenceClassification`.
 
-use crate::encoder::embed::{fill_rows, matmul_acc, ExtraTensors, FrozenEncoder};
+use crate::encoder::embed::{fill_rows, matmul_acc, transpose, ExtraTensors, FrozenEncoder};
 use crate::error::{Result, TrainError};
 use candle_core::Device;
 use std::path::Path;
@@ -126,14 +126,4 @@ fn unused(dir: &Path, extra: &ExtraTensors) -> Result<()> {
             names.join(", ")
         ),
     ))
-}
-
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
-    }
-    t
 }
