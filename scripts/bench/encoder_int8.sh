@@ -143,10 +143,12 @@ tp = {s: med(s, "sentences_per_s") for s in ["distill-f32", "distill-int8", "ort
 lat = {s: med(s + "-lat", "p50_ms") for s in ["distill-f32", "distill-int8", "ort-fp32", "ort-int8"]}
 print(f"\nthroughput (batch 64, n={runs['distill-f32'][0]['n']}), sentences/s:")
 for s, v in tp.items():
-    print(f"  {s:<13} {v:8.1f}   runs {', '.join(f'{r['sentences_per_s']:.0f}' for r in runs[s])}")
+    each = ", ".join("%.0f" % r["sentences_per_s"] for r in runs[s])
+    print(f"  {s:<13} {v:8.1f}   runs {each}")
 print("single-text latency p50, ms:")
 for s, v in lat.items():
-    print(f"  {s:<13} {v:8.3f}   runs {', '.join(f'{r['p50_ms']:.2f}' for r in runs[s + '-lat'])}")
+    each = ", ".join("%.2f" % r["p50_ms"] for r in runs[s + "-lat"])
+    print(f"  {s:<13} {v:8.3f}   runs {each}")
 
 if serve:
     def serve_figs(v):
