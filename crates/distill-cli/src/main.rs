@@ -98,6 +98,9 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Serve students behind an OpenAI-compatible API, escalating unsure inputs to the teacher.
     Serve(cmd::serve::Args),
+    /// One OpenAI-compatible endpoint for all of an app's LLM traffic: routes, caches, caps and
+    /// meters it (gateway.toml), and serves students beside it.
+    Gateway(cmd::gateway::Args),
     /// Summarise shadow-traffic agreement between served students and the teacher.
     Drift(cmd::drift::Args),
     /// Run the whole loop offline on Banking77: sim-teacher → teach → train → eval.
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a, &g),
         Command::Eval(a) => cmd::eval::run(a, &g),
         Command::Serve(a) => cmd::serve::run(a, &g),
+        Command::Gateway(a) => cmd::gateway::run(a, &g),
         Command::Drift(a) => cmd::drift::run(a, &g),
         Command::Quickstart(a) => cmd::quickstart::run(a, &g),
     };

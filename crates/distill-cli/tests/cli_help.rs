@@ -33,6 +33,7 @@ fn every_subcommand_has_stable_help() {
         "quantize",
         "eval",
         "serve",
+        "gateway",
         "drift",
         "quickstart",
     ] {
@@ -43,4 +44,5 @@ fn every_subcommand_has_stable_help() {
         );
         insta::assert_snapshot!(format!("distill_{}", cmd.replace('-', "_")), text);
     }
+    insta::assert_snapshot!("distill_gateway_init", help(&["gateway", "init"]));
 }

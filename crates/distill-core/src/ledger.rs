@@ -61,6 +61,8 @@ pub enum GroupBy {
     Source,
     /// `batch` (a Batch API's half price) or `real-time`.
     Mode,
+    /// The caller's `X-Distill-Tag` (`-` when untagged).
+    Tag,
 }
 
 impl GroupBy {
@@ -71,6 +73,7 @@ impl GroupBy {
             GroupBy::Day => "substr(ts, 1, 10)",
             GroupBy::Source => "source",
             GroupBy::Mode => "(CASE WHEN batch_id IS NULL THEN 'real-time' ELSE 'batch' END)",
+            GroupBy::Tag => "COALESCE(tag, '-')",
         }
     }
 }

@@ -50,7 +50,10 @@ fn model_of(st: &AppState, body: &Value) -> std::result::Result<Arc<ServedModel>
         )
     })?;
     st.models.get(name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = st.models.keys().map(String::as_str).collect();
+        let mut known: Vec<&str> = st.models.keys().map(String::as_str).collect();
+        if let Some(gw) = &st.gateway {
+            known.extend(gw.aliases());
+        }
         let mut e = ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -249,10 +252,19 @@ async fn chat_inner(
     model_name: &mut Option<String>,
 ) -> std::result::Result<Response, ApiError> {
     let body = parse_body(body, st.max_body_bytes)?;
+    let tag = tag_of(headers)?;
+    if let Some(gw) = &st.gateway {
+        let name = body.get("model").and_then(Value::as_str);
+        if !name.is_some_and(|n| st.models.contains_key(n)) {
+            if let Some(ri) = gw.route_for(name, &tag) {
+                *model_name = Some(gw.routes[ri].cfg.name.clone());
+                return crate::gateway::relay::chat(st, gw, ri, &tag, body).await;
+            }
+        }
+    }
     let m = model_of(st, &body)?;
     *model_name = Some(m.name.clone());
     let text = user_text(&body)?;
-    let tag = tag_of(headers)?;
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -533,6 +545,7 @@ async fn decide(
                     confidence: p.confidence,
                     origin: "student".into(),
                 },
+                None,
             )
             .await;
         return student;
@@ -556,13 +569,14 @@ async fn decide(
                     confidence: p.confidence,
                     origin: "student".into(),
                 },
+                None,
             )
             .await;
         return student;
     }
     let labels = [("model", m.name.as_str()), ("tag", tag)];
     if let Some(hit) = st.budgets.check(tag) {
-        capped(st, &hit);
+        capped(st, &hit, "answering from the student");
         st.metrics.inc(
             "distill_escalations_total",
             &[labels[0], labels[1], ("outcome", "budget_capped")],
@@ -594,6 +608,7 @@ async fn decide(
                         confidence: p.confidence,
                         origin: "teacher".into(),
                     },
+                    None,
                 )
                 .await;
             Answer {
@@ -623,12 +638,14 @@ async fn decide(
     }
 }
 
-fn capped(st: &Arc<AppState>, hit: &CapHit) {
+/// A budget was found spent: warns and alerts once per cap and period. `consequence` says
+/// what the server does about it.
+pub(crate) fn capped(st: &Arc<AppState>, hit: &CapHit, consequence: &str) {
     if !st.budgets.first_hit(hit) {
         return;
     }
     tracing::warn!(
-        "escalation budget `{}` ({}, ${:.2}) is spent (${:.4}); answering from the student",
+        "budget `{}` ({}, ${:.2}) is spent (${:.4}); {consequence}",
         hit.budget,
         hit.period.as_str(),
         hit.cap_usd,
@@ -636,7 +653,7 @@ fn capped(st: &Arc<AppState>, hit: &CapHit) {
     );
     if let Some(url) = st.alert_webhook.clone() {
         let http = st.http.clone();
-        let body = hit.alert_json();
+        let body = hit.alert_json(consequence);
         tokio::spawn(async move {
             if let Err(e) = http
                 .post(&url)

@@ -66,7 +66,9 @@ pub struct CapHit {
 }
 
 impl CapHit {
-    pub fn alert_json(&self) -> serde_json::Value {
+    /// The webhook body; `consequence` says what the server does now ("answering from the
+    /// student").
+    pub fn alert_json(&self, consequence: &str) -> serde_json::Value {
         serde_json::json!({
             "event": "distill.budget_capped",
             "tag": self.budget,
@@ -76,7 +78,7 @@ impl CapHit {
             "spent_usd": self.spent_usd,
             "ts": distill_core::ledger::LedgerRow::now(),
             "message": format!(
-                "distill serve: the {} escalation budget for tag `{}` (${:.2}) is spent; answering from the student until the period ends",
+                "distill: the {} budget `{}` (${:.2}) is spent; {consequence} until the period ends",
                 self.period.as_str(), self.budget, self.cap_usd
             ),
         })
@@ -155,6 +157,12 @@ impl Budgets {
 
     pub fn is_empty(&self) -> bool {
         self.caps.is_empty()
+    }
+
+    /// Adds (or replaces) the caps kept under `key` (a gateway route's `route:NAME`).
+    pub fn with_cap(mut self, key: String, caps: Caps) -> Self {
+        self.caps.insert(key, caps);
+        self
     }
 
     pub fn caps(&self) -> &BTreeMap<String, Caps> {

@@ -1,7 +1,10 @@
 //! The answer cache: repeated inputs (after normalisation) skip the model and, more importantly,
 //! the teacher. In-process by default; Redis when several replicas should share what they paid for.
+//! Entries are JSON, so served students' labels and the gateway's whole upstream answers share
+//! one cache, one key scheme and one failure policy (a cache that fails never fails a request).
 
 use redis::aio::MultiplexedConnection;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,19 +46,31 @@ pub enum Cache {
 }
 
 impl Cache {
-    pub async fn get(&self, key: &str) -> Option<CachedAnswer> {
-        match self {
-            Cache::Off => None,
-            Cache::Memory(m) => m.get(key),
-            Cache::Redis(r) => r.get(key).await,
-        }
+    /// The entry under `key`; `None` when absent, expired, unreadable or the backend is away.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let json = match self {
+            Cache::Off => return None,
+            Cache::Memory(m) => m.get(key)?,
+            Cache::Redis(r) => r.get(key).await?,
+        };
+        serde_json::from_str(&json).ok()
     }
-    pub async fn put(&self, key: &str, value: &CachedAnswer) {
+    /// Stores `value` for `ttl` (the cache's own TTL when `None`).
+    pub async fn put<T: Serialize>(&self, key: &str, value: &T, ttl: Option<Duration>) {
+        if matches!(self, Cache::Off) {
+            return;
+        }
+        let Ok(json) = serde_json::to_string(value) else {
+            return;
+        };
         match self {
             Cache::Off => {}
-            Cache::Memory(m) => m.put(key, value.clone()),
-            Cache::Redis(r) => r.put(key, value).await,
+            Cache::Memory(m) => m.put(key, json, ttl),
+            Cache::Redis(r) => r.put(key, json, ttl).await,
         }
+    }
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Cache::Off)
     }
     pub fn kind(&self) -> &'static str {
         match self {
@@ -77,7 +92,7 @@ const SHARDS: usize = 16;
 
 /// A sharded map with per-entry expiry and a size bound, so hot paths rarely contend.
 pub struct MemoryCache {
-    shards: Vec<Mutex<HashMap<String, (Instant, CachedAnswer)>>>,
+    shards: Vec<Mutex<HashMap<String, (Instant, String)>>>,
     ttl: Duration,
     max_per_shard: usize,
 }
@@ -90,13 +105,13 @@ impl MemoryCache {
             max_per_shard: (max_entries / SHARDS).max(1),
         }
     }
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, (Instant, CachedAnswer)>> {
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, (Instant, String)>> {
         let h = key
             .bytes()
             .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
         &self.shards[h % SHARDS]
     }
-    pub fn get(&self, key: &str) -> Option<CachedAnswer> {
+    pub fn get(&self, key: &str) -> Option<String> {
         let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         match map.get(key) {
             Some((exp, v)) if *exp > Instant::now() => Some(v.clone()),
@@ -107,7 +122,7 @@ impl MemoryCache {
             None => None,
         }
     }
-    pub fn put(&self, key: &str, value: CachedAnswer) {
+    pub fn put(&self, key: &str, value: String, ttl: Option<Duration>) {
         let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= self.max_per_shard {
             let now = Instant::now();
@@ -119,7 +134,10 @@ impl MemoryCache {
                 }
             }
         }
-        map.insert(key.to_string(), (Instant::now() + self.ttl, value));
+        map.insert(
+            key.to_string(),
+            (Instant::now() + ttl.unwrap_or(self.ttl), value),
+        );
     }
 }
 
@@ -252,18 +270,16 @@ impl RedisCache {
         None
     }
 
-    pub async fn get(&self, key: &str) -> Option<CachedAnswer> {
+    pub async fn get(&self, key: &str) -> Option<String> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
         let bytes: Vec<u8> = self.run::<Option<Vec<u8>>>(cmd).await??;
-        serde_json::from_slice(&bytes).ok()
+        String::from_utf8(bytes).ok()
     }
 
-    pub async fn put(&self, key: &str, value: &CachedAnswer) {
-        let Ok(json) = serde_json::to_vec(value) else {
-            return;
-        };
-        let ttl_ms = self.ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+    pub async fn put(&self, key: &str, json: String, ttl: Option<Duration>) {
+        let ttl = ttl.unwrap_or(self.ttl);
+        let ttl_ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(json).arg("PX").arg(ttl_ms);
         self.run::<()>(cmd).await;
@@ -310,20 +326,20 @@ mod tests {
     #[test]
     fn memory_cache_expires_and_stays_bounded() {
         let c = MemoryCache::new(Duration::from_secs(60), 32);
-        let v = CachedAnswer {
-            label: "l".into(),
-            confidence: 0.9,
-            origin: "student".into(),
-        };
-        c.put("k", v.clone());
+        let v = "{\"label\":\"l\"}".to_string();
+        c.put("k", v.clone(), None);
         assert_eq!(c.get("k"), Some(v.clone()));
         for i in 0..1000 {
-            c.put(&format!("k{i}"), v.clone());
+            c.put(&format!("k{i}"), v.clone(), None);
         }
         let total: usize = c.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= 32, "{total}");
         let expired = MemoryCache::new(Duration::ZERO, 32);
-        expired.put("k", v);
+        expired.put("k", v.clone(), None);
         assert_eq!(expired.get("k"), None);
+        // A per-entry TTL overrides the cache's own.
+        let long = MemoryCache::new(Duration::from_secs(60), 32);
+        long.put("k", v, Some(Duration::ZERO));
+        assert_eq!(long.get("k"), None);
     }
 }

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod cache;
 pub mod error;
 pub mod escalate;
+pub mod gateway;
 pub mod metrics;
 pub mod server;
 pub mod shadow;

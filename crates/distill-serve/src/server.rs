@@ -9,6 +9,7 @@ use crate::budget::Budgets;
 use crate::cache::Cache;
 use crate::error::{Result, ServeError};
 use crate::escalate::{CostEstimator, Escalator};
+use crate::gateway::Gateway;
 use crate::metrics::{Metrics, BATCH_BUCKETS};
 use crate::shadow::ShadowRecorder;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -65,6 +66,9 @@ pub struct ServerOptions {
     pub teacher_timeout: Duration,
     /// Most inputs in one /v1/classify request.
     pub max_classify_inputs: usize,
+    /// Routes for free-form traffic (`distill gateway`): requests whose `model` is not a
+    /// served student go through them.
+    pub gateway: Option<Arc<Gateway>>,
 }
 
 impl Default for ServerOptions {
@@ -84,6 +88,7 @@ impl Default for ServerOptions {
             truncate: false,
             teacher_timeout: Duration::from_secs(10),
             max_classify_inputs: 256,
+            gateway: None,
         }
     }
 }
@@ -142,6 +147,7 @@ pub struct AppState {
     pub(crate) teacher_timeout: Duration,
     pub(crate) max_classify_inputs: usize,
     pub(crate) http: reqwest::Client,
+    pub(crate) gateway: Option<Arc<Gateway>>,
 }
 
 impl AppState {
@@ -282,7 +288,7 @@ impl RunningServer {
 
 impl Server {
     pub fn new(models: Vec<ModelEntry>, opts: ServerOptions) -> Result<Self> {
-        if models.is_empty() {
+        if models.is_empty() && opts.gateway.is_none() {
             return Err(ServeError::config("--model", "serve at least one model"));
         }
         let metrics = Arc::new(Metrics::default());
@@ -355,6 +361,7 @@ impl Server {
                 teacher_timeout: opts.teacher_timeout,
                 max_classify_inputs: opts.max_classify_inputs,
                 http,
+                gateway: opts.gateway,
             }),
         })
     }
@@ -485,7 +492,12 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
             .into_response()
     } else {
         let models: Vec<&String> = st.models.keys().collect();
-        Json(json!({"status": "ready", "models": models})).into_response()
+        let routes: Vec<&str> = st
+            .gateway
+            .iter()
+            .flat_map(|g| g.routes.iter().map(|r| r.cfg.name.as_str()))
+            .collect();
+        Json(json!({"status": "ready", "models": models, "routes": routes})).into_response()
     }
 }
 
@@ -524,7 +536,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn list_models(State(st): State<Arc<AppState>>) -> Response {
-    let data: Vec<Value> = st
+    let mut data: Vec<Value> = st
         .models
         .values()
         .map(|m| {
@@ -544,6 +556,30 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Response {
             })
         })
         .collect();
+    if let Some(gw) = &st.gateway {
+        for r in &gw.routes {
+            for alias in r.cfg.models.iter().filter(|a| !st.models.contains_key(*a)) {
+                let tiers: Vec<&str> = std::iter::once(r.tier)
+                    .chain(r.rules_tiers())
+                    .map(|t| gw.tiers[t].name.as_str())
+                    .collect();
+                data.push(json!({
+                    "id": alias,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "distill-gateway",
+                    "distill": {
+                        "route": r.cfg.name,
+                        "policy": r.policy_name(),
+                        "tiers": tiers,
+                        "premium": gw.tiers[r.premium].name,
+                        "max_tokens": r.cfg.max_tokens,
+                        "cache": r.cfg.cache,
+                    }
+                }));
+            }
+        }
+    }
     Json(json!({"object": "list", "data": data})).into_response()
 }
 

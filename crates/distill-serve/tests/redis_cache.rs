@@ -359,3 +359,122 @@ async fn unreachable_redis_is_reported_at_start_up() {
     assert!(RedisCache::new("redis://user:pw@127.0.0.1:1", Duration::from_secs(1)).is_err());
     assert!(RedisCache::new("http://127.0.0.1:1", Duration::from_secs(1)).is_err());
 }
+
+/// Two gateway replicas over one Redis: a free-form answer one paid for is the other's cache
+/// hit (streamed or not); with Redis down both keep answering, paying the upstream; once Redis
+/// is back they share again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_replicas_share_answers_through_redis_and_survive_its_restart() {
+    let Some(bin) = redis_binary() else { return };
+    let mut redis = Redis::start(bin);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    let sim = distill_sim::SimServer::start(
+        distill_sim::SimConfig::new(spec.clone()),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let config = format!(
+        "[[tier]]\nname = \"cheap\"\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\nbase_url = \"{}\"\n\
+         [[route]]\nname = \"auto\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"cheap\"\n",
+        sim.base_url()
+    );
+    let gw_replica = |state: std::path::PathBuf| {
+        let config = config.clone();
+        let url = redis.url();
+        async move {
+            let cfg = distill_serve::gateway::config::GatewayConfig::parse(
+                &config,
+                std::path::Path::new("gateway.toml"),
+            )
+            .unwrap();
+            let gw = distill_serve::gateway::Gateway::new(
+                &cfg,
+                &distill_serve::gateway::GatewayOptions {
+                    ledger_path: Some(state.join("ledger.db")),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let cache = RedisCache::new(&url, Duration::from_secs(600)).unwrap();
+            cache.check().await.unwrap();
+            start(
+                vec![],
+                ServerOptions {
+                    cache: Cache::Redis(Box::new(cache)),
+                    gateway: Some(Arc::new(gw)),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    };
+    let a = gw_replica(dir.path().join("a")).await;
+    let b = gw_replica(dir.path().join("b")).await;
+    let http = reqwest::Client::new();
+    let ask = |server: &RunningServer, text: &str, stream: bool| {
+        let req = http
+            .post(format!("{}/v1/chat/completions", server.url()))
+            .json(&json!({"model": "auto", "stream": stream,
+                          "messages": [{"role": "user", "content": text}]}));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let hit = r.headers()["x-distill-cache"] == "hit";
+            let body = r.text().await.unwrap();
+            (hit, body)
+        }
+    };
+
+    let (hit, plain) = ask(&a, "Where is my card?", false).await;
+    assert!(!hit);
+    let (hit, again) = ask(&b, "Where is my card?", false).await;
+    assert!(hit, "B answers from what A paid for: {again}");
+    let content = |body: &str| -> String {
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(content(&plain), content(&again));
+    // A stream A paid for is B's cache hit too, replayed as a stream.
+    let (hit, _) = ask(&a, "I was charged twice", true).await;
+    assert!(!hit);
+    let (hit, replay) = ask(&b, "I was charged twice", true).await;
+    assert!(hit && replay.contains("[DONE]"), "{replay}");
+    assert_eq!(sim.stats().billable, 2);
+
+    // Redis dies: both replicas keep answering, every request paid.
+    redis.kill();
+    for server in [&a, &b] {
+        let (hit, _) = ask(server, "Where is my card?", false).await;
+        assert!(!hit);
+    }
+    assert_eq!(sim.stats().billable, 4);
+    assert!(metric(&http, &a, ERRORS).await >= 1.0);
+
+    // Back on the same port: A's next answer lands in Redis (it reconnects at most once a
+    // second, so poll with a deadline) and B reads it.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    let text = loop {
+        i += 1;
+        let t = format!("Is my transfer {i} done?");
+        ask(&a, &t, false).await;
+        if redis_cmd(redis.port, &["DBSIZE"]).as_deref() != Some(":0") {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never wrote to the restarted Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+    };
+    let (hit, _) = ask(&b, &text, false).await;
+    assert!(hit, "shared again after the restart");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

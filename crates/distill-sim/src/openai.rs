@@ -25,6 +25,19 @@ pub(crate) struct ChatRequest {
     pub response_format: Option<ResponseFormat>,
     #[serde(default)]
     pub n: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// The reply is cut to this many completion tokens (`finish_reason: "length"`).
+    #[serde(default, alias = "max_completion_tokens")]
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 #[derive(Deserialize)]
@@ -200,17 +213,20 @@ fn check_request(req: &ChatRequest) -> Result<(), String> {
 
 /// The chat.completion object for a reply (also the body of a batch output line).
 pub(crate) fn completion_body(id: &str, model: &str, reply: &Reply, n: u32) -> Value {
+    completion_body_finishing(id, model, reply, n, "stop")
+}
+
+fn completion_body_finishing(id: &str, model: &str, reply: &Reply, n: u32, finish: &str) -> Value {
     let choices: Vec<Value> = (0..n)
         .map(|i| {
             json!({
                 "index": i,
                 "message": {"role": "assistant", "content": reply.content, "refusal": null},
                 "logprobs": null,
-                "finish_reason": "stop"
+                "finish_reason": finish
             })
         })
         .collect();
-    let completion = reply.completion_tokens * n as u64;
     json!({
         "id": id,
         "object": "chat.completion",
@@ -219,7 +235,13 @@ pub(crate) fn completion_body(id: &str, model: &str, reply: &Reply, n: u32) -> V
         "system_fingerprint": "fp_distill_sim",
         "service_tier": "default",
         "choices": choices,
-        "usage": {
+        "usage": usage_json(reply, n),
+    })
+}
+
+fn usage_json(reply: &Reply, n: u32) -> Value {
+    let completion = reply.completion_tokens * n as u64;
+    json!({
             "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": reply.prompt_tokens + completion,
@@ -230,8 +252,54 @@ pub(crate) fn completion_body(id: &str, model: &str, reply: &Reply, n: u32) -> V
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0
             }
-        }
     })
+}
+
+/// Cuts a reply to `max` visible completion tokens, as a model stopped by `max_tokens` is:
+/// the content's share of its tokens kept, `finish_reason: "length"`. True when it was cut.
+/// (Simulated reasoning tokens are not counted against the cap.)
+fn cap_reply(reply: &mut Reply, max: Option<u64>) -> bool {
+    let visible = reply.completion_tokens - reply.reasoning_tokens;
+    let Some(max) = max.filter(|&m| m < visible) else {
+        return false;
+    };
+    let chars = reply.content.chars().count() as u64;
+    let keep = (chars * max).div_ceil(visible.max(1)) as usize;
+    reply.content = reply.content.chars().take(keep).collect();
+    reply.completion_tokens = max + reply.reasoning_tokens;
+    true
+}
+
+/// A completion as Chat Completions streams it: a role chunk, the content in pieces of a few
+/// characters, a finish chunk, the usage chunk when `include_usage` asked for it, `[DONE]`.
+fn stream_events(id: &str, model: &str, reply: &Reply, finish: &str, usage: bool) -> Vec<String> {
+    let created = now_unix();
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_distill_sim",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        })
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    let chars: Vec<char> = reply.content.chars().collect();
+    for piece in chars.chunks(8) {
+        let text: String = piece.iter().collect();
+        events.push(chunk(json!({"content": text}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!(finish)));
+    if usage {
+        events.push(json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_distill_sim", "choices": [], "usage": usage_json(reply, 1),
+        }));
+    }
+    let mut out: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    out.push("data: [DONE]\n\n".into());
+    out
 }
 
 pub(crate) async fn chat_completions(
@@ -270,10 +338,17 @@ async fn chat_inner(state: &Shared, headers: &HeaderMap, body: &[u8]) -> Respons
     let started = std::time::Instant::now();
     let turns = turns_of(&req);
     let style = reply_style(&req, &turns);
-    let reply = state.engine.answer(&req.model, None, &turns, &style, false);
+    let mut reply = state.engine.answer(&req.model, None, &turns, &style, false);
+    // Recorded answers (replay) are returned whole: their recorded costs are the figures.
+    let cap = req.max_tokens.filter(|_| state.engine.replay.is_none());
+    let finish = if cap_reply(&mut reply, cap) {
+        "length"
+    } else {
+        "stop"
+    };
     let n = req.n.unwrap_or(1);
     let id = state.next_id("chatcmpl-");
-    let body = completion_body(&id, &req.model, &reply, n);
+    let body = completion_body_finishing(&id, &req.model, &reply, n, finish);
     if !state.latency.is_zero() {
         tokio::time::sleep(state.latency).await;
     }
@@ -283,7 +358,23 @@ async fn chat_inner(state: &Shared, headers: &HeaderMap, body: &[u8]) -> Respons
     billed.completion_tokens *= n as u64;
     billed.reasoning_tokens *= n as u64;
     state.engine.bill(&billed, false);
-    let mut r = json_response(StatusCode::OK, &body);
+    let mut r = if req.stream {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let events = stream_events(&id, &req.model, &reply, finish, include_usage);
+        let chunks = futures::stream::iter(
+            events
+                .into_iter()
+                .map(|e| Ok::<_, std::convert::Infallible>(Bytes::from(e))),
+        );
+        let mut r = axum::body::Body::from_stream(chunks).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r
+    } else {
+        json_response(StatusCode::OK, &body)
+    };
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert("x-request-id", v);

@@ -29,7 +29,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+mod forward;
 mod transport;
+
+pub use forward::{Accepted, Forwarded, PaidCall};
 
 /// How a [`TeacherClient`] differs from what the task spec says.
 #[derive(Debug, Clone, Default)]
@@ -161,7 +164,7 @@ pub struct TeacherClient {
     http: reqwest::Client,
     key: String,
     cache: Option<ResponseCache>,
-    ledger: Option<Ledger>,
+    ledger: Option<std::sync::Arc<Ledger>>,
     prices: PriceTable,
     price: Option<ModelPrice>,
     limiter: RateLimiter,
@@ -270,7 +273,11 @@ impl TeacherClient {
             .as_ref()
             .map(ResponseCache::open)
             .transpose()?;
-        let ledger = opts.ledger_path.as_ref().map(Ledger::open).transpose()?;
+        let ledger = opts
+            .ledger_path
+            .as_ref()
+            .map(|p| Ledger::open(p).map(std::sync::Arc::new))
+            .transpose()?;
         let prices = opts.prices.clone().unwrap_or_else(PriceTable::builtin);
         let price_model = opts.price_as.clone().unwrap_or_else(|| model.clone());
         let price = prices.get(&price_model).cloned();
@@ -323,7 +330,7 @@ impl TeacherClient {
         self.cache.as_ref()
     }
     pub fn ledger(&self) -> Option<&Ledger> {
-        self.ledger.as_ref()
+        self.ledger.as_deref()
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {

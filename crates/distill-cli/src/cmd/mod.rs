@@ -3,6 +3,7 @@
 pub mod drift;
 pub mod eval;
 pub mod export;
+pub mod gateway;
 pub mod predict;
 pub mod quantize;
 pub mod quickstart;

@@ -1,4 +1,6 @@
-//! `distill serve`: students behind an OpenAI-compatible API, escalating unsure inputs.
+//! `distill serve`: students behind an OpenAI-compatible API, escalating unsure inputs. Also
+//! the server behind `distill gateway`, which adds routes for free-form traffic to the same
+//! server (see [`run_server`]).
 
 use crate::Global;
 use anyhow::{bail, Context};
@@ -16,7 +18,8 @@ use std::time::Duration;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A model directory to serve, as DIR (named after the directory) or NAME=DIR. Repeatable.
-    #[arg(long = "model", required = true, value_name = "[NAME=]DIR")]
+    /// `distill serve` needs at least one; a gateway serves these beside its routes.
+    #[arg(long = "model", value_name = "[NAME=]DIR")]
     pub models: Vec<String>,
     /// Task spec(s) giving the teacher's prompts, labels and case handling; matched to models
     /// by task name (a single spec applies to every model).
@@ -49,6 +52,7 @@ pub struct Args {
     /// Answer cache: memory, off, or redis://HOST:PORT (shared between replicas).
     #[arg(long, default_value = "memory")]
     pub cache: String,
+    /// How long a student's answer is kept (gateway routes set their own).
     #[arg(long, default_value_t = 86_400)]
     pub cache_ttl_s: u64,
     /// Entry bound of the in-process cache.
@@ -58,7 +62,8 @@ pub struct Args {
     /// requests are `default`), or a budgets .toml file. Repeatable.
     #[arg(long = "budget", value_name = "TAG=daily:USD,monthly:USD|FILE.toml")]
     pub budgets: Vec<String>,
-    /// URL that receives a JSON POST the first time each budget cap is reached.
+    /// URL that receives a JSON POST the first time each budget cap (a tag's or a gateway
+    /// route's) is reached.
     #[arg(long, value_name = "URL")]
     pub alert_webhook: Option<String>,
     /// Fraction of confidently answered requests also sent to the teacher to measure drift.
@@ -146,6 +151,25 @@ fn parse_escalate_to(s: &str) -> anyhow::Result<(Provider, String)> {
 }
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
+    if args.models.is_empty() {
+        bail!("--model: serve at least one model directory (free-form traffic: distill gateway --config gateway.toml)");
+    }
+    run_server(args, None, g)
+}
+
+/// A gateway's routes, to serve beside (or instead of) students.
+pub struct GatewaySetup {
+    pub config_path: PathBuf,
+    pub config: distill_serve::gateway::config::GatewayConfig,
+}
+
+/// `distill serve`, and `distill gateway` with its routes: one server either way.
+pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyhow::Result<()> {
+    let name = if gateway.is_some() {
+        "gateway"
+    } else {
+        "serve"
+    };
     if !(0.0..=1.0).contains(&args.shadow_rate) {
         bail!(
             "--shadow-rate must be between 0 and 1, got {}",
@@ -307,7 +331,41 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         truncate: args.truncate,
         teacher_timeout: Duration::from_secs_f64(args.teacher_timeout_s.max(0.001)),
         max_classify_inputs: args.max_classify_inputs,
+        gateway: None,
     };
+    let mut opts = opts;
+    if let Some(setup) = &gateway {
+        let gw = distill_serve::gateway::Gateway::new(
+            &setup.config,
+            &distill_serve::gateway::GatewayOptions {
+                ledger_path: Some(g.ledger_path()),
+                prices: Some(prices.clone()),
+                backoff_base: None,
+            },
+        )
+        .with_context(|| format!("{}", setup.config_path.display()))?;
+        for (key, caps) in gw.budget_caps() {
+            opts.budgets = opts.budgets.with_cap(key, caps);
+        }
+        for r in &gw.routes {
+            let tiers: Vec<&str> = std::iter::once(r.tier)
+                .chain(r.rules_tiers())
+                .map(|t| gw.tiers[t].name.as_str())
+                .collect();
+            described.push(format!(
+                "route {} ({}: {}; models {})",
+                r.cfg.name,
+                r.policy_name(),
+                tiers.join(", "),
+                if r.cfg.models.is_empty() {
+                    "any".to_string()
+                } else {
+                    r.cfg.models.join(", ")
+                }
+            ));
+        }
+        opts.gateway = Some(Arc::new(gw));
+    }
     let server = Server::new(entries, opts)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -325,15 +383,15 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         if !g.quiet {
             eprintln!(
-                "distill serve: cache {}, models: {}",
+                "distill {name}: cache {}, serving: {}",
                 server.state().cache_kind(),
                 described.join("; ")
             );
         }
         // Scripts wait for this line (and parse the port when --port 0).
-        eprintln!("distill serve: listening on http://{local}");
+        eprintln!("distill {name}: listening on http://{local}");
         server.serve(listener, shutdown_signal()).await?;
-        eprintln!("distill serve: stopped");
+        eprintln!("distill {name}: stopped");
         anyhow::Ok(())
     })
 }

@@ -9,8 +9,9 @@ pub struct Args {
     /// Only this task: a task name or a task spec (.toml) path.
     #[arg(long, value_name = "T")]
     pub task: Option<String>,
-    /// Group by these keys, comma separated: task, model, day, source, mode (batch or
-    /// real-time).
+    /// Group by these keys, comma separated: task, model, day, source (teach, eval, serve.*,
+    /// gateway), mode (batch or real-time), tag (X-Distill-Tag). For gateway calls the task is
+    /// the route and the model the tier's, so `route` and `tier` are accepted for them.
     #[arg(
         long,
         value_name = "KEYS",
@@ -86,13 +87,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let mut group = Vec::new();
     for k in &args.by {
         group.push(match k.trim() {
-            "task" => GroupBy::Task,
-            "model" => GroupBy::Model,
+            "task" | "route" => GroupBy::Task,
+            "model" | "tier" => GroupBy::Model,
+            "tag" => GroupBy::Tag,
             "day" => GroupBy::Day,
             "source" => GroupBy::Source,
             "mode" => GroupBy::Mode,
             other => {
-                anyhow::bail!("--by: unknown key `{other}` (use task, model, day, source, mode)")
+                anyhow::bail!(
+                    "--by: unknown key `{other}` (use task, model, day, source, mode, tag, route, tier)"
+                )
             }
         });
     }

@@ -265,7 +265,7 @@ impl TeacherClient {
                         });
                     }
                     last = format!("HTTP {status} {}: {message}", err.kind);
-                    if !(matches!(status, 408 | 409 | 429) || status >= 500) {
+                    if !super::forward::retryable(status) {
                         return Ok(Sent::Failed(last));
                     }
                     after.unwrap_or_else(|| self.backoff(attempt))

@@ -1,0 +1,867 @@
+//! One gateway request: the route's changes to it (output cap, brevity instruction), the cache,
+//! the budget, the tier (policy, then fallbacks), the upstream call relayed as it came (a
+//! stream chunk by chunk), and the metering of what it cost and saved.
+//!
+//! The response is the upstream's body plus a `distill` object (route, tier, cache hit, cost,
+//! saving against the route's premium tier); streams carry the same facts in `x-distill-*`
+//! headers, and in the usage chunk when the client asked for one.
+
+use super::config::{CapMode, OnBudget};
+use super::{policy, Gateway, Route};
+use crate::budget::DEFAULT_TAG;
+use crate::cache::normalise;
+use crate::metrics::LATENCY_BUCKETS;
+use crate::server::{ApiError, AppState};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use distill_core::Usage;
+use distill_teach::client::{Forwarded, PaidCall};
+use distill_teach::CallContext;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A cached answer: the upstream's completion (without our `distill` object) and who gave it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CachedCompletion {
+    tier: String,
+    completion: Value,
+    usage: Usage,
+}
+
+/// What the `distill` object and the headers report.
+#[derive(Debug, Clone, Serialize)]
+struct Meter {
+    route: String,
+    tier: String,
+    /// `default`, `rule N`, `budget` (over budget: the cheapest tier) or `fallback`.
+    reason: String,
+    cache_hit: bool,
+    cost_usd: f64,
+    /// The route's premium tier's price for the same tokens, minus what was paid.
+    saved_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback_from: Option<String>,
+}
+
+impl Meter {
+    /// `x-distill-*`; the cost only when it is known (not at the start of a relayed stream).
+    fn headers(&self, h: &mut HeaderMap, cost_known: bool) {
+        let mut put = |k: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(k, v);
+            }
+        };
+        put("x-distill-route", self.route.clone());
+        put("x-distill-tier", self.tier.clone());
+        put(
+            "x-distill-cache",
+            if self.cache_hit { "hit" } else { "miss" }.into(),
+        );
+        if cost_known {
+            put("x-distill-cost-usd", format!("{:.8}", self.cost_usd));
+        }
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    })
+}
+
+/// The text of every message, for rules and token estimates.
+fn prompt_text(messages: &[Value]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        match m.get("content") {
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    if let Some(t) = p.get("text").and_then(Value::as_str) {
+                        out.push_str(t);
+                        out.push('\n');
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The cache key: the route and the request as the upstream will see it, minus what does not
+/// change the answer (stream flags, `user`), with each message's text normalised (whitespace
+/// always; case and trailing punctuation when the route says so). serde_json orders object keys,
+/// so the same request always hashes the same.
+fn cache_key(route: &Route, upstream: &Value) -> String {
+    let mut v = upstream.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in ["model", "stream", "stream_options", "user"] {
+            o.remove(k);
+        }
+    }
+    let norm = |s: &str| {
+        let mut t = normalise(s, route.cfg.case_fold);
+        if route.cfg.strip_punctuation {
+            t = t
+                .trim_end_matches(|c: char| c.is_ascii_punctuation())
+                .to_string();
+        }
+        t
+    };
+    if let Some(msgs) = v.get_mut("messages").and_then(Value::as_array_mut) {
+        for m in msgs {
+            match m.get_mut("content") {
+                Some(Value::String(s)) => *s = norm(s),
+                Some(Value::Array(parts)) => {
+                    for p in parts {
+                        if let Some(Value::String(s)) = p.get_mut("text") {
+                            *s = norm(s);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut bytes = b"gateway\0".to_vec();
+    bytes.extend_from_slice(route.cfg.name.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+    format!("distill:v1:gw:{}", distill_core::fsutil::sha256_hex(&bytes))
+}
+
+/// Clamps or sets the output cap in whichever field the client used (`max_completion_tokens`
+/// or `max_tokens`); returns the cap the request now carries.
+fn apply_cap(route: &Route, req: &mut serde_json::Map<String, Value>) -> Option<u64> {
+    let field = if req.contains_key("max_completion_tokens") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let client = req.get(field).and_then(Value::as_u64);
+    let cap = route.cfg.max_tokens.map(u64::from);
+    let value = match (route.cfg.max_tokens_mode, cap, client) {
+        (_, None, c) => c,
+        (CapMode::Set, Some(cap), _) => Some(cap),
+        (CapMode::Clamp, Some(cap), Some(c)) => Some(c.min(cap)),
+        (CapMode::Clamp, Some(cap), None) => Some(cap),
+    };
+    if let Some(v) = value {
+        req.insert(field.into(), v.into());
+    }
+    value
+}
+
+/// Adds the route's brevity instruction to the first system (or developer) message, or puts
+/// one in front.
+fn apply_brevity(route: &Route, messages: &mut Vec<Value>) {
+    let Some(text) = route.cfg.brevity.as_deref() else {
+        return;
+    };
+    if let Some(first) = messages.first_mut() {
+        let role = first.get("role").and_then(Value::as_str).unwrap_or("");
+        if role == "system" || role == "developer" {
+            if let Some(Value::String(s)) = first.get_mut("content") {
+                s.push_str("\n\n");
+                s.push_str(text);
+                return;
+            }
+        }
+    }
+    messages.insert(0, json!({"role": "system", "content": text}));
+}
+
+fn bad_gateway(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "server_error",
+        Some("upstream_unavailable"),
+        message,
+    )
+}
+
+/// Answers one chat completion through route `ri`.
+pub(crate) async fn chat(
+    st: &Arc<AppState>,
+    gw: &Arc<Gateway>,
+    ri: usize,
+    tag: &str,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let route = &gw.routes[ri];
+    let Value::Object(mut req) = body else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON object",
+            "body",
+        ));
+    };
+    let stream = match req.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`stream` must be true or false",
+                "stream",
+            ))
+        }
+    };
+    let include_usage = req
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let Some(Value::Array(mut messages)) = req.remove("messages") else {
+        return Err(ApiError::bad_request(
+            "missing required field `messages` (a non-empty array)",
+            "messages",
+        ));
+    };
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "`messages` must contain at least one message",
+            "messages",
+        ));
+    }
+    let routed_text = route
+        .router
+        .as_ref()
+        .map(|_| policy::router_input(&messages));
+    let n = req.get("n").and_then(Value::as_u64).unwrap_or(1);
+    let temperature = req
+        .get("temperature")
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0);
+    let cap = apply_cap(route, &mut req);
+    apply_brevity(route, &mut messages);
+    let prompt = prompt_text(&messages);
+    let prompt_tokens = gw.count_tokens(&prompt) + 4 * messages.len() as u64 + 3;
+    req.insert("messages".into(), Value::Array(messages));
+    req.remove("stream_options");
+    let mut upstream = Value::Object(req);
+
+    let metric_tag = tag;
+    let cacheable =
+        route.cfg.cache && st.cache.is_on() && temperature <= route.cfg.cache_max_temperature;
+    let key = cacheable.then(|| cache_key(route, &upstream));
+    let alias = route.cfg.name.as_str();
+    if let Some(key) = &key {
+        if let Some(hit) = st.cache.get::<CachedCompletion>(key).await {
+            st.metrics
+                .inc("distill_cache_hits_total", &[("model", alias)]);
+            let meter = Meter {
+                route: route.cfg.name.clone(),
+                tier: hit.tier.clone(),
+                reason: "cache".into(),
+                cache_hit: true,
+                cost_usd: 0.0,
+                saved_usd: gw.tiers[route.premium].cost(&hit.usage),
+                fallback_from: None,
+            };
+            count(st, &meter, metric_tag, None);
+            return Ok(if stream {
+                replay_stream(&hit, &meter, include_usage)
+            } else {
+                let mut c = hit.completion.clone();
+                c["distill"] = serde_json::to_value(&meter).unwrap_or(Value::Null);
+                let mut r = axum::Json(c).into_response();
+                meter.headers(r.headers_mut(), true);
+                r
+            });
+        }
+        st.metrics
+            .inc("distill_cache_misses_total", &[("model", alias)]);
+    }
+
+    // The tier is chosen after the cache: a hit needs no routing (a router's forward pass).
+    let (mut tier, mut reason) = match (&route.router, routed_text) {
+        (Some(rp), Some(text)) => policy::choose_by_router(route, rp, text).await,
+        _ => policy::choose(route, &prompt, prompt_tokens),
+    };
+    let over = st
+        .budgets
+        .check(&route.budget_key())
+        .or_else(|| st.budgets.check(tag));
+    if let Some(hit) = over {
+        match route.on_budget() {
+            OnBudget::Refuse => {
+                crate::answer::capped(st, &hit, "refusing the route's requests (429)");
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    Some("budget_exceeded"),
+                    format!(
+                        "the {} budget `{}` (${:.2}) is spent; retry when the period ends",
+                        hit.period.as_str(),
+                        hit.budget,
+                        hit.cap_usd
+                    ),
+                ));
+            }
+            OnBudget::Cheapest => {
+                crate::answer::capped(st, &hit, "answering from the route's cheapest tier");
+                if tier != route.cheapest {
+                    tier = route.cheapest;
+                    reason = "budget".into();
+                }
+            }
+        }
+    }
+
+    let ctx = CallContext {
+        source: "gateway".into(),
+        tag: (tag != DEFAULT_TAG).then(|| tag.to_string()),
+    };
+    let mut fallback_from = None;
+    let mut tried = Vec::new();
+    let accepted = loop {
+        let t = &gw.tiers[tier];
+        upstream["model"] = t.model.clone().into();
+        if stream {
+            upstream["stream"] = true.into();
+            // Metering needs the usage: asked for always, passed on only when the client asked.
+            upstream["stream_options"] = json!({"include_usage": true});
+        }
+        let started = Instant::now();
+        let sent = t
+            .client
+            .forward(
+                &upstream,
+                stream,
+                prompt_tokens,
+                cap.unwrap_or(1024) * n,
+                &route.cfg.name,
+                &ctx,
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!("gateway ledger: {e}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    None,
+                    "the gateway could not record the call in its ledger",
+                )
+            })?;
+        match sent {
+            Forwarded::Accepted(a) => break (*a, started),
+            Forwarded::Refused { status, body } => {
+                // The client's request is at fault (or the key): the upstream's own error.
+                st.metrics.inc(
+                    "distill_gateway_upstream_errors_total",
+                    &[
+                        ("route", alias),
+                        ("tier", &t.name),
+                        ("status", &status.to_string()),
+                    ],
+                );
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut r = (code, body).into_response();
+                r.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return Ok(r);
+            }
+            Forwarded::GaveUp { status, message } => {
+                let status = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "none".into());
+                st.metrics.inc(
+                    "distill_gateway_upstream_errors_total",
+                    &[("route", alias), ("tier", &t.name), ("status", &status)],
+                );
+                tracing::warn!("gateway tier `{}`: {message}", t.name);
+                tried.push(format!("{}: {message}", t.name));
+                match t.fallback {
+                    Some(next)
+                        if !tried
+                            .iter()
+                            .any(|x| x.starts_with(&format!("{}:", gw.tiers[next].name))) =>
+                    {
+                        st.metrics.inc(
+                            "distill_gateway_fallbacks_total",
+                            &[
+                                ("route", alias),
+                                ("from", &t.name),
+                                ("to", &gw.tiers[next].name),
+                            ],
+                        );
+                        fallback_from.get_or_insert_with(|| t.name.clone());
+                        tier = next;
+                        reason = "fallback".into();
+                    }
+                    _ => {
+                        return Err(bad_gateway(format!(
+                            "every tier route `{}` can use failed: {}",
+                            route.cfg.name,
+                            tried.join("; ")
+                        )))
+                    }
+                }
+            }
+        }
+    };
+    let (accepted, started) = accepted;
+    let meter = Meter {
+        route: route.cfg.name.clone(),
+        tier: gw.tiers[tier].name.clone(),
+        reason,
+        cache_hit: false,
+        cost_usd: 0.0,
+        saved_usd: 0.0,
+        fallback_from,
+    };
+    let job = Settle {
+        st: st.clone(),
+        gw: gw.clone(),
+        ri,
+        tier,
+        tag: metric_tag.to_string(),
+        key: key.filter(|_| n == 1 || !stream),
+        started,
+        meter,
+    };
+    if stream {
+        return Ok(relay_stream(
+            job,
+            accepted.response,
+            accepted.call,
+            include_usage,
+            prompt_tokens,
+        ));
+    }
+    let bytes = match accepted.response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            accepted.call.settle(
+                &Usage {
+                    prompt_tokens,
+                    ..Default::default()
+                },
+                "error",
+            );
+            return Err(bad_gateway(format!(
+                "tier `{}` stopped mid-answer: {}",
+                gw.tiers[tier].name,
+                e.without_url()
+            )));
+        }
+    };
+    let Ok(mut completion) = serde_json::from_slice::<Value>(&bytes) else {
+        accepted.call.settle(
+            &Usage {
+                prompt_tokens,
+                ..Default::default()
+            },
+            "error",
+        );
+        return Err(bad_gateway(format!(
+            "tier `{}` answered something that is not JSON",
+            gw.tiers[tier].name
+        )));
+    };
+    let usage =
+        distill_teach::provider::openai::usage(completion.get("usage").unwrap_or(&Value::Null));
+    let finish = completion
+        .pointer("/choices/0/finish_reason")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let meter = job
+        .done(accepted.call, usage, finish.as_deref(), Some(&completion))
+        .await;
+    completion["distill"] = serde_json::to_value(&meter).unwrap_or(Value::Null);
+    let mut r = axum::Json(completion).into_response();
+    meter.headers(r.headers_mut(), true);
+    Ok(r)
+}
+
+/// Request counters shared by answered and cached requests.
+fn count(st: &AppState, m: &Meter, tag: &str, finish: Option<&str>) {
+    let source = if m.cache_hit { "cache" } else { "upstream" };
+    st.metrics.inc(
+        "distill_gateway_requests_total",
+        &[
+            ("route", &m.route),
+            ("tier", &m.tier),
+            ("tag", tag),
+            ("source", source),
+        ],
+    );
+    st.metrics.add(
+        "distill_saved_usd_total",
+        &[("model", &m.route), ("tag", tag)],
+        m.saved_usd,
+    );
+    if finish == Some("length") {
+        st.metrics.inc(
+            "distill_gateway_finish_length_total",
+            &[("route", &m.route), ("tier", &m.tier)],
+        );
+    }
+}
+
+/// Everything needed to meter an accepted call once its usage is known.
+struct Settle {
+    st: Arc<AppState>,
+    gw: Arc<Gateway>,
+    ri: usize,
+    tier: usize,
+    tag: String,
+    /// Where to cache the answer (when the route caches it).
+    key: Option<String>,
+    started: Instant,
+    meter: Meter,
+}
+
+impl Settle {
+    /// Settles the ledger row, counts the dollars, and caches a complete answer.
+    async fn done(
+        &self,
+        call: PaidCall,
+        usage: Usage,
+        finish: Option<&str>,
+        completion: Option<&Value>,
+    ) -> Meter {
+        let cost = call.settle(&usage, "ok");
+        self.account(cost, &usage, finish, "ok");
+        if let (Some(key), Some(c)) = (&self.key, completion) {
+            let ttl = std::time::Duration::from_secs(self.gw.routes[self.ri].cfg.cache_ttl_s);
+            let entry = CachedCompletion {
+                tier: self.meter.tier.clone(),
+                completion: c.clone(),
+                usage,
+            };
+            self.st.cache.put(key, &entry, Some(ttl)).await;
+        }
+        self.meter_for(cost, &usage)
+    }
+
+    fn meter_for(&self, cost: f64, usage: &Usage) -> Meter {
+        let premium = self.gw.tiers[self.gw.routes[self.ri].premium].cost(usage);
+        Meter {
+            cost_usd: cost,
+            saved_usd: premium - cost,
+            ..self.meter.clone()
+        }
+    }
+
+    fn account(&self, cost: f64, usage: &Usage, finish: Option<&str>, outcome: &str) {
+        let st = &self.st;
+        let route = &self.gw.routes[self.ri];
+        st.budgets.record(&route.budget_key(), cost);
+        st.budgets.record(&self.tag, cost);
+        let labels = [
+            ("route", route.cfg.name.as_str()),
+            ("tier", self.meter.tier.as_str()),
+            ("tag", self.tag.as_str()),
+        ];
+        st.metrics
+            .add("distill_gateway_spend_usd_total", &labels, cost);
+        st.metrics.add(
+            "distill_gateway_tokens_total",
+            &[labels[0], labels[1], ("kind", "prompt")],
+            usage.prompt_tokens as f64,
+        );
+        st.metrics.add(
+            "distill_gateway_tokens_total",
+            &[labels[0], labels[1], ("kind", "completion")],
+            usage.completion_tokens as f64,
+        );
+        st.metrics.observe(
+            "distill_gateway_upstream_seconds",
+            LATENCY_BUCKETS,
+            &[labels[0], labels[1], ("outcome", outcome)],
+            self.started.elapsed().as_secs_f64(),
+        );
+        count(st, &self.meter_for(cost, usage), &self.tag, finish);
+    }
+}
+
+fn sse(payload: &str) -> Bytes {
+    Bytes::from(format!("data: {payload}\n\n"))
+}
+
+fn sse_response(body: Body, meter: &Meter, cost_known: bool) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    meter.headers(h, cost_known);
+    r
+}
+
+/// A cached answer as a stream: the content in one chunk, the finish chunk, the usage chunk
+/// when asked for, `[DONE]`.
+fn replay_stream(hit: &CachedCompletion, meter: &Meter, include_usage: bool) -> Response {
+    let c = &hit.completion;
+    let id = c.get("id").cloned().unwrap_or(Value::Null);
+    let model = c.get("model").cloned().unwrap_or(Value::Null);
+    let created = c.get("created").cloned().unwrap_or(Value::Null);
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        })
+    };
+    let content = c
+        .pointer("/choices/0/message/content")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let finish = c
+        .pointer("/choices/0/finish_reason")
+        .cloned()
+        .unwrap_or(json!("stop"));
+    let mut events = vec![
+        chunk(
+            json!({"role": "assistant", "content": content}),
+            Value::Null,
+        ),
+        chunk(json!({}), finish),
+    ];
+    if include_usage {
+        events.push(json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage_json(&hit.usage),
+            "distill": meter,
+        }));
+    }
+    let mut out: Vec<Result<Bytes, std::io::Error>> =
+        events.iter().map(|e| Ok(sse(&e.to_string()))).collect();
+    out.push(Ok(sse("[DONE]")));
+    sse_response(Body::from_stream(futures::stream::iter(out)), meter, true)
+}
+
+/// What a relayed stream has seen so far.
+struct StreamState {
+    job: Settle,
+    upstream: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    /// Bytes of an event not yet complete.
+    buf: Vec<u8>,
+    /// Events parsed and ready to send.
+    ready: std::collections::VecDeque<Bytes>,
+    call: Option<PaidCall>,
+    content: String,
+    role_seen: bool,
+    first: Option<Value>,
+    finish: Option<String>,
+    usage: Option<Usage>,
+    include_usage: bool,
+    prompt_tokens: u64,
+    ended: bool,
+}
+
+impl StreamState {
+    /// Parses complete events out of `buf` into `ready`.
+    fn parse(&mut self) {
+        loop {
+            let Some(end) = find_event_end(&self.buf) else {
+                return;
+            };
+            let event: Vec<u8> = self.buf.drain(..end.0 + end.1).collect();
+            let text = String::from_utf8_lossy(&event[..end.0]).to_string();
+            let data: String = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|l| l.strip_prefix(' ').unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if data.is_empty() {
+                continue;
+            }
+            if data.trim() == "[DONE]" {
+                self.ended = true;
+                return;
+            }
+            let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
+                // Not ours to judge: passed on as it came.
+                self.ready.push_back(sse(&data));
+                continue;
+            };
+            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                self.usage = Some(distill_teach::provider::openai::usage(u));
+            }
+            let choices_empty = v
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_none_or(|c| c.is_empty());
+            if let Some(c) = v.pointer("/choices/0") {
+                if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
+                    self.content.push_str(t);
+                }
+                if c.pointer("/delta/role").is_some() {
+                    self.role_seen = true;
+                }
+                if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
+                    self.finish = Some(f.to_string());
+                }
+            }
+            if self.first.is_none() {
+                self.first = Some(v.clone());
+            }
+            if choices_empty && v.get("usage").is_some() {
+                // The usage chunk: ours (we always ask for it); the client's only if it asked.
+                if !self.include_usage {
+                    continue;
+                }
+                let usage = self.usage.unwrap_or_default();
+                let cost = self.call.as_ref().map(|c| c.cost(&usage)).unwrap_or(0.0);
+                v["distill"] =
+                    serde_json::to_value(self.job.meter_for(cost, &usage)).unwrap_or(Value::Null);
+                self.ready.push_back(sse(&v.to_string()));
+                continue;
+            }
+            self.ready.push_back(sse(&data));
+        }
+    }
+
+    /// The usage to bill: the upstream's, or (it sent none) our count of what was streamed.
+    fn billed_usage(&self) -> Usage {
+        self.usage.unwrap_or_else(|| Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.job.gw.count_tokens(&self.content),
+            ..Default::default()
+        })
+    }
+
+    async fn finish_ok(&mut self) {
+        let Some(call) = self.call.take() else { return };
+        let usage = self.billed_usage();
+        let completion = self.first.as_ref().map(|f| {
+            json!({
+                "id": f.get("id").cloned().unwrap_or(Value::Null),
+                "object": "chat.completion",
+                "created": f.get("created").cloned().unwrap_or(Value::Null),
+                "model": f.get("model").cloned().unwrap_or(Value::Null),
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.content},
+                    "logprobs": null,
+                    "finish_reason": self.finish.clone().unwrap_or_else(|| "stop".into()),
+                }],
+                "usage": usage_json(&usage),
+            })
+        });
+        let complete = self.finish.is_some();
+        let finish = self.finish.clone();
+        self.job
+            .done(
+                call,
+                usage,
+                finish.as_deref(),
+                completion.as_ref().filter(|_| complete),
+            )
+            .await;
+    }
+}
+
+impl Drop for StreamState {
+    /// The client went away (or the upstream broke) mid-answer: the call is still settled, at
+    /// the tokens received so far, with status `cut`.
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            let usage = self.billed_usage();
+            let cost = call.settle(&usage, "cut");
+            self.job.account(cost, &usage, None, "cut");
+        }
+    }
+}
+
+/// Where the first complete SSE event ends: (length of the event, length of its separator).
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn relay_stream(
+    job: Settle,
+    response: reqwest::Response,
+    call: PaidCall,
+    include_usage: bool,
+    prompt_tokens: u64,
+) -> Response {
+    let meter = job.meter.clone();
+    let chunk_timeout = job.gw.tiers[job.tier].timeout;
+    let state = StreamState {
+        job,
+        upstream: response.bytes_stream().boxed(),
+        buf: Vec::new(),
+        ready: Default::default(),
+        call: Some(call),
+        content: String::new(),
+        role_seen: false,
+        first: None,
+        finish: None,
+        usage: None,
+        include_usage,
+        prompt_tokens,
+        ended: false,
+    };
+    let body = futures::stream::unfold(Some(state), move |state| async move {
+        let mut s = state?;
+        loop {
+            if let Some(b) = s.ready.pop_front() {
+                return Some((Ok::<_, std::io::Error>(b), Some(s)));
+            }
+            if s.ended {
+                s.finish_ok().await;
+                return Some((Ok(sse("[DONE]")), None));
+            }
+            match tokio::time::timeout(chunk_timeout, s.upstream.next()).await {
+                Ok(Some(Ok(bytes))) => {
+                    s.buf.extend_from_slice(&bytes);
+                    s.parse();
+                }
+                Ok(None) => {
+                    // The upstream closed without [DONE]: what it sent is the answer.
+                    s.buf.extend_from_slice(b"\n\n");
+                    s.parse();
+                    s.ended = true;
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::warn!("gateway stream broke: {}", e.without_url());
+                    return None; // dropping `s` settles the call as cut
+                }
+                Err(_) => {
+                    tracing::warn!("gateway stream stalled for {chunk_timeout:?}");
+                    return None;
+                }
+            }
+        }
+    });
+    sse_response(Body::from_stream(body), &meter, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_sse_event_boundaries() {
+        assert_eq!(find_event_end(b"data: x\n\ndata: y"), Some((7, 2)));
+        assert_eq!(find_event_end(b"data: x\r\n\r\n"), Some((7, 4)));
+        assert_eq!(find_event_end(b"data: x\n"), None);
+    }
+}

@@ -1,0 +1,645 @@
+//! The gateway end to end over HTTP on 127.0.0.1: routes and rules, output caps and brevity,
+//! the cache (plain and streamed), fallback on an outage, budgets, metering in the ledger and
+//! /metrics, a client that hangs up mid-stream, and students served beside the routes.
+//! Upstreams: the sim-teacher, and a recording upstream that shows what the gateway sent.
+
+mod common;
+
+use common::*;
+use distill_core::ledger::Ledger;
+use distill_serve::budget::Budgets;
+use distill_serve::cache::{Cache, MemoryCache};
+use distill_serve::gateway::config::GatewayConfig;
+use distill_serve::gateway::{Gateway, GatewayOptions};
+use distill_serve::{RunningServer, ServerOptions};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn memory_cache() -> Cache {
+    Cache::Memory(MemoryCache::new(Duration::from_secs(600), 10_000))
+}
+
+fn gateway(text: &str, state: &Path) -> Arc<Gateway> {
+    let cfg = GatewayConfig::parse(text, Path::new("gateway.toml")).unwrap();
+    Arc::new(
+        Gateway::new(
+            &cfg,
+            &GatewayOptions {
+                ledger_path: Some(state.join("ledger.db")),
+                prices: None,
+                backoff_base: Some(Duration::from_millis(1)),
+            },
+        )
+        .unwrap(),
+    )
+}
+
+async fn start_gateway(gw: Arc<Gateway>, budgets: Budgets) -> RunningServer {
+    let mut b = budgets;
+    for (k, c) in gw.budget_caps() {
+        b = b.with_cap(k, c);
+    }
+    start(
+        vec![],
+        ServerOptions {
+            cache: memory_cache(),
+            budgets: b,
+            gateway: Some(gw),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn chat(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn user(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// Reads an SSE response: the JSON events (in order) and whether `[DONE]` ended it.
+async fn read_stream(r: reqwest::Response) -> (Vec<Value>, bool) {
+    let text = r.text().await.unwrap();
+    let mut events = Vec::new();
+    let mut done = false;
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let data = block.strip_prefix("data: ").unwrap_or(block);
+        if data == "[DONE]" {
+            done = true;
+        } else {
+            events.push(serde_json::from_str(data).unwrap());
+        }
+    }
+    (events, done)
+}
+
+fn streamed_content(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| {
+            e.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+        })
+        .collect()
+}
+
+const SIM_CONFIG: &str = r#"
+[[tier]]
+name = "cheap"
+provider = "openai"
+model = "gpt-4o-mini"
+base_url = "SIM"
+
+[[tier]]
+name = "premium"
+provider = "openai"
+model = "gpt-4o"
+base_url = "SIM"
+
+[[route]]
+name = "auto"
+models = ["auto"]
+policy = "rules"
+tier = "cheap"
+premium = "premium"
+max_tokens = 400
+
+[[route.rule]]
+tier = "premium"
+keywords = ["prove"]
+
+[[route]]
+name = "creative"
+models = ["poet"]
+policy = "fixed"
+tier = "premium"
+cache_max_temperature = 0.5
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_rules_caches_repeats_and_meters_every_upstream_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    let sim = distill_sim::SimServer::start(
+        distill_sim::SimConfig::new(spec),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let gw = gateway(&SIM_CONFIG.replace("SIM", &sim.base_url()), dir.path());
+    let server = start_gateway(gw, Budgets::default()).await;
+    let http = reqwest::Client::new();
+    let url = server.url();
+
+    let (s, a) = chat(&http, &url, user("auto", "Where is my new card?")).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["distill"]["route"], "auto");
+    assert_eq!(a["distill"]["tier"], "cheap");
+    assert_eq!(a["distill"]["reason"], "default");
+    assert_eq!(a["distill"]["cache_hit"], false);
+    let cost = a["distill"]["cost_usd"].as_f64().unwrap();
+    let saved = a["distill"]["saved_usd"].as_f64().unwrap();
+    assert!(cost > 0.0 && saved > 0.0, "{a}");
+    assert!(a["choices"][0]["message"]["content"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    assert_eq!(sim.stats().billable, 1);
+
+    // The same request with other whitespace: from the cache, nothing paid.
+    let (_, b) = chat(&http, &url, user("auto", "  Where is my   new card? ")).await;
+    assert_eq!(b["distill"]["cache_hit"], true, "{b}");
+    assert_eq!(b["distill"]["cost_usd"], 0.0);
+    assert_eq!(b["choices"][0]["message"], a["choices"][0]["message"]);
+    assert_eq!(sim.stats().billable, 1);
+
+    // A rule sends proofs to the premium tier.
+    let (_, p) = chat(
+        &http,
+        &url,
+        user("auto", "Prove that my card was charged twice"),
+    )
+    .await;
+    assert_eq!(p["distill"]["tier"], "premium", "{p}");
+    assert_eq!(p["distill"]["reason"], "rule 1");
+    assert_eq!(p["model"], "gpt-4o");
+
+    // Hot requests on a creative route are never cached.
+    for _ in 0..2 {
+        let mut req = user("poet", "A poem about fees");
+        req["temperature"] = json!(0.9);
+        let (_, c) = chat(&http, &url, req).await;
+        assert_eq!(c["distill"]["cache_hit"], false, "{c}");
+    }
+    assert_eq!(sim.stats().billable, 4);
+
+    // Unknown model: OpenAI's error, naming what is served.
+    let (s, e) = chat(&http, &url, user("gpt-5", "hi")).await;
+    assert_eq!(s, 404);
+    assert_eq!(e["error"]["code"], "model_not_found");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("auto"),
+        "{e}"
+    );
+
+    // One ledger row per upstream call, priced, under the route; none for the cache hit.
+    let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
+    let rows = ledger.rows_for_task("auto").unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r.status == "ok" && r.source == "gateway"));
+    assert_eq!(rows[0].model, "gpt-4o-mini");
+    assert!((rows[0].cost_usd - cost).abs() < 1e-12);
+    assert_eq!(rows[1].model, "gpt-4o");
+    assert_eq!(ledger.rows_for_task("creative").unwrap().len(), 2);
+
+    let m = metrics_text(&http, &server).await;
+    assert_eq!(
+        series(&m, "distill_gateway_requests_total{route=\"auto\",tier=\"cheap\",tag=\"default\",source=\"cache\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(series(&m, "distill_cache_hits_total{model=\"auto\"}"), 1.0);
+    assert!(
+        series(
+            &m,
+            "distill_gateway_spend_usd_total{route=\"auto\",tier=\"cheap\",tag=\"default\"}"
+        ) > 0.0
+    );
+
+    // /v1/models lists the aliases.
+    let models: Value = http
+        .get(format!("{url}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["auto", "poet"]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_relayed_metered_cached_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    let sim = distill_sim::SimServer::start(
+        distill_sim::SimConfig::new(spec),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let gw = gateway(&SIM_CONFIG.replace("SIM", &sim.base_url()), dir.path());
+    let server = start_gateway(gw, Budgets::default()).await;
+    let http = reqwest::Client::new();
+    let url = server.url();
+    let plain = sim_content(&sim.base_url(), "I was charged twice for one coffee").await;
+
+    let mut req = user("auto", "I was charged twice for one coffee");
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["x-distill-tier"], "cheap");
+    assert_eq!(r.headers()["x-distill-cache"], "miss");
+    let (events, done) = read_stream(r).await;
+    assert!(done);
+    assert_eq!(streamed_content(&events), plain);
+    let usage = events.last().unwrap();
+    assert!(usage["choices"].as_array().unwrap().is_empty(), "{usage}");
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(usage["distill"]["cost_usd"].as_f64().unwrap() > 0.0);
+    let rows = Ledger::open(dir.path().join("ledger.db"))
+        .unwrap()
+        .rows_for_task("auto")
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "ok");
+    assert_eq!(
+        rows[0].usage.completion_tokens,
+        usage["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+
+    // Again, without include_usage: replayed from the cache as a stream, no usage chunk.
+    req.as_object_mut().unwrap().remove("stream_options");
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-distill-cache"], "hit");
+    let (events, done) = read_stream(r).await;
+    assert!(done);
+    assert_eq!(streamed_content(&events), plain);
+    assert!(
+        events.iter().all(|e| e.get("usage").is_none()),
+        "{events:?}"
+    );
+    // And the streamed answer answers a plain request too.
+    let (_, c) = chat(
+        &http,
+        &url,
+        user("auto", "I was charged twice for one coffee"),
+    )
+    .await;
+    assert_eq!(c["distill"]["cache_hit"], true);
+    assert_eq!(c["choices"][0]["message"]["content"], plain.as_str());
+    assert_eq!(sim.stats().billable, 2, "one paid stream, one direct call");
+    server.shutdown().await.unwrap();
+}
+
+/// The sim's answer to a text, asked directly.
+async fn sim_content(base: &str, text: &str) -> String {
+    let r: Value = reqwest::Client::new()
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth("test")
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 400,
+                      "messages": [{"role": "user", "content": text}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// An upstream that records what it is sent. Prompts containing `reject` get a 400; streams
+/// containing `hang` send one chunk and then nothing, until the test ends.
+async fn recording_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: String| {
+            let s = s.clone();
+            async move {
+                use axum::response::IntoResponse;
+                let v: Value = serde_json::from_str(&body).unwrap();
+                s.lock().unwrap().push(v.clone());
+                let text = v.to_string();
+                if text.contains("reject") {
+                    return (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        axum::Json(json!({"error": {"message": "bad thing", "type": "invalid_request_error", "param": null, "code": null}})),
+                    )
+                        .into_response();
+                }
+                let chunk = |content: &str| {
+                    format!(
+                        "data: {}\n\n",
+                        json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                               "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
+                    )
+                };
+                if v["stream"] == true {
+                    let first = futures::stream::once(async move {
+                        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk("Hel")))
+                    });
+                    let rest: futures::stream::BoxStream<'static, _> = if text.contains("hang") {
+                        futures::stream::pending().boxed()
+                    } else {
+                        futures::stream::iter(vec![Ok(axum::body::Bytes::from("data: [DONE]\n\n"))]).boxed()
+                    };
+                    let mut r = axum::body::Body::from_stream(first.chain(rest)).into_response();
+                    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+                    return r;
+                }
+                axum::Json(json!({
+                    "id": "c1", "object": "chat.completion", "created": 1, "model": v["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+                }))
+                .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_output_adds_brevity_and_relays_upstream_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, seen) = recording_upstream().await;
+    let cfg = format!(
+        r#"
+[[tier]]
+name = "only"
+provider = "openai"
+model = "gpt-4o-mini"
+base_url = "{up}"
+
+[[route]]
+name = "capped"
+models = ["auto"]
+policy = "fixed"
+tier = "only"
+max_tokens = 100
+brevity = "Be brief."
+cache = false
+
+[[route]]
+name = "set"
+models = ["auto"]
+tags = ["batch-jobs"]
+policy = "fixed"
+tier = "only"
+max_tokens = 50
+max_tokens_mode = "set"
+cache = false
+"#
+    );
+    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
+    let http = reqwest::Client::new();
+    let url = server.url();
+
+    let mut req = json!({"model": "auto", "max_tokens": 1000, "messages": [
+        {"role": "system", "content": "You help."}, {"role": "user", "content": "hi"}]});
+    chat(&http, &url, req.clone()).await;
+    req["max_tokens"] = json!(20);
+    chat(&http, &url, req.clone()).await;
+    let mut newer = user("auto", "hi");
+    newer["max_completion_tokens"] = json!(5000);
+    chat(&http, &url, newer).await;
+    // A tag picks the route that sets the cap whatever the client asked.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .header("x-distill-tag", "batch-jobs")
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    let tagged: Value = r.json().await.unwrap();
+    assert_eq!(tagged["distill"]["route"], "set");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0]["max_tokens"], 100, "clamped");
+        assert_eq!(seen[0]["model"], "gpt-4o-mini");
+        assert_eq!(seen[0]["messages"][0]["content"], "You help.\n\nBe brief.");
+        assert_eq!(seen[1]["max_tokens"], 20, "already under the cap");
+        assert_eq!(seen[2]["max_completion_tokens"], 100, "the client's field");
+        assert!(seen[2].get("max_tokens").is_none());
+        assert_eq!(
+            seen[2]["messages"][0],
+            json!({"role": "system", "content": "Be brief."})
+        );
+        assert_eq!(seen[3]["max_tokens"], 50, "set");
+    }
+
+    // The upstream's own 4xx reaches the client as it was, and is not billed.
+    let (s, e) = chat(&http, &url, user("auto", "please reject this")).await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["message"], "bad thing");
+    let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
+    assert_eq!(ledger.rows_for_task("capped").unwrap().len(), 3);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_stream_is_still_metered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, _seen) = recording_upstream().await;
+    let cfg = format!(
+        "[[tier]]\nname = \"only\"\nprovider = \"openai\"\nmodel = \"gpt-4o\"\nbase_url = \"{up}\"\ntimeout_s = 2\n\
+         [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n"
+    );
+    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
+    let mut req = user("auto", "please hang after a word");
+    req["stream"] = json!(true);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("Hel"));
+    drop(body);
+    // The row is settled when the gateway sees the hang-up, or at the latest when the stalled
+    // upstream's chunk timeout (2 s) ends the relay.
+    let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let rows = ledger.rows_for_task("r").unwrap();
+        if rows.first().is_some_and(|r| r.status != "in_flight") {
+            break rows[0].clone();
+        }
+        assert!(Instant::now() < deadline, "never settled: {rows:?}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(row.status, "cut");
+    assert_eq!(row.usage.completion_tokens, 1, "`Hel` is one token");
+    assert!(row.cost_usd > 0.0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_outage_falls_back_and_budgets_stop_premium_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    let mut down = distill_sim::SimConfig::new(spec.clone());
+    down.error_rate = 1.0;
+    down.retry_after_ms = 1;
+    let down = distill_sim::SimServer::start(down, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let up = distill_sim::SimServer::start(
+        distill_sim::SimConfig::new(spec),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let cfg = format!(
+        r#"
+[[tier]]
+name = "flaky"
+provider = "openai"
+model = "gpt-4o-mini"
+base_url = "{down}"
+max_retries = 1
+fallback = "steady"
+
+[[tier]]
+name = "steady"
+provider = "openai"
+model = "gpt-4o-mini"
+base_url = "{up}"
+
+[[tier]]
+name = "premium"
+provider = "openai"
+model = "gpt-4o"
+base_url = "{up}"
+
+[[tier]]
+name = "dead"
+provider = "openai"
+model = "gpt-4o"
+base_url = "{down}"
+max_retries = 0
+
+[[route]]
+name = "auto"
+models = ["auto"]
+policy = "rules"
+tier = "flaky"
+daily_usd = 0.0000001
+cache = false
+
+[[route.rule]]
+tier = "premium"
+keywords = ["prove"]
+
+[[route]]
+name = "strict"
+models = ["strict"]
+policy = "fixed"
+tier = "premium"
+daily_usd = 0.0000001
+on_budget = "refuse"
+
+[[route]]
+name = "nowhere"
+models = ["nowhere"]
+policy = "fixed"
+tier = "dead"
+"#,
+        down = down.base_url(),
+        up = up.base_url()
+    );
+    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
+    let http = reqwest::Client::new();
+    let url = server.url();
+
+    let (s, a) = chat(&http, &url, user("auto", "Where is my card?")).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["distill"]["tier"], "steady");
+    assert_eq!(a["distill"]["fallback_from"], "flaky");
+    assert_eq!(down.stats().requests, 2, "one try and one retry");
+
+    // The first call spent the route's budget: a proof now goes to the cheapest tier.
+    let (_, p) = chat(&http, &url, user("auto", "Prove my card works")).await;
+    assert_eq!(p["distill"]["reason"], "fallback", "{p}");
+    assert_ne!(p["distill"]["tier"], "premium");
+    // A refusing route says so in OpenAI's shape once its budget is spent.
+    let (s, _) = chat(&http, &url, user("strict", "one")).await;
+    assert_eq!(s, 200);
+    let (s, e) = chat(&http, &url, user("strict", "two")).await;
+    assert_eq!(s, 429, "{e}");
+    assert_eq!(e["error"]["code"], "budget_exceeded");
+
+    // Every tier down: one 502 in OpenAI's shape, nothing billed.
+    let (s, e) = chat(&http, &url, user("nowhere", "hello")).await;
+    assert_eq!(s, 502);
+    assert_eq!(e["error"]["code"], "upstream_unavailable");
+    let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
+    assert!(ledger.rows_for_task("nowhere").unwrap().is_empty());
+    let m = metrics_text(&http, &server).await;
+    assert!(
+        series(
+            &m,
+            "distill_gateway_fallbacks_total{route=\"auto\",from=\"flaky\",to=\"steady\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn students_are_served_beside_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    let (up, _) = recording_upstream().await;
+    let cfg = format!(
+        "[[tier]]\nname = \"only\"\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\nbase_url = \"{up}\"\n\
+         [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n"
+    );
+    let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
+    let server = start(
+        vec![entry("b77", student, None)],
+        ServerOptions {
+            gateway: Some(gateway(&cfg, dir.path())),
+            ..Default::default()
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (_, s) = chat(&http, &server.url(), user("b77", "Where is my card?")).await;
+    assert_eq!(s["distill"]["source"], "student", "{s}");
+    let (_, g) = chat(&http, &server.url(), user("auto", "Where is my card?")).await;
+    assert_eq!(g["distill"]["route"], "r", "{g}");
+    assert_eq!(g["choices"][0]["message"]["content"], "ok");
+    server.shutdown().await.unwrap();
+}

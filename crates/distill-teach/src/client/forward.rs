@@ -1,0 +1,209 @@
+//! Forwarding a caller's own request (the gateway's tiers): the body goes to the provider as
+//! the caller wrote it, under this client's key, rate limits, retries and ledger. Nothing is
+//! cached here; the caller decides what may be (a gateway route's cache policy).
+//!
+//! Ledger: a row is written `in_flight` (priced at the request's worst case) before the call
+//! is sent, and [`PaidCall::settle`] completes it with what the provider billed. A refused or
+//! never-answered call is not billed and its row is removed.
+
+use super::*;
+
+/// A call the provider accepted: its HTTP response (2xx, body unread, so a stream can be
+/// relayed chunk by chunk) and the ledger row to settle once the usage is known.
+pub struct Accepted {
+    pub response: reqwest::Response,
+    pub call: PaidCall,
+}
+
+/// What forwarding one request came to.
+pub enum Forwarded {
+    Accepted(Box<Accepted>),
+    /// The provider answered with an error retrying cannot fix (400, 401, 404, 413, 422...):
+    /// its status and body, to relay to the caller. Not billed.
+    Refused {
+        status: u16,
+        body: Vec<u8>,
+    },
+    /// Retries exhausted on 408/409/429/5xx, timeouts or connection errors (a fallback tier's
+    /// cue). Not billed. The message never contains the API key.
+    GaveUp {
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+/// An accepted call's ledger row, waiting for the usage.
+pub struct PaidCall {
+    ledger: Option<(std::sync::Arc<Ledger>, i64)>,
+    row: LedgerRow,
+    started: Instant,
+    price: Option<ModelPrice>,
+}
+
+impl PaidCall {
+    /// Milliseconds since the (last) attempt was sent.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+    /// What `usage` costs at the tier's price.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        self.price
+            .as_ref()
+            .map(|p| p.cost(usage, false))
+            .unwrap_or(0.0)
+    }
+    /// Completes the ledger row with the billed usage and `status` (`ok`, `error`, or
+    /// `cut` for a stream the caller abandoned); returns the call's cost.
+    pub fn settle(mut self, usage: &Usage, status: &str) -> f64 {
+        let cost = self.cost(usage);
+        if let Some((ledger, id)) = self.ledger.take() {
+            self.row.id = Some(id);
+            self.row.ts = LedgerRow::now();
+            self.row.usage = *usage;
+            self.row.cost_usd = cost;
+            self.row.latency_ms = self.elapsed_ms();
+            self.row.status = status.into();
+            if let Err(e) = ledger.append(&self.row) {
+                tracing::warn!("could not settle a gateway call in the ledger: {e}");
+            }
+        }
+        cost
+    }
+}
+
+impl TeacherClient {
+    /// POSTs `body` (a complete request in this client's wire protocol) to its endpoint,
+    /// retrying 408/409/429/5xx and connection errors with backoff (honouring `retry-after`).
+    /// `prompt_tokens` and `max_tokens` size the rate-limit reservation and the in-flight
+    /// ledger row; `task` is the row's task (the gateway's route). With `stream`, the timeout
+    /// covers the response headers only: the caller times the chunks.
+    pub async fn forward(
+        &self,
+        body: &serde_json::Value,
+        stream: bool,
+        prompt_tokens: u64,
+        max_tokens: u64,
+        task: &str,
+        ctx: &CallContext,
+    ) -> Result<Forwarded> {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        let hash = distill_core::fsutil::sha256_hex(&bytes);
+        self.limiter.acquire(prompt_tokens + max_tokens).await;
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens: max_tokens,
+            ..Default::default()
+        };
+        let row = LedgerRow {
+            id: None,
+            ts: LedgerRow::now(),
+            task: task.to_string(),
+            provider: self.wire.provider.as_str().into(),
+            model: self.wire.model.clone(),
+            request_hash: hash,
+            usage,
+            cost_usd: self.cost(&usage, false),
+            latency_ms: 0,
+            status: distill_core::ledger::IN_FLIGHT.into(),
+            batch_id: None,
+            price_version: self.prices.version.clone(),
+            source: ctx.source.clone(),
+            tag: ctx.tag.clone(),
+        };
+        let id = match &self.ledger {
+            Some(l) => Some(l.begin(&row)?),
+            None => None,
+        };
+        let discard = || -> Result<()> {
+            if let (Some(l), Some(id)) = (&self.ledger, id) {
+                l.discard(id)?;
+            }
+            Ok(())
+        };
+        let url = self.wire.endpoint();
+        let mut last = String::new();
+        let mut last_status = None;
+        for attempt in 0..=self.max_retries {
+            let started = Instant::now();
+            let mut req = self
+                .http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(bytes.clone());
+            if !stream {
+                req = req.timeout(self.timeout);
+            }
+            for (k, v) in self.wire.auth_headers(&self.key) {
+                req = req.header(k, v);
+            }
+            let sent = match tokio::time::timeout(self.timeout, req.send()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    last = format!("timed out after {:?}", self.timeout);
+                    last_status = None;
+                    if attempt < self.max_retries {
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                    }
+                    continue;
+                }
+            };
+            let wait = match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    return Ok(Forwarded::Accepted(Box::new(Accepted {
+                        response: resp,
+                        call: PaidCall {
+                            ledger: self.ledger.clone().zip(id),
+                            row,
+                            started,
+                            price: self.price.clone(),
+                        },
+                    })));
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let after = retry_after(resp.headers());
+                    let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+                    if !retryable(status) {
+                        discard()?;
+                        return Ok(Forwarded::Refused { status, body });
+                    }
+                    let err = self.wire.parse_error(status, &body);
+                    last = format!(
+                        "HTTP {status} {}: {}",
+                        err.kind,
+                        redact(&err.message, &self.key)
+                    );
+                    last_status = Some(status);
+                    after.unwrap_or_else(|| self.backoff(attempt))
+                }
+                Err(e) => {
+                    last = if e.is_timeout() {
+                        format!("timed out after {:?}", self.timeout)
+                    } else {
+                        format!(
+                            "request failed: {}",
+                            redact(&e.without_url().to_string(), &self.key)
+                        )
+                    };
+                    last_status = None;
+                    self.backoff(attempt)
+                }
+            };
+            if attempt < self.max_retries {
+                tracing::debug!("retrying in {wait:?}: {last}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        discard()?;
+        Ok(Forwarded::GaveUp {
+            status: last_status,
+            message: format!("gave up after {} attempts: {last}", self.max_retries + 1),
+        })
+    }
+}
+
+/// Statuses worth another attempt: timeouts, conflicts, rate limits and server errors
+/// (Anthropic's 529 overloaded among them).
+pub(crate) fn retryable(status: u16) -> bool {
+    matches!(status, 408 | 409 | 429) || status >= 500
+}
