@@ -76,24 +76,6 @@ import csv, json, sys
 for r in csv.DictReader(open(sys.argv[1], newline="")):
     print(json.dumps({"model": "b77", "messages": [{"role": "user", "content": r["text"]}]}))
 PY
-cat >"$out/load.lua" <<'LUA'
--- Cycles through the request bodies; prints one JSON summary line (non-2xx count as errors).
-local bodies, i = {}, 0
-for line in io.lines(os.getenv("WRK_BODIES")) do bodies[#bodies + 1] = line end
-local headers = { ["Content-Type"] = "application/json" }
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", "/v1/chat/completions", headers, bodies[i])
-end
-done = function(s, lat, req)
-  local e = s.errors
-  io.write(string.format(
-    '{"requests":%d,"duration_s":%.3f,"rps":%.1f,"errors":%d,"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f}\n',
-    s.requests, s.duration / 1e6, s.requests / (s.duration / 1e6),
-    e.connect + e.read + e.write + e.status + e.timeout,
-    lat:percentile(50) / 1e3, lat:percentile(90) / 1e3, lat:percentile(99) / 1e3, lat.max / 1e3))
-end
-LUA
 export WRK_BODIES=$out/bodies.jsonl
 
 pids=()
@@ -124,7 +106,7 @@ done) &
 pids+=($!)
 
 load() { # connections seconds
-  wrk -t1 -c"$1" -d"$2"s --timeout 10s -s "$out/load.lua" "$addr" | tail -n 1
+  wrk -t1 -c"$1" -d"$2"s --timeout 10s -s scripts/bench/wrk/post_bodies.lua "$addr" | tail -n 1
 }
 say "warm-up"
 load 4 5 >/dev/null

@@ -19,6 +19,17 @@ use std::sync::Mutex;
 /// Status of a row recorded before its call was sent and never completed.
 pub const IN_FLIGHT: &str = "in_flight";
 
+/// One change for [`Ledger::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum LedgerOp {
+    /// A call about to be sent: an `in_flight` row (`status` is ignored).
+    Begin(LedgerRow),
+    /// The billed outcome: completes the row `id` names (a new row when it has none).
+    Complete(LedgerRow),
+    /// An `in_flight` row whose call certainly was not billed.
+    Discard(i64),
+}
+
 /// One provider call as billed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerRow {
@@ -91,6 +102,43 @@ pub struct SpendRow {
     pub in_flight: u64,
 }
 
+/// A connection of its own that copies the ledger's write-ahead log into the database
+/// ([`Ledger::defer_checkpoints`]).
+pub struct Checkpointer {
+    path: PathBuf,
+    conn: Connection,
+}
+
+impl Checkpointer {
+    /// A PASSIVE checkpoint: copies the log's pages into the database and syncs it without
+    /// waiting for the writer, which goes on appending meanwhile. The writer starts the log
+    /// over at its next commit once every page is copied; a writer that never pauses gives
+    /// it no such moment, so past [`Self::MAX_LOG_PAGES`] this waits for one (TRUNCATE): a
+    /// rare, bounded stall instead of a log that grows without end. Returns the pages in the
+    /// log and those copied.
+    pub fn run(&self) -> Result<(i64, i64)> {
+        let sql = |e| CoreError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        };
+        let pages = |mode: &str| {
+            self.conn
+                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(sql)
+        };
+        let (log, copied) = pages("PASSIVE")?;
+        if log > Self::MAX_LOG_PAGES && copied < log {
+            return pages("TRUNCATE");
+        }
+        Ok((log, copied))
+    }
+
+    /// The log size (4 KiB pages: 64 MiB) past which [`Self::run`] waits for the writer.
+    pub const MAX_LOG_PAGES: i64 = 16_384;
+}
+
 pub struct Ledger {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -134,7 +182,8 @@ impl Ledger {
                tag TEXT
              );
              CREATE INDEX IF NOT EXISTS ledger_task ON ledger(task);
-             CREATE INDEX IF NOT EXISTS ledger_hash ON ledger(request_hash);",
+             -- No query reads by hash; the index cost every call a page write.
+             DROP INDEX IF EXISTS ledger_hash;",
         )
         .map_err(sql)?;
         Ok(Self {
@@ -145,6 +194,23 @@ impl Ledger {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes WAL checkpoints off this connection's commits: left to SQLite, the commit that
+    /// crosses its auto-checkpoint threshold copies the log into the database and syncs it in
+    /// line, stalling every call waiting on that commit. The caller then runs
+    /// [`Checkpointer::run`] elsewhere, or the log grows until the last connection closes.
+    pub fn defer_checkpoints(&self) -> Result<Checkpointer> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
+            .map_err(|e| self.err(e))?;
+        let own = Connection::open(&self.path).map_err(|e| self.err(e))?;
+        own.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|e| self.err(e))?;
+        Ok(Checkpointer {
+            path: self.path.clone(),
+            conn: own,
+        })
     }
 
     fn err(&self, e: rusqlite::Error) -> CoreError {
@@ -158,10 +224,19 @@ impl Ledger {
         self.append_many(std::slice::from_ref(row))
     }
 
-    /// Appends rows in one transaction.
+    /// Appends rows in one transaction (a row with an `id` completes that row).
     pub fn append_many(&self, rows: &[LedgerRow]) -> Result<()> {
+        let ops: Vec<LedgerOp> = rows.iter().cloned().map(LedgerOp::Complete).collect();
+        self.apply(&ops).map(drop)
+    }
+
+    /// Applies `ops` in one transaction and returns, per op, its row id (a `Begin`'s new
+    /// row; a `Complete`'s or `Discard`'s own). One commit for many calls is what keeps the
+    /// ledger off a busy gateway's critical path ([`LedgerOp`]).
+    pub fn apply(&self, ops: &[LedgerOp]) -> Result<Vec<i64>> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut ids = Vec::with_capacity(ops.len());
         {
             let mut insert = tx
                 .prepare_cached(
@@ -173,14 +248,30 @@ impl Ledger {
                 .map_err(|e| self.err(e))?;
             let mut update = tx
                 .prepare_cached(
-                    "UPDATE ledger SET ts=?1, task=?2, provider=?3, model=?4, request_hash=?5,
+                    // `task` (indexed) is left as begun: out of SET, SQLite leaves the index
+                    // untouched, one page fewer per commit.
+                    "UPDATE ledger SET ts=?1, provider=?3, model=?4, request_hash=?5,
                        prompt_tokens=?6, cached_tokens=?7, cache_write_tokens=?8,
                        completion_tokens=?9, reasoning_tokens=?10, cost_usd=?11, latency_ms=?12,
                        status=?13, batch_id=?14, price_version=?15, source=?16, tag=?17
                      WHERE id=?18",
                 )
                 .map_err(|e| self.err(e))?;
-            for r in rows {
+            let mut discard = tx
+                .prepare_cached("DELETE FROM ledger WHERE id = ?1 AND status = ?2")
+                .map_err(|e| self.err(e))?;
+            for op in ops {
+                let (r, status) = match op {
+                    LedgerOp::Discard(id) => {
+                        discard
+                            .execute(params![id, IN_FLIGHT])
+                            .map_err(|e| self.err(e))?;
+                        ids.push(*id);
+                        continue;
+                    }
+                    LedgerOp::Begin(r) => (r, IN_FLIGHT),
+                    LedgerOp::Complete(r) => (r, r.status.as_str()),
+                };
                 let values = params![
                     r.ts,
                     r.task,
@@ -194,75 +285,46 @@ impl Ledger {
                     r.usage.reasoning_tokens as i64,
                     r.cost_usd,
                     r.latency_ms as i64,
-                    r.status,
+                    status,
                     r.batch_id,
                     r.price_version,
                     r.source,
                     r.tag,
                 ];
-                let updated = match r.id {
-                    Some(id) => {
+                let id = match (op, r.id) {
+                    (LedgerOp::Complete(_), Some(id)) => {
                         let mut with_id: Vec<&dyn rusqlite::ToSql> = values.to_vec();
                         with_id.push(&id);
-                        update
+                        let n = update
                             .execute(with_id.as_slice())
-                            .map_err(|e| self.err(e))?
+                            .map_err(|e| self.err(e))?;
+                        (n > 0).then_some(id)
                     }
-                    None => 0,
+                    _ => None,
                 };
-                if updated == 0 {
-                    insert.execute(values).map_err(|e| self.err(e))?;
+                match id {
+                    Some(id) => ids.push(id),
+                    None => {
+                        insert.execute(values).map_err(|e| self.err(e))?;
+                        ids.push(tx.last_insert_rowid());
+                    }
                 }
             }
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(ids)
     }
 
     /// Records a call about to be sent, as an `in_flight` row (`row.status` is ignored), and
     /// returns its id for the row that completes it.
     pub fn begin(&self, row: &LedgerRow) -> Result<i64> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.prepare_cached(
-            "INSERT INTO ledger (ts, task, provider, model, request_hash, prompt_tokens,
-               cached_tokens, cache_write_tokens, completion_tokens, reasoning_tokens,
-               cost_usd, latency_ms, status, batch_id, price_version, source, tag)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                row.ts,
-                row.task,
-                row.provider,
-                row.model,
-                row.request_hash,
-                row.usage.prompt_tokens as i64,
-                row.usage.cached_tokens as i64,
-                row.usage.cache_write_tokens as i64,
-                row.usage.completion_tokens as i64,
-                row.usage.reasoning_tokens as i64,
-                row.cost_usd,
-                row.latency_ms as i64,
-                IN_FLIGHT,
-                row.batch_id,
-                row.price_version,
-                row.source,
-                row.tag,
-            ])
-        })
-        .map_err(|e| self.err(e))?;
-        Ok(conn.last_insert_rowid())
+        Ok(self.apply(&[LedgerOp::Begin(row.clone())])?[0])
     }
 
     /// Drops an `in_flight` row whose call certainly was not billed (the provider refused it,
     /// or every attempt failed before an answer).
     pub fn discard(&self, id: i64) -> Result<()> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.execute(
-            "DELETE FROM ledger WHERE id = ?1 AND status = ?2",
-            params![id, IN_FLIGHT],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(())
+        self.apply(&[LedgerOp::Discard(id)]).map(drop)
     }
 
     /// All rows of a task (oldest first).
@@ -390,6 +452,36 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    #[test]
+    fn deferred_checkpoints_let_the_log_start_over() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ledger.db");
+        let ledger = Ledger::open(&path).unwrap();
+        let checkpointer = ledger.defer_checkpoints().unwrap();
+        let wal = path.with_extension("db-wal");
+        let commits = |n: usize| {
+            for _ in 0..n {
+                ledger.append(&row("t", "m", 0.01)).unwrap();
+            }
+        };
+        commits(600);
+        let unchecked = std::fs::metadata(&wal).unwrap().len();
+        let (log, copied) = checkpointer.run().unwrap();
+        assert!(log > 0 && copied == log, "{copied} of {log} pages copied");
+        // Nothing is lost, and the next commits reuse the log instead of growing it (to about
+        // three times the size without checkpoints).
+        commits(600);
+        checkpointer.run().unwrap();
+        commits(600);
+        let reused = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            reused < unchecked * 3 / 2,
+            "log {reused} bytes after, {unchecked} before"
+        );
+        let s = &ledger.summary(&[], None).unwrap()[0];
+        assert_eq!(s.calls, 1800);
+    }
+
     fn row(task: &str, model: &str, cost: f64) -> LedgerRow {
         LedgerRow {
             id: None,
@@ -453,5 +545,28 @@ mod tests {
         orphan.id = Some(999);
         l.append_many(&[orphan]).unwrap();
         assert_eq!(l.summary(&[], None).unwrap()[0].calls, 2);
+    }
+
+    #[test]
+    fn a_batch_of_changes_is_one_transaction_with_ids_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Ledger::open(d.path().join("ledger.db")).unwrap();
+        let ids = l
+            .apply(&[
+                LedgerOp::Begin(row("a", "m", 0.5)),
+                LedgerOp::Begin(row("a", "m", 0.5)),
+            ])
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_ne!(ids[0], ids[1]);
+        let mut done = row("a", "m", 0.1);
+        done.id = Some(ids[0]);
+        let again = l
+            .apply(&[LedgerOp::Complete(done), LedgerOp::Discard(ids[1])])
+            .unwrap();
+        assert_eq!(again, ids);
+        let rows = l.rows_for_task("a").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].status.as_str(), rows[0].cost_usd), ("ok", 0.1));
     }
 }

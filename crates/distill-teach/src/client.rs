@@ -47,6 +47,9 @@ pub struct ClientOptions {
     pub cache_path: Option<PathBuf>,
     /// Spend ledger database; `None` records nothing.
     pub ledger_path: Option<PathBuf>,
+    /// Records [`TeacherClient::forward`]'s calls through this batching writer (shared by a
+    /// gateway's tiers) instead of the client's own connection to `ledger_path`.
+    pub ledger_writer: Option<std::sync::Arc<crate::ledger_writer::LedgerWriter>>,
     /// Price table; the built-in one when `None`.
     pub prices: Option<PriceTable>,
     /// Price the model as this price-table entry (a route tier's `price_as`).
@@ -165,6 +168,7 @@ pub struct TeacherClient {
     key: String,
     cache: Option<ResponseCache>,
     ledger: Option<std::sync::Arc<Ledger>>,
+    ledger_writer: Option<std::sync::Arc<crate::ledger_writer::LedgerWriter>>,
     prices: PriceTable,
     price: Option<ModelPrice>,
     limiter: RateLimiter,
@@ -292,6 +296,7 @@ impl TeacherClient {
             key,
             cache,
             ledger,
+            ledger_writer: opts.ledger_writer.clone(),
             prices,
             price,
             max_retries: opts.max_retries.unwrap_or(6),

@@ -20,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod journal;
 pub mod label;
+pub mod ledger_writer;
 pub mod lock;
 pub mod provider;
 pub mod ratelimit;

@@ -30,6 +30,10 @@ impl Rule {
         }
     }
 
+    pub(crate) fn counts_tokens(&self) -> bool {
+        self.min_tokens.is_some() || self.max_tokens.is_some()
+    }
+
     /// Every condition the rule names holds.
     fn matches(&self, prompt: &str, lower: &str, tokens: u64) -> bool {
         self.min_tokens.is_none_or(|m| tokens >= m)

@@ -32,9 +32,15 @@ pub enum Forwarded {
     },
 }
 
+/// Where a call's row is kept: the client's own connection, or a shared batching writer.
+enum Sink {
+    Direct(std::sync::Arc<Ledger>),
+    Queued(std::sync::Arc<crate::ledger_writer::LedgerWriter>),
+}
+
 /// An accepted call's ledger row, waiting for the usage.
 pub struct PaidCall {
-    ledger: Option<(std::sync::Arc<Ledger>, i64)>,
+    ledger: Option<(Sink, i64)>,
     row: LedgerRow,
     started: Instant,
     price: Option<ModelPrice>,
@@ -52,20 +58,45 @@ impl PaidCall {
             .map(|p| p.cost(usage, false))
             .unwrap_or(0.0)
     }
-    /// Completes the ledger row with the billed usage and `status` (`ok`, `error`, or
-    /// `cut` for a stream the caller abandoned); returns the call's cost.
-    pub fn settle(mut self, usage: &Usage, status: &str) -> f64 {
+    fn completed(&mut self, usage: &Usage, status: &str, cost: f64) -> Option<(Sink, LedgerRow)> {
+        let (sink, id) = self.ledger.take()?;
+        let mut row = self.row.clone();
+        row.id = Some(id);
+        row.ts = LedgerRow::now();
+        row.usage = *usage;
+        row.cost_usd = cost;
+        row.latency_ms = self.elapsed_ms();
+        row.status = status.into();
+        Some((sink, row))
+    }
+
+    /// Completes the ledger row with the billed usage and `status` (`ok`, `error`), waiting
+    /// for the commit; returns the call's cost.
+    pub async fn settle(mut self, usage: &Usage, status: &str) -> f64 {
         let cost = self.cost(usage);
-        if let Some((ledger, id)) = self.ledger.take() {
-            self.row.id = Some(id);
-            self.row.ts = LedgerRow::now();
-            self.row.usage = *usage;
-            self.row.cost_usd = cost;
-            self.row.latency_ms = self.elapsed_ms();
-            self.row.status = status.into();
-            if let Err(e) = ledger.append(&self.row) {
-                tracing::warn!("could not settle a gateway call in the ledger: {e}");
+        let result = match self.completed(usage, status, cost) {
+            None => Ok(()),
+            Some((Sink::Direct(l), row)) => l.append(&row).map_err(|e| e.to_string()),
+            Some((Sink::Queued(w), row)) => w.complete(row).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!("could not settle a call in the ledger: {e}");
+        }
+        cost
+    }
+
+    /// [`Self::settle`] without waiting for a queued commit: for a stream the caller
+    /// abandoned (`cut`), settled from a destructor.
+    pub fn settle_now(mut self, usage: &Usage, status: &str) -> f64 {
+        let cost = self.cost(usage);
+        match self.completed(usage, status, cost) {
+            None => {}
+            Some((Sink::Direct(l), row)) => {
+                if let Err(e) = l.append(&row) {
+                    tracing::warn!("could not settle a call in the ledger: {e}");
+                }
             }
+            Some((Sink::Queued(w), row)) => w.complete_later(row),
         }
         cost
     }
@@ -110,13 +141,21 @@ impl TeacherClient {
             source: ctx.source.clone(),
             tag: ctx.tag.clone(),
         };
-        let id = match &self.ledger {
-            Some(l) => Some(l.begin(&row)?),
-            None => None,
+        let (sink, id) = match (&self.ledger_writer, &self.ledger) {
+            (Some(w), _) => {
+                let id = w.begin(row.clone()).await.map_err(|e| {
+                    TeachError::Invalid(format!("cannot record the call in the ledger: {e}"))
+                })?;
+                (Some(Sink::Queued(w.clone())), Some(id))
+            }
+            (None, Some(l)) => (Some(Sink::Direct(l.clone())), Some(l.begin(&row)?)),
+            (None, None) => (None, None),
         };
         let discard = || -> Result<()> {
-            if let (Some(l), Some(id)) = (&self.ledger, id) {
-                l.discard(id)?;
+            match (&sink, id) {
+                (Some(Sink::Direct(l)), Some(id)) => l.discard(id)?,
+                (Some(Sink::Queued(w)), Some(id)) => w.discard(id),
+                _ => {}
             }
             Ok(())
         };
@@ -152,7 +191,7 @@ impl TeacherClient {
                     return Ok(Forwarded::Accepted(Box::new(Accepted {
                         response: resp,
                         call: PaidCall {
-                            ledger: self.ledger.clone().zip(id),
+                            ledger: sink.zip(id),
                             row,
                             started,
                             price: self.price.clone(),
