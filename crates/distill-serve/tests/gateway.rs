@@ -332,19 +332,30 @@ async fn sim_content(base: &str, text: &str) -> String {
 }
 
 /// An upstream that records what it is sent. Prompts containing `reject` get a 400; streams
-/// containing `hang` send one chunk and then nothing, until the test ends.
+/// containing `hang` send one chunk and then nothing, until the test ends; prompts containing
+/// `slow` are answered once the gate is notified.
 async fn recording_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
+    recording_upstream_gated(Arc::new(tokio::sync::Notify::new())).await
+}
+
+async fn recording_upstream_gated(
+    gate: Arc<tokio::sync::Notify>,
+) -> (String, Arc<Mutex<Vec<Value>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(move |body: String| {
             let s = s.clone();
+            let gate = gate.clone();
             async move {
                 use axum::response::IntoResponse;
                 let v: Value = serde_json::from_str(&body).unwrap();
                 s.lock().unwrap().push(v.clone());
                 let text = v.to_string();
+                if text.contains("slow") {
+                    gate.notified().await;
+                }
                 if text.contains("reject") {
                     return (
                         axum::http::StatusCode::BAD_REQUEST,
@@ -641,5 +652,190 @@ async fn students_are_served_beside_the_routes() {
     let (_, g) = chat(&http, &server.url(), user("auto", "Where is my card?")).await;
     assert_eq!(g["distill"]["route"], "r", "{g}");
     assert_eq!(g["choices"][0]["message"]["content"], "ok");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_on_a_paid_call_still_gets_it_metered_and_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (up, seen) = recording_upstream_gated(gate.clone()).await;
+    let cfg = format!(
+        "[[tier]]\nname = \"only\"\nprovider = \"openai\"\nmodel = \"gpt-4o\"\nbase_url = \"{up}\"\n\
+         [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n"
+    );
+    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
+    let url = server.url();
+    // The client gives up while the upstream is still working on it...
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&user("auto", "a slow question"))
+        .send()
+        .await;
+    assert!(r.is_err_and(|e| e.is_timeout()));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the call reached the upstream"
+    );
+    // ...which then answers: the paid answer is recorded and cached, not thrown away.
+    gate.notify_one();
+    let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = ledger.rows_for_task("r").unwrap();
+        if rows.first().is_some_and(|r| r.status == "ok") {
+            assert_eq!(rows[0].usage.completion_tokens, 5);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never settled: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+    }
+    let (s, again) = chat(
+        &reqwest::Client::new(),
+        &url,
+        user("auto", "a slow question"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(again["distill"]["cache_hit"], true, "{again}");
+    assert_eq!(seen.lock().unwrap().len(), 1, "not paid twice");
+    server.shutdown().await.unwrap();
+}
+
+const ANTHROPIC_CONFIG: &str = r#"
+[[tier]]
+name = "claude"
+provider = "anthropic"
+model = "claude-sonnet-4-5"
+base_url = "SIM"
+
+[[route]]
+name = "claude"
+models = ["claude"]
+policy = "fixed"
+tier = "claude"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_tiers_answer_in_chat_completions_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = banking_task(dir.path());
+    let sim = distill_sim::SimServer::start(
+        distill_sim::SimConfig::new(spec),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let gw = gateway(
+        &ANTHROPIC_CONFIG.replace("SIM", &sim.base_url()),
+        dir.path(),
+    );
+    let server = start_gateway(gw, Budgets::default()).await;
+    let http = reqwest::Client::new();
+    let url = server.url();
+
+    // Whole: a chat completion, billed at the Anthropic model's price, one ledger row.
+    let mut req = user("claude", "Where is my new card?");
+    req["messages"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({"role": "system", "content": "Answer briefly."}));
+    let (s, a) = chat(&http, &url, req).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["object"], "chat.completion");
+    assert_eq!(a["model"], "claude-sonnet-4-5");
+    assert_eq!(a["choices"][0]["finish_reason"], "stop");
+    assert!(a["choices"][0]["message"]["content"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    let prompt = a["usage"]["prompt_tokens"].as_u64().unwrap();
+    let completion = a["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(prompt > 0 && completion > 0, "{a}");
+    let cost = a["distill"]["cost_usd"].as_f64().unwrap();
+    // claude-sonnet-4-5: $3 in, $15 out per million.
+    let want = (prompt as f64 * 3.0 + completion as f64 * 15.0) / 1e6;
+    assert!((cost - want).abs() < 1e-12, "{cost} vs {want}");
+
+    // Streamed: Messages events relayed as Chat Completions chunks, metered, then cached whole.
+    let mut req = user("claude", "I was charged twice for one coffee");
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-distill-tier"], "claude");
+    let (events, done) = read_stream(r).await;
+    assert!(done, "{events:?}");
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed = streamed_content(&events);
+    assert!(!streamed.is_empty());
+    let finishes: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e.pointer("/choices/0/finish_reason"))
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, [&json!("stop")]);
+    let last = events.last().unwrap();
+    assert!(last["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        last["distill"]["cost_usd"].as_f64().unwrap() > 0.0,
+        "{last}"
+    );
+    req.as_object_mut().unwrap().remove("stream");
+    req.as_object_mut().unwrap().remove("stream_options");
+    let (_, hit) = chat(&http, &url, req).await;
+    assert_eq!(hit["distill"]["cache_hit"], true, "{hit}");
+    assert_eq!(hit["choices"][0]["message"]["content"], streamed.as_str());
+    assert_eq!(sim.stats().billable, 2);
+
+    // A cap reaches Messages as its max_tokens; its stop reason comes back as `length`.
+    let mut req = user("claude", "Tell me everything about card payments abroad");
+    req["max_tokens"] = json!(2);
+    let (_, c) = chat(&http, &url, req).await;
+    assert_eq!(c["choices"][0]["finish_reason"], "length", "{c}");
+    assert_eq!(c["usage"]["completion_tokens"], 2);
+
+    // What Messages cannot take is refused before any call; the upstream's own refusals
+    // come back in OpenAI's error shape.
+    let mut req = user("claude", "hi");
+    req["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    let (s, e) = chat(&http, &url, req).await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["error"]["param"], "tools");
+    let (s, e) = chat(
+        &http,
+        &url,
+        json!({"model": "claude", "messages": [{"role": "assistant", "content": "hello"}]}),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("first message"),
+        "{e}"
+    );
+    assert_eq!(sim.stats().billable, 3);
+
+    let rows = Ledger::open(dir.path().join("ledger.db"))
+        .unwrap()
+        .rows_for_task("claude")
+        .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r.provider == "anthropic" && r.status == "ok"));
+    assert!((rows[0].cost_usd - cost).abs() < 1e-12);
     server.shutdown().await.unwrap();
 }

@@ -26,6 +26,8 @@ pub(crate) struct MessagesRequest {
     messages: Vec<Message>,
     #[serde(default)]
     output_config: Option<Value>,
+    #[serde(default)]
+    stream: bool,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +127,8 @@ impl MessagesRequest {
         }
         Ok(())
     }
+    /// A schema in `output_config` gets JSON under its key; otherwise JSON when the prompt
+    /// asks for it (distill's prompts do), else the bare label, as Chat Completions answers.
     fn style(&self) -> ReplyStyle {
         let schema = self
             .output_config
@@ -132,7 +136,13 @@ impl MessagesRequest {
             .and_then(|o| o.get("format"))
             .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
             .and_then(|f| f.get("schema"));
-        ReplyStyle::Json(schema_key(schema))
+        let asks_json = self.system_text().is_some_and(|s| s.contains("JSON"))
+            || self.turns().iter().any(|t| t.content.contains("JSON"));
+        if schema.is_some() || asks_json {
+            ReplyStyle::Json(schema_key(schema))
+        } else {
+            ReplyStyle::Text
+        }
     }
 }
 
@@ -143,27 +153,71 @@ pub(crate) fn error_response(status: StatusCode, kind: &str, message: &str) -> R
     )
 }
 
-fn message_body(id: &str, model: &str, reply: &Reply) -> Value {
+fn usage_body(reply: &Reply, output_tokens: u64) -> Value {
     let input = reply
         .prompt_tokens
         .saturating_sub(reply.cached_tokens + reply.cache_write_tokens);
+    json!({
+        "input_tokens": input,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": reply.cache_write_tokens,
+        "cache_read_input_tokens": reply.cached_tokens,
+        "cache_creation": {"ephemeral_5m_input_tokens": reply.cache_write_tokens, "ephemeral_1h_input_tokens": 0},
+        "service_tier": "standard"
+    })
+}
+
+fn message_body(id: &str, model: &str, reply: &Reply, stop_reason: &str) -> Value {
     json!({
         "id": id,
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": [{"type": "text", "text": reply.content}],
-        "stop_reason": "end_turn",
+        "stop_reason": stop_reason,
         "stop_sequence": null,
-        "usage": {
-            "input_tokens": input,
-            "output_tokens": reply.completion_tokens,
-            "cache_creation_input_tokens": reply.cache_write_tokens,
-            "cache_read_input_tokens": reply.cached_tokens,
-            "cache_creation": {"ephemeral_5m_input_tokens": reply.cache_write_tokens, "ephemeral_1h_input_tokens": 0},
-            "service_tier": "standard"
-        }
+        "usage": usage_body(reply, reply.completion_tokens),
     })
+}
+
+/// A message as Messages streams it: `message_start` (input usage), one text block in
+/// pieces of a few characters, `message_delta` (stop reason, output usage), `message_stop`.
+fn stream_events(id: &str, model: &str, reply: &Reply, stop_reason: &str) -> Vec<String> {
+    let event = |kind: &str, data: Value| format!("event: {kind}\ndata: {data}\n\n");
+    let mut start = message_body(id, model, reply, stop_reason);
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    start["usage"] = usage_body(reply, 1);
+    let mut out = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": start}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        event("ping", json!({"type": "ping"})),
+    ];
+    let chars: Vec<char> = reply.content.chars().collect();
+    for piece in chars.chunks(8) {
+        let text: String = piece.iter().collect();
+        out.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        ));
+    }
+    out.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    out.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+               "usage": {"output_tokens": reply.completion_tokens}}),
+    ));
+    out.push(event("message_stop", json!({"type": "message_stop"})));
+    out
 }
 
 fn answer(state: &Shared, req: &MessagesRequest) -> Reply {
@@ -244,13 +298,37 @@ async fn messages_inner(state: &Shared, headers: &HeaderMap, body: &[u8]) -> Res
         }
         None => {}
     }
-    let reply = answer(state, &req);
-    let body = message_body(&state.next_id("msg_"), &req.model, &reply);
+    let mut reply = answer(state, &req);
+    // Recorded answers (replay) are returned whole: their recorded costs are the figures.
+    let cap = req.max_tokens.filter(|_| state.engine.replay.is_none());
+    let stop_reason = if crate::openai::cap_reply(&mut reply, cap) {
+        "max_tokens"
+    } else {
+        "end_turn"
+    };
+    let id = state.next_id("msg_");
     if !state.latency.is_zero() {
         tokio::time::sleep(state.latency).await;
     }
     state.engine.bill(&reply, false);
-    json_response(StatusCode::OK, &body)
+    if req.stream {
+        let events = stream_events(&id, &req.model, &reply, stop_reason);
+        let chunks = futures::stream::iter(
+            events
+                .into_iter()
+                .map(|e| Ok::<_, std::convert::Infallible>(Bytes::from(e))),
+        );
+        let mut r = axum::body::Body::from_stream(chunks).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/event-stream"),
+        );
+        return r;
+    }
+    json_response(
+        StatusCode::OK,
+        &message_body(&id, &req.model, &reply, stop_reason),
+    )
 }
 
 // ---------- message batches ----------
@@ -422,7 +500,7 @@ fn run_batch(state: &Shared, id: &str, requests: Vec<BatchRequest>, cancelled: b
             let reply = answer(state, &r.params);
             state.engine.bill(&reply, true);
             counts[1] += 1;
-            json!({"type": "succeeded", "message": message_body(&state.next_id("msg_"), &r.params.model, &reply)})
+            json!({"type": "succeeded", "message": message_body(&state.next_id("msg_"), &r.params.model, &reply, "end_turn")})
         };
         lines.push_str(&json!({"custom_id": r.custom_id, "result": result}).to_string());
         lines.push('\n');

@@ -258,7 +258,7 @@ fn usage_json(reply: &Reply, n: u32) -> Value {
 /// Cuts a reply to `max` visible completion tokens, as a model stopped by `max_tokens` is:
 /// the content's share of its tokens kept, `finish_reason: "length"`. True when it was cut.
 /// (Simulated reasoning tokens are not counted against the cap.)
-fn cap_reply(reply: &mut Reply, max: Option<u64>) -> bool {
+pub(crate) fn cap_reply(reply: &mut Reply, max: Option<u64>) -> bool {
     let visible = reply.completion_tokens - reply.reasoning_tokens;
     let Some(max) = max.filter(|&m| m < visible) else {
         return false;

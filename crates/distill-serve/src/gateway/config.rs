@@ -229,14 +229,6 @@ impl GatewayConfig {
             if t.model.trim().is_empty() {
                 return bad(f("model"), "must not be empty".into());
             }
-            if t.provider != Provider::Openai {
-                return bad(
-                    f("provider"),
-                    "the gateway speaks to OpenAI-compatible upstreams only so far \
-                     (provider = \"openai\"); Anthropic tiers are not built yet"
-                        .into(),
-                );
-            }
             if let Some(u) = &t.base_url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
                     return bad(f("base_url"), format!("`{u}` is not an http(s) URL"));
@@ -539,8 +531,8 @@ mod tests {
                 "colour",
             ),
             (
-                base.replace("provider = \"openai\"", "provider = \"anthropic\""),
-                "tier[0].provider",
+                base.replace("provider = \"openai\"", "provider = \"gemini\""),
+                "provider",
             ),
         ];
         for (text, field) in cases {

@@ -10,6 +10,7 @@
 //! [`distill_teach::TeacherClient`] (keys from the environment, retries, rate limits, one
 //! ledger row per upstream call).
 
+mod anthropic;
 pub mod config;
 mod policy;
 pub(crate) mod relay;
@@ -30,6 +31,8 @@ use std::time::Duration;
 pub struct Tier {
     pub name: String,
     pub model: String,
+    /// Anthropic tiers get requests and give answers through [`anthropic`]'s translation.
+    pub provider: distill_core::Provider,
     pub client: TeacherClient,
     /// Index of the tier asked when this one gives up.
     pub fallback: Option<usize>,
@@ -97,6 +100,10 @@ impl Route {
             .map(|r| r.tier)
             .chain(self.router.iter().flat_map(|r| r.tiers.iter().copied()))
     }
+    /// A rule compares prompt lengths in tokens.
+    pub(crate) fn counts_tokens(&self) -> bool {
+        self.rules.iter().any(|r| r.counts_tokens())
+    }
     /// The router's threshold, for a `router` route.
     pub fn router_threshold(&self) -> Option<f64> {
         self.router.as_ref().map(|r| r.threshold)
@@ -124,6 +131,13 @@ pub struct GatewayOptions {
 impl Gateway {
     pub fn new(cfg: &GatewayConfig, opts: &GatewayOptions) -> Result<Self> {
         let prices = opts.prices.clone().unwrap_or_else(PriceTable::builtin);
+        // One batching writer for every tier: two ledger changes per call, committed together.
+        let writer = match &opts.ledger_path {
+            Some(p) => Some(distill_teach::ledger_writer::LedgerWriter::start(Arc::new(
+                distill_core::ledger::Ledger::open(p)?,
+            ))),
+            None => None,
+        };
         let index = |name: &str| cfg.tiers.iter().position(|t| t.name == name);
         let mut tiers = Vec::new();
         for t in &cfg.tiers {
@@ -135,7 +149,8 @@ impl Gateway {
                     model: Some(t.model.clone()),
                     api_key: None,
                     cache_path: None,
-                    ledger_path: opts.ledger_path.clone(),
+                    ledger_path: None,
+                    ledger_writer: writer.clone(),
                     prices: Some(prices.clone()),
                     price_as: t.price_as.clone(),
                     max_retries: Some(t.max_retries),
@@ -149,6 +164,7 @@ impl Gateway {
             tiers.push(Tier {
                 name: t.name.clone(),
                 model: t.model.clone(),
+                provider: t.provider,
                 client,
                 fallback: t.fallback.as_deref().and_then(index),
                 timeout: Duration::from_secs(t.timeout_s),

@@ -7,7 +7,7 @@
 //! headers, and in the usage chunk when the client asked for one.
 
 use super::config::{CapMode, OnBudget};
-use super::{policy, Gateway, Route};
+use super::{anthropic, policy, Gateway, Route};
 use crate::budget::DEFAULT_TAG;
 use crate::cache::normalise;
 use crate::metrics::LATENCY_BUCKETS;
@@ -15,7 +15,7 @@ use crate::server::{ApiError, AppState};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use distill_core::Usage;
+use distill_core::{Provider, Usage};
 use distill_teach::client::{Forwarded, PaidCall};
 use distill_teach::CallContext;
 use futures::StreamExt;
@@ -244,10 +244,17 @@ pub(crate) async fn chat(
     let cap = apply_cap(route, &mut req);
     apply_brevity(route, &mut messages);
     let prompt = prompt_text(&messages);
-    let prompt_tokens = gw.count_tokens(&prompt) + 4 * messages.len() as u64 + 3;
+    // Exact counts only where a rule compares them; elsewhere the count only sizes the
+    // worst-case in-flight ledger row and the rate-limit reservation (4 characters a token).
+    let text_tokens = if route.counts_tokens() {
+        gw.count_tokens(&prompt)
+    } else {
+        prompt.len().div_ceil(4) as u64
+    };
+    let prompt_tokens = text_tokens + 4 * messages.len() as u64 + 3;
     req.insert("messages".into(), Value::Array(messages));
     req.remove("stream_options");
-    let mut upstream = Value::Object(req);
+    let upstream = Value::Object(req);
 
     let metric_tag = tag;
     let cacheable =
@@ -317,172 +324,267 @@ pub(crate) async fn chat(
         }
     }
 
-    let ctx = CallContext {
-        source: "gateway".into(),
-        tag: (tag != DEFAULT_TAG).then(|| tag.to_string()),
-    };
-    let mut fallback_from = None;
-    let mut tried = Vec::new();
-    let accepted = loop {
-        let t = &gw.tiers[tier];
-        upstream["model"] = t.model.clone().into();
-        if stream {
-            upstream["stream"] = true.into();
-            // Metering needs the usage: asked for always, passed on only when the client asked.
-            upstream["stream_options"] = json!({"include_usage": true});
-        }
-        let started = Instant::now();
-        let sent = t
-            .client
-            .forward(
-                &upstream,
-                stream,
-                prompt_tokens,
-                cap.unwrap_or(1024) * n,
-                &route.cfg.name,
-                &ctx,
-            )
-            .await
-            .map_err(|e| {
-                tracing::error!("gateway ledger: {e}");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    None,
-                    "the gateway could not record the call in its ledger",
-                )
-            })?;
-        match sent {
-            Forwarded::Accepted(a) => break (*a, started),
-            Forwarded::Refused { status, body } => {
-                // The client's request is at fault (or the key): the upstream's own error.
-                st.metrics.inc(
-                    "distill_gateway_upstream_errors_total",
-                    &[
-                        ("route", alias),
-                        ("tier", &t.name),
-                        ("status", &status.to_string()),
-                    ],
-                );
-                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-                let mut r = (code, body).into_response();
-                r.headers_mut().insert(
-                    axum::http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                return Ok(r);
-            }
-            Forwarded::GaveUp { status, message } => {
-                let status = status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "none".into());
-                st.metrics.inc(
-                    "distill_gateway_upstream_errors_total",
-                    &[("route", alias), ("tier", &t.name), ("status", &status)],
-                );
-                tracing::warn!("gateway tier `{}`: {message}", t.name);
-                tried.push(format!("{}: {message}", t.name));
-                match t.fallback {
-                    Some(next)
-                        if !tried
-                            .iter()
-                            .any(|x| x.starts_with(&format!("{}:", gw.tiers[next].name))) =>
-                    {
-                        st.metrics.inc(
-                            "distill_gateway_fallbacks_total",
-                            &[
-                                ("route", alias),
-                                ("from", &t.name),
-                                ("to", &gw.tiers[next].name),
-                            ],
-                        );
-                        fallback_from.get_or_insert_with(|| t.name.clone());
-                        tier = next;
-                        reason = "fallback".into();
-                    }
-                    _ => {
-                        return Err(bad_gateway(format!(
-                            "every tier route `{}` can use failed: {}",
-                            route.cfg.name,
-                            tried.join("; ")
-                        )))
-                    }
-                }
-            }
-        }
-    };
-    let (accepted, started) = accepted;
-    let meter = Meter {
-        route: route.cfg.name.clone(),
-        tier: gw.tiers[tier].name.clone(),
-        reason,
-        cache_hit: false,
-        cost_usd: 0.0,
-        saved_usd: 0.0,
-        fallback_from,
-    };
-    let job = Settle {
+    let call = UpstreamCall {
         st: st.clone(),
         gw: gw.clone(),
         ri,
         tier,
-        tag: metric_tag.to_string(),
-        key: key.filter(|_| n == 1 || !stream),
-        started,
-        meter,
+        reason,
+        tag: tag.to_string(),
+        upstream,
+        key,
+        stream,
+        include_usage,
+        prompt_tokens,
+        cap,
+        n,
     };
     if stream {
-        return Ok(relay_stream(
-            job,
-            accepted.response,
-            accepted.call,
+        return call.run().await;
+    }
+    // A client that hangs up does not cancel a paid call: the answer is still read, metered
+    // and cached (the next identical request is free).
+    tokio::spawn(call.run()).await.unwrap_or_else(|e| {
+        tracing::error!("gateway call: {e}");
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            "the gateway failed answering this request",
+        ))
+    })
+}
+
+/// An upstream call once its route, tier and request are settled.
+struct UpstreamCall {
+    st: Arc<AppState>,
+    gw: Arc<Gateway>,
+    ri: usize,
+    tier: usize,
+    reason: String,
+    tag: String,
+    upstream: Value,
+    key: Option<String>,
+    stream: bool,
+    include_usage: bool,
+    prompt_tokens: u64,
+    cap: Option<u64>,
+    n: u64,
+}
+
+impl UpstreamCall {
+    /// The tier (then its fallbacks), the answer relayed, the call metered.
+    async fn run(self) -> Result<Response, ApiError> {
+        let UpstreamCall {
+            st,
+            gw,
+            ri,
+            mut tier,
+            mut reason,
+            tag,
+            mut upstream,
+            key,
+            stream,
             include_usage,
             prompt_tokens,
-        ));
-    }
-    let bytes = match accepted.response.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            accepted.call.settle(
-                &Usage {
+            cap,
+            n,
+        } = self;
+        let (st, gw) = (&st, &gw);
+        let route = &gw.routes[ri];
+        let alias = route.cfg.name.as_str();
+        let tag = tag.as_str();
+        let metric_tag = tag;
+        let ctx = CallContext {
+            source: "gateway".into(),
+            tag: (tag != DEFAULT_TAG).then(|| tag.to_string()),
+        };
+        let mut fallback_from = None;
+        let mut tried = Vec::new();
+        let accepted = loop {
+            let t = &gw.tiers[tier];
+            upstream["model"] = t.model.clone().into();
+            if stream {
+                upstream["stream"] = true.into();
+                // Metering needs the usage: asked for always, passed on only when the client asked.
+                upstream["stream_options"] = json!({"include_usage": true});
+            }
+            let wire_body = match t.provider {
+                Provider::Anthropic => anthropic::request(&upstream, &t.model)?,
+                Provider::Openai => upstream.clone(),
+            };
+            let started = Instant::now();
+            let sent = t
+                .client
+                .forward(
+                    &wire_body,
+                    stream,
                     prompt_tokens,
-                    ..Default::default()
-                },
-                "error",
-            );
-            return Err(bad_gateway(format!(
-                "tier `{}` stopped mid-answer: {}",
-                gw.tiers[tier].name,
-                e.without_url()
-            )));
-        }
-    };
-    let Ok(mut completion) = serde_json::from_slice::<Value>(&bytes) else {
-        accepted.call.settle(
-            &Usage {
+                    cap.unwrap_or(1024) * n,
+                    &route.cfg.name,
+                    &ctx,
+                )
+                .await
+                .map_err(|e| {
+                    tracing::error!("gateway ledger: {e}");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        None,
+                        "the gateway could not record the call in its ledger",
+                    )
+                })?;
+            match sent {
+                Forwarded::Accepted(a) => break (*a, started),
+                Forwarded::Refused { status, body } => {
+                    // The client's request is at fault (or the key): the upstream's own error.
+                    st.metrics.inc(
+                        "distill_gateway_upstream_errors_total",
+                        &[
+                            ("route", alias),
+                            ("tier", &t.name),
+                            ("status", &status.to_string()),
+                        ],
+                    );
+                    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let body = match t.provider {
+                        Provider::Anthropic => anthropic::error_body(&body),
+                        Provider::Openai => body,
+                    };
+                    let mut r = (code, body).into_response();
+                    r.headers_mut().insert(
+                        axum::http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    return Ok(r);
+                }
+                Forwarded::GaveUp { status, message } => {
+                    let status = status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "none".into());
+                    st.metrics.inc(
+                        "distill_gateway_upstream_errors_total",
+                        &[("route", alias), ("tier", &t.name), ("status", &status)],
+                    );
+                    tracing::warn!("gateway tier `{}`: {message}", t.name);
+                    tried.push(format!("{}: {message}", t.name));
+                    match t.fallback {
+                        Some(next)
+                            if !tried
+                                .iter()
+                                .any(|x| x.starts_with(&format!("{}:", gw.tiers[next].name))) =>
+                        {
+                            st.metrics.inc(
+                                "distill_gateway_fallbacks_total",
+                                &[
+                                    ("route", alias),
+                                    ("from", &t.name),
+                                    ("to", &gw.tiers[next].name),
+                                ],
+                            );
+                            fallback_from.get_or_insert_with(|| t.name.clone());
+                            tier = next;
+                            reason = "fallback".into();
+                        }
+                        _ => {
+                            return Err(bad_gateway(format!(
+                                "every tier route `{}` can use failed: {}",
+                                route.cfg.name,
+                                tried.join("; ")
+                            )))
+                        }
+                    }
+                }
+            }
+        };
+        let (accepted, started) = accepted;
+        let meter = Meter {
+            route: route.cfg.name.clone(),
+            tier: gw.tiers[tier].name.clone(),
+            reason,
+            cache_hit: false,
+            cost_usd: 0.0,
+            saved_usd: 0.0,
+            fallback_from,
+        };
+        let job = Settle {
+            st: st.clone(),
+            gw: gw.clone(),
+            ri,
+            tier,
+            tag: metric_tag.to_string(),
+            key: key.filter(|_| n == 1 || !stream),
+            started,
+            meter,
+        };
+        if stream {
+            let provider = gw.tiers[tier].provider;
+            return Ok(relay_stream(
+                job,
+                provider,
+                accepted.response,
+                accepted.call,
+                include_usage,
                 prompt_tokens,
-                ..Default::default()
-            },
-            "error",
-        );
-        return Err(bad_gateway(format!(
-            "tier `{}` answered something that is not JSON",
-            gw.tiers[tier].name
-        )));
-    };
-    let usage =
-        distill_teach::provider::openai::usage(completion.get("usage").unwrap_or(&Value::Null));
-    let finish = completion
-        .pointer("/choices/0/finish_reason")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let meter = job
-        .done(accepted.call, usage, finish.as_deref(), Some(&completion))
-        .await;
-    completion["distill"] = serde_json::to_value(&meter).unwrap_or(Value::Null);
-    let mut r = axum::Json(completion).into_response();
-    meter.headers(r.headers_mut(), true);
-    Ok(r)
+            ));
+        }
+        let bytes = match accepted.response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                accepted
+                    .call
+                    .settle(
+                        &Usage {
+                            prompt_tokens,
+                            ..Default::default()
+                        },
+                        "error",
+                    )
+                    .await;
+                return Err(bad_gateway(format!(
+                    "tier `{}` stopped mid-answer: {}",
+                    gw.tiers[tier].name,
+                    e.without_url()
+                )));
+            }
+        };
+        let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
+            accepted
+                .call
+                .settle(
+                    &Usage {
+                        prompt_tokens,
+                        ..Default::default()
+                    },
+                    "error",
+                )
+                .await;
+            return Err(bad_gateway(format!(
+                "tier `{}` answered something that is not JSON",
+                gw.tiers[tier].name
+            )));
+        };
+        let (mut completion, usage) = match gw.tiers[tier].provider {
+            Provider::Anthropic => anthropic::completion(&answer),
+            Provider::Openai => {
+                let usage = distill_teach::provider::openai::usage(
+                    answer.get("usage").unwrap_or(&Value::Null),
+                );
+                (answer, usage)
+            }
+        };
+        let finish = completion
+            .pointer("/choices/0/finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let meter = job
+            .done(accepted.call, usage, finish.as_deref(), Some(&completion))
+            .await;
+        completion["distill"] = serde_json::to_value(&meter).unwrap_or(Value::Null);
+        let mut r = axum::Json(completion).into_response();
+        meter.headers(r.headers_mut(), true);
+        Ok(r)
+    }
 }
 
 /// Request counters shared by answered and cached requests.
@@ -532,8 +634,7 @@ impl Settle {
         finish: Option<&str>,
         completion: Option<&Value>,
     ) -> Meter {
-        let cost = call.settle(&usage, "ok");
-        self.account(cost, &usage, finish, "ok");
+        // Cached first: a repeat arriving while the ledger commits is already free.
         if let (Some(key), Some(c)) = (&self.key, completion) {
             let ttl = std::time::Duration::from_secs(self.gw.routes[self.ri].cfg.cache_ttl_s);
             let entry = CachedCompletion {
@@ -543,6 +644,8 @@ impl Settle {
             };
             self.st.cache.put(key, &entry, Some(ttl)).await;
         }
+        let cost = call.settle(&usage, "ok").await;
+        self.account(cost, &usage, finish, "ok");
         self.meter_for(cost, &usage)
     }
 
@@ -776,14 +879,14 @@ impl Drop for StreamState {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
             let usage = self.billed_usage();
-            let cost = call.settle(&usage, "cut");
+            let cost = call.settle_now(&usage, "cut");
             self.job.account(cost, &usage, None, "cut");
         }
     }
 }
 
 /// Where the first complete SSE event ends: (length of the event, length of its separator).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(super) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
     let crlf = buf
         .windows(4)
@@ -797,6 +900,7 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
 
 fn relay_stream(
     job: Settle,
+    provider: Provider,
     response: reqwest::Response,
     call: PaidCall,
     include_usage: bool,
@@ -806,7 +910,16 @@ fn relay_stream(
     let chunk_timeout = job.gw.tiers[job.tier].timeout;
     let state = StreamState {
         job,
-        upstream: response.bytes_stream().boxed(),
+        upstream: match provider {
+            Provider::Openai => response.bytes_stream().boxed(),
+            Provider::Anthropic => {
+                let mut events = super::anthropic::StreamTranslator::new();
+                response
+                    .bytes_stream()
+                    .map(move |b| b.map(|b| events.push(&b)))
+                    .boxed()
+            }
+        },
         buf: Vec::new(),
         ready: Default::default(),
         call: Some(call),
