@@ -16,7 +16,9 @@
 #  4. the same command again: 0 paid calls, every record cached; --dry-run sees 200 cached;
 #  5. the stock task.toml (format json_schema, which llama-cpp-python refuses) on 10 inputs:
 #     the client falls back to json_object + schema; then `distill export --format openai`;
-#  6. stops the server (trap). A fresh state dir per run, so reruns repeat the whole check.
+#  6. `distill gateway` with llama.cpp as its tier, through the official openai client: plain,
+#     streamed, capped (finish_reason length), a cached repeat, the ledger's three paid calls;
+#  7. stops the server (trap). A fresh state dir per run, so reruns repeat the whole check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -199,4 +201,63 @@ for e, r in zip(ex, ok):
     assert json.loads(e["messages"][2]["content"]) == {"label": r["output"]["label"]}
 PY
 say "ok    export: $(cat "$tmp/export.txt")"
+
+# --- 6. the gateway in front of it ----------------------------------------------------------
+# A real upstream we did not write behind `distill gateway`, driven by the official openai
+# client: plain, streamed (llama.cpp's own chunks relayed), a cap that stops with `length`, a
+# cached repeat, and the ledger.
+py=${DISTILL_TEST_PYTHON:-$root/.venv-test/bin/python}
+"$py" -c 'import openai' 2>/dev/null || fail "no openai client for $py (scripts/test.sh makes .venv-test)"
+cat >"$tmp/gateway.toml" <<TOML
+[[tier]]
+name = "llama"
+provider = "openai"
+model = "$alias"
+base_url = "$url"
+timeout_s = 120
+
+[[route]]
+name = "local"
+models = ["auto"]
+policy = "fixed"
+tier = "llama"
+TOML
+"$bin" gateway --config "$tmp/gateway.toml" --port 0 2>"$tmp/gateway.err" &
+gw_pid=$!
+deadline=$((SECONDS + 60))
+until gw=$(grep -m1 -oE 'http://127\.0\.0\.1:[0-9]+' "$tmp/gateway.err" 2>/dev/null); do
+  kill -0 "$gw_pid" 2>/dev/null || { cat "$tmp/gateway.err" >&2; fail "the gateway exited"; }
+  [ $SECONDS -lt $deadline ] || fail "the gateway did not start"
+  sleep 0.1
+done
+"$py" - "$gw/v1" <<'PY' || { kill "$gw_pid"; fail "the gateway in front of llama.cpp misbehaved"; }
+import sys
+from openai import OpenAI
+c = OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=120)
+msgs = [{"role": "user", "content": "Name one colour."}]
+r = c.chat.completions.create(model="auto", messages=msgs, max_tokens=24, temperature=0)
+d = r.model_extra["distill"]
+assert r.choices[0].message.content and r.usage.prompt_tokens > 0, r
+assert d["tier"] == "llama" and d["cache_hit"] is False and d["cost_usd"] == 0, d
+chunks = list(c.chat.completions.create(
+    model="auto", messages=[{"role": "user", "content": "Say hello."}], max_tokens=24,
+    temperature=0, stream=True, stream_options={"include_usage": True}))
+text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+usage = [ch for ch in chunks if not ch.choices and ch.usage is not None]
+assert text and len(usage) == 1 and usage[0].usage.completion_tokens > 0, chunks[-3:]
+capped = c.chat.completions.create(
+    model="auto", messages=[{"role": "user", "content": "Write a long story about a cat."}],
+    max_tokens=3, temperature=0)
+assert capped.choices[0].finish_reason == "length", capped
+again = c.chat.completions.create(model="auto", messages=msgs, max_tokens=24, temperature=0)
+assert again.model_extra["distill"]["cache_hit"] is True
+assert again.choices[0].message.content == r.choices[0].message.content
+print(f"check_llama_cpp: ok    gateway -> llama.cpp: plain {r.choices[0].message.content!r}, "
+      f"stream {len(chunks)} chunks, cap stops with length, repeat from the cache", file=sys.stderr)
+PY
+kill -TERM "$gw_pid"
+wait "$gw_pid" || fail "the gateway did not exit cleanly"
+"$bin" spend --by route,tier >"$tmp/spend.txt"
+grep -Eq "^local +$alias +3 " "$tmp/spend.txt" || { cat "$tmp/spend.txt" >&2; fail "the ledger lacks the 3 paid calls"; }
+say "ok    gateway ledger: $(grep -E '^local' "$tmp/spend.txt")"
 say "passed"

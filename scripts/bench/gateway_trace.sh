@@ -4,18 +4,21 @@
 # recorded outcomes, its threshold chosen by `distill eval` at 95% of GPT-4's quality), the
 # answer cache on, and the sim-teacher replaying both models' recorded answers as the tiers.
 # The trace: the held-out prompts of both (a seeded sample), 30% of requests repeats of earlier
-# ones. The same trace also goes through a fixed GPT-4 route with no cache: always-premium.
+# ones. The same trace also goes through the routers with the cache off, and through a fixed
+# GPT-4 route with no cache: always-premium.
 # Prints cache hit rate, premium share, quality (each answer's recorded correctness) and $ for
 # both, and the ratios last.
 # Usage: scripts/bench/gateway_trace.sh [unique prompts=2000] [repeat share=0.3]
-# Env: WORK (work dir), CONCURRENCY (client threads, default 16), QUALITY_FLOOR (default 0.95).
+# Env: WORK (work dir), CONCURRENCY (client threads, default 16), QUALITY_FLOOR_MMLU (0.95),
+#      QUALITY_FLOOR_GSM8K (0.90).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 unique=${1:-2000}
 repeats=${2:-0.3}
 conc=${CONCURRENCY:-16}
-floor=${QUALITY_FLOOR:-0.95}
+floor_mmlu=${QUALITY_FLOOR_MMLU:-0.95}
+floor_gsm8k=${QUALITY_FLOOR_GSM8K:-0.90}
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 source scripts/bench/lib.sh
 bin=$(distill_bin)
@@ -48,8 +51,9 @@ for b in mmlu gsm8k; do
       --exclude "$rl/$b/contaminated_prompts.jsonl" --out $b.jsonl --split 0.5 >/dev/null)
     (cd "$work" && "$bin" -q train --task $b.toml --data $b.train.jsonl --out $b-router >/dev/null)
   fi
+  floor=floor_$b
   (cd "$work" && "$bin" -q eval --task $b.toml --model $b-router --test $b.test.jsonl \
-    --train $b.train.jsonl --quality-floor "$floor" --out $b-eval --force >/dev/null)
+    --train $b.train.jsonl --quality-floor "${!floor}" --out $b-eval --force >/dev/null)
 done
 cat "$work"/mmlu.train.jsonl "$work"/mmlu.test.jsonl "$work"/gsm8k.train.jsonl "$work"/gsm8k.test.jsonl \
   >"$work/replay.jsonl"
@@ -92,6 +96,26 @@ router = "gsm8k-router"
 threshold = "gsm8k-eval/metrics.json"
 tier = "gpt-4"
 premium = "gpt-4"
+
+[[route]]
+name = "mmlu-no-cache"
+models = ["mmlu-no-cache"]
+policy = "router"
+router = "mmlu-router"
+threshold = "mmlu-eval/metrics.json"
+tier = "gpt-4"
+premium = "gpt-4"
+cache = false
+
+[[route]]
+name = "gsm8k-no-cache"
+models = ["gsm8k-no-cache"]
+policy = "router"
+router = "gsm8k-router"
+threshold = "gsm8k-eval/metrics.json"
+tier = "gpt-4"
+premium = "gpt-4"
+cache = false
 
 [[route]]
 name = "always-premium"
@@ -146,13 +170,20 @@ def run(policy):
         return [f.result() for f in futs]
 
 results = {}
-for name, policy in (("gateway (router + cache)", lambda b: b), ("always GPT-4", lambda b: "always-premium")):
+policies = (
+    ("gateway (router + cache)", lambda b: b),
+    ("router, no cache", lambda b: f"{b}-no-cache"),
+    ("always GPT-4", lambda b: "always-premium"),
+)
+for name, policy in policies:
     ds = run(policy)
     passed = [outcome[(b, t)][d["tier"]] for (b, t), d in zip(trace, ds)]
     results[name] = {
         "requests": len(ds),
         "cache_hits": sum(d["cache_hit"] for d in ds),
         "premium": sum(d["tier"] == "gpt-4" for d in ds),
+        "paid": sum(not d["cache_hit"] for d in ds),
+        "paid_premium": sum(not d["cache_hit"] and d["tier"] == "gpt-4" for d in ds),
         "quality": sum(passed) / len(passed),
         "usd": sum(d["cost_usd"] for d in ds),
         "by": {b: sum(1 for (bb, _), d in zip(trace, ds) if bb == b) for b in ("mmlu", "gsm8k")},
@@ -160,12 +191,17 @@ for name, policy in (("gateway (router + cache)", lambda b: b), ("always GPT-4",
 print(f"trace: {len(trace)} requests, {len(prompts)} unique held-out prompts "
       f"({sum(1 for b, _ in prompts if b == 'mmlu')} MMLU, {sum(1 for b, _ in prompts if b == 'gsm8k')} GSM8K), "
       f"{1 - len(prompts) / len(trace):.0%} repeats; routers' thresholds {thresholds}")
-print(f"{'policy':26} {'requests':>8} {'cache hits':>10} {'premium':>8} {'quality':>8} {'$':>9} {'$/1k':>8}")
+# premium: answers that came from GPT-4 (a cache hit counts as the tier that first answered);
+# paid premium: GPT-4's share of the calls actually made.
+print(f"{'policy':26} {'requests':>8} {'cache hits':>10} {'paid calls':>10} {'premium':>8} "
+      f"{'paid prem':>9} {'quality':>8} {'$':>9} {'$/1k':>8}")
 for name, r in results.items():
-    print(f"{name:26} {r['requests']:8} {r['cache_hits'] / r['requests']:10.1%} {r['premium'] / r['requests']:8.1%} "
+    print(f"{name:26} {r['requests']:8} {r['cache_hits'] / r['requests']:10.1%} {r['paid']:10} "
+          f"{r['premium'] / r['requests']:8.1%} {r['paid_premium'] / max(r['paid'], 1):9.1%} "
           f"{r['quality']:8.1%} {r['usd']:9.4f} {r['usd'] / r['requests'] * 1000:8.4f}")
-g, p = results["gateway (router + cache)"], results["always GPT-4"]
+g, n, p = (results[k] for k, _ in policies)
 print()
+print(f"router alone saves {1 - n['usd'] / p['usd']:.1%}, the cache on top brings it to {1 - g['usd'] / p['usd']:.1%}")
 print(f"ratio cost gateway / always GPT-4 = {g['usd'] / p['usd']:.3f} (saving {1 - g['usd'] / p['usd']:.1%}); "
       f"quality {g['quality']:.1%} vs {p['quality']:.1%} ({g['quality'] / p['quality']:.1%} of GPT-4's)")
 PY

@@ -8,7 +8,8 @@ Checks: models.list names the route aliases; a plain request goes to the cheap t
 its `distill` object; a repeat is a cache hit that costs nothing; a rules-routed prompt (a
 keyword) goes to the premium tier; a router route (a trained router, its eval's threshold) sends
 MMLU prompts to both tiers and says why; the output cap reaches the upstream (`finish_reason: length`
-under a tiny client cap); errors raise the client's typed exceptions (404 unknown model, 401 bad
+under a tiny client cap); an Anthropic tier answers whole and streamed in Chat Completions' shape,
+with its cap and a refused field; errors raise the client's typed exceptions (404 unknown model, 401 bad
 key, 400 bad request). Exits 1 on any mismatch.
 """
 import argparse
@@ -102,6 +103,38 @@ capped = client.chat.completions.create(
     messages=[{"role": "user", "content": "I would like to know how to top up my account by card"}])
 check(capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens == 1,
       f"the output cap reaches the upstream (finish_reason {capped.choices[0].finish_reason!r})")
+
+# An Anthropic tier (the sim's /v1/messages): the client sees Chat Completions, whole and streamed.
+cq = "Can I get a refund for a duplicate charge?"
+cr = client.chat.completions.create(
+    model="claude", messages=[{"role": "system", "content": "Answer briefly."},
+                              {"role": "user", "content": cq}])
+dc = distill_of(cr)
+check(cr.object == "chat.completion" and cr.model == "claude-sonnet-4-5"
+      and bool(cr.choices[0].message.content) and cr.choices[0].finish_reason == "stop"
+      and cr.usage.prompt_tokens > 0 and dc.get("tier") == "claude" and dc.get("cost_usd", 0) > 0,
+      f"an Anthropic tier answers as a chat completion ({dc})")
+cchunks = list(client.chat.completions.create(
+    model="claude", messages=[{"role": "user", "content": "Why was my card declined abroad?"}],
+    stream=True, stream_options={"include_usage": True}))
+ctext = "".join(c.choices[0].delta.content or "" for c in cchunks if c.choices)
+cusage = [c for c in cchunks if not c.choices and c.usage is not None]
+cfin = [c.choices[0].finish_reason for c in cchunks if c.choices and c.choices[0].finish_reason]
+check(bool(ctext) and cfin == ["stop"] and len(cusage) == 1 and cusage[0].usage.completion_tokens > 0
+      and distill_of(cusage[0]).get("cost_usd", 0) > 0,
+      "an Anthropic tier streams as Chat Completions chunks, with the usage chunk")
+ccap = client.chat.completions.create(
+    model="claude", max_tokens=2,
+    messages=[{"role": "user", "content": "Tell me all about exchange rates for card payments"}])
+check(ccap.choices[0].finish_reason == "length" and ccap.usage.completion_tokens == 2,
+      f"a cap on an Anthropic tier stops with length ({ccap.choices[0].finish_reason!r})")
+try:
+    client.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "hi"}],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    check(False, "tools on an Anthropic tier raise BadRequestError")
+except openai.BadRequestError as e:
+    check(e.status_code == 400 and "tools" in str(e), "tools on an Anthropic tier: 400 naming the field")
 
 try:
     client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])

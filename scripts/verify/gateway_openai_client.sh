@@ -7,7 +7,8 @@
 #  3. a linear router trained on RouteLLM's MMLU outcomes (five subjects) and its eval's
 #     threshold, as a `router` route;
 #  4. gateway_openai_client.py (with $DISTILL_TEST_PYTHON, else python3, and the `openai`
-#     package): plain, streamed, cached, rules-routed, router-routed, capped and failing requests;
+#     package): plain, streamed, cached, rules-routed, router-routed, capped and failing requests,
+#     and an Anthropic tier (the sim's Messages endpoint) whole, streamed and capped;
 #  5. `distill spend --by route,tier` shows the metered calls; SIGTERM drains and exits 0.
 # Uses target/release/distill or target/debug/distill (the newer), building the debug binary
 # if neither exists. Exits non-zero on any mismatch.
@@ -106,7 +107,19 @@ done
   && "$bin" -q eval --task mmlu.toml --model router --test routes.test.jsonl \
        --train routes.train.jsonl --quality-floor 0.85 --out router-eval >/dev/null) \
   || fail "could not train and evaluate the router"
-cat >>"$tmp/gateway.toml" <<'TOML'
+cat >>"$tmp/gateway.toml" <<TOML
+
+[[tier]]
+name = "claude"
+provider = "anthropic"
+model = "claude-sonnet-4-5"
+base_url = "$upstream"
+
+[[route]]
+name = "claude"
+models = ["claude"]
+policy = "fixed"
+tier = "claude"
 
 [[route]]
 name = "mmlu"

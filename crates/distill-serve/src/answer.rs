@@ -251,14 +251,20 @@ async fn chat_inner(
     body: std::result::Result<Bytes, BytesRejection>,
     model_name: &mut Option<String>,
 ) -> std::result::Result<Response, ApiError> {
-    let body = parse_body(body, st.max_body_bytes)?;
+    let mut body = parse_body(body, st.max_body_bytes)?;
     let tag = tag_of(headers)?;
     if let Some(gw) = &st.gateway {
         let name = body.get("model").and_then(Value::as_str);
         if !name.is_some_and(|n| st.models.contains_key(n)) {
             if let Some(ri) = gw.route_for(name, &tag) {
-                *model_name = Some(gw.routes[ri].cfg.name.clone());
-                return crate::gateway::relay::chat(st, gw, ri, &tag, body).await;
+                match gw.routes[ri].student() {
+                    // Answered below by the student, exactly as if it had been named.
+                    Some(student) => body["model"] = student.into(),
+                    None => {
+                        *model_name = Some(gw.routes[ri].cfg.name.clone());
+                        return crate::gateway::relay::chat(st, gw, ri, &tag, body).await;
+                    }
+                }
             }
         }
     }

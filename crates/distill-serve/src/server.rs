@@ -335,6 +335,20 @@ impl Server {
                 }),
             );
         }
+        if let Some(gw) = &opts.gateway {
+            for r in &gw.routes {
+                if let Some(student) = r.student().filter(|s| !served.contains_key(*s)) {
+                    let known: Vec<&str> = served.keys().map(String::as_str).collect();
+                    return Err(ServeError::config(
+                        format!("route `{}`: student", r.cfg.name),
+                        format!(
+                            "no served model is named `{student}` (serve it with --model {student}=DIR; served: {})",
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    ));
+                }
+            }
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -559,6 +573,13 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Response {
     if let Some(gw) = &st.gateway {
         for r in &gw.routes {
             for alias in r.cfg.models.iter().filter(|a| !st.models.contains_key(*a)) {
+                if let Some(student) = r.student() {
+                    data.push(json!({
+                        "id": alias, "object": "model", "created": 0, "owned_by": "distill-gateway",
+                        "distill": {"route": r.cfg.name, "policy": "student", "student": student},
+                    }));
+                    continue;
+                }
                 let tiers: Vec<&str> = std::iter::once(r.tier)
                     .chain(r.rules_tiers())
                     .map(|t| gw.tiers[t].name.as_str())

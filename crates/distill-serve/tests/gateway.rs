@@ -11,7 +11,7 @@ use distill_serve::budget::Budgets;
 use distill_serve::cache::{Cache, MemoryCache};
 use distill_serve::gateway::config::GatewayConfig;
 use distill_serve::gateway::{Gateway, GatewayOptions};
-use distill_serve::{RunningServer, ServerOptions};
+use distill_serve::{RunningServer, Server, ServerOptions};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -635,9 +635,28 @@ async fn students_are_served_beside_the_routes() {
     let (up, _) = recording_upstream().await;
     let cfg = format!(
         "[[tier]]\nname = \"only\"\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\nbase_url = \"{up}\"\n\
-         [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n"
+         [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n\
+         [[route]]\nname = \"support\"\nmodels = [\"support-bot\"]\npolicy = \"student\"\nstudent = \"b77\"\n\
+         [[route]]\nname = \"intents\"\nmodels = [\"auto\"]\ntags = [\"intents\"]\npolicy = \"student\"\nstudent = \"b77\"\n"
     );
     let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
+
+    // A student route naming a model that is not served is refused at start, by name.
+    let e = Server::new(
+        vec![],
+        ServerOptions {
+            gateway: Some(gateway(&cfg, dir.path())),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("route `support`: student") && e.contains("--model b77=DIR"),
+        "{e}"
+    );
+
     let server = start(
         vec![entry("b77", student, None)],
         ServerOptions {
@@ -647,11 +666,51 @@ async fn students_are_served_beside_the_routes() {
     )
     .await;
     let http = reqwest::Client::new();
-    let (_, s) = chat(&http, &server.url(), user("b77", "Where is my card?")).await;
+    let url = server.url();
+    let (_, s) = chat(&http, &url, user("b77", "Where is my card?")).await;
     assert_eq!(s["distill"]["source"], "student", "{s}");
-    let (_, g) = chat(&http, &server.url(), user("auto", "Where is my card?")).await;
+    let (_, g) = chat(&http, &url, user("auto", "Where is my card?")).await;
     assert_eq!(g["distill"]["route"], "r", "{g}");
     assert_eq!(g["choices"][0]["message"]["content"], "ok");
+
+    // The student answers its route's alias, and its tag on the shared alias; no tier is called.
+    let (_, a) = chat(&http, &url, user("support-bot", "Where is my card?")).await;
+    assert_eq!(a["distill"]["source"], "student", "{a}");
+    assert_eq!(a["choices"][0]["message"], s["choices"][0]["message"]);
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .header("x-distill-tag", "intents")
+        .json(&user("auto", "Where is my card?"))
+        .send()
+        .await
+        .unwrap();
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["distill"]["source"], "student", "{t}");
+    let rows = Ledger::open(dir.path().join("ledger.db"))
+        .unwrap()
+        .summary(&[], None)
+        .unwrap();
+    assert_eq!(
+        rows[0].calls, 1,
+        "only the `r` route's call is in the ledger: {rows:?}"
+    );
+
+    let models: Value = http
+        .get(format!("{url}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bot = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "support-bot")
+        .unwrap();
+    assert_eq!(bot["distill"]["policy"], "student");
+    assert_eq!(bot["distill"]["student"], "b77");
     server.shutdown().await.unwrap();
 }
 
@@ -837,5 +896,44 @@ async fn anthropic_tiers_answer_in_chat_completions_shape() {
         .iter()
         .all(|r| r.provider == "anthropic" && r.status == "ok"));
     assert!((rows[0].cost_usd - cost).abs() < 1e-12);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_upstream_usage_still_ends_with_the_usage_chunk_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, _) = recording_upstream().await;
+    let cfg = format!(
+        "[[tier]]\nname = \"only\"\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\nbase_url = \"{up}\"\n\
+         [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n"
+    );
+    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
+    let mut req = user("auto", "Say hello");
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    let (events, done) = read_stream(r).await;
+    assert!(done);
+    assert_eq!(streamed_content(&events), "Hel");
+    // The upstream sent no usage: the gateway's own count, billed and passed on.
+    let last = events.last().unwrap();
+    assert_eq!(last["choices"], json!([]), "{events:?}");
+    assert_eq!(last["id"], "c1");
+    let completion = last["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(completion > 0 && last["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        last["distill"]["cost_usd"].as_f64().unwrap() > 0.0,
+        "{last}"
+    );
+    let rows = Ledger::open(dir.path().join("ledger.db"))
+        .unwrap()
+        .rows_for_task("r")
+        .unwrap();
+    assert_eq!(rows[0].usage.completion_tokens, completion);
     server.shutdown().await.unwrap();
 }

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 /// The most changes committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Commits between checkpoints: each writes a few pages, so this stays near SQLite's own
-/// threshold of 1,000 log pages.
+/// threshold of 1,000 log pages. (Rarer checkpoints stall longer: at 2,500 a loaded gateway's
+/// p99 went from ~40 ms to ~250 ms, the sync of a bigger log holding the disk longer.)
 const CHECKPOINT_EVERY: u32 = 250;
 
 struct Job {

@@ -18,7 +18,8 @@ use std::time::Duration;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A model directory to serve, as DIR (named after the directory) or NAME=DIR. Repeatable.
-    /// `distill serve` needs at least one; a gateway serves these beside its routes.
+    /// `distill serve` needs at least one; a gateway serves these beside its routes (a
+    /// `policy = "student"` route answers through one).
     #[arg(long = "model", value_name = "[NAME=]DIR")]
     pub models: Vec<String>,
     /// Task spec(s) giving the teacher's prompts, labels and case handling; matched to models

@@ -71,6 +71,9 @@ pub enum Policy {
     /// A trained router (`distill train` on a route task): the cheapest tier whose pass
     /// probability reaches `threshold`, else the router's top tier.
     Router,
+    /// A served student (`distill gateway --model NAME=DIR`) answers, with its cascade as
+    /// under `distill serve`: no tier is called for it.
+    Student,
 }
 
 /// A router's threshold: a probability, or an eval `metrics.json` whose router policy chose it.
@@ -114,8 +117,12 @@ pub struct RouteConfig {
     pub tags: Vec<String>,
     pub policy: Policy,
     /// `fixed`: the tier; `rules`: the tier when no rule matches; `router`: where requests
-    /// go if the router cannot be asked (an empty prompt).
+    /// go if the router cannot be asked (an empty prompt). Not used by `student` routes.
+    #[serde(default)]
     pub tier: String,
+    /// `student`: the served model's name (its `--model NAME=DIR`).
+    #[serde(default)]
+    pub student: Option<String>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
     /// `router`: the router directory (relative paths from the config file's folder).
@@ -309,6 +316,34 @@ impl GatewayConfig {
                     bad(field, format!("no tier is named `{name}`"))
                 }
             };
+            if r.policy == Policy::Student {
+                let why = match &r.student {
+                    None => Some("policy = \"student\" needs student = \"NAME\" (a --model it serves)"),
+                    Some(_) if !r.tier.is_empty() || !r.rules.is_empty() || r.router.is_some() => {
+                        Some("a student route calls no tier: drop tier, rules and router (the student's cascade escalates, as under distill serve)")
+                    }
+                    Some(_)
+                        if r.max_tokens.is_some()
+                            || r.brevity.is_some()
+                            || r.premium.is_some()
+                            || r.daily_usd.is_some()
+                            || r.monthly_usd.is_some() =>
+                    {
+                        Some("max_tokens, brevity, premium and budgets shape tier calls; a student route makes none (its escalations follow serve's --budget flags)")
+                    }
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    return bad(f("student"), why.into());
+                }
+                continue;
+            }
+            if r.student.is_some() {
+                return bad(
+                    f("student"),
+                    "student belongs to policy = \"student\"".into(),
+                );
+            }
             tier_ok(f("tier"), &r.tier)?;
             if let Some(p) = &r.premium {
                 tier_ok(f("premium"), p)?;
@@ -484,6 +519,23 @@ max_tokens_mode = "set"
 # threshold = "evals/mmlu-route/metrics.json"   # or a probability, e.g. 0.6
 # router_tiers = ["cheap", "premium"]           # the router's tiers, cheapest first
 # tier = "cheap"
+
+# A student from `distill train` answers its task locally, with its cascade as under
+# `distill serve` (serve it too: distill gateway --model b77=models/b77 --escalate ...).
+# [[route]]
+# name = "intents"
+# models = ["support-intents"]
+# policy = "student"
+# student = "b77"
+
+# An Anthropic tier: requests are translated to Messages and answers back to Chat
+# Completions, streams included (the sim serves /v1/messages as well).
+# [[tier]]
+# name = "claude"
+# provider = "anthropic"
+# model = "claude-sonnet-4-5"
+# base_url = "{SIM}"
+# api_key_env = "ANTHROPIC_API_KEY"
 "#;
 
 #[cfg(test)]
@@ -533,6 +585,26 @@ mod tests {
             (
                 base.replace("provider = \"openai\"", "provider = \"gemini\""),
                 "provider",
+            ),
+            (
+                format!(
+                    "{base}\n[[route]]\nname = \"s\"\nmodels = [\"s\"]\npolicy = \"student\"\n"
+                ),
+                "route[2].student",
+            ),
+            (
+                format!(
+                    "{base}\n[[route]]\nname = \"s\"\nmodels = [\"s\"]\npolicy = \"student\"\n\
+                     student = \"b77\"\ntier = \"cheap\"\n"
+                ),
+                "route[2].student",
+            ),
+            (
+                format!(
+                    "{base}\n[[route]]\nname = \"s\"\nmodels = [\"s\"]\npolicy = \"fixed\"\n\
+                     student = \"b77\"\ntier = \"cheap\"\n"
+                ),
+                "route[2].student",
             ),
         ];
         for (text, field) in cases {

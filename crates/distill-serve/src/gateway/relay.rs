@@ -765,6 +765,8 @@ struct StreamState {
     finish: Option<String>,
     usage: Option<Usage>,
     include_usage: bool,
+    /// Whether a usage chunk went to the client (one is made up at the end if not).
+    usage_sent: bool,
     prompt_tokens: u64,
     ended: bool,
 }
@@ -827,6 +829,7 @@ impl StreamState {
                 v["distill"] =
                     serde_json::to_value(self.job.meter_for(cost, &usage)).unwrap_or(Value::Null);
                 self.ready.push_back(sse(&v.to_string()));
+                self.usage_sent = true;
                 continue;
             }
             self.ready.push_back(sse(&data));
@@ -840,6 +843,24 @@ impl StreamState {
             completion_tokens: self.job.gw.count_tokens(&self.content),
             ..Default::default()
         })
+    }
+
+    /// The usage chunk a client asked for when the upstream sent none (some servers ignore
+    /// `stream_options`): our count of what was streamed, with the `distill` object.
+    fn made_up_usage_chunk(&self) -> Option<Bytes> {
+        if !self.include_usage || self.usage_sent {
+            return None;
+        }
+        let usage = self.billed_usage();
+        let cost = self.call.as_ref().map(|c| c.cost(&usage)).unwrap_or(0.0);
+        let f = self.first.as_ref();
+        let field = |k: &str| f.and_then(|f| f.get(k)).cloned().unwrap_or(Value::Null);
+        let chunk = json!({
+            "id": field("id"), "object": "chat.completion.chunk", "created": field("created"),
+            "model": field("model"), "choices": [], "usage": usage_json(&usage),
+            "distill": self.job.meter_for(cost, &usage),
+        });
+        Some(sse(&chunk.to_string()))
     }
 
     async fn finish_ok(&mut self) {
@@ -929,6 +950,7 @@ fn relay_stream(
         finish: None,
         usage: None,
         include_usage,
+        usage_sent: false,
         prompt_tokens,
         ended: false,
     };
@@ -939,6 +961,10 @@ fn relay_stream(
                 return Some((Ok::<_, std::io::Error>(b), Some(s)));
             }
             if s.ended {
+                if let Some(chunk) = s.made_up_usage_chunk() {
+                    s.usage_sent = true;
+                    return Some((Ok(chunk), Some(s)));
+                }
                 s.finish_ok().await;
                 return Some((Ok(sse("[DONE]")), None));
             }
