@@ -110,33 +110,29 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// A PASSIVE checkpoint: copies the log's pages into the database and syncs it without
-    /// waiting for the writer, which goes on appending meanwhile. The writer starts the log
-    /// over at its next commit once every page is copied; a writer that never pauses gives
-    /// it no such moment, so past [`Self::MAX_LOG_PAGES`] this waits for one (TRUNCATE): a
-    /// rare, bounded stall instead of a log that grows without end. Returns the pages in the
+    /// PASSIVE checkpoints: copy the log's pages into the database and sync it without waiting
+    /// for the writer, which goes on appending meanwhile. The writer starts the log over at
+    /// its next commit only once every page is copied, so this repeats (a few times: each
+    /// round copies only what arrived during the last) until it is. Returns the pages in the
     /// log and those copied.
     pub fn run(&self) -> Result<(i64, i64)> {
-        let sql = |e| CoreError::Sqlite {
-            path: self.path.clone(),
-            source: e,
-        };
-        let pages = |mode: &str| {
-            self.conn
-                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        let mut last = (0, 0);
+        for _ in 0..4 {
+            last = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                     Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                 })
-                .map_err(sql)
-        };
-        let (log, copied) = pages("PASSIVE")?;
-        if log > Self::MAX_LOG_PAGES && copied < log {
-            return pages("TRUNCATE");
+                .map_err(|e| CoreError::Sqlite {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+            if last.1 >= last.0 {
+                break;
+            }
         }
-        Ok((log, copied))
+        Ok(last)
     }
-
-    /// The log size (4 KiB pages: 64 MiB) past which [`Self::run`] waits for the writer.
-    pub const MAX_LOG_PAGES: i64 = 16_384;
 }
 
 pub struct Ledger {
@@ -194,6 +190,22 @@ impl Ledger {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The write-ahead log's size in bytes (0 when there is none).
+    pub fn log_bytes(&self) -> u64 {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Copies the whole log into the database and empties it, waiting for readers: the bound
+    /// on a log that a never-idle writer keeps [`Checkpointer::run`] from starting over. Run
+    /// by the writer itself, so no other write can be in the way.
+    pub fn truncate_log(&self) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
     }
 
     /// Takes WAL checkpoints off this connection's commits: left to SQLite, the commit that
