@@ -492,6 +492,11 @@ mod tests {
         );
         let s = &ledger.summary(&[], None).unwrap()[0];
         assert_eq!(s.calls, 1800);
+        // The writer's bound: the log emptied, nothing lost.
+        assert_eq!(ledger.log_bytes(), reused);
+        ledger.truncate_log().unwrap();
+        assert_eq!(ledger.log_bytes(), 0);
+        assert_eq!(ledger.summary(&[], None).unwrap()[0].calls, 1800);
     }
 
     fn row(task: &str, model: &str, cost: f64) -> LedgerRow {
