@@ -264,7 +264,7 @@ impl StreamTranslator {
     pub fn push(&mut self, bytes: &[u8]) -> Bytes {
         self.buf.extend_from_slice(bytes);
         let mut out = String::new();
-        while let Some((len, sep)) = super::relay::find_event_end(&self.buf) {
+        while let Some((len, sep)) = super::stream::find_event_end(&self.buf) {
             let event: Vec<u8> = self.buf.drain(..len + sep).collect();
             let text = String::from_utf8_lossy(&event[..len]);
             let data: String = text

@@ -14,6 +14,7 @@ mod anthropic;
 pub mod config;
 mod policy;
 pub(crate) mod relay;
+mod stream;
 
 use crate::budget::Caps;
 use crate::error::{Result, ServeError};

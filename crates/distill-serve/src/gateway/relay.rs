@@ -1,24 +1,23 @@
 //! One gateway request: the route's changes to it (output cap, brevity instruction), the cache,
 //! the budget, the tier (policy, then fallbacks), the upstream call relayed as it came (a
-//! stream chunk by chunk), and the metering of what it cost and saved.
+//! stream chunk by chunk: [`super::stream`]), and the metering of what it cost and saved.
 //!
 //! The response is the upstream's body plus a `distill` object (route, tier, cache hit, cost,
 //! saving against the route's premium tier); streams carry the same facts in `x-distill-*`
 //! headers, and in the usage chunk when the client asked for one.
 
 use super::config::{CapMode, OnBudget};
+use super::stream::{relay_stream, replay_stream};
 use super::{anthropic, policy, Gateway, Route};
 use crate::budget::DEFAULT_TAG;
 use crate::cache::normalise;
 use crate::metrics::LATENCY_BUCKETS;
 use crate::server::{ApiError, AppState};
-use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use distill_core::{Provider, Usage};
 use distill_teach::client::{Forwarded, PaidCall};
 use distill_teach::CallContext;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -26,30 +25,30 @@ use std::time::Instant;
 
 /// A cached answer: the upstream's completion (without our `distill` object) and who gave it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct CachedCompletion {
-    tier: String,
-    completion: Value,
-    usage: Usage,
+pub(super) struct CachedCompletion {
+    pub(super) tier: String,
+    pub(super) completion: Value,
+    pub(super) usage: Usage,
 }
 
 /// What the `distill` object and the headers report.
 #[derive(Debug, Clone, Serialize)]
-struct Meter {
-    route: String,
-    tier: String,
+pub(super) struct Meter {
+    pub(super) route: String,
+    pub(super) tier: String,
     /// `default`, `rule N`, `budget` (over budget: the cheapest tier) or `fallback`.
-    reason: String,
-    cache_hit: bool,
-    cost_usd: f64,
+    pub(super) reason: String,
+    pub(super) cache_hit: bool,
+    pub(super) cost_usd: f64,
     /// The route's premium tier's price for the same tokens, minus what was paid.
-    saved_usd: f64,
+    pub(super) saved_usd: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    fallback_from: Option<String>,
+    pub(super) fallback_from: Option<String>,
 }
 
 impl Meter {
     /// `x-distill-*`; the cost only when it is known (not at the start of a relayed stream).
-    fn headers(&self, h: &mut HeaderMap, cost_known: bool) {
+    pub(super) fn headers(&self, h: &mut HeaderMap, cost_known: bool) {
         let mut put = |k: &'static str, v: String| {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 h.insert(k, v);
@@ -67,7 +66,7 @@ impl Meter {
     }
 }
 
-fn usage_json(u: &Usage) -> Value {
+pub(super) fn usage_json(u: &Usage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
@@ -613,21 +612,21 @@ fn count(st: &AppState, m: &Meter, tag: &str, finish: Option<&str>) {
 }
 
 /// Everything needed to meter an accepted call once its usage is known.
-struct Settle {
-    st: Arc<AppState>,
-    gw: Arc<Gateway>,
-    ri: usize,
-    tier: usize,
-    tag: String,
+pub(super) struct Settle {
+    pub(super) st: Arc<AppState>,
+    pub(super) gw: Arc<Gateway>,
+    pub(super) ri: usize,
+    pub(super) tier: usize,
+    pub(super) tag: String,
     /// Where to cache the answer (when the route caches it).
-    key: Option<String>,
-    started: Instant,
-    meter: Meter,
+    pub(super) key: Option<String>,
+    pub(super) started: Instant,
+    pub(super) meter: Meter,
 }
 
 impl Settle {
     /// Settles the ledger row, counts the dollars, and caches a complete answer.
-    async fn done(
+    pub(super) async fn done(
         &self,
         call: PaidCall,
         usage: Usage,
@@ -649,7 +648,7 @@ impl Settle {
         self.meter_for(cost, &usage)
     }
 
-    fn meter_for(&self, cost: f64, usage: &Usage) -> Meter {
+    pub(super) fn meter_for(&self, cost: f64, usage: &Usage) -> Meter {
         let premium = self.gw.tiers[self.gw.routes[self.ri].premium].cost(usage);
         Meter {
             cost_usd: cost,
@@ -658,7 +657,7 @@ impl Settle {
         }
     }
 
-    fn account(&self, cost: f64, usage: &Usage, finish: Option<&str>, outcome: &str) {
+    pub(super) fn account(&self, cost: f64, usage: &Usage, finish: Option<&str>, outcome: &str) {
         let st = &self.st;
         let route = &self.gw.routes[self.ri];
         st.budgets.record(&route.budget_key(), cost);
@@ -687,320 +686,5 @@ impl Settle {
             self.started.elapsed().as_secs_f64(),
         );
         count(st, &self.meter_for(cost, usage), &self.tag, finish);
-    }
-}
-
-fn sse(payload: &str) -> Bytes {
-    Bytes::from(format!("data: {payload}\n\n"))
-}
-
-fn sse_response(body: Body, meter: &Meter, cost_known: bool) -> Response {
-    let mut r = Response::new(body);
-    let h = r.headers_mut();
-    h.insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        axum::http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
-    meter.headers(h, cost_known);
-    r
-}
-
-/// A cached answer as a stream: the content in one chunk, the finish chunk, the usage chunk
-/// when asked for, `[DONE]`.
-fn replay_stream(hit: &CachedCompletion, meter: &Meter, include_usage: bool) -> Response {
-    let c = &hit.completion;
-    let id = c.get("id").cloned().unwrap_or(Value::Null);
-    let model = c.get("model").cloned().unwrap_or(Value::Null);
-    let created = c.get("created").cloned().unwrap_or(Value::Null);
-    let chunk = |delta: Value, finish: Value| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        })
-    };
-    let content = c
-        .pointer("/choices/0/message/content")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let finish = c
-        .pointer("/choices/0/finish_reason")
-        .cloned()
-        .unwrap_or(json!("stop"));
-    let mut events = vec![
-        chunk(
-            json!({"role": "assistant", "content": content}),
-            Value::Null,
-        ),
-        chunk(json!({}), finish),
-    ];
-    if include_usage {
-        events.push(json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [], "usage": usage_json(&hit.usage),
-            "distill": meter,
-        }));
-    }
-    let mut out: Vec<Result<Bytes, std::io::Error>> =
-        events.iter().map(|e| Ok(sse(&e.to_string()))).collect();
-    out.push(Ok(sse("[DONE]")));
-    sse_response(Body::from_stream(futures::stream::iter(out)), meter, true)
-}
-
-/// What a relayed stream has seen so far.
-struct StreamState {
-    job: Settle,
-    upstream: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    /// Bytes of an event not yet complete.
-    buf: Vec<u8>,
-    /// Events parsed and ready to send.
-    ready: std::collections::VecDeque<Bytes>,
-    call: Option<PaidCall>,
-    content: String,
-    role_seen: bool,
-    first: Option<Value>,
-    finish: Option<String>,
-    usage: Option<Usage>,
-    include_usage: bool,
-    /// Whether a usage chunk went to the client (one is made up at the end if not).
-    usage_sent: bool,
-    prompt_tokens: u64,
-    ended: bool,
-}
-
-impl StreamState {
-    /// Parses complete events out of `buf` into `ready`.
-    fn parse(&mut self) {
-        loop {
-            let Some(end) = find_event_end(&self.buf) else {
-                return;
-            };
-            let event: Vec<u8> = self.buf.drain(..end.0 + end.1).collect();
-            let text = String::from_utf8_lossy(&event[..end.0]).to_string();
-            let data: String = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|l| l.strip_prefix(' ').unwrap_or(l))
-                .collect::<Vec<_>>()
-                .join("\n");
-            if data.is_empty() {
-                continue;
-            }
-            if data.trim() == "[DONE]" {
-                self.ended = true;
-                return;
-            }
-            let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
-                // Not ours to judge: passed on as it came.
-                self.ready.push_back(sse(&data));
-                continue;
-            };
-            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                self.usage = Some(distill_teach::provider::openai::usage(u));
-            }
-            let choices_empty = v
-                .get("choices")
-                .and_then(Value::as_array)
-                .is_none_or(|c| c.is_empty());
-            if let Some(c) = v.pointer("/choices/0") {
-                if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
-                    self.content.push_str(t);
-                }
-                if c.pointer("/delta/role").is_some() {
-                    self.role_seen = true;
-                }
-                if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
-                    self.finish = Some(f.to_string());
-                }
-            }
-            if self.first.is_none() {
-                self.first = Some(v.clone());
-            }
-            if choices_empty && v.get("usage").is_some() {
-                // The usage chunk: ours (we always ask for it); the client's only if it asked.
-                if !self.include_usage {
-                    continue;
-                }
-                let usage = self.usage.unwrap_or_default();
-                let cost = self.call.as_ref().map(|c| c.cost(&usage)).unwrap_or(0.0);
-                v["distill"] =
-                    serde_json::to_value(self.job.meter_for(cost, &usage)).unwrap_or(Value::Null);
-                self.ready.push_back(sse(&v.to_string()));
-                self.usage_sent = true;
-                continue;
-            }
-            self.ready.push_back(sse(&data));
-        }
-    }
-
-    /// The usage to bill: the upstream's, or (it sent none) our count of what was streamed.
-    fn billed_usage(&self) -> Usage {
-        self.usage.unwrap_or_else(|| Usage {
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.job.gw.count_tokens(&self.content),
-            ..Default::default()
-        })
-    }
-
-    /// The usage chunk a client asked for when the upstream sent none (some servers ignore
-    /// `stream_options`): our count of what was streamed, with the `distill` object.
-    fn made_up_usage_chunk(&self) -> Option<Bytes> {
-        if !self.include_usage || self.usage_sent {
-            return None;
-        }
-        let usage = self.billed_usage();
-        let cost = self.call.as_ref().map(|c| c.cost(&usage)).unwrap_or(0.0);
-        let f = self.first.as_ref();
-        let field = |k: &str| f.and_then(|f| f.get(k)).cloned().unwrap_or(Value::Null);
-        let chunk = json!({
-            "id": field("id"), "object": "chat.completion.chunk", "created": field("created"),
-            "model": field("model"), "choices": [], "usage": usage_json(&usage),
-            "distill": self.job.meter_for(cost, &usage),
-        });
-        Some(sse(&chunk.to_string()))
-    }
-
-    async fn finish_ok(&mut self) {
-        let Some(call) = self.call.take() else { return };
-        let usage = self.billed_usage();
-        let completion = self.first.as_ref().map(|f| {
-            json!({
-                "id": f.get("id").cloned().unwrap_or(Value::Null),
-                "object": "chat.completion",
-                "created": f.get("created").cloned().unwrap_or(Value::Null),
-                "model": f.get("model").cloned().unwrap_or(Value::Null),
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": self.content},
-                    "logprobs": null,
-                    "finish_reason": self.finish.clone().unwrap_or_else(|| "stop".into()),
-                }],
-                "usage": usage_json(&usage),
-            })
-        });
-        let complete = self.finish.is_some();
-        let finish = self.finish.clone();
-        self.job
-            .done(
-                call,
-                usage,
-                finish.as_deref(),
-                completion.as_ref().filter(|_| complete),
-            )
-            .await;
-    }
-}
-
-impl Drop for StreamState {
-    /// The client went away (or the upstream broke) mid-answer: the call is still settled, at
-    /// the tokens received so far, with status `cut`.
-    fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
-            let usage = self.billed_usage();
-            let cost = call.settle_now(&usage, "cut");
-            self.job.account(cost, &usage, None, "cut");
-        }
-    }
-}
-
-/// Where the first complete SSE event ends: (length of the event, length of its separator).
-pub(super) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
-fn relay_stream(
-    job: Settle,
-    provider: Provider,
-    response: reqwest::Response,
-    call: PaidCall,
-    include_usage: bool,
-    prompt_tokens: u64,
-) -> Response {
-    let meter = job.meter.clone();
-    let chunk_timeout = job.gw.tiers[job.tier].timeout;
-    let state = StreamState {
-        job,
-        upstream: match provider {
-            Provider::Openai => response.bytes_stream().boxed(),
-            Provider::Anthropic => {
-                let mut events = super::anthropic::StreamTranslator::new();
-                response
-                    .bytes_stream()
-                    .map(move |b| b.map(|b| events.push(&b)))
-                    .boxed()
-            }
-        },
-        buf: Vec::new(),
-        ready: Default::default(),
-        call: Some(call),
-        content: String::new(),
-        role_seen: false,
-        first: None,
-        finish: None,
-        usage: None,
-        include_usage,
-        usage_sent: false,
-        prompt_tokens,
-        ended: false,
-    };
-    let body = futures::stream::unfold(Some(state), move |state| async move {
-        let mut s = state?;
-        loop {
-            if let Some(b) = s.ready.pop_front() {
-                return Some((Ok::<_, std::io::Error>(b), Some(s)));
-            }
-            if s.ended {
-                if let Some(chunk) = s.made_up_usage_chunk() {
-                    s.usage_sent = true;
-                    return Some((Ok(chunk), Some(s)));
-                }
-                s.finish_ok().await;
-                return Some((Ok(sse("[DONE]")), None));
-            }
-            match tokio::time::timeout(chunk_timeout, s.upstream.next()).await {
-                Ok(Some(Ok(bytes))) => {
-                    s.buf.extend_from_slice(&bytes);
-                    s.parse();
-                }
-                Ok(None) => {
-                    // The upstream closed without [DONE]: what it sent is the answer.
-                    s.buf.extend_from_slice(b"\n\n");
-                    s.parse();
-                    s.ended = true;
-                }
-                Ok(Some(Err(e))) => {
-                    tracing::warn!("gateway stream broke: {}", e.without_url());
-                    return None; // dropping `s` settles the call as cut
-                }
-                Err(_) => {
-                    tracing::warn!("gateway stream stalled for {chunk_timeout:?}");
-                    return None;
-                }
-            }
-        }
-    });
-    sse_response(Body::from_stream(body), &meter, false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_sse_event_boundaries() {
-        assert_eq!(find_event_end(b"data: x\n\ndata: y"), Some((7, 2)));
-        assert_eq!(find_event_end(b"data: x\r\n\r\n"), Some((7, 4)));
-        assert_eq!(find_event_end(b"data: x\n"), None);
     }
 }
