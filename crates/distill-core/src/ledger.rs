@@ -199,13 +199,30 @@ impl Ledger {
         std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Copies the whole log into the database and empties it, waiting for readers: the bound
-    /// on a log that a never-idle writer keeps [`Checkpointer::run`] from starting over. Run
-    /// by the writer itself, so no other write can be in the way.
-    pub fn truncate_log(&self) -> Result<()> {
+    /// Copies the whole log into the database and empties it: the bound on a log that a
+    /// never-idle writer keeps [`Checkpointer::run`] from starting over. Run by the writer
+    /// itself, so no other write is in the way; it waits at most a second for readers (a
+    /// shell holding an old snapshot, the checkpointer mid-copy) and returns false when they
+    /// were still there, to be tried again later.
+    pub fn truncate_log(&self) -> Result<bool> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(|e| self.err(e))
+        let e = |e| self.err(e);
+        conn.busy_timeout(std::time::Duration::from_secs(1))
+            .map_err(e)?;
+        let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(e)?;
+        match busy {
+            Ok(b) => Ok(b == 0),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Ok(false)
+            }
+            Err(x) => Err(self.err(x)),
+        }
     }
 
     /// Takes WAL checkpoints off this connection's commits: left to SQLite, the commit that
@@ -494,7 +511,7 @@ mod tests {
         assert_eq!(s.calls, 1800);
         // The writer's bound: the log emptied, nothing lost.
         assert_eq!(ledger.log_bytes(), reused);
-        ledger.truncate_log().unwrap();
+        assert!(ledger.truncate_log().unwrap());
         assert_eq!(ledger.log_bytes(), 0);
         assert_eq!(ledger.summary(&[], None).unwrap()[0].calls, 1800);
     }

@@ -259,7 +259,17 @@ async fn chat_inner(
             if let Some(ri) = gw.route_for(name, &tag) {
                 match gw.routes[ri].student() {
                     // Answered below by the student, exactly as if it had been named.
-                    Some(student) => body["model"] = student.into(),
+                    Some(student) => match body.as_object_mut() {
+                        Some(o) => {
+                            o.insert("model".into(), student.into());
+                        }
+                        None => {
+                            return Err(ApiError::bad_request(
+                                "the body must be a JSON object",
+                                "body",
+                            ))
+                        }
+                    },
                     None => {
                         *model_name = Some(gw.routes[ri].cfg.name.clone());
                         return crate::gateway::relay::chat(st, gw, ri, &tag, body).await;

@@ -637,7 +637,7 @@ async fn students_are_served_beside_the_routes() {
         "[[tier]]\nname = \"only\"\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\nbase_url = \"{up}\"\n\
          [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n\
          [[route]]\nname = \"support\"\nmodels = [\"support-bot\"]\npolicy = \"student\"\nstudent = \"b77\"\n\
-         [[route]]\nname = \"intents\"\nmodels = [\"auto\"]\ntags = [\"intents\"]\npolicy = \"student\"\nstudent = \"b77\"\n"
+         [[route]]\nname = \"intents\"\ntags = [\"intents\"]\npolicy = \"student\"\nstudent = \"b77\"\n"
     );
     let student = Arc::new(FixedStudent::new(spec.labels.names.clone(), None));
 
@@ -686,6 +686,15 @@ async fn students_are_served_beside_the_routes() {
         .unwrap();
     let t: Value = r.json().await.unwrap();
     assert_eq!(t["distill"]["source"], "student", "{t}");
+    // A body that is not an object, on the student's tag: a 400, not a dropped connection.
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .header("x-distill-tag", "intents")
+        .json(&json!([1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let rows = Ledger::open(dir.path().join("ledger.db"))
         .unwrap()
         .summary(&[], None)
@@ -773,11 +782,25 @@ provider = "anthropic"
 model = "claude-sonnet-4-5"
 base_url = "SIM"
 
+[[tier]]
+name = "down"
+provider = "openai"
+model = "gpt-4o"
+base_url = "DOWN"
+max_retries = 0
+fallback = "claude"
+
 [[route]]
 name = "claude"
 models = ["claude"]
 policy = "fixed"
 tier = "claude"
+
+[[route]]
+name = "down-first"
+models = ["fallback"]
+policy = "fixed"
+tier = "down"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -790,8 +813,15 @@ async fn anthropic_tiers_answer_in_chat_completions_shape() {
     )
     .await
     .unwrap();
+    // A port nothing listens on: the `down` tier's outage.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
     let gw = gateway(
-        &ANTHROPIC_CONFIG.replace("SIM", &sim.base_url()),
+        &ANTHROPIC_CONFIG
+            .replace("SIM", &sim.base_url())
+            .replace("DOWN", &down),
         dir.path(),
     );
     let server = start_gateway(gw, Budgets::default()).await;
@@ -886,6 +916,22 @@ async fn anthropic_tiers_answer_in_chat_completions_shape() {
         "{e}"
     );
     assert_eq!(sim.stats().billable, 3);
+
+    // An outage falls back to the Anthropic tier; a request that tier cannot take is then
+    // the outage's 502 (retryable), not a 400 blaming the client.
+    let (s, f) = chat(&http, &url, user("fallback", "Where is my refund?")).await;
+    assert_eq!(s, 200, "{f}");
+    assert_eq!(f["distill"]["tier"], "claude");
+    assert_eq!(f["distill"]["reason"], "fallback");
+    let mut req = user("fallback", "hi");
+    req["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    let (s, e) = chat(&http, &url, req).await;
+    assert_eq!(s, 502, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("tools"),
+        "{e}"
+    );
+    assert_eq!(sim.stats().billable, 4);
 
     let rows = Ledger::open(dir.path().join("ledger.db"))
         .unwrap()

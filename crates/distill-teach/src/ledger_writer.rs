@@ -81,15 +81,7 @@ impl LedgerWriter {
                     let ops: Vec<LedgerOp> = jobs.iter().map(|j| j.op.clone()).collect();
                     let result = l.apply(&ops);
                     commits += 1;
-                    if commits.is_multiple_of(CHECKPOINT_EVERY) {
-                        if l.log_bytes() > MAX_LOG_BYTES {
-                            if let Err(e) = l.truncate_log() {
-                                tracing::warn!("ledger checkpoint: {e}");
-                            }
-                        }
-                        // Full means one is pending already: it will take these pages too.
-                        let _ = kick.try_send(());
-                    }
+                    let checkpoint = commits.is_multiple_of(CHECKPOINT_EVERY);
                     if let Err(e) = &result {
                         tracing::warn!("ledger {}: {e}", l.path().display());
                     }
@@ -100,6 +92,21 @@ impl LedgerWriter {
                                 Err(e) => Err(e.to_string()),
                             });
                         }
+                    }
+                    // After the callers are answered: a bound that waits never holds them.
+                    if checkpoint {
+                        if l.log_bytes() > MAX_LOG_BYTES {
+                            match l.truncate_log() {
+                                Ok(true) => {}
+                                Ok(false) => tracing::warn!(
+                                    "ledger log past {} MiB and readers hold it; trying again later",
+                                    MAX_LOG_BYTES >> 20
+                                ),
+                                Err(e) => tracing::warn!("ledger checkpoint: {e}"),
+                            }
+                        }
+                        // Full means one is pending already: it will take these pages too.
+                        let _ = kick.try_send(());
                     }
                 }
             })

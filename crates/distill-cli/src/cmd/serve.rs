@@ -349,15 +349,19 @@ pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyh
             opts.budgets = opts.budgets.with_cap(key, caps);
         }
         for r in &gw.routes {
-            let tiers: Vec<&str> = std::iter::once(r.tier)
-                .chain(r.rules_tiers())
-                .map(|t| gw.tiers[t].name.as_str())
-                .collect();
+            let answered_by = match r.student() {
+                Some(student) => student.to_string(),
+                None => std::iter::once(r.tier)
+                    .chain(r.rules_tiers())
+                    .map(|t| gw.tiers[t].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
             described.push(format!(
                 "route {} ({}: {}; models {})",
                 r.cfg.name,
                 r.policy_name(),
-                tiers.join(", "),
+                answered_by,
                 if r.cfg.models.is_empty() {
                     "any".to_string()
                 } else {

@@ -14,6 +14,7 @@ use crate::server::ApiError;
 use axum::body::Bytes;
 use distill_core::Usage;
 use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
 
 /// The output cap sent when the client names none (Messages has no default).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -241,6 +242,9 @@ pub struct StreamTranslator {
     created: u64,
     usage: Usage,
     finish: Option<&'static str>,
+    /// `usage` as last reported, for the relay to bill (cache writes included, which the
+    /// Chat Completions usage chunk has no field for).
+    shared: Arc<Mutex<Option<Usage>>>,
 }
 
 impl StreamTranslator {
@@ -249,6 +253,15 @@ impl StreamTranslator {
             created: now_unix(),
             ..Default::default()
         }
+    }
+
+    /// The usage the provider has reported so far (none before `message_start`).
+    pub fn usage_so_far(&self) -> Arc<Mutex<Option<Usage>>> {
+        self.shared.clone()
+    }
+
+    fn report(&self) {
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.usage);
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
@@ -287,6 +300,8 @@ impl StreamTranslator {
                     self.usage.prompt_tokens = u.prompt_tokens;
                     self.usage.cached_tokens = u.cached_tokens;
                     self.usage.cache_write_tokens = u.cache_write_tokens;
+                    self.usage.completion_tokens = u.completion_tokens;
+                    self.report();
                     out += &self.chunk(json!({"role": "assistant", "content": ""}), None);
                 }
                 Some("content_block_delta") => {
@@ -298,6 +313,7 @@ impl StreamTranslator {
                     if let Some(n) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
                         self.usage.completion_tokens = n;
                     }
+                    self.report();
                     self.finish = Some(finish_reason(
                         v.pointer("/delta/stop_reason").and_then(Value::as_str),
                     ));
@@ -439,5 +455,40 @@ mod tests {
         assert_eq!(last["choices"], json!([]));
         assert_eq!(last["usage"]["prompt_tokens"], 10);
         assert_eq!(last["usage"]["completion_tokens"], 2);
+        let billed = t.usage_so_far().lock().unwrap().unwrap();
+        assert_eq!((billed.prompt_tokens, billed.completion_tokens), (10, 2));
+    }
+
+    #[test]
+    fn a_stream_reports_cache_writes_and_its_input_before_it_ends() {
+        let mut t = StreamTranslator::new();
+        let usage = t.usage_so_far();
+        assert!(usage.lock().unwrap().is_none());
+        t.push(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":              {\"input_tokens\":7,\"output_tokens\":1,\"cache_read_input_tokens\":20,\"cache_creation_input_tokens\":30}}}\n\n",
+        );
+        // Cut here (an overload, a dropped connection): the input is known exactly.
+        let u = usage.lock().unwrap().unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.completion_tokens
+            ),
+            (57, 20, 30, 1)
+        );
+        let out = t.push(
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        );
+        let e: Value = serde_json::from_str(
+            std::str::from_utf8(&out)
+                .unwrap()
+                .trim()
+                .strip_prefix("data: ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(e["error"]["type"], "overloaded_error");
     }
 }

@@ -319,7 +319,13 @@ impl GatewayConfig {
             if r.policy == Policy::Student {
                 let why = match &r.student {
                     None => Some("policy = \"student\" needs student = \"NAME\" (a --model it serves)"),
-                    Some(_) if !r.tier.is_empty() || !r.rules.is_empty() || r.router.is_some() => {
+                    Some(_)
+                        if !r.tier.is_empty()
+                            || !r.rules.is_empty()
+                            || r.router.is_some()
+                            || r.threshold.is_some()
+                            || !r.router_tiers.is_empty() =>
+                    {
                         Some("a student route calls no tier: drop tier, rules and router (the student's cascade escalates, as under distill serve)")
                     }
                     Some(_)

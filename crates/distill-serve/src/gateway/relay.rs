@@ -338,11 +338,10 @@ pub(crate) async fn chat(
         cap,
         n,
     };
-    if stream {
-        return call.run().await;
-    }
-    // A client that hangs up does not cancel a paid call: the answer is still read, metered
-    // and cached (the next identical request is free).
+    // A client that hangs up does not cancel a paid call: the in-flight row is written and
+    // the call sent (or refused) whatever happens, and a whole answer is still read, metered
+    // and cached (the next identical request is free). A stream's body is the client's: once
+    // it is dropped, the call is settled at what was received.
     tokio::spawn(call.run()).await.unwrap_or_else(|e| {
         tracing::error!("gateway call: {e}");
         Err(ApiError::new(
@@ -409,9 +408,40 @@ impl UpstreamCall {
                 upstream["stream_options"] = json!({"include_usage": true});
             }
             let wire_body = match t.provider {
-                Provider::Anthropic => anthropic::request(&upstream, &t.model)?,
                 Provider::Openai => upstream.clone(),
+                Provider::Anthropic => match anthropic::request(&upstream, &t.model) {
+                    Ok(b) => b,
+                    // The route's own tier cannot take this request: the client's to fix.
+                    Err(e) if fallback_from.is_none() => return Err(e),
+                    // A fallback that cannot: as if it had given up (the client sees 502).
+                    Err(e) => {
+                        tried.push(format!("{}: {}", t.name, e.message));
+                        match t.fallback.filter(|next| {
+                            !tried
+                                .iter()
+                                .any(|x| x.starts_with(&format!("{}:", gw.tiers[*next].name)))
+                        }) {
+                            Some(next) => {
+                                tier = next;
+                                continue;
+                            }
+                            None => {
+                                return Err(bad_gateway(format!(
+                                    "every tier route `{}` can use failed: {}",
+                                    route.cfg.name,
+                                    tried.join("; ")
+                                )))
+                            }
+                        }
+                    }
+                },
             };
+            // What the tier may write: Messages gets a cap even when the client set none.
+            let max_out = wire_body
+                .get("max_tokens")
+                .and_then(Value::as_u64)
+                .or(cap)
+                .unwrap_or(1024);
             let started = Instant::now();
             let sent = t
                 .client
@@ -419,7 +449,7 @@ impl UpstreamCall {
                     &wire_body,
                     stream,
                     prompt_tokens,
-                    cap.unwrap_or(1024) * n,
+                    max_out * n,
                     &route.cfg.name,
                     &ctx,
                 )
@@ -612,6 +642,7 @@ fn count(st: &AppState, m: &Meter, tag: &str, finish: Option<&str>) {
 }
 
 /// Everything needed to meter an accepted call once its usage is known.
+#[derive(Clone)]
 pub(super) struct Settle {
     pub(super) st: Arc<AppState>,
     pub(super) gw: Arc<Gateway>,
@@ -626,12 +657,25 @@ pub(super) struct Settle {
 
 impl Settle {
     /// Settles the ledger row, counts the dollars, and caches a complete answer.
+    /// Run where a hang-up cannot cancel it (a spawned task): every await in here stands
+    /// between a paid call and its ledger row.
     pub(super) async fn done(
         &self,
         call: PaidCall,
         usage: Usage,
         finish: Option<&str>,
         completion: Option<&Value>,
+    ) -> Meter {
+        self.done_as(call, usage, finish, completion, "ok").await
+    }
+
+    pub(super) async fn done_as(
+        &self,
+        call: PaidCall,
+        usage: Usage,
+        finish: Option<&str>,
+        completion: Option<&Value>,
+        status: &str,
     ) -> Meter {
         // Cached first: a repeat arriving while the ledger commits is already free.
         if let (Some(key), Some(c)) = (&self.key, completion) {
@@ -643,8 +687,8 @@ impl Settle {
             };
             self.st.cache.put(key, &entry, Some(ttl)).await;
         }
-        let cost = call.settle(&usage, "ok").await;
-        self.account(cost, &usage, finish, "ok");
+        let cost = call.settle(&usage, status).await;
+        self.account(cost, &usage, finish, status);
         self.meter_for(cost, &usage)
     }
 

@@ -10,6 +10,7 @@ use distill_core::{Provider, Usage};
 use distill_teach::client::PaidCall;
 use futures::StreamExt;
 use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
 
 pub(super) fn sse(payload: &str) -> Bytes {
     Bytes::from(format!("data: {payload}\n\n"))
@@ -92,6 +93,13 @@ struct StreamState {
     include_usage: bool,
     /// Whether a usage chunk went to the client (one is made up at the end if not).
     usage_sent: bool,
+    /// The provider's own count as its events report it (Anthropic: input with cache reads
+    /// and writes at `message_start`, output at `message_delta`): billed over our estimate
+    /// when the stream ends early, and over the usage chunk's (which cannot carry cache
+    /// writes) when it does not.
+    provider_usage: Option<Arc<Mutex<Option<Usage>>>>,
+    /// The upstream sent an error event.
+    errored: bool,
     prompt_tokens: u64,
     ended: bool,
 }
@@ -125,6 +133,9 @@ impl StreamState {
             };
             if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                 self.usage = Some(distill_teach::provider::openai::usage(u));
+            }
+            if v.get("error").is_some_and(|e| !e.is_null()) {
+                self.errored = true;
             }
             let choices_empty = v
                 .get("choices")
@@ -163,9 +174,21 @@ impl StreamState {
 
     /// The usage to bill: the upstream's, or (it sent none) our count of what was streamed.
     fn billed_usage(&self) -> Usage {
+        let counted = || self.job.gw.count_tokens(&self.content);
+        let reported = self
+            .provider_usage
+            .as_ref()
+            .and_then(|u| *u.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(mut u) = reported {
+            if self.finish.is_none() {
+                // Cut before the final count: at least what was received.
+                u.completion_tokens = u.completion_tokens.max(counted());
+            }
+            return u;
+        }
         self.usage.unwrap_or_else(|| Usage {
             prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.job.gw.count_tokens(&self.content),
+            completion_tokens: counted(),
             ..Default::default()
         })
     }
@@ -206,16 +229,20 @@ impl StreamState {
                 "usage": usage_json(&usage),
             })
         });
-        let complete = self.finish.is_some();
+        let whole = self.finish.is_some() && !self.errored;
+        let completion = completion.filter(|_| whole);
         let finish = self.finish.clone();
-        self.job
-            .done(
-                call,
-                usage,
-                finish.as_deref(),
-                completion.as_ref().filter(|_| complete),
-            )
-            .await;
+        let status = if self.errored { "error" } else { "ok" };
+        // Spawned: a client hanging up now (while the cache or the ledger is written) drops
+        // this stream, and would otherwise drop the settling half done.
+        let job = self.job.clone();
+        let settle = tokio::spawn(async move {
+            job.done_as(call, usage, finish.as_deref(), completion.as_ref(), status)
+                .await
+        });
+        if let Err(e) = settle.await {
+            tracing::error!("gateway stream settle: {e}");
+        }
     }
 }
 
@@ -254,18 +281,21 @@ pub(super) fn relay_stream(
 ) -> Response {
     let meter = job.meter.clone();
     let chunk_timeout = job.gw.tiers[job.tier].timeout;
+    let mut provider_usage = None;
+    let upstream = match provider {
+        Provider::Openai => response.bytes_stream().boxed(),
+        Provider::Anthropic => {
+            let mut events = super::anthropic::StreamTranslator::new();
+            provider_usage = Some(events.usage_so_far());
+            response
+                .bytes_stream()
+                .map(move |b| b.map(|b| events.push(&b)))
+                .boxed()
+        }
+    };
     let state = StreamState {
         job,
-        upstream: match provider {
-            Provider::Openai => response.bytes_stream().boxed(),
-            Provider::Anthropic => {
-                let mut events = super::anthropic::StreamTranslator::new();
-                response
-                    .bytes_stream()
-                    .map(move |b| b.map(|b| events.push(&b)))
-                    .boxed()
-            }
-        },
+        upstream,
         buf: Vec::new(),
         ready: Default::default(),
         call: Some(call),
@@ -276,6 +306,8 @@ pub(super) fn relay_stream(
         usage: None,
         include_usage,
         usage_sent: false,
+        provider_usage,
+        errored: false,
         prompt_tokens,
         ended: false,
     };
