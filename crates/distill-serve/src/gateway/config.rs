@@ -607,6 +607,13 @@ mod tests {
             ),
             (
                 format!(
+                    "{base}\n[[route]]\nname = \"s\"\nmodels = [\"s\"]\npolicy = \"student\"\n\
+                     student = \"b77\"\nthreshold = 0.5\n"
+                ),
+                "route[2].student",
+            ),
+            (
+                format!(
                     "{base}\n[[route]]\nname = \"s\"\nmodels = [\"s\"]\npolicy = \"fixed\"\n\
                      student = \"b77\"\ntier = \"cheap\"\n"
                 ),
