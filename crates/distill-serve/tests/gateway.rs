@@ -131,12 +131,7 @@ cache_max_temperature = 0.5
 async fn routes_by_rules_caches_repeats_and_meters_every_upstream_call() {
     let dir = tempfile::tempdir().unwrap();
     let spec = banking_task(dir.path());
-    let sim = distill_sim::SimServer::start(
-        distill_sim::SimConfig::new(spec),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(spec).await;
     let gw = gateway(&SIM_CONFIG.replace("SIM", &sim.base_url()), dir.path());
     let server = start_gateway(gw, Budgets::default()).await;
     let http = reqwest::Client::new();
@@ -241,12 +236,7 @@ async fn routes_by_rules_caches_repeats_and_meters_every_upstream_call() {
 async fn streams_are_relayed_metered_cached_and_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let spec = banking_task(dir.path());
-    let sim = distill_sim::SimServer::start(
-        distill_sim::SimConfig::new(spec),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(spec).await;
     let gw = gateway(&SIM_CONFIG.replace("SIM", &sim.base_url()), dir.path());
     let server = start_gateway(gw, Budgets::default()).await;
     let http = reqwest::Client::new();
@@ -807,12 +797,7 @@ tier = "down"
 async fn anthropic_tiers_answer_in_chat_completions_shape() {
     let dir = tempfile::tempdir().unwrap();
     let spec = banking_task(dir.path());
-    let sim = distill_sim::SimServer::start(
-        distill_sim::SimConfig::new(spec),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(spec).await;
     // A port nothing listens on: the `down` tier's outage.
     let down = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -119,10 +119,6 @@ impl LedgerWriter {
         })
     }
 
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
-
     fn send(&self, op: LedgerOp, done: Option<oneshot::Sender<Result<i64, String>>>) -> bool {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         tx.as_ref()

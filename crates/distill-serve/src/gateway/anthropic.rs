@@ -10,6 +10,7 @@
 //! asks Anthropic for JSON). Refused with a 400 naming the field: what has no faithful
 //! translation here (tools, function calls, images, `n` > 1, logprobs).
 
+use super::relay::usage_json;
 use crate::server::ApiError;
 use axum::body::Bytes;
 use distill_core::Usage;
@@ -171,17 +172,6 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
         Some("refusal") => "content_filter",
         _ => "stop",
     }
-}
-
-/// Chat Completions' `usage` for Anthropic's (whose `input_tokens` leaves out cache reads and
-/// writes, which Chat Completions counts in `prompt_tokens`).
-fn usage_json(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-    })
 }
 
 /// A Messages `Message` as a chat completion, with the usage billed.

@@ -415,24 +415,9 @@ impl UpstreamCall {
                     Err(e) if fallback_from.is_none() => return Err(e),
                     // A fallback that cannot: as if it had given up (the client sees 502).
                     Err(e) => {
-                        tried.push(format!("{}: {}", t.name, e.message));
-                        match t.fallback.filter(|next| {
-                            !tried
-                                .iter()
-                                .any(|x| x.starts_with(&format!("{}:", gw.tiers[*next].name)))
-                        }) {
-                            Some(next) => {
-                                tier = next;
-                                continue;
-                            }
-                            None => {
-                                return Err(bad_gateway(format!(
-                                    "every tier route `{}` can use failed: {}",
-                                    route.cfg.name,
-                                    tried.join("; ")
-                                )))
-                            }
-                        }
+                        tried.push((tier, e.message));
+                        tier = next_tier(gw, ri, tier, &tried)?;
+                        continue;
                     }
                 },
             };
@@ -496,33 +481,19 @@ impl UpstreamCall {
                         &[("route", alias), ("tier", &t.name), ("status", &status)],
                     );
                     tracing::warn!("gateway tier `{}`: {message}", t.name);
-                    tried.push(format!("{}: {message}", t.name));
-                    match t.fallback {
-                        Some(next)
-                            if !tried
-                                .iter()
-                                .any(|x| x.starts_with(&format!("{}:", gw.tiers[next].name))) =>
-                        {
-                            st.metrics.inc(
-                                "distill_gateway_fallbacks_total",
-                                &[
-                                    ("route", alias),
-                                    ("from", &t.name),
-                                    ("to", &gw.tiers[next].name),
-                                ],
-                            );
-                            fallback_from.get_or_insert_with(|| t.name.clone());
-                            tier = next;
-                            reason = "fallback".into();
-                        }
-                        _ => {
-                            return Err(bad_gateway(format!(
-                                "every tier route `{}` can use failed: {}",
-                                route.cfg.name,
-                                tried.join("; ")
-                            )))
-                        }
-                    }
+                    tried.push((tier, message));
+                    let next = next_tier(gw, ri, tier, &tried)?;
+                    st.metrics.inc(
+                        "distill_gateway_fallbacks_total",
+                        &[
+                            ("route", alias),
+                            ("from", &t.name),
+                            ("to", &gw.tiers[next].name),
+                        ],
+                    );
+                    fallback_from.get_or_insert_with(|| t.name.clone());
+                    tier = next;
+                    reason = "fallback".into();
                 }
             }
         };
@@ -557,41 +528,21 @@ impl UpstreamCall {
                 prompt_tokens,
             ));
         }
-        let bytes = match accepted.response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                accepted
-                    .call
-                    .settle(
-                        &Usage {
-                            prompt_tokens,
-                            ..Default::default()
-                        },
-                        "error",
-                    )
-                    .await;
-                return Err(bad_gateway(format!(
-                    "tier `{}` stopped mid-answer: {}",
-                    gw.tiers[tier].name,
-                    e.without_url()
-                )));
-            }
+        let read = match accepted.response.bytes().await {
+            Ok(b) => serde_json::from_slice::<Value>(&b)
+                .map_err(|_| "answered something that is not JSON".to_string()),
+            Err(e) => Err(format!("stopped mid-answer: {}", e.without_url())),
         };
-        let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
-            accepted
-                .call
-                .settle(
-                    &Usage {
-                        prompt_tokens,
-                        ..Default::default()
-                    },
-                    "error",
-                )
-                .await;
-            return Err(bad_gateway(format!(
-                "tier `{}` answered something that is not JSON",
-                gw.tiers[tier].name
-            )));
+        let answer = match read {
+            Ok(a) => a,
+            Err(why) => {
+                let usage = Usage {
+                    prompt_tokens,
+                    ..Default::default()
+                };
+                accepted.call.settle(&usage, "error").await;
+                return Err(bad_gateway(format!("tier `{}` {why}", gw.tiers[tier].name)));
+            }
         };
         let (mut completion, usage) = match gw.tiers[tier].provider {
             Provider::Anthropic => anthropic::completion(&answer),
@@ -613,6 +564,30 @@ impl UpstreamCall {
         let mut r = axum::Json(completion).into_response();
         meter.headers(r.headers_mut(), true);
         Ok(r)
+    }
+}
+
+/// The tier to ask after `tier` failed: its fallback, unless that was tried already; else
+/// the 502 naming every failure.
+fn next_tier(
+    gw: &Gateway,
+    ri: usize,
+    tier: usize,
+    tried: &[(usize, String)],
+) -> Result<usize, ApiError> {
+    match gw.tiers[tier].fallback {
+        Some(next) if !tried.iter().any(|(t, _)| *t == next) => Ok(next),
+        _ => {
+            let failures: Vec<String> = tried
+                .iter()
+                .map(|(t, why)| format!("{}: {why}", gw.tiers[*t].name))
+                .collect();
+            Err(bad_gateway(format!(
+                "every tier route `{}` can use failed: {}",
+                gw.routes[ri].cfg.name,
+                failures.join("; ")
+            )))
+        }
     }
 }
 

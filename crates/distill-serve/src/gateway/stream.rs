@@ -31,6 +31,14 @@ fn sse_response(body: Body, meter: &Meter, cost_known: bool) -> Response {
     r
 }
 
+/// A stream's closing usage chunk (no choices), with the `distill` object.
+fn usage_chunk(id: &Value, created: &Value, model: &Value, usage: &Usage, meter: &Meter) -> Value {
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [], "usage": usage_json(usage), "distill": meter,
+    })
+}
+
 /// A cached answer as a stream: the content in one chunk, the finish chunk, the usage chunk
 /// when asked for, `[DONE]`.
 pub(super) fn replay_stream(
@@ -64,11 +72,7 @@ pub(super) fn replay_stream(
         chunk(json!({}), finish),
     ];
     if include_usage {
-        events.push(json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [], "usage": usage_json(&hit.usage),
-            "distill": meter,
-        }));
+        events.push(usage_chunk(&id, &created, &model, &hit.usage, meter));
     }
     let mut out: Vec<Result<Bytes, std::io::Error>> =
         events.iter().map(|e| Ok(sse(&e.to_string()))).collect();
@@ -86,7 +90,6 @@ struct StreamState {
     ready: std::collections::VecDeque<Bytes>,
     call: Option<PaidCall>,
     content: String,
-    role_seen: bool,
     first: Option<Value>,
     finish: Option<String>,
     usage: Option<Usage>,
@@ -145,9 +148,6 @@ impl StreamState {
                 if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
                     self.content.push_str(t);
                 }
-                if c.pointer("/delta/role").is_some() {
-                    self.role_seen = true;
-                }
                 if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
                     self.finish = Some(f.to_string());
                 }
@@ -203,11 +203,14 @@ impl StreamState {
         let cost = self.call.as_ref().map(|c| c.cost(&usage)).unwrap_or(0.0);
         let f = self.first.as_ref();
         let field = |k: &str| f.and_then(|f| f.get(k)).cloned().unwrap_or(Value::Null);
-        let chunk = json!({
-            "id": field("id"), "object": "chat.completion.chunk", "created": field("created"),
-            "model": field("model"), "choices": [], "usage": usage_json(&usage),
-            "distill": self.job.meter_for(cost, &usage),
-        });
+        let meter = self.job.meter_for(cost, &usage);
+        let chunk = usage_chunk(
+            &field("id"),
+            &field("created"),
+            &field("model"),
+            &usage,
+            &meter,
+        );
         Some(sse(&chunk.to_string()))
     }
 
@@ -300,7 +303,6 @@ pub(super) fn relay_stream(
         ready: Default::default(),
         call: Some(call),
         content: String::new(),
-        role_seen: false,
         first: None,
         finish: None,
         usage: None,

@@ -137,3 +137,13 @@ pub fn series(metrics: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The sim-teacher on a free 127.0.0.1 port, answering `spec`'s task.
+pub async fn start_sim(spec: TaskSpec) -> distill_sim::SimServer {
+    distill_sim::SimServer::start(
+        distill_sim::SimConfig::new(spec),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
