@@ -42,17 +42,7 @@ bin=$(distill_bin)
 mkdir -p "$out"
 export DISTILL_STATE_DIR=$out/state
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_url() { # file regex pid -> the first match
-  local deadline=$((SECONDS + 120))
-  until grep -m1 -oE "$2" "$1" 2>/dev/null; do
-    kill -0 "$3" 2>/dev/null || { cat "$1" >&2; echo "process $3 exited early" >&2; exit 1; }
-    [ $SECONDS -lt $deadline ] || { cat "$1" >&2; echo "timed out waiting for $2" >&2; exit 1; }
-    sleep 0.1
-  done
-}
+trap stop_started EXIT
 
 cat >"$out/task.toml" <<EOF
 name = "banking77"

@@ -29,17 +29,7 @@ mkdir -p "$work"
 echo "work dir: $work" >&2
 export DISTILL_STATE_DIR=$work/state
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_url() { # file regex pid
-  local deadline=$((SECONDS + 120))
-  until grep -m1 -oE "$2" "$1" 2>/dev/null; do
-    kill -0 "$3" 2>/dev/null || { cat "$1" >&2; exit 1; }
-    [ $SECONDS -lt $deadline ] || { cat "$1" >&2; exit 1; }
-    sleep 0.1
-  done
-}
+trap stop_started EXIT
 
 # --- routers: import, train on one half, eval (threshold) on the other ----------------------
 for b in mmlu gsm8k; do
