@@ -412,8 +412,8 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, answers what is in flight,
-    /// waits for shadow calls still out with the teacher
-    /// (/readyz says 503 meanwhile) and returns.
+    /// waits for shadow calls still out with the teacher and for gateway calls whose client
+    /// went away, commits the ledger (/readyz says 503 meanwhile) and returns.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -430,6 +430,9 @@ impl Server {
             })
             .await?;
         state.shadow_idle().await;
+        if let Some(gw) = &state.gateway {
+            gw.drain().await;
+        }
         let s = state.clone();
         let _ = tokio::task::spawn_blocking(move || s.flush_shadow()).await;
         Ok(())

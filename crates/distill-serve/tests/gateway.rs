@@ -765,6 +765,46 @@ async fn a_client_that_gives_up_on_a_paid_call_still_gets_it_metered_and_cached(
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_meters_the_paid_calls_its_clients_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (up, seen) = recording_upstream_gated(gate.clone()).await;
+    let cfg = format!(
+        "[[tier]]\nname = \"only\"\nprovider = \"openai\"\nmodel = \"gpt-4o\"\nbase_url = \"{up}\"\n\
+         [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n"
+    );
+    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&user("auto", "a slow question"))
+        .send()
+        .await;
+    assert!(r.is_err_and(|e| e.is_timeout()));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // No client is left, but a paid call is: the gateway does not stop before it is metered.
+    let mut stopping = tokio::spawn(server.shutdown());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut stopping)
+            .await
+            .is_err(),
+        "stopped with a paid call still out"
+    );
+    gate.notify_one();
+    stopping.await.unwrap().unwrap();
+    let rows = Ledger::open(dir.path().join("ledger.db"))
+        .unwrap()
+        .rows_for_task("r")
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, "ok", "{rows:?}");
+    assert_eq!(rows[0].usage.completion_tokens, 5);
+}
+
 const ANTHROPIC_CONFIG: &str = r#"
 [[tier]]
 name = "claude"

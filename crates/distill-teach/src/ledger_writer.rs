@@ -151,9 +151,10 @@ impl LedgerWriter {
         }
     }
 
-    /// Drops an unbilled call's `in_flight` row, without waiting.
-    pub fn discard(&self, id: i64) {
-        self.send(LedgerOp::Discard(id), None);
+    /// Drops an unbilled call's `in_flight` row and waits for the commit, so a caller told
+    /// "refused" never finds the row still in the ledger.
+    pub async fn discard(&self, id: i64) -> Result<(), String> {
+        self.committed(LedgerOp::Discard(id)).await.map(drop)
     }
 
     /// Commits everything queued and stops the thread (also on drop).

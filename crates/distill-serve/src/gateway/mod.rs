@@ -124,6 +124,9 @@ pub struct Gateway {
     pub routes: Vec<Route>,
     /// Counts prompts for rules and ledger estimates (o200k, as gpt-4o counts).
     tokenizer: distill_teach::dry_run::Tokenizer,
+    /// Paid calls and settlements running detached from their client (see [`Self::drain`]).
+    pub(crate) detached: tokio_util::task::TaskTracker,
+    writer: Option<Arc<distill_teach::ledger_writer::LedgerWriter>>,
 }
 
 /// What the gateway needs from the command line.
@@ -219,11 +222,24 @@ impl Gateway {
         Ok(Self {
             tiers,
             routes,
+            detached: tokio_util::task::TaskTracker::new(),
+            writer,
             tokenizer: distill_teach::dry_run::Tokenizer::for_model(
                 distill_core::Provider::Openai,
                 "gpt-4o",
             ),
         })
+    }
+
+    /// At shutdown, once no request is left: waits for calls whose client went away (they
+    /// are paid for, so they are still read and metered), then commits every queued ledger
+    /// change. Without this a stopping gateway would leave such calls `in_flight`.
+    pub async fn drain(&self) {
+        self.detached.close();
+        self.detached.wait().await;
+        if let Some(w) = self.writer.clone() {
+            let _ = tokio::task::spawn_blocking(move || w.close()).await;
+        }
     }
 
     /// Every route's budget, for [`crate::budget::Budgets::with_cap`].

@@ -342,7 +342,7 @@ pub(crate) async fn chat(
     // the call sent (or refused) whatever happens, and a whole answer is still read, metered
     // and cached (the next identical request is free). A stream's body is the client's: once
     // it is dropped, the call is settled at what was received.
-    tokio::spawn(call.run()).await.unwrap_or_else(|e| {
+    gw.detached.spawn(call.run()).await.unwrap_or_else(|e| {
         tracing::error!("gateway call: {e}");
         Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

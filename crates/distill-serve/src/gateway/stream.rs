@@ -239,7 +239,7 @@ impl StreamState {
         // Spawned: a client hanging up now (while the cache or the ledger is written) drops
         // this stream, and would otherwise drop the settling half done.
         let job = self.job.clone();
-        let settle = tokio::spawn(async move {
+        let settle = self.job.gw.detached.spawn(async move {
             job.done_as(call, usage, finish.as_deref(), completion.as_ref(), status)
                 .await
         });

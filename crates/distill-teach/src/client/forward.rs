@@ -151,13 +151,15 @@ impl TeacherClient {
             (None, Some(l)) => (Some(Sink::Direct(l.clone())), Some(l.begin(&row)?)),
             (None, None) => (None, None),
         };
-        let discard = || -> Result<()> {
+        let discard = || async {
             match (&sink, id) {
                 (Some(Sink::Direct(l)), Some(id)) => l.discard(id)?,
-                (Some(Sink::Queued(w)), Some(id)) => w.discard(id),
+                (Some(Sink::Queued(w)), Some(id)) => w.discard(id).await.map_err(|e| {
+                    TeachError::Invalid(format!("cannot remove an unbilled call's row: {e}"))
+                })?,
                 _ => {}
             }
-            Ok(())
+            Result::<()>::Ok(())
         };
         let url = self.wire.endpoint();
         let mut last = String::new();
@@ -203,7 +205,7 @@ impl TeacherClient {
                     let after = retry_after(resp.headers());
                     let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
                     if !retryable(status) {
-                        discard()?;
+                        discard().await?;
                         return Ok(Forwarded::Refused { status, body });
                     }
                     let err = self.wire.parse_error(status, &body);
@@ -233,7 +235,7 @@ impl TeacherClient {
                 tokio::time::sleep(wait).await;
             }
         }
-        discard()?;
+        discard().await?;
         Ok(Forwarded::GaveUp {
             status: last_status,
             message: format!("gave up after {} attempts: {last}", self.max_retries + 1),
