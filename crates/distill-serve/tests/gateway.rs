@@ -713,8 +713,14 @@ async fn students_are_served_beside_the_routes() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_gives_up_on_a_paid_call_still_gets_it_metered_and_cached() {
+/// A gateway with one gated upstream, and a paid call to it whose client gave up (timed out)
+/// while the upstream was still working on it. `gate` lets the upstream answer.
+async fn a_call_its_client_left() -> (
+    tempfile::TempDir,
+    Arc<tokio::sync::Notify>,
+    Arc<Mutex<Vec<Value>>>,
+    RunningServer,
+) {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(tokio::sync::Notify::new());
     let (up, seen) = recording_upstream_gated(gate.clone()).await;
@@ -723,14 +729,12 @@ async fn a_client_that_gives_up_on_a_paid_call_still_gets_it_metered_and_cached(
          [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n"
     );
     let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
-    let url = server.url();
-    // The client gives up while the upstream is still working on it...
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
     let r = impatient
-        .post(format!("{url}/v1/chat/completions"))
+        .post(format!("{}/v1/chat/completions", server.url()))
         .json(&user("auto", "a slow question"))
         .send()
         .await;
@@ -740,6 +744,14 @@ async fn a_client_that_gives_up_on_a_paid_call_still_gets_it_metered_and_cached(
         1,
         "the call reached the upstream"
     );
+    (dir, gate, seen, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_on_a_paid_call_still_gets_it_metered_and_cached() {
+    // The client gives up while the upstream is still working on it...
+    let (dir, gate, seen, server) = a_call_its_client_left().await;
+    let url = server.url();
     // ...which then answers: the paid answer is recorded and cached, not thrown away.
     gate.notify_one();
     let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
@@ -767,25 +779,7 @@ async fn a_client_that_gives_up_on_a_paid_call_still_gets_it_metered_and_cached(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_gateway_meters_the_paid_calls_its_clients_left() {
-    let dir = tempfile::tempdir().unwrap();
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let (up, seen) = recording_upstream_gated(gate.clone()).await;
-    let cfg = format!(
-        "[[tier]]\nname = \"only\"\nprovider = \"openai\"\nmodel = \"gpt-4o\"\nbase_url = \"{up}\"\n\
-         [[route]]\nname = \"r\"\nmodels = [\"auto\"]\npolicy = \"fixed\"\ntier = \"only\"\n"
-    );
-    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let r = impatient
-        .post(format!("{}/v1/chat/completions", server.url()))
-        .json(&user("auto", "a slow question"))
-        .send()
-        .await;
-    assert!(r.is_err_and(|e| e.is_timeout()));
-    assert_eq!(seen.lock().unwrap().len(), 1);
+    let (dir, gate, _seen, server) = a_call_its_client_left().await;
     // No client is left, but a paid call is: the gateway does not stop before it is metered.
     let mut stopping = tokio::spawn(server.shutdown());
     assert!(
