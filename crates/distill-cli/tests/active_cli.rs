@@ -4,30 +4,12 @@
 
 mod common;
 
-use common::{banking77, every_nth_csv, get_json, repo, sim_teacher};
+use common::{banking77, distill_in as run, every_nth_csv, get_json, repo, sim_teacher};
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args(["--state-dir", "state", "-q"])
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .output()
-        .unwrap()
-}
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = run(dir, args);
-    assert!(
-        o.status.success(),
-        "distill {args:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    String::from_utf8_lossy(&common::distill_ok(dir, args).stdout).into_owned()
 }
 
 fn ids(path: &Path) -> Vec<String> {

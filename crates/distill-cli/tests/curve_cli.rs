@@ -4,30 +4,7 @@
 
 mod common;
 
-use common::{banking77, every_nth_csv, repo, sim_teacher};
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args(["--state-dir", "state", "-q"])
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> Output {
-    let o = run(dir, args);
-    assert!(
-        o.status.success(),
-        "distill {args:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
+use common::{banking77, distill_in as run, distill_ok as ok, every_nth_csv, repo, sim_teacher};
 
 #[test]
 fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_sufficient() {

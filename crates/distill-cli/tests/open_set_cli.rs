@@ -6,26 +6,9 @@
 
 mod common;
 
-use common::{banking77, head_csv, repo, sim_teacher};
+use common::{banking77, distill_ok as distill, head_csv, repo, sim_teacher};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn distill(dir: &Path, args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args(["--state-dir", "state", "-q"])
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "distill {args:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
+use std::process::Command;
 
 /// The first `n` MixSNIPS texts of `file` as a JSONL of `{"text"}`.
 fn mixsnips(file: &str, dst: &Path, skip: usize, n: usize) {

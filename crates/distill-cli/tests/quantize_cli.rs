@@ -6,18 +6,9 @@
 
 mod common;
 
-use common::{banking77, every_nth_csv, repo};
+use common::{banking77, distill_in as distill, every_nth_csv, repo};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn distill(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args(["--state-dir", "state", "--quiet"])
-        .args(args)
-        .output()
-        .unwrap()
-}
+use std::process::Output;
 
 fn ok(out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);

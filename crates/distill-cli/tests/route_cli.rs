@@ -6,23 +6,12 @@
 
 mod common;
 
-use common::{get_json, repo, sim_teacher};
+use common::{distill_in as distill, get_json, repo, sim_teacher};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn routellm() -> PathBuf {
     repo().join("../shared/datasets/routellm")
-}
-
-fn distill(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .current_dir(dir)
-        .args(["--state-dir", "state", "-q"])
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("TOGETHER_API_KEY")
-        .output()
-        .unwrap()
 }
 
 fn ok(o: Output) -> String {

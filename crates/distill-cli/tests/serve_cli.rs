@@ -5,12 +5,10 @@
 
 mod common;
 
-use common::banking77;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use common::{banking77, http, start_serve, Proc};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -112,78 +110,6 @@ fn csv_records(text: &str) -> Vec<Vec<String>> {
         rows.push(row);
     }
     rows
-}
-
-/// A child process killed (and reaped) when dropped, so a failed assertion leaves nothing behind.
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `distill serve ARGS --port 0` and waits for the line that names its address.
-fn start_serve(args: &[&str], state: &Path) -> (Proc, String) {
-    let mut child = Command::new(bin())
-        .arg("serve")
-        .args(args)
-        .args(["--port", "0"])
-        .env("DISTILL_STATE_DIR", state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    let pipe = child.stderr.take().unwrap();
-    let log = stderr.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            }
-            let mut l = log.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let proc = Proc { child, stderr };
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| {
-            panic!(
-                "distill serve did not report its address:\n{}",
-                proc.stderr.lock().unwrap()
-            )
-        });
-    (proc, addr)
-}
-
-/// One HTTP/1.1 request on a fresh connection: (status, body).
-fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {raw:?}")))?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.to_string()))
 }
 
 fn chat_body(text: &str) -> String {

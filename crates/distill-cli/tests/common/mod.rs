@@ -1,7 +1,13 @@
 //! Paths and data slices shared by the CLI tests.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -55,6 +61,31 @@ pub fn every_nth_csv(src: &Path, dst: &Path, step: usize) -> usize {
     n
 }
 
+/// `distill ARGS` run in `dir`, quiet, with its state in `dir/state` and no provider keys from
+/// the environment (a test must never reach a real provider).
+pub fn distill_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir)
+        .args(["--state-dir", "state", "-q"])
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("TOGETHER_API_KEY")
+        .output()
+        .unwrap()
+}
+
+/// [`distill_in`], asserting it succeeded (its stdout and stderr are the message).
+pub fn distill_ok(dir: &Path, args: &[&str]) -> std::process::Output {
+    let o = distill_in(dir, args);
+    assert!(
+        o.status.success(),
+        "distill {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
 /// GET a JSON body over a plain connection (the sim-teacher's `/stats`).
 pub fn get_json(url: &str) -> serde_json::Value {
     use std::io::{Read, Write};
@@ -90,4 +121,76 @@ pub fn sim_teacher(dir: &Path, task: &str, args: &[&str]) -> (std::process::Chil
         .read_line(&mut url)
         .unwrap();
     (sim, url.trim().to_string())
+}
+
+/// A child process killed (and reaped) when dropped, so a failed assertion leaves nothing behind.
+pub struct Proc {
+    pub child: Child,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `distill serve ARGS --port 0` and waits for the line that names its address.
+pub fn start_serve(args: &[&str], state: &Path) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0"])
+        .env("DISTILL_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    let log = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+            }
+            let mut l = log.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let proc = Proc { child, stderr };
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            panic!(
+                "distill serve did not report its address:\n{}",
+                proc.stderr.lock().unwrap()
+            )
+        });
+    (proc, addr)
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {raw:?}")))?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.to_string()))
 }
