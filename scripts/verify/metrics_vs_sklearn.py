@@ -11,6 +11,11 @@ option's economics directly from its $/request, one-time cost and the settings: 
 (one-time costs included), every later month, both savings and the break-even. Exit 0 when all
 match, 1 on any mismatch (each one printed), 2 on unusable input.
 
+A multilabel eval (each quality has a `sets` block) is checked on the label-indicator matrices
+instead: exact-set `accuracy_score`, `f1_score` micro / macro (over the labels present in the
+references or the answers) / weighted, `precision_recall_fscore_support` per label and
+`hamming_loss`. Answer strings are label sets joined by `sets.separator` (`[]`: the empty set).
+
 Item selection mirrors the eval: an option is scored on the items where both the reference
 label and its prediction exist; options with "evaluated_on": "held_out" (cascades) only on
 items whose split is "held_out"; the teacher rows' predictions are the `teacher` field.
@@ -19,7 +24,14 @@ import json
 import sys
 from pathlib import Path
 
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    hamming_loss,
+    precision_recall_fscore_support,
+)
+from sklearn.preprocessing import MultiLabelBinarizer
 
 TOL = 1e-9
 
@@ -63,6 +75,9 @@ def main() -> int:
             if len(y_true) != q["n"]:
                 failures.append(f"{where}: n {len(y_true)} != {q['n']}")
                 continue
+            if q.get("sets") is not None:
+                checked += check_sets(where, q, y_true, y_pred, failures)
+                continue
             ours = {
                 "accuracy": q["accuracy"]["value"],
                 "macro_f1": q["macro_f1"]["value"],
@@ -97,6 +112,56 @@ def main() -> int:
         return 1
     print(f"all {checked} metric sets match scikit-learn (tolerance {TOL})")
     return 0
+
+
+def parse_set(answer: str, sep: str) -> list:
+    answer = answer.strip()
+    if answer.startswith("["):
+        return json.loads(answer)
+    return [l.strip() for l in answer.split(sep)]
+
+
+def check_sets(where, q, y_true, y_pred, failures) -> int:
+    """Multilabel: every figure recomputed on indicator matrices over the task's labels."""
+    sep = q["sets"]["separator"]
+    labels = [c["label"] for c in q["per_class"]]
+    mlb = MultiLabelBinarizer(classes=labels)
+    t = mlb.fit_transform([parse_set(a, sep) for a in y_true])
+    p = mlb.transform([parse_set(a, sep) for a in y_pred])
+    present = [j for j in range(len(labels)) if t[:, j].any() or p[:, j].any()]
+    theirs = {
+        "accuracy": accuracy_score(t, p),
+        "micro_f1": f1_score(t, p, average="micro", zero_division=0),
+        "macro_f1": f1_score(t, p, average="macro", labels=present, zero_division=0) if present else 0.0,
+        "weighted_f1": f1_score(t, p, average="weighted", zero_division=0),
+        "hamming_loss": hamming_loss(t, p),
+        "mean_reference_labels": t.sum() / len(t),
+        "mean_predicted_labels": p.sum() / len(p),
+    }
+    ours = {
+        "accuracy": q["accuracy"]["value"],
+        "micro_f1": q["sets"]["micro_f1"]["value"],
+        "macro_f1": q["macro_f1"]["value"],
+        "weighted_f1": q["weighted_f1"]["value"],
+        "hamming_loss": q["sets"]["hamming_loss"]["value"],
+        "mean_reference_labels": q["sets"]["mean_reference_labels"],
+        "mean_predicted_labels": q["sets"]["mean_predicted_labels"],
+    }
+    for k in ours:
+        diff = abs(ours[k] - theirs[k])
+        if not diff <= TOL:
+            failures.append(f"{where}: {k} distill={ours[k]!r} sklearn={theirs[k]!r} (|diff|={diff:.3g})")
+    prec, rec, f1, support = precision_recall_fscore_support(t, p, average=None, zero_division=0)
+    for j, c in enumerate(q["per_class"]):
+        for k, v in (("precision", prec[j]), ("recall", rec[j]), ("f1", f1[j])):
+            if not abs(c[k] - v) <= TOL:
+                failures.append(f"{where}: {c['label']} {k} distill={c[k]!r} sklearn={v!r}")
+        if c["support"] != support[j]:
+            failures.append(f"{where}: {c['label']} support distill={c['support']} sklearn={support[j]}")
+    print(f"ok  {where}: n={q['n']} exact-set accuracy={theirs['accuracy']:.6f} "
+          f"micro_f1={theirs['micro_f1']:.6f} macro_f1={theirs['macro_f1']:.6f} "
+          f"hamming_loss={theirs['hamming_loss']:.6f}")
+    return 1
 
 
 def check_economics(metrics, failures) -> int:

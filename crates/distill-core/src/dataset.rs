@@ -69,19 +69,31 @@ pub fn load_examples(path: &Path, cols: &Columns, labels: &LabelSet) -> Result<L
                     format!("not a teacher record: {e}"),
                 )
             })?;
-            let label = rec.label().map(str::to_string);
-            if label.is_none() {
-                out.skipped_unlabelled += 1;
-            }
-            for (field, l) in [("output.label", &label), ("gold", &rec.gold)] {
-                if let Some(l) = l {
-                    if !labels.contains(l) {
+            if rec.status == crate::record::RecordStatus::Ok {
+                if let Some(crate::record::TaskOutput::Multilabel { labels: ls }) = &rec.output {
+                    if let Some(l) = ls.iter().find(|l| !labels.contains(l)) {
                         return Err(CoreError::data(
                             path,
                             line_no,
-                            field,
+                            "output.labels",
                             format!("label `{l}` is not in the task's label set"),
                         ));
+                    }
+                }
+            }
+            let label = rec.answer(labels);
+            if label.is_none() {
+                out.skipped_unlabelled += 1;
+            }
+            let field = if labels.is_multilabel() {
+                "output.labels"
+            } else {
+                "output.label"
+            };
+            for (field, l) in [(field, &label), ("gold", &rec.gold)] {
+                if let Some(l) = l {
+                    if let Err(e) = labels.parse_set(l) {
+                        return Err(CoreError::data(path, line_no, field, e));
                     }
                 }
             }
@@ -96,12 +108,12 @@ pub fn load_examples(path: &Path, cols: &Columns, labels: &LabelSet) -> Result<L
         for item in read_inputs(path, None, cols)? {
             let item = item?;
             if let Some(l) = &item.gold {
-                if !labels.contains(l) {
+                if let Err(e) = labels.parse_set(l) {
                     return Err(CoreError::data(
                         path,
                         item.line,
                         cols.gold.as_deref().unwrap_or("label"),
-                        format!("label `{l}` is not in the task's label set"),
+                        e,
                     ));
                 }
             }

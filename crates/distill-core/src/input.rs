@@ -259,6 +259,8 @@ fn json_str(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
+        // A multilabel gold list, kept as JSON text (`LabelSet::parse_set` reads it).
+        serde_json::Value::Array(_) => Some(v.to_string()),
         _ => None,
     }
 }

@@ -14,6 +14,29 @@ pub enum TaskOutput {
 }
 
 impl TaskOutput {
+    /// The output as one answer string in `labels`' notation (see
+    /// [`crate::LabelSet::parse_set`]): the label, or the joined label set.
+    pub fn answer(&self, labels: &crate::LabelSet) -> Option<String> {
+        match self {
+            TaskOutput::Classify { label } => Some(label.clone()),
+            TaskOutput::Multilabel { labels: ls } => {
+                let idx: Option<Vec<usize>> = ls.iter().map(|l| labels.index_of(l)).collect();
+                Some(labels.format_set(&idx?))
+            }
+            TaskOutput::Extract { .. } => None,
+        }
+    }
+
+    /// The answer as one string [`crate::LabelSet::parse_set`] reads, unchecked (so a reader
+    /// can say which label is unknown): the label, or the labels as a JSON list.
+    pub fn answer_text(&self) -> Option<String> {
+        match self {
+            TaskOutput::Classify { label } => Some(label.clone()),
+            TaskOutput::Multilabel { labels } => serde_json::to_string(labels).ok(),
+            TaskOutput::Extract { .. } => None,
+        }
+    }
+
     /// The single label of a classification output.
     pub fn label(&self) -> Option<&str> {
         match self {
@@ -107,6 +130,24 @@ pub struct TeacherRecord {
 }
 
 impl TeacherRecord {
+    /// The teacher's answer in `labels`' notation, when the record is usable for training:
+    /// the label, or the joined label set of a multilabel task. `None` also when a label is
+    /// not in the set.
+    pub fn answer(&self, labels: &crate::LabelSet) -> Option<String> {
+        if self.status != RecordStatus::Ok {
+            return None;
+        }
+        self.output.as_ref().and_then(|o| o.answer(labels))
+    }
+
+    /// [`TaskOutput::answer_text`] of a usable record.
+    pub fn answer_text(&self) -> Option<String> {
+        if self.status != RecordStatus::Ok {
+            return None;
+        }
+        self.output.as_ref().and_then(|o| o.answer_text())
+    }
+
     /// The teacher's label, when the record is usable for training.
     pub fn label(&self) -> Option<&str> {
         if self.status == RecordStatus::Ok {

@@ -114,6 +114,10 @@ pub struct InputSpec {
     /// instead of `text_column`; the text is its transcript.
     #[serde(default)]
     pub messages_column: Option<String>,
+    /// Multilabel: what separates the labels in a CSV gold cell (default `|`; an empty set
+    /// is `[]`). A JSONL gold field is a list.
+    #[serde(default)]
+    pub gold_separator: Option<String>,
 }
 
 fn default_text_column() -> String {
@@ -137,6 +141,9 @@ pub struct LabelsSpec {
     /// class. Added to the label set (last) when the list does not hold it.
     #[serde(default)]
     pub out_of_scope: Option<String>,
+    /// Multilabel: whether an input may carry no label (default true).
+    #[serde(default)]
+    pub allow_empty: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,6 +188,58 @@ fn default_system_prompt() -> String {
 Reply with JSON only: {\"label\": \"<label>\"}."
         .into()
 }
+fn default_multilabel_prompt() -> String {
+    "You are a careful annotator. Give every one of the allowed labels that applies to the \
+user's message (possibly several, possibly none). Reply with JSON only: \
+{\"labels\": [\"<label>\", ...]}."
+        .into()
+}
+
+/// A multilabel task's label set: answers are sets, joined by the gold separator.
+fn multilabel_set(
+    labels: &mut LabelSet,
+    spec: &LabelsSpec,
+    input: &InputSpec,
+    path: &Path,
+) -> Result<()> {
+    if spec.out_of_scope.is_some() {
+        return Err(CoreError::spec(
+            path,
+            "labels.out_of_scope",
+            "a multilabel task answers \"none of these\" with the empty set \
+             (labels.allow_empty = true), not with a label",
+        ));
+    }
+    let sep = input
+        .gold_separator
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SET_SEPARATOR.to_string());
+    if sep.trim().is_empty() {
+        return Err(CoreError::spec(
+            path,
+            "input.gold_separator",
+            "must not be empty or blank",
+        ));
+    }
+    if let Some(l) = labels
+        .names
+        .iter()
+        .find(|l| l.contains(sep.as_str()) || l.as_str() == EMPTY_SET)
+    {
+        return Err(CoreError::spec(
+            path,
+            "labels",
+            format!(
+                "label `{l}` contains the gold separator `{sep}` (or is `{EMPTY_SET}`); \
+                 choose another with input.gold_separator"
+            ),
+        ));
+    }
+    labels.set_separator = Some(sep);
+    labels.allow_empty = spec.allow_empty.unwrap_or(true);
+    Ok(())
+}
+
 fn default_user_template() -> String {
     "Allowed labels:\n{labels}\n\nMessage:\n{text}".into()
 }
@@ -232,7 +291,27 @@ pub struct LabelSet {
     /// The open-set label (`labels.out_of_scope`), one of `names`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_of_scope: Option<String>,
+    /// A multilabel task's answers are sets of labels, written as one string: the labels
+    /// joined by this separator (in label-set order), the empty set as `[]` (see
+    /// [`LabelSet::parse_set`]). `None`: one label per answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_separator: Option<String>,
+    /// Multilabel: whether an input may have no label at all.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub allow_empty: bool,
 }
+
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The default separator of a multilabel gold column in CSV (and of label sets in records).
+pub const DEFAULT_SET_SEPARATOR: &str = "|";
+/// How an empty label set is written where a string is expected.
+pub const EMPTY_SET: &str = "[]";
 
 /// What the teacher is told the out-of-scope label means, unless the spec describes it.
 pub const DEFAULT_OUT_OF_SCOPE_DESCRIPTION: &str =
@@ -244,6 +323,68 @@ impl LabelSet {
             names,
             descriptions: BTreeMap::new(),
             out_of_scope: None,
+            set_separator: None,
+            allow_empty: true,
+        }
+    }
+    /// True when answers are sets of labels (a multilabel task).
+    pub fn is_multilabel(&self) -> bool {
+        self.set_separator.is_some()
+    }
+    /// Reads one answer string (a gold cell, a record's label) as label indices, sorted and
+    /// unique. A single-label set accepts exactly one label. Errors say what is wrong.
+    pub fn parse_set(&self, answer: &str) -> std::result::Result<Vec<usize>, String> {
+        let one = |l: &str| {
+            self.index_of(l.trim())
+                .ok_or_else(|| format!("label `{}` is not in the task's label set", l.trim()))
+        };
+        let Some(sep) = &self.set_separator else {
+            return one(answer).map(|i| vec![i]);
+        };
+        let answer = answer.trim();
+        let mut set: Vec<usize> = if answer == EMPTY_SET {
+            Vec::new()
+        } else if answer.starts_with('[') {
+            let items: Vec<String> = serde_json::from_str(answer)
+                .map_err(|_| format!("`{answer}` is not a JSON list of labels"))?;
+            items
+                .iter()
+                .map(|l| one(l))
+                .collect::<std::result::Result<_, _>>()?
+        } else {
+            answer
+                .split(sep.as_str())
+                .map(one)
+                .collect::<std::result::Result<_, _>>()?
+        };
+        set.sort_unstable();
+        set.dedup();
+        if set.is_empty() && !self.allow_empty {
+            return Err(
+                "an empty label set, and the task says every input has a label \
+                        (labels.allow_empty = false)"
+                    .into(),
+            );
+        }
+        Ok(set)
+    }
+    /// The answer string of a set of label indices (the inverse of [`Self::parse_set`]).
+    pub fn format_set(&self, set: &[usize]) -> String {
+        match &self.set_separator {
+            None => set
+                .first()
+                .map(|&i| self.names[i].clone())
+                .unwrap_or_default(),
+            Some(_) if set.is_empty() => EMPTY_SET.to_string(),
+            Some(sep) => {
+                let mut set = set.to_vec();
+                set.sort_unstable();
+                set.dedup();
+                set.iter()
+                    .map(|&i| self.names[i].as_str())
+                    .collect::<Vec<_>>()
+                    .join(sep)
+            }
         }
     }
     /// Index of the out-of-scope label, for an open-set task.
@@ -346,15 +487,11 @@ impl TaskSpec {
         if file.name.trim().is_empty() {
             return Err(CoreError::spec(path, "name", "must not be empty"));
         }
-        if !matches!(file.kind, TaskKind::Classify | TaskKind::Route) {
+        if file.kind == TaskKind::Extract {
             return Err(CoreError::spec(
                 path,
                 "kind",
-                format!(
-                    "`{:?}` tasks are not supported yet; use \"classify\" or \"route\"",
-                    file.kind
-                )
-                .to_lowercase(),
+                "`extract` tasks are not supported yet; use \"classify\", \"multilabel\" or \"route\"",
             ));
         }
         let mut file = file;
@@ -377,6 +514,7 @@ impl TaskSpec {
                 file: None,
                 descriptions: BTreeMap::new(),
                 out_of_scope: None,
+                allow_empty: None,
             });
             if file.teacher.is_none() {
                 file.teacher = Some(match &spec.judge {
@@ -410,6 +548,13 @@ impl TaskSpec {
                 "missing: a classification task needs [labels]",
             ));
         };
+        if file.kind == TaskKind::Multilabel {
+            if let Some(t) = file.teacher.as_mut() {
+                if t.system_prompt == default_system_prompt() {
+                    t.system_prompt = default_multilabel_prompt();
+                }
+            }
+        }
         let Some(teacher) = file.teacher.clone() else {
             return Err(CoreError::spec(
                 path,
@@ -418,6 +563,24 @@ impl TaskSpec {
             ));
         };
         let mut labels = load_labels(&labels_spec, path, &resolve)?;
+        if file.kind == TaskKind::Multilabel {
+            multilabel_set(&mut labels, &labels_spec, &file.input, path)?;
+        } else {
+            if labels_spec.allow_empty.is_some() {
+                return Err(CoreError::spec(
+                    path,
+                    "labels.allow_empty",
+                    "only multilabel tasks have label sets that may be empty",
+                ));
+            }
+            if file.input.gold_separator.is_some() {
+                return Err(CoreError::spec(
+                    path,
+                    "input.gold_separator",
+                    "only multilabel tasks have several gold labels per input",
+                ));
+            }
+        }
         if let Some(oos) = &labels_spec.out_of_scope {
             let oos = oos.trim();
             if oos.is_empty() {
@@ -533,8 +696,21 @@ impl TaskSpec {
             .replace("{text}", text)
     }
 
-    /// The JSON schema the teacher's reply must satisfy: `{"label": <one of the labels>}`.
+    /// The JSON schema the teacher's reply must satisfy: `{"label": <one of the labels>}`,
+    /// or for a multilabel task `{"labels": [<labels>...]}` (duplicates are dropped when read:
+    /// strict structured outputs do not take `uniqueItems`).
     pub fn output_schema(&self) -> serde_json::Value {
+        if self.labels.is_multilabel() {
+            return serde_json::json!({
+                "type": "object",
+                "properties": {"labels": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": self.labels.names}
+                }},
+                "required": ["labels"],
+                "additionalProperties": false
+            });
+        }
         serde_json::json!({
             "type": "object",
             "properties": {"label": {"type": "string", "enum": self.labels.names}},

@@ -2,6 +2,7 @@
 //! labels, at real-time and Batch API prices), each student (run here and timed), each hosted
 //! model asked as a student, and replayed predictions.
 
+use crate::answer_space::AnswerSpace;
 use crate::cost;
 use crate::data::{Replayed, TestItems};
 use crate::error::{EvalError, Result};
@@ -40,10 +41,11 @@ pub(crate) fn gather(
     pricing: &TeacherPricing,
     students: &[NamedStudent],
     api_students: &[crate::api::ApiStudentSpec],
+    space: &AnswerSpace,
     replayed: Replayed,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Answers>> {
-    let labels = &spec.labels;
+    let labels = space.labels();
     let n = items.len();
     let has_teacher = items.n_teacher() > 0;
     let teacher_rt = pricing.per_request;
@@ -106,6 +108,16 @@ pub(crate) fn gather(
         let meta = s.student.meta();
         let where_ = s.path.clone().unwrap_or_else(|| PathBuf::from(&s.name));
         let map = label_map(meta, labels, &where_)?;
+        if meta.multilabel.is_some() != space.is_sets() {
+            return Err(EvalError::LabelMismatch {
+                model: where_.clone(),
+                detail: if space.is_sets() {
+                    "the task is multilabel and the model answers one label".into()
+                } else {
+                    "the model answers label sets (multilabel) and the task one label".into()
+                },
+            });
+        }
         if map.len() < labels.len() {
             warnings.push(format!(
                 "model `{}` has no `{}` label (trained closed-set): it answers every out-of-scope \
@@ -120,7 +132,7 @@ pub(crate) fn gather(
                 s.name, meta.task, spec.name
             ));
         }
-        let run = pool.install(|| run_student(s, &texts, &map, opts))?;
+        let run = pool.install(|| run_student(s, &texts, &map, space, opts))?;
         // Priced by where it runs now, not where it was trained.
         let device = if opts.device.starts_with("cuda") || opts.device == "metal" {
             opts.device.clone()
@@ -213,7 +225,7 @@ pub(crate) fn gather(
             spec,
             who,
             &items.texts,
-            labels,
+            space,
             &crate::api::ApiRunOptions {
                 cache_path: opts.cache.clone(),
                 ledger_path: opts.ledger.clone(),
@@ -358,8 +370,10 @@ fn run_student(
     s: &NamedStudent,
     texts: &[&str],
     map: &[usize],
+    space: &AnswerSpace,
     opts: &EvalOptions,
 ) -> Result<StudentRun> {
+    let set_head = s.student.meta().multilabel.as_ref();
     let n = texts.len();
     let bar = progress_bar(opts.progress, n as u64, format!("eval {}", s.name));
     let mut labels = Vec::with_capacity(n);
@@ -386,17 +400,22 @@ fn run_student(
                     map.len()
                 )));
             }
-            let (best, p) =
-                row.iter()
-                    .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |acc, (i, &p)| {
-                        if p > acc.1 {
-                            (i, p)
-                        } else {
-                            acc
-                        }
-                    });
-            labels.push(map[best]);
+            let (answer, p) =
+                match set_head {
+                    Some(head) => {
+                        let (set, p) = head.decide(&row);
+                        let set: Vec<usize> = set.iter().map(|&j| map[j]).collect();
+                        (space.index_of_set(&set), p)
+                    }
+                    None => {
+                        let (best, p) = row.iter().enumerate().fold(
+                            (0usize, f32::NEG_INFINITY),
+                            |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
+                        );
+                        (map[best], p)
+                    }
+                };
+            labels.push(answer);
             confidence.push(if p.is_finite() { p as f64 } else { 0.0 });
         }
         if let Some(b) = &bar {

@@ -4,7 +4,7 @@
 //! prompt, retries, rate limits, response cache and ledger rows as the teacher.
 
 use crate::error::{EvalError, Result};
-use distill_core::spec::{LabelSet as Labels, Provider};
+use distill_core::spec::Provider;
 use distill_core::TaskSpec;
 use distill_teach::{CallContext, ClientOptions, TeacherClient};
 use std::path::PathBuf;
@@ -93,7 +93,7 @@ pub fn run_api_student(
     spec: &TaskSpec,
     who: &ApiStudentSpec,
     texts: &[String],
-    labels: &Labels,
+    space: &crate::answer_space::AnswerSpace,
     opts: &ApiRunOptions,
 ) -> Result<ApiRun> {
     let client = TeacherClient::new(
@@ -168,8 +168,9 @@ pub fn run_api_student(
         if !o.cached {
             run.latency_ms.push(o.latency_ms as f64);
         }
-        let label = o.label.as_deref().and_then(|l| labels.index_of(l));
-        match (&o.label, label) {
+        let answer = o.output.as_ref().and_then(|out| out.answer_text());
+        let label = answer.as_deref().and_then(|l| space.index_of(l));
+        match (answer, label) {
             (Some(_), None) => run.invalid += 1,
             (None, _) if o.status == distill_core::record::RecordStatus::Invalid => {
                 run.invalid += 1

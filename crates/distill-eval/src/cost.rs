@@ -105,7 +105,7 @@ pub fn estimate_usages(
     spec: &TaskSpec,
     price_model: &str,
     texts: &[&str],
-    reply_labels: &[Option<&str>],
+    replies: &[Option<String>],
 ) -> Result<Vec<Usage>> {
     let bare = price_model.rsplit('/').next().unwrap_or(price_model);
     let o200k = [
@@ -139,18 +139,23 @@ pub fn estimate_usages(
         .max_by_key(|l| l.len())
         .cloned()
         .unwrap_or_default();
+    // An item without a known answer is charged the longest one-label reply of the task's form.
+    let fallback = if spec.labels.is_multilabel() {
+        serde_json::json!({ "labels": [longest] }).to_string()
+    } else {
+        format!("{{\"label\": \"{longest}\"}}")
+    };
     Ok(texts
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let label = reply_labels
+            let reply = replies
                 .get(i)
-                .copied()
-                .flatten()
-                .unwrap_or(longest.as_str());
+                .and_then(Option::as_deref)
+                .unwrap_or(fallback.as_str());
             Usage {
                 prompt_tokens: fixed + count(t),
-                completion_tokens: count(&format!("{{\"label\": \"{label}\"}}")),
+                completion_tokens: count(reply),
                 ..Default::default()
             }
         })

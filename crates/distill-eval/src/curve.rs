@@ -226,9 +226,16 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
             }
             let prefix: Vec<(String, usize)> =
                 order[..n].iter().map(|&i| all.train[i].clone()).collect();
+            let prefix_sets: Option<Vec<Vec<usize>>> = all
+                .sets
+                .as_ref()
+                .map(|s| order[..n].iter().map(|&i| s.train[i].clone()).collect());
             let present = {
                 let mut seen = vec![false; spec.labels.len()];
-                prefix.iter().for_each(|(_, y)| seen[*y] = true);
+                match &prefix_sets {
+                    Some(sets) => sets.iter().flatten().for_each(|&y| seen[y] = true),
+                    None => prefix.iter().for_each(|(_, y)| seen[*y] = true),
+                }
                 seen.iter().filter(|s| **s).count()
             };
             if present < 2 {
@@ -238,17 +245,42 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
                     opts.train.display()
                 )));
             }
-            let (train, dev) = distill_train::train::stratified_split(
-                prefix,
-                spec.labels.len(),
+            // The same seeded, stratified split as `distill train` (by each example's first
+            // label for label sets).
+            let keys: Vec<usize> = match &prefix_sets {
+                Some(sets) => sets
+                    .iter()
+                    .map(|y| y.first().copied().unwrap_or(spec.labels.len()))
+                    .collect(),
+                None => prefix.iter().map(|(_, y)| *y).collect(),
+            };
+            let is_dev = distill_train::train::stratified_dev_mask(
+                &keys,
+                spec.labels.len() + 1,
                 opts.dev_fraction,
                 seed,
             );
+            let (mut train, mut dev) = (Vec::new(), Vec::new());
+            let (mut train_sets, mut dev_sets) = (Vec::new(), Vec::new());
+            for (i, (ex, d)) in prefix.into_iter().zip(is_dev).enumerate() {
+                let set = prefix_sets.as_ref().map(|s| s[i].clone());
+                if d {
+                    dev.push(ex);
+                    dev_sets.extend(set);
+                } else {
+                    train.push(ex);
+                    train_sets.extend(set);
+                }
+            }
             let data = TrainData {
                 task: spec.name.clone(),
                 labels: spec.labels.clone(),
                 train,
                 dev,
+                sets: prefix_sets.map(|_| distill_train::student::SplitSets {
+                    train: train_sets,
+                    dev: dev_sets,
+                }),
                 data_hash: format!("{}:{:?}:{seed}:{n}", all.data_hash, opts.order),
                 label_source: all.label_source.clone(),
             };

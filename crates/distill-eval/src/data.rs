@@ -2,16 +2,18 @@
 //! label (and what the teacher's call cost), read from a test file, a teacher dataset or a
 //! predictions file written by an earlier eval.
 
+use crate::answer_space::AnswerSpace;
 use crate::error::{EvalError, Result};
 use distill_core::dataset::{is_teacher_dataset, load_examples};
 use distill_core::input::Columns;
-use distill_core::{CoreError, LabelSet, TaskSpec, TeacherRecord, Usage};
+use distill_core::{CoreError, TaskSpec, TeacherRecord, Usage};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-/// The test set, one entry per item in file order. Labels are indices into the task's labels.
+/// The test set, one entry per item in file order. Answers are indices into the eval's
+/// [`AnswerSpace`] (the task's labels, or the label sets seen).
 #[derive(Debug, Clone, Default)]
 pub struct TestItems {
     pub path: PathBuf,
@@ -54,7 +56,12 @@ impl TestItems {
 /// column) or a teacher dataset of them (`distill teach --input FILE`, whose answers are the
 /// teacher's). Gold is the out-of-scope label `oos`; ids are prefixed `oos:` so they never
 /// collide with the test file's.
-pub fn load_out_of_scope(spec: &TaskSpec, path: &Path, oos: usize) -> Result<TestItems> {
+pub fn load_out_of_scope(
+    spec: &TaskSpec,
+    space: &AnswerSpace,
+    path: &Path,
+    oos: usize,
+) -> Result<TestItems> {
     let mut items = TestItems {
         path: path.to_path_buf(),
         ..Default::default()
@@ -75,17 +82,7 @@ pub fn load_out_of_scope(spec: &TaskSpec, path: &Path, oos: usize) -> Result<Tes
                     format!("not a teacher record: {e}"),
                 )
             })?;
-            let teacher = match rec.label() {
-                Some(l) => Some(spec.labels.index_of(l).ok_or_else(|| {
-                    CoreError::data(
-                        path,
-                        line_no,
-                        "output.label",
-                        format!("label `{l}` is not in the task's label set"),
-                    )
-                })?),
-                None => None,
-            };
+            let teacher = teacher_answer(space, &rec, path, line_no)?;
             items.ids.push(format!("oos:{}", rec.id));
             items.texts.push(rec.text);
             items.gold.push(Some(oos));
@@ -120,13 +117,13 @@ pub fn load_out_of_scope(spec: &TaskSpec, path: &Path, oos: usize) -> Result<Tes
 }
 
 /// Reads the test file (CSV/JSONL with the spec's columns, or a teacher dataset).
-pub fn load_test(spec: &TaskSpec, path: &Path) -> Result<TestItems> {
+pub fn load_test(spec: &TaskSpec, space: &AnswerSpace, path: &Path) -> Result<TestItems> {
     let cols = Columns::from(&spec.input);
     let loaded = load_examples(path, &cols, &spec.labels)?;
     if loaded.examples.is_empty() {
         return Err(CoreError::file(path, "the test file has no items").into());
     }
-    let idx = |l: &Option<String>| l.as_deref().and_then(|l| spec.labels.index_of(l));
+    let idx = |l: &Option<String>| l.as_deref().and_then(|l| space.index_of(l));
     let n = loaded.examples.len();
     let mut items = TestItems {
         path: path.to_path_buf(),
@@ -139,7 +136,7 @@ pub fn load_test(spec: &TaskSpec, path: &Path) -> Result<TestItems> {
         teacher_source: None,
     };
     if loaded.from_teacher {
-        attach_teacher_labels(&mut items, &spec.labels, path)?;
+        attach_teacher_labels(&mut items, space, path)?;
     }
     Ok(items)
 }
@@ -147,7 +144,11 @@ pub fn load_test(spec: &TaskSpec, path: &Path) -> Result<TestItems> {
 /// Joins a teacher JSONL (from `distill teach` on the test inputs) to the items by id. A
 /// record whose text differs from the test item's is an error: the file was taught from
 /// different data and its labels would silently score the wrong sentences.
-pub fn attach_teacher_labels(items: &mut TestItems, labels: &LabelSet, path: &Path) -> Result<()> {
+pub fn attach_teacher_labels(
+    items: &mut TestItems,
+    space: &AnswerSpace,
+    path: &Path,
+) -> Result<()> {
     let by_id: HashMap<&str, usize> = items
         .ids
         .iter()
@@ -192,16 +193,7 @@ pub fn attach_teacher_labels(items: &mut TestItems, labels: &LabelSet, path: &Pa
             .into());
         }
         matched += 1;
-        if let Some(l) = rec.label() {
-            teacher[at] = Some(labels.index_of(l).ok_or_else(|| {
-                CoreError::data(
-                    path,
-                    line_no,
-                    "output.label",
-                    format!("label `{l}` is not in the task's label set"),
-                )
-            })?);
-        }
+        teacher[at] = teacher_answer(space, &rec, path, line_no)?;
         if rec.usage != Usage::default() {
             usage[at] = Some(rec.usage);
         }
@@ -257,7 +249,7 @@ pub type Replayed = Vec<(String, Vec<Option<usize>>, Option<Vec<f64>>)>;
 
 /// Reads a `predictions.jsonl` back into test items and the students' answers. Cascade and
 /// teacher entries are skipped: the eval recomputes them.
-pub fn load_predictions(labels: &LabelSet, path: &Path) -> Result<(TestItems, Replayed)> {
+pub fn load_predictions(space: &AnswerSpace, path: &Path) -> Result<(TestItems, Replayed)> {
     let f = std::fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
     let mut items = TestItems {
         path: path.to_path_buf(),
@@ -270,14 +262,10 @@ pub fn load_predictions(labels: &LabelSet, path: &Path) -> Result<(TestItems, Re
     let idx = |v: &Option<String>, line: u64, field: &str| -> Result<Option<usize>> {
         match v {
             None => Ok(None),
-            Some(l) => labels.index_of(l).map(Some).ok_or_else(|| {
-                EvalError::from(CoreError::data(
-                    path,
-                    line,
-                    field,
-                    format!("label `{l}` is not in the task's label set"),
-                ))
-            }),
+            Some(l) => space
+                .parse(l)
+                .map(Some)
+                .map_err(|why| EvalError::from(CoreError::data(path, line, field, why))),
         }
     };
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -340,6 +328,28 @@ pub fn load_predictions(labels: &LabelSet, path: &Path) -> Result<(TestItems, Re
         })
         .collect();
     Ok((items, replayed))
+}
+
+/// A usable record's answer as an answer index; an answer outside the task is an error naming
+/// the line and field.
+fn teacher_answer(
+    space: &AnswerSpace,
+    rec: &TeacherRecord,
+    path: &Path,
+    line_no: u64,
+) -> Result<Option<usize>> {
+    let Some(text) = rec.answer_text() else {
+        return Ok(None);
+    };
+    let field = if space.is_sets() {
+        "output.labels"
+    } else {
+        "output.label"
+    };
+    space
+        .parse(&text)
+        .map(Some)
+        .map_err(|why| CoreError::data(path, line_no, field, why).into())
 }
 
 /// True when the test file is itself a teacher dataset.

@@ -7,6 +7,7 @@
 //! through the `Student` trait. [`report`] renders `metrics.json`, `report.md` and a
 //! self-contained `report.html`; its module docs hold the `metrics.json` schema.
 
+pub mod answer_space;
 pub mod answers;
 pub mod api;
 pub mod cascade;
@@ -21,6 +22,7 @@ pub mod quantized;
 pub mod report;
 pub mod route;
 pub mod run;
+pub mod set_metrics;
 
 pub use error::{EvalError, Result};
 pub use report::EvalReport;

@@ -125,6 +125,9 @@ pub struct Quality {
     /// Absent for options without confidences (the teacher, API students).
     pub calibration: Option<Calibration>,
     pub coverage_curve: Option<Vec<CoveragePoint>>,
+    /// Label-set answers only: micro F1, Hamming loss ([`crate::set_metrics`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sets: Option<crate::set_metrics::SetScores>,
 }
 
 /// Per-class counts from which every F1 flavour is derived.
@@ -397,6 +400,7 @@ pub fn quality(
         },
         calibration,
         coverage_curve: confidence.map(|conf| coverage_curve(&correct, conf)),
+        sets: None,
     }
 }
 

@@ -40,9 +40,9 @@ pub(crate) fn price_teacher(
     spec: &TaskSpec,
     opts: &EvalOptions,
     items: &TestItems,
+    space: &crate::answer_space::AnswerSpace,
     warnings: &mut Vec<String>,
 ) -> Result<TeacherPricing> {
-    let labels = &spec.labels;
     let table = match &opts.prices {
         Some(p) => PriceTable::with_overrides(p)?,
         None => PriceTable::builtin(),
@@ -118,18 +118,24 @@ pub(crate) fn price_teacher(
             spec.name
         ));
         let texts: Vec<&str> = items.texts.iter().map(String::as_str).collect();
-        let replies: Vec<Option<&str>> = items
+        let replies: Vec<Option<String>> = items
             .teacher
             .iter()
             .zip(&items.gold)
-            .map(|(t, g)| t.or(*g).map(|i| labels.names[i].as_str()))
+            .map(|(t, g)| t.or(*g).map(|i| space.reply_json(i)))
             .collect();
         (
             cost::estimate_usages(spec, &price_model, &texts, &replies)?,
             "estimated",
-            "tiktoken count of the rendered prompt and a {\"label\": ...} reply; the provider's \
-             response-format overhead is not counted"
-                .to_string(),
+            format!(
+                "tiktoken count of the rendered prompt and a {} reply; the provider's \
+                 response-format overhead is not counted",
+                if space.is_sets() {
+                    "{\"labels\": [...]}"
+                } else {
+                    "{\"label\": ...}"
+                }
+            ),
         )
     };
     let (teacher_rt, teacher_batch) = cost::mean_cost(&usages, &price);

@@ -2,13 +2,14 @@
 //! option, price it, pick a cascade threshold and write the report. Students are reached only
 //! through the [`Student`] trait, so any kind (or a test double) can be evaluated.
 
+use crate::answer_space::AnswerSpace;
 pub use crate::answers::label_map;
 use crate::answers::Answers;
 use crate::cascade::{self, CascadeItem, Floor, FloorMetric, DEFAULT_AGREEMENT_FLOOR};
 use crate::cost::{self, HardwarePrices, DAYS_PER_MONTH};
 use crate::data::{self, PredictionLine, StoredPrediction, TestItems};
 use crate::error::{EvalError, Result};
-use crate::metrics::{self, Quality};
+use crate::metrics::Quality;
 use crate::open_set;
 use crate::report::{
     html, markdown, summary_text, CascadeReport, EvalReport, OptionCost, OptionKind, OptionReport,
@@ -215,6 +216,7 @@ pub fn run_eval_with(
         .collect::<Result<Vec<_>>>()?;
     let mut warnings: Vec<String> = Vec::new();
     let labels = &spec.labels;
+    let space = AnswerSpace::new(labels);
     if opts.oos_share.is_some() && opts.out_of_scope.is_empty() && labels.out_of_scope.is_none() {
         return Err(EvalError::Invalid(
             "--oos-share needs out-of-scope items: an open-set task (labels.out_of_scope) and \
@@ -226,7 +228,7 @@ pub fn run_eval_with(
     // 1. The test items.
     let (mut items, replayed) = match &opts.predictions {
         Some(p) => {
-            let (items, replayed) = data::load_predictions(labels, p)?;
+            let (items, replayed) = data::load_predictions(&space, p)?;
             (items, replayed)
         }
         None => {
@@ -240,11 +242,11 @@ pub fn run_eval_with(
                         spec.path.display()
                     ))
                 })?;
-            (data::load_test(spec, &path)?, Vec::new())
+            (data::load_test(spec, &space, &path)?, Vec::new())
         }
     };
     if let Some(t) = &opts.teacher_labels {
-        data::attach_teacher_labels(&mut items, labels, t)?;
+        data::attach_teacher_labels(&mut items, &space, t)?;
     }
     let oos_label = labels.out_of_scope_index();
     if !opts.out_of_scope.is_empty() {
@@ -256,7 +258,7 @@ pub fn run_eval_with(
             )));
         };
         for p in &opts.out_of_scope {
-            let extra = data::load_out_of_scope(spec, p, oos)?;
+            let extra = data::load_out_of_scope(spec, &space, p, oos)?;
             if extra.n_teacher() == 0 && items.n_teacher() > 0 {
                 warnings.push(format!(
                     "{}: no teacher answers for these out-of-scope inputs (pass the output of \
@@ -306,7 +308,7 @@ pub fn run_eval_with(
     }
 
     // 2. Prices and the ledger.
-    let pricing = crate::pricing::price_teacher(spec, opts, &items, &mut warnings)?;
+    let pricing = crate::pricing::price_teacher(spec, opts, &items, &space, &mut warnings)?;
     let teacher_rt = pricing.per_request;
 
     // 3. Answers: teacher, students, replays.
@@ -317,6 +319,7 @@ pub fn run_eval_with(
         &pricing,
         &students,
         &api_students,
+        &space,
         replayed,
         &mut warnings,
     )?;
@@ -446,17 +449,22 @@ pub fn run_eval_with(
         })
         .cloned();
     if let Some(c) = &recommended {
+        let metric = if space.is_sets() {
+            format!("exact-set {}", c.floor.metric.as_str())
+        } else {
+            c.floor.metric.as_str().to_string()
+        };
         if !c.choice.floor_met_on_calibration {
             warnings.push(format!(
                 "no cascade threshold met the floor ({} ≥ {}) on the calibration split: the \
                  recommended threshold escalates every request",
-                c.floor.metric.as_str(),
+                metric,
                 crate::report::fmt::pct(c.floor.value)
             ));
         } else if !c.choice.floor_held {
             warnings.push(format!(
                 "the cascade's floor ({} ≥ {}) did NOT hold on the held-out split ({})",
-                c.floor.metric.as_str(),
+                metric,
                 crate::report::fmt::pct(c.floor.value),
                 crate::report::fmt::pct(c.choice.held_out.quality.value)
             ));
@@ -488,9 +496,8 @@ pub fn run_eval_with(
                     }
                 }
                 (!r.is_empty()).then(|| {
-                    metrics::quality(
+                    space.quality(
                         name,
-                        &labels.names,
                         &r,
                         &p,
                         a.confidence.as_ref().map(|_| c.as_slice()),
@@ -619,7 +626,7 @@ pub fn run_eval_with(
         open_set: oos_label
             .filter(|_| n_oos > 0)
             .map(|oos| open_set::OpenSetInfo {
-                label: labels.names[oos].clone(),
+                label: space.name(oos),
                 share,
                 share_source: share_source.into(),
                 n_in_scope: n - n_oos,
@@ -632,7 +639,7 @@ pub fn run_eval_with(
     };
 
     // 6. Write everything, each file atomically, only after everything was computed.
-    let predictions = prediction_lines(&items, &answers, &split_of, labels);
+    let predictions = prediction_lines(&items, &answers, &split_of, &space);
     write_outputs(&opts.out, opts.force, &report, &predictions)?;
     Ok(EvalOutcome {
         summary: summary_text(&report),
@@ -681,9 +688,9 @@ fn prediction_lines(
     items: &TestItems,
     answers: &[Answers],
     split_of: &[&str],
-    labels: &distill_core::LabelSet,
+    space: &AnswerSpace,
 ) -> String {
-    let name = |i: Option<usize>| i.map(|i| labels.names[i].clone());
+    let name = |i: Option<usize>| i.map(|i| space.name(i));
     let mut out = String::new();
     for i in 0..items.len() {
         let mut predictions = BTreeMap::new();
@@ -695,7 +702,7 @@ fn prediction_lines(
                 predictions.insert(
                     a.name.clone(),
                     StoredPrediction {
-                        label: labels.names[l].clone(),
+                        label: space.name(l),
                         confidence: a.confidence.as_ref().map(|c| c[i]),
                         escalated: a.escalated.as_ref().map(|e| e[i]),
                     },

@@ -309,7 +309,11 @@ async fn chat_inner(
             .and_then(Value::as_str),
         Some("json_object" | "json_schema")
     );
-    let content = if json_reply {
+    let content = if let Some(labels) = &answer.labels {
+        // A label set is JSON whether or not the client asked for it: joined names are not
+        // something a client should have to split.
+        json!({ "labels": labels }).to_string()
+    } else if json_reply {
         json!({"label": answer.label}).to_string()
     } else {
         answer.label.clone()
@@ -505,13 +509,23 @@ async fn answer_many(
                     degraded: false,
                     budget_capped: false,
                     student_label: None,
+                    labels: None,
                 },
                 (None, Some(p)) => decide(st, m, norm, key, p, tag, endpoint, saved).await,
                 (None, None) => unreachable!("every cache miss has a prediction"),
             }
         }
     });
-    let answers = futures::future::join_all(futs).await;
+    let mut answers = futures::future::join_all(futs).await;
+    if m.meta.multilabel.is_some() {
+        let notation = m.meta.label_set();
+        for a in &mut answers {
+            a.labels = notation
+                .parse_set(&a.label)
+                .ok()
+                .map(|set| set.iter().map(|&i| m.meta.labels[i].clone()).collect());
+        }
+    }
     for a in &answers {
         st.metrics.inc(
             "distill_requests_total",
@@ -551,6 +565,7 @@ async fn decide(
         degraded: false,
         budget_capped: false,
         student_label: None,
+        labels: None,
     };
     let Some(esc) = m.escalator.clone() else {
         st.cache

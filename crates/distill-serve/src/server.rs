@@ -241,7 +241,12 @@ impl IntoResponse for ApiError {
 /// One answered input, as reported in the `distill` object.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Answer {
+    /// The answer in the task's notation: a label, or a multilabel task's labels joined by
+    /// its separator (`[]`: none).
     pub label: String,
+    /// A multilabel model's answer as a list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     /// The student's calibrated confidence in its own label.
     pub confidence: f32,
     /// `student`, `teacher` or `cache`.
@@ -392,6 +397,8 @@ impl Server {
                 post(chat_completions).fallback(method_not_allowed),
             )
             .route("/v1/classify", post(classify).fallback(method_not_allowed))
+            // The same endpoint under a name that fits every task kind.
+            .route("/v1/predict", post(classify).fallback(method_not_allowed))
             .route("/v1/models", get(list_models).fallback(method_not_allowed))
             .layer(axum::middleware::from_fn_with_state(st.clone(), guard));
         Router::new()

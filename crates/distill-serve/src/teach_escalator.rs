@@ -36,7 +36,12 @@ impl Escalator for TeachEscalator {
                 .label(text, &teach_ctx)
                 .await
                 .map_err(|e| EscalateError::Failed(e.to_string()))?;
-            match (out.status, out.label) {
+            // The answer in the label set's notation: a label, or a joined label set.
+            let answer = out
+                .output
+                .as_ref()
+                .and_then(|o| o.answer(&self.client.spec().labels));
+            match (out.status, answer) {
                 (RecordStatus::Ok, Some(label)) => Ok(Escalation {
                     label,
                     usage: out.usage,

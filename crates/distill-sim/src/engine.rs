@@ -158,6 +158,13 @@ impl Engine {
             let c = r.answer(model, &distill_core::conversation::transcript(&dialogue));
             let n = oracle.tokens.count(&c);
             (c, n)
+        } else if oracle.set.is_multilabel() {
+            if invalid {
+                self.counters.invalid_reply();
+            }
+            let c = oracle.set_reply(&oracle.decide_set(text), invalid, decision.hash);
+            let n = oracle.tokens.count(&c);
+            (c, n)
         } else if invalid {
             self.counters.invalid_reply();
             let c = oracle.invalid_reply(&decision);

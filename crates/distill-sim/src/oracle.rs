@@ -58,6 +58,10 @@ pub fn unit(h: u64) -> f64 {
 pub struct Oracle {
     pub labels: Vec<String>,
     gold: HashMap<String, u16>,
+    /// A multilabel task's gold label sets (then `gold` is empty).
+    gold_sets: HashMap<String, Vec<u16>>,
+    /// The task's label set (its notation for answers, whether answers are sets).
+    pub set: distill_core::LabelSet,
     /// For each label: its two most confusable labels (by shared name words).
     confusion: Vec<[u16; 2]>,
     accuracy: f64,
@@ -81,7 +85,7 @@ impl Oracle {
             .enumerate()
             .map(|(i, l)| (l.as_str(), i as u16))
             .collect();
-        let gold = load_gold(config, &index)?;
+        let (gold, gold_sets) = load_gold(config, &index)?;
         let confusion = confusion_table(&labels);
         let rendered = task
             .teacher
@@ -101,6 +105,8 @@ impl Oracle {
             out_of_scope: task.labels.out_of_scope_index(),
             labels,
             gold,
+            gold_sets,
+            set: task.labels.clone(),
             confusion,
             accuracy: config.accuracy,
             invalid_rate: config.invalid_rate,
@@ -113,7 +119,64 @@ impl Oracle {
     }
 
     pub fn gold_len(&self) -> usize {
-        self.gold.len()
+        self.gold.len() + self.gold_sets.len()
+    }
+
+    /// A multilabel task's answer for a text, deterministic per text: the gold set at the
+    /// configured accuracy, otherwise one systematic mistake: a true label dropped (when
+    /// there are several) or a plausible wrong one added (the most confusable label of a
+    /// true one). A text without gold gets one label at random.
+    pub fn decide_set(&self, text: &str) -> Vec<usize> {
+        let hash = text_hash(self.seed, text);
+        let key = if self.case_insensitive {
+            text.trim().to_lowercase()
+        } else {
+            text.trim().to_string()
+        };
+        let Some(gold) = self
+            .gold_sets
+            .get(&key)
+            .or_else(|| self.gold_sets.get(text))
+        else {
+            return vec![(mix64(hash ^ STREAM_UNKNOWN) % self.labels.len() as u64) as usize];
+        };
+        let mut set: Vec<usize> = gold.iter().map(|&i| i as usize).collect();
+        if unit(mix64(hash ^ STREAM_CORRECT)) < self.accuracy {
+            return set;
+        }
+        let pick = mix64(hash ^ STREAM_CONFUSION);
+        if set.len() > 1 && pick.is_multiple_of(2) {
+            set.remove((pick / 2) as usize % set.len());
+        } else {
+            let from = set.get((pick / 2) as usize % set.len().max(1)).copied();
+            let wrong = from
+                .map(|f| self.confusables(f))
+                .into_iter()
+                .flatten()
+                .chain(0..self.labels.len())
+                .find(|l| !set.contains(l));
+            if let Some(w) = wrong {
+                set.push(w);
+                set.sort_unstable();
+            }
+        }
+        set
+    }
+
+    /// The reply for a multilabel decision: `{"labels": [...]}`, or (deliberately invalid)
+    /// prose or truncated JSON.
+    pub fn set_reply(&self, set: &[usize], invalid: bool, hash: u64) -> String {
+        let names: Vec<&str> = set.iter().map(|&i| self.labels[i].as_str()).collect();
+        if !invalid {
+            return serde_json::json!({ "labels": names }).to_string();
+        }
+        match mix64(hash ^ STREAM_INVALID ^ 1) % 2 {
+            0 => format!("This message is about {}.", names.join(" and ")),
+            _ => {
+                let j = serde_json::json!({ "labels": names }).to_string();
+                j[..j.len() / 2].to_string()
+            }
+        }
     }
 
     /// The input text inside a user message rendered from the task's template, or `None`
@@ -226,8 +289,10 @@ impl Oracle {
 
 /// The gold file as text → label index. Unknown labels and missing columns are errors that
 /// name file, line and field.
-fn load_gold(config: &SimConfig, index: &HashMap<&str, u16>) -> Result<HashMap<String, u16>> {
-    let mut gold = HashMap::new();
+type GoldMaps = (HashMap<String, u16>, HashMap<String, Vec<u16>>);
+
+fn load_gold(config: &SimConfig, index: &HashMap<&str, u16>) -> Result<GoldMaps> {
+    let mut gold = (HashMap::new(), HashMap::new());
     if config.replay.is_some() {
         // Replay answers from recorded outcomes, not from gold labels.
         return Ok(gold);
@@ -242,7 +307,7 @@ fn load_gold_file(
     config: &SimConfig,
     index: &HashMap<&str, u16>,
     path: &std::path::Path,
-    gold: &mut HashMap<String, u16>,
+    (gold, gold_sets): &mut GoldMaps,
 ) -> Result<()> {
     let path = path.to_path_buf();
     let task = &config.task;
@@ -276,6 +341,26 @@ fn load_gold_file(
                 message: "empty gold label".into(),
             });
         };
+        let key = if task.case_insensitive {
+            item.text.trim().to_lowercase()
+        } else {
+            item.text.trim().to_string()
+        };
+        if task.labels.is_multilabel() {
+            let set = task
+                .labels
+                .parse_set(&label)
+                .map_err(|message| SimError::Gold {
+                    path: path.clone(),
+                    line: item.line,
+                    field: gold_column.clone(),
+                    message,
+                })?;
+            gold_sets
+                .entry(key)
+                .or_insert_with(|| set.iter().map(|&i| i as u16).collect());
+            continue;
+        }
         let Some(&i) = index.get(label.as_str()) else {
             return Err(SimError::Gold {
                 path: path.clone(),

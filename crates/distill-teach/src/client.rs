@@ -13,7 +13,7 @@
 
 use crate::cache::{CacheEntry, ResponseCache};
 use crate::error::{redact, Result, TeachError};
-use crate::label::parse_label;
+use crate::label::{parse_output, repair_request};
 use crate::provider::{Msg, Reply, Wire};
 use crate::ratelimit::RateLimiter;
 use distill_core::conversation::Turn;
@@ -84,8 +84,8 @@ impl CallContext {
 /// The result of labelling one text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelOutcome {
-    /// The validated label (canonical spelling) when `status` is `Ok`.
-    pub label: Option<String>,
+    /// The validated output (canonical spelling) when `status` is `Ok`.
+    pub output: Option<TaskOutput>,
     pub status: RecordStatus,
     /// The teacher's last raw reply, if any.
     pub raw: Option<String>,
@@ -119,10 +119,7 @@ impl LabelOutcome {
             id,
             text,
             status: self.status,
-            output: self
-                .label
-                .clone()
-                .map(|label| TaskOutput::Classify { label }),
+            output: self.output.clone(),
             gold,
             raw: self.raw.clone(),
             error: self.error.clone(),
@@ -515,7 +512,7 @@ impl TeacherClient {
         let mut pending = Pending::default();
         let mut msgs = vec![Msg::user(self.spec.render_user(text))];
         let mut out = LabelOutcome {
-            label: None,
+            output: None,
             status: RecordStatus::Failed,
             raw: None,
             error: None,
@@ -552,7 +549,7 @@ impl TeacherClient {
             out.cached &= ex.cached;
             out.paid_calls += u32::from(!ex.cached);
             out.raw = Some(ex.reply.text.clone());
-            let parsed = parse_label(&ex.reply.text, &self.spec.labels, self.wire.format);
+            let parsed = parse_output(&ex.reply.text, &self.spec.labels, self.wire.format);
             if let Some(row) = pending
                 .ledger
                 .iter_mut()
@@ -561,8 +558,8 @@ impl TeacherClient {
                 row.status = if parsed.is_ok() { "ok" } else { "invalid" }.into();
             }
             match parsed {
-                Ok(label) => {
-                    out.label = Some(label);
+                Ok(output) => {
+                    out.output = Some(output);
                     out.status = RecordStatus::Ok;
                     out.error = None;
                     return Ok((out, pending));
@@ -570,10 +567,7 @@ impl TeacherClient {
                 Err(e) => {
                     out.status = RecordStatus::Invalid;
                     out.error = Some(e.clone());
-                    let repair = format!(
-                        "That reply is not valid: {e}. Answer again with JSON only, \
-                         {{\"label\": \"<label>\"}}, using exactly one of the allowed labels."
-                    );
+                    let repair = repair_request(&e, &self.spec.labels);
                     let tok = &self.counter().0;
                     prompt_tokens += tok.count(&ex.reply.text) + tok.count(&repair) + 8;
                     msgs.push(Msg::assistant(ex.reply.text));
@@ -756,7 +750,10 @@ model = "smollm2"
         let ctx = CallContext::teach();
         let a = c.label("where is my card?", &ctx).await.unwrap();
         assert_eq!(a.status, RecordStatus::Ok, "{:?}", a.error);
-        assert_eq!(a.label.as_deref(), Some("card_arrival"));
+        assert_eq!(
+            a.output.as_ref().and_then(|o| o.label()),
+            Some("card_arrival")
+        );
         assert_eq!((a.paid_calls, a.usage.prompt_tokens), (1, 70));
         // One rejection, resent at once (no retries of the 500); later requests skip it.
         let b = c.label("I want a refund", &ctx).await.unwrap();

@@ -322,7 +322,10 @@ async fn honours_retry_after_and_retries_5xx() {
         .await
         .unwrap();
     assert_eq!(out.status, RecordStatus::Ok);
-    assert_eq!(out.label.as_deref(), Some("card_arrival"));
+    assert_eq!(
+        out.output.as_ref().and_then(|o| o.label()),
+        Some("card_arrival")
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 4);
     assert!(out.cost_usd > 0.0);
     // Cached now: no further request.

@@ -133,6 +133,7 @@ fn main() -> Res<()> {
                 labels,
                 train: all,
                 dev,
+                sets: None,
                 data_hash: "bench".into(),
                 label_source: "gold".into(),
             };

@@ -10,6 +10,7 @@ pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod linear;
+pub mod objective;
 pub mod predict;
 pub mod quantize;
 pub mod route;

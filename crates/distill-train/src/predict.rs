@@ -56,6 +56,8 @@ pub struct PredictSummary {
     pub unknown_gold: u64,
     /// Up to five of those labels, for the message.
     pub unknown_gold_examples: Vec<String>,
+    /// The model answers label sets: `accuracy` is exact-set accuracy.
+    pub multilabel: bool,
 }
 
 #[derive(Serialize)]
@@ -70,6 +72,9 @@ struct OutLine<'a> {
     id: &'a str,
     text: &'a str,
     label: &'a str,
+    /// A multilabel model's answer as a list (`label` is it in the task's notation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<&'a [String]>,
     confidence: f32,
     top: Vec<TopEntry<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,8 +109,8 @@ pub fn predict_file(
     let mut file = AtomicFile::create(out)?;
     let mut rows = 0u64;
     let (mut right, mut with_gold) = (0u64, 0u64);
-    let known: std::collections::HashSet<&str> =
-        student.meta().labels.iter().map(String::as_str).collect();
+    // A gold answer is scored when the model knows all of it (one label, or a label set).
+    let notation = student.meta().label_set();
     let (mut unknown_gold, mut unknown_gold_examples) = (0u64, Vec::<String>::new());
     let mut buf: Vec<InputItem> = Vec::with_capacity(window);
     let mut reader = read_inputs(input, None, &opts.columns)?;
@@ -135,9 +140,9 @@ pub fn predict_file(
         for (item, p) in buf.iter().zip(preds) {
             let p = p.ok_or_else(|| TrainError::Other("a batch returned too few rows".into()))?;
             if let Some(g) = &item.gold {
-                if known.contains(g.as_str()) {
+                if let Ok(gold) = notation.parse_set(g) {
                     with_gold += 1;
-                    right += (g == &p.label) as u64;
+                    right += (notation.parse_set(&p.label).ok() == Some(gold)) as u64;
                 } else {
                     unknown_gold += 1;
                     if unknown_gold_examples.len() < 5 && !unknown_gold_examples.contains(g) {
@@ -149,6 +154,7 @@ pub fn predict_file(
                 id: &item.id,
                 text: &item.text,
                 label: &p.label,
+                labels: p.labels.as_deref(),
                 confidence: p.confidence,
                 top: p
                     .top
@@ -177,5 +183,6 @@ pub fn predict_file(
         accuracy: (with_gold > 0).then(|| right as f64 / with_gold as f64),
         unknown_gold,
         unknown_gold_examples,
+        multilabel: student.meta().multilabel.is_some(),
     })
 }

@@ -174,6 +174,7 @@ pub fn train_router(
                     labels: labels.clone(),
                     train,
                     dev,
+                    sets: None,
                     data_hash: data_hash.to_string(),
                     label_source: "route".into(),
                 };

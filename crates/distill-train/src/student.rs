@@ -83,6 +83,10 @@ pub struct ModelMeta {
     /// Set on an int8 copy made by `distill quantize`: the scheme and the f32 parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<crate::quantize::Quantization>,
+    /// A multilabel student (one sigmoid per label): its per-label calibration and
+    /// thresholds. `None`: a softmax over the labels (`temperature`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multilabel: Option<crate::objective::SigmoidHead>,
 }
 
 /// Default hardware prices (USD), documented in the README; eval can override them.
@@ -111,17 +115,28 @@ impl ModelMeta {
     pub fn label_set(&self) -> LabelSet {
         let mut set = LabelSet::new(self.labels.clone());
         set.out_of_scope = self.out_of_scope.clone();
+        if let Some(h) = &self.multilabel {
+            set.set_separator = Some(h.separator.clone());
+            set.allow_empty = h.allow_empty;
+        }
         set
     }
 }
 
 /// One prediction: calibrated probabilities over the labels, best first in `top`.
+///
+/// For a multilabel student `label` is the answer in the task's notation (the labels given,
+/// joined by its separator; `[]` for none), `labels` lists them, `top` holds each label's own
+/// probability, and `confidence` is the probability of the least sure per-label decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     pub label: String,
     pub confidence: f32,
     /// Up to k (label, probability) pairs, most likely first.
     pub top: Vec<(String, f32)>,
+    /// Multilabel: the labels given, in label-set order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
 }
 
 /// A trained student. Implementations are cheap to share across threads.
@@ -136,19 +151,27 @@ pub trait Student: Send + Sync {
         text.split_whitespace().count()
     }
 
-    /// Calibrated probabilities: softmax(logits / temperature).
+    /// Calibrated probabilities: softmax(logits / temperature), or for a multilabel student
+    /// each label's sigmoid(logit / its temperature).
     fn predict_proba(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let t = self.meta().temperature.max(1e-3);
+        let head = self.meta().multilabel.as_ref();
         Ok(self
             .logits(texts)?
             .into_iter()
-            .map(|row| softmax(&row, t))
+            .map(|row| match head {
+                Some(h) => h.proba(&row),
+                None => softmax(&row, t),
+            })
             .collect())
     }
 
-    /// Labels with calibrated confidence and the top `k` alternatives.
+    /// Labels with calibrated confidence and the top `k` alternatives (a multilabel
+    /// student: the label set, see [`Prediction`]).
     fn predict(&self, texts: &[&str], k: usize) -> Result<Vec<Prediction>> {
-        let labels = &self.meta().labels;
+        let meta = self.meta();
+        let labels = &meta.labels;
+        let set_notation = meta.label_set();
         Ok(self
             .predict_proba(texts)?
             .into_iter()
@@ -160,10 +183,22 @@ pub trait Student: Send + Sync {
                     .take(k.max(1))
                     .map(|&i| (labels[i].clone(), p[i]))
                     .collect();
-                Prediction {
-                    label: top[0].0.clone(),
-                    confidence: top[0].1,
-                    top,
+                match &meta.multilabel {
+                    Some(h) => {
+                        let (set, confidence) = h.decide(&p);
+                        Prediction {
+                            label: set_notation.format_set(&set),
+                            confidence,
+                            top,
+                            labels: Some(set.iter().map(|&i| labels[i].clone()).collect()),
+                        }
+                    }
+                    None => Prediction {
+                        label: top[0].0.clone(),
+                        confidence: top[0].1,
+                        top,
+                        labels: None,
+                    },
                 }
             })
             .collect())
@@ -242,17 +277,48 @@ pub fn load_student(dir: &Path, device: &candle_core::Device) -> Result<Box<dyn 
     }
 }
 
+/// A multilabel task's label sets, parallel to [`TrainData::train`] and [`TrainData::dev`].
+#[derive(Debug, Clone, Default)]
+pub struct SplitSets {
+    pub train: Vec<Vec<usize>>,
+    pub dev: Vec<Vec<usize>>,
+}
+
 /// Training data after splitting: texts with label indices into `labels`.
 #[derive(Debug, Clone)]
 pub struct TrainData {
     pub task: String,
     pub labels: LabelSet,
+    /// Texts with their label (a multilabel example: its first label, or 0 for none; the
+    /// sets are in `sets`).
     pub train: Vec<(String, usize)>,
     pub dev: Vec<(String, usize)>,
+    /// Set for a multilabel task: the examples' label sets.
+    pub sets: Option<SplitSets>,
     /// SHA-256 of the source file.
     pub data_hash: String,
     /// `teacher` or `gold`.
     pub label_source: String,
+}
+
+impl TrainData {
+    /// The training targets (see [`crate::objective::Targets`]).
+    pub fn train_targets(&self) -> crate::objective::Targets {
+        Self::targets(&self.train, self.sets.as_ref().map(|s| &s.train))
+    }
+    /// The dev targets.
+    pub fn dev_targets(&self) -> crate::objective::Targets {
+        Self::targets(&self.dev, self.sets.as_ref().map(|s| &s.dev))
+    }
+    fn targets(
+        split: &[(String, usize)],
+        sets: Option<&Vec<Vec<usize>>>,
+    ) -> crate::objective::Targets {
+        match sets {
+            Some(s) => crate::objective::Targets::Sets(s.clone()),
+            None => crate::objective::Targets::Single(split.iter().map(|(_, y)| *y).collect()),
+        }
+    }
 }
 
 /// Options shared by all kinds; each kind ignores what does not apply to it.

@@ -88,7 +88,8 @@ pub fn load_train_sources(
         id: spec.input.id_column.clone(),
         ..Columns::from(&spec.input)
     };
-    let mut examples: Vec<(String, usize)> = Vec::new();
+    // Every answer as a set of label indices: a classification answer is a set of one.
+    let mut examples: Vec<(String, Vec<usize>)> = Vec::new();
     let mut hashes = Vec::new();
     let (mut skipped_unlabelled, mut from_teacher) = (0usize, false);
     for data_path in &sources.data {
@@ -98,13 +99,11 @@ pub fn load_train_sources(
         from_teacher |= loaded.from_teacher;
         for ex in loaded.examples {
             let Some(label) = ex.label else { continue };
-            // load_examples has already checked the label is in the set.
-            let y = spec.labels.index_of(&label).ok_or_else(|| {
-                TrainError::Data(format!(
-                    "{}: label `{label}` is not in the task's label set",
-                    data_path.display()
-                ))
-            })?;
+            // load_examples has already checked the answer against the label set.
+            let y = spec
+                .labels
+                .parse_set(&label)
+                .map_err(|e| TrainError::Data(format!("{}: {e}", data_path.display())))?;
             examples.push((ex.text, y));
         }
     }
@@ -118,7 +117,7 @@ pub fn load_train_sources(
         };
         let mut n = 0usize;
         for item in distill_core::input::read_inputs(path, None, &text_only)? {
-            examples.push((item?.text, y));
+            examples.push((item?.text, vec![y]));
             n += 1;
         }
         if n == 0 {
@@ -147,18 +146,49 @@ pub fn load_train_sources(
     }
     let mut per_class = vec![0usize; spec.labels.len()];
     for (_, y) in &examples {
-        per_class[*y] += 1;
+        for &l in y {
+            per_class[l] += 1;
+        }
     }
     let classes_present = per_class.iter().filter(|&&n| n > 0).count();
-    if classes_present < 2 {
+    let multilabel = spec.labels.is_multilabel();
+    if classes_present < 2 && !multilabel {
         return Err(TrainError::Data(format!(
             "{}: every example has the label `{}`; a classifier needs at least two classes in \
              its training data",
             data_path.display(),
-            spec.labels.names[examples[0].1]
+            spec.labels.names[examples[0].1[0]]
         )));
     }
-    let (train, dev) = stratified_split(examples, spec.labels.len(), dev_fraction, seed);
+    if classes_present == 0 {
+        return Err(TrainError::Data(format!(
+            "{}: no example has any label; a tagger needs positive examples",
+            data_path.display()
+        )));
+    }
+    // Stratified by the (first) label; an empty set is a stratum of its own.
+    let none = spec.labels.len();
+    let keys: Vec<usize> = examples
+        .iter()
+        .map(|(_, y)| y.first().copied().unwrap_or(none))
+        .collect();
+    let is_dev = stratified_dev_mask(&keys, none + 1, dev_fraction, seed);
+    let (mut train, mut dev) = (Vec::new(), Vec::new());
+    let (mut train_sets, mut dev_sets) = (Vec::new(), Vec::new());
+    for ((text, y), d) in examples.into_iter().zip(is_dev) {
+        let key = y.first().copied().unwrap_or(0);
+        if d {
+            dev.push((text, key));
+            dev_sets.push(y);
+        } else {
+            train.push((text, key));
+            train_sets.push(y);
+        }
+    }
+    let sets = multilabel.then_some(crate::student::SplitSets {
+        train: train_sets,
+        dev: dev_sets,
+    });
     let report = DataReport {
         skipped_unlabelled,
         classes_present,
@@ -170,6 +200,7 @@ pub fn load_train_sources(
             labels: spec.labels.clone(),
             train,
             dev,
+            sets,
             data_hash,
             label_source: if from_teacher {
                 "teacher".into()
@@ -192,20 +223,8 @@ pub fn stratified_split(
     fraction: f64,
     seed: u64,
 ) -> (Vec<LabelledText>, Vec<LabelledText>) {
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); n_classes];
-    for (i, (_, y)) in examples.iter().enumerate() {
-        by_class[*y].push(i);
-    }
-    let mut is_dev = vec![false; examples.len()];
-    let mut rng = SplitMix64::new(seed ^ 0x5eed_de5f);
-    for idx in by_class.iter_mut() {
-        rng.shuffle(idx);
-        let n = idx.len();
-        let k = ((n as f64 * fraction).round() as usize).min(n.saturating_sub(1));
-        for &i in idx.iter().take(k) {
-            is_dev[i] = true;
-        }
-    }
+    let keys: Vec<usize> = examples.iter().map(|(_, y)| *y).collect();
+    let is_dev = stratified_dev_mask(&keys, n_classes, fraction, seed);
     let mut train = Vec::new();
     let mut dev = Vec::new();
     for (ex, d) in examples.into_iter().zip(is_dev) {
@@ -216,6 +235,25 @@ pub fn stratified_split(
         }
     }
     (train, dev)
+}
+
+/// Which examples [`stratified_split`] holds out, by each example's stratum.
+pub fn stratified_dev_mask(keys: &[usize], n_strata: usize, fraction: f64, seed: u64) -> Vec<bool> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); n_strata];
+    for (i, &y) in keys.iter().enumerate() {
+        by_class[y].push(i);
+    }
+    let mut is_dev = vec![false; keys.len()];
+    let mut rng = SplitMix64::new(seed ^ 0x5eed_de5f);
+    for idx in by_class.iter_mut() {
+        rng.shuffle(idx);
+        let n = idx.len();
+        let k = ((n as f64 * fraction).round() as usize).min(n.saturating_sub(1));
+        for &i in idx.iter().take(k) {
+            is_dev[i] = true;
+        }
+    }
+    is_dev
 }
 
 /// Trains `kind` on already-split data; the kind writes `opts.out`.

@@ -204,6 +204,7 @@ fn data() -> TrainData {
         labels: LabelSet::new(vec!["card".into(), "transfer".into(), "refund".into()]),
         train: sentences(90, 1),
         dev: sentences(30, 2),
+        sets: None,
         data_hash: "0".repeat(64),
         label_source: "gold".into(),
     }

@@ -21,6 +21,7 @@ fn data() -> TrainData {
         labels: LabelSet::new(vec!["pos".into(), "neg".into()]),
         train: sentiment_rows(64, 0),
         dev: sentiment_rows(16, 1000),
+        sets: None,
         data_hash: "test".into(),
         label_source: "gold".into(),
     }

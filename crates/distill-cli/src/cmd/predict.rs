@@ -10,7 +10,9 @@ use std::path::PathBuf;
 #[command(
     after_help = "Output: one JSON object per input row, in input order:\n  \
     {\"id\": ..., \"text\": ..., \"label\": ..., \"confidence\": 0.97, \"top\": [{\"label\": ..., \"p\": 0.97}, ...], \"gold\": ...}\n\
-    `confidence` is calibrated (softmax with the temperature fitted on the dev split); `gold` only with --gold-column.\n\n\
+    `confidence` is calibrated (softmax with the temperature fitted on the dev split); `gold` only with --gold-column.\n\
+    A multilabel model adds `\"labels\": [...]` (`label` joins them with the task's separator);\n\
+    `top` holds each label's own probability, `confidence` that of its least sure label decision.\n\n\
     Example:\n  distill predict --model models/b77-linear --input datasets/banking77/test.csv --out preds.jsonl"
 )]
 pub struct Args {
@@ -76,14 +78,19 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                 .join(", ")
         );
     }
+    let metric = if s.multilabel {
+        "exact-set accuracy"
+    } else {
+        "accuracy"
+    };
     let acc = match s.accuracy {
         Some(a) if s.unknown_gold > 0 => format!(
-            ", accuracy vs gold {a:.4} on the {} rows with a known gold label",
+            ", {metric} vs gold {a:.4} on the {} rows with a known gold label",
             s.rows - s.unknown_gold
         ),
-        Some(a) => format!(", accuracy vs gold {a:.4}"),
+        Some(a) => format!(", {metric} vs gold {a:.4}"),
         None if s.unknown_gold > 0 => {
-            ", accuracy vs gold: none of the gold labels is the model's".into()
+            format!(", {metric} vs gold: none of the gold labels is the model's")
         }
         None => String::new(),
     };

@@ -1,6 +1,7 @@
 //! `distill quickstart`: the whole loop, offline, in one command. It is the product's demo and
-//! its smoke test: a simulated premium teacher (in-process, loopback only) labels Banking77,
-//! students train on those labels, and eval shows what distillation saves.
+//! its smoke test: a simulated premium teacher (in-process, loopback only) labels Banking77 (or
+//! MixSNIPS, a multilabel task), students train on those labels, and eval shows what
+//! distillation saves.
 
 use crate::Global;
 use anyhow::{bail, Context, Result};
@@ -11,10 +12,11 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Which loop: `banking77` (distil an intent classifier; the default) or `mmlu-routing`
-    /// (learn which MMLU questions the cheap model answers as well as the premium one, from
-    /// RouteLLM's recorded outcomes).
-    #[arg(long, default_value = "banking77", value_parser = ["banking77", "mmlu-routing"])]
+    /// Which loop: `banking77` (distil an intent classifier; the default), `mixsnips` (distil a
+    /// multilabel tagger: every intent of a multi-intent request) or `mmlu-routing` (learn
+    /// which MMLU questions the cheap model answers as well as the premium one, from RouteLLM's
+    /// recorded outcomes).
+    #[arg(long, default_value = "banking77", value_parser = ["banking77", "mixsnips", "mmlu-routing"])]
     pub example: String,
     /// Task spec to run the loop on [default: datasets/<example>/task.toml].
     #[arg(long)]
@@ -218,8 +220,13 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
         let meta = distill_train::train::train(&spec, &teacher_train, kind, opts, 0.1)
             .with_context(|| format!("training the {} student", kind.as_str()))?;
         eprintln!(
-            "      {}: dev accuracy {:.3} (vs the teacher's labels), {:.1}s",
+            "      {}: dev {}accuracy {:.3} (vs the teacher's labels), {:.1}s",
             out.display(),
+            if spec.labels.is_multilabel() {
+                "exact-set "
+            } else {
+                ""
+            },
             meta.dev_accuracy,
             t.elapsed().as_secs_f64()
         );

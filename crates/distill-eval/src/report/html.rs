@@ -110,7 +110,7 @@ pub fn render(r: &EvalReport) -> String {
                  escalates {} and scores {} (teacher alone: {}): the floor <span class=\"{}\">{}</span>.</p>",
                 escape(&c.model),
                 ch.threshold,
-                c.floor.metric.as_str(),
+                r.floor_metric_name(c.floor.metric),
                 pct(c.floor.value),
                 escape(&c.floor.source),
                 pct(ch.held_out.escalated_fraction),
@@ -230,19 +230,32 @@ pub fn render(r: &EvalReport) -> String {
     ));
 
     b.push_str("<h2>Quality</h2>");
+    let sets = r.answers_are_sets();
     let mut qrows = Vec::new();
     for o in &r.options {
         for q in [&o.vs_gold, &o.vs_teacher].into_iter().flatten() {
             let iv = |e: &crate::metrics::Estimate| {
                 format!("{} [{}–{}]", pct(e.value), pct(e.lo), pct(e.hi))
             };
-            qrows.push(vec![
+            let mut row = vec![
                 o.name.clone(),
                 q.reference.clone(),
                 q.n.to_string(),
                 iv(&q.accuracy),
-                iv(&q.macro_f1),
-                iv(&q.weighted_f1),
+            ];
+            if sets {
+                row.push(q.sets.as_ref().map(|s| iv(&s.micro_f1)).unwrap_or_default());
+            }
+            row.extend([iv(&q.macro_f1), iv(&q.weighted_f1)]);
+            if sets {
+                row.push(
+                    q.sets
+                        .as_ref()
+                        .map(|s| iv(&s.hamming_loss))
+                        .unwrap_or_default(),
+                );
+            }
+            row.extend([
                 q.calibration
                     .as_ref()
                     .map(|c| format!("{:.3}", c.ece.value))
@@ -254,21 +267,21 @@ pub fn render(r: &EvalReport) -> String {
                     .collect::<Vec<_>>()
                     .join("; "),
             ]);
+            qrows.push(row);
         }
     }
-    b.push_str(&table(
-        &[
-            "option".into(),
-            "vs".into(),
-            "n".into(),
-            "accuracy / agreement".into(),
-            "macro F1".into(),
-            "weighted F1".into(),
-            "ECE".into(),
-            "top confusions".into(),
-        ],
-        &qrows,
-    ));
+    let mut header: Vec<String> = vec!["option".into(), "vs".into(), "n".into()];
+    if sets {
+        header.extend(["exact-set accuracy / agreement".into(), "micro F1".into()]);
+    } else {
+        header.push("accuracy / agreement".into());
+    }
+    header.extend(["macro F1".into(), "weighted F1".into()]);
+    if sets {
+        header.push("Hamming loss".into());
+    }
+    header.extend(["ECE".into(), "top confusions".into()]);
+    b.push_str(&table(&header, &qrows));
     b.push_str(
         "<p>Intervals are 95%: Wilson for proportions, seeded percentile bootstrap for F1 and ECE. \
          Per-class figures and full confusion matrices are in metrics.json.</p></body></html>\n",

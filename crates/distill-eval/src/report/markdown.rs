@@ -23,20 +23,43 @@ fn interval(e: &crate::metrics::Estimate) -> String {
 }
 
 fn quality_lines(out: &mut String, q: &Quality) {
-    let _ = writeln!(
-        out,
-        "- {} vs {} on {} items: {}; macro F1 {}; weighted F1 {}",
-        if q.reference == "gold" {
-            "accuracy"
-        } else {
-            "agreement"
-        },
-        q.reference,
-        q.n,
-        interval(&q.accuracy),
-        interval(&q.macro_f1),
-        interval(&q.weighted_f1),
-    );
+    let what = if q.reference == "gold" {
+        "accuracy"
+    } else {
+        "agreement"
+    };
+    match &q.sets {
+        None => {
+            let _ = writeln!(
+                out,
+                "- {what} vs {} on {} items: {}; macro F1 {}; weighted F1 {}",
+                q.reference,
+                q.n,
+                interval(&q.accuracy),
+                interval(&q.macro_f1),
+                interval(&q.weighted_f1),
+            );
+        }
+        Some(s) => {
+            let _ = writeln!(
+                out,
+                "- exact-set {what} vs {} on {} items: {}; micro F1 {}; macro F1 {}; \
+                 weighted F1 {}; Hamming loss {}",
+                q.reference,
+                q.n,
+                interval(&q.accuracy),
+                interval(&s.micro_f1),
+                interval(&q.macro_f1),
+                interval(&q.weighted_f1),
+                interval(&s.hamming_loss),
+            );
+            let _ = writeln!(
+                out,
+                "- labels per item: {:.2} in the references, {:.2} answered",
+                s.mean_reference_labels, s.mean_predicted_labels
+            );
+        }
+    }
     if let Some(c) = &q.calibration {
         let _ = writeln!(out, "- expected calibration error: {}", interval(&c.ece));
     }
@@ -125,7 +148,7 @@ pub fn render(r: &EvalReport) -> String {
                  cheapest threshold whose lower 95% bound meets the floor{}.\n",
                 c.model,
                 ch.threshold,
-                c.floor.metric.as_str(),
+                r.floor_metric_name(c.floor.metric),
                 pct(c.floor.value),
                 c.floor.source,
                 ch.calibration.n,
@@ -148,7 +171,7 @@ pub fn render(r: &EvalReport) -> String {
                         .unwrap_or_else(|| "—".into()),
                 ]
             };
-            let m = c.floor.metric.as_str();
+            let m = r.floor_metric_name(c.floor.metric);
             table(
                 &mut out,
                 &[

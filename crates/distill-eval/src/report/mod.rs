@@ -220,12 +220,33 @@ pub struct CascadeReport {
 }
 
 impl EvalReport {
-    /// "accuracy" when the table's quality column is against gold, else "agreement".
+    /// "accuracy" when the table's quality column is against gold, else "agreement";
+    /// "exact-set …" when answers are label sets.
     pub fn headline_metric(&self) -> &'static str {
-        if self.test.n_gold > 0 {
-            "accuracy"
+        match (self.test.n_gold > 0, self.answers_are_sets()) {
+            (true, false) => "accuracy",
+            (false, false) => "agreement",
+            (true, true) => "exact-set accuracy",
+            (false, true) => "exact-set agreement",
+        }
+    }
+
+    /// True when the task's answers are label sets (a multilabel task): its accuracy and
+    /// agreement are exact-set figures, and the qualities carry micro F1 and Hamming loss.
+    pub fn answers_are_sets(&self) -> bool {
+        self.options
+            .iter()
+            .flat_map(|o| [&o.vs_gold, &o.vs_teacher])
+            .flatten()
+            .any(|q| q.sets.is_some())
+    }
+
+    /// The cascade floor's metric as the report names it.
+    pub fn floor_metric_name(&self, metric: crate::cascade::FloorMetric) -> String {
+        if self.answers_are_sets() {
+            format!("exact-set {}", metric.as_str())
         } else {
-            "agreement"
+            metric.as_str().to_string()
         }
     }
 
@@ -565,9 +586,9 @@ pub fn summary_text(r: &EvalReport) -> String {
             c.model,
             c.choice.threshold,
             fmt::pct(c.choice.held_out.escalated_fraction),
-            c.floor.metric.as_str(),
+            r.floor_metric_name(c.floor.metric),
             fmt::pct(c.choice.held_out.quality.value),
-            c.floor.metric.as_str(),
+            r.floor_metric_name(c.floor.metric),
             fmt::pct(c.floor.value),
             if c.choice.floor_held {
                 "held"

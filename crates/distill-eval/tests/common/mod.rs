@@ -146,6 +146,7 @@ pub fn meta(labels: Vec<String>) -> ModelMeta {
         distill_version: "0.1.0".into(),
         hyper: serde_json::Value::Null,
         quantization: None,
+        multilabel: None,
     }
 }
 

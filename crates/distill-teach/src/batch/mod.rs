@@ -47,7 +47,7 @@ pub(crate) mod prefetch;
 use crate::client::{CallContext, LabelOutcome, Pending, TeacherClient};
 use crate::error::{Result, TeachError};
 use crate::journal::{encode_batch_line, encode_line, BatchRef, Journal, JournalHeader, Ordinals};
-use crate::label::parse_label;
+use crate::label::parse_output;
 use crate::runner::{finish, progress_bar, reconcile, TeachOptions, TeachSummary};
 pub use api::{answered_count, custom_id};
 use api::{running_message, Api, Chunk, ItemResult, Orphan, Pace, Poll, Results};
@@ -543,7 +543,7 @@ async fn one(
         Some(ItemResult::Failed(message)) => {
             let (_, hash) = client.request_for(&item.text);
             let o = LabelOutcome {
-                label: None,
+                output: None,
                 status: RecordStatus::Failed,
                 raw: None,
                 error: Some(message),
@@ -559,7 +559,7 @@ async fn one(
         Some(ItemResult::Reply(reply)) => {
             let (_, hash) = client.request_for(&item.text);
             let spec = client.spec();
-            let valid = parse_label(&reply.text, &spec.labels, client.wire().format).is_ok();
+            let valid = parse_output(&reply.text, &spec.labels, client.wire().format).is_ok();
             let cost = client.cost(&reply.usage, true);
             let row = LedgerRow {
                 id: None,

@@ -10,6 +10,7 @@ use super::tokenize::TextTokenizer;
 use super::weights;
 use crate::device::device_name;
 use crate::error::{Result, TrainError};
+use crate::objective::Targets;
 use crate::student::{
     fit_temperature, write_model_dir, ModelMeta, Student, StudentKind, TrainData, TrainOptions,
     DEFAULT_CPU_CORE_HOUR_USD, DEFAULT_GPU_HOUR_USD,
@@ -315,7 +316,12 @@ impl<'m> Trainer<'m> {
         } else {
             (self.model.forward(batch, Some(&mut self.dropout))?, None)
         };
-        let loss = classification_loss(&logits, labels, self.class_weights.as_ref())?;
+        // Multi-hot targets (`[n, labels]`, a multilabel task) take the per-label sigmoid loss.
+        let loss = if labels.rank() == 2 {
+            crate::objective::loss_tensor(&logits, labels, true)?
+        } else {
+            classification_loss(&logits, labels, self.class_weights.as_ref())?
+        };
         let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss_value.is_finite() {
             return Err(TrainError::NonFinite {
@@ -379,10 +385,30 @@ pub struct FitReport {
     pub train_losses: Vec<f32>,
 }
 
-/// Tokenised examples: ids with their label index.
+/// Tokenised examples: ids with their label index (and, for a multilabel task, their label
+/// sets, which are then the targets).
 pub struct Examples {
     pub ids: Vec<Vec<u32>>,
     pub labels: Vec<usize>,
+    pub sets: Option<Vec<Vec<usize>>>,
+}
+
+impl Examples {
+    fn targets(&self) -> Targets {
+        match &self.sets {
+            Some(s) => Targets::Sets(s.clone()),
+            None => Targets::Single(self.labels.clone()),
+        }
+    }
+
+    /// The targets of examples `idx` as [`crate::objective::loss_tensor`] takes them.
+    fn batch_targets(&self, idx: &[usize], n_labels: usize, device: &Device) -> Result<Tensor> {
+        let t = match &self.sets {
+            Some(s) => Targets::Sets(idx.iter().map(|&i| s[i].clone()).collect()),
+            None => Targets::Single(idx.iter().map(|&i| self.labels[i]).collect()),
+        };
+        Ok(t.tensor(n_labels, device)?)
+    }
 }
 
 /// Length-bucketed batches: shuffle, cut into pools of 50 batches, sort each pool by length,
@@ -420,7 +446,8 @@ pub fn fit(
             "model was not loaded as trainable".into(),
         ));
     }
-    let class_weights = if hp.class_balanced {
+    // Class weights balance one label per input; a label set has no single class to weigh.
+    let class_weights = if hp.class_balanced && train.sets.is_none() {
         let mut counts = vec![0usize; n_labels];
         for &y in &train.labels {
             counts[y] += 1;
@@ -476,9 +503,8 @@ pub fn fit(
         let n_batches = batches.len();
         for chunk in batches {
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.ids[i].as_slice()).collect();
-            let labels: Vec<u32> = chunk.iter().map(|&i| train.labels[i] as u32).collect();
             let batch = Batch::from_ids(&seqs, pad_id, device)?;
-            let labels = Tensor::new(labels.as_slice(), device)?;
+            let labels = train.batch_targets(&chunk, n_labels, device)?;
             let stats = trainer.step(&batch, &labels)?;
             let loss_value = stats.loss;
             step += 1;
@@ -493,7 +519,14 @@ pub fn fit(
             continue;
         }
         let logits = logits_for_ids(model, &dev.ids, pad_id, device)?;
-        let (acc, loss) = accuracy_and_loss(&logits, &dev.labels);
+        let (acc, loss) = match &dev.sets {
+            None => accuracy_and_loss(&logits, &dev.labels),
+            Some(_) => {
+                let targets = dev.targets();
+                let loss = crate::objective::dev_loss(&logits, &targets, 1.0, None);
+                (targets.score(&logits), loss.unwrap_or(0.0))
+            }
+        };
         tracing::info!(
             epoch = epoch + 1,
             train_loss = epoch_loss / n_batches.max(1) as f64,
@@ -564,7 +597,11 @@ fn say(bar: &indicatif::ProgressBar, progress: bool, line: String) {
     }
 }
 
-fn tokenize_split(tok: &TextTokenizer, rows: &[(String, usize)]) -> Result<Examples> {
+fn tokenize_split(
+    tok: &TextTokenizer,
+    rows: &[(String, usize)],
+    sets: Option<&Vec<Vec<usize>>>,
+) -> Result<Examples> {
     let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
     let mut ids = Vec::with_capacity(rows.len());
     for chunk in texts.chunks(4096) {
@@ -573,6 +610,7 @@ fn tokenize_split(tok: &TextTokenizer, rows: &[(String, usize)]) -> Result<Examp
     Ok(Examples {
         ids,
         labels: rows.iter().map(|(_, y)| *y).collect(),
+        sets: sets.cloned(),
     })
 }
 
@@ -592,7 +630,7 @@ fn check_data(data: &TrainData) -> Result<()> {
         )));
     }
     let first = data.train[0].1;
-    if data.train.iter().all(|(_, y)| *y == first) {
+    if data.sets.is_none() && data.train.iter().all(|(_, y)| *y == first) {
         return Err(TrainError::Data(format!(
             "all training examples have the same label `{}`; a classifier needs at least two classes",
             data.labels.names.get(first).map(String::as_str).unwrap_or("?")
@@ -642,8 +680,9 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
     if !report.unused.is_empty() {
         tracing::warn!(unused = ?report.unused, "base checkpoint tensors not used by the classifier");
     }
-    let train_ex = tokenize_split(&tok, &data.train)?;
-    let dev_ex = tokenize_split(&tok, &data.dev)?;
+    let sets = data.sets.as_ref();
+    let train_ex = tokenize_split(&tok, &data.train, sets.map(|s| &s.train))?;
+    let dev_ex = tokenize_split(&tok, &data.dev, sets.map(|s| &s.dev))?;
     let fit_report = fit(
         &model,
         tok.pad_id,
@@ -653,7 +692,15 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         &opts.device,
         opts.progress,
     )?;
-    let temperature = fit_temperature(&fit_report.dev_logits, &dev_ex.labels);
+    let (temperature, multilabel) = if data.sets.is_some() {
+        let (t, head, _) = crate::linear::fit::calibrate(data, &fit_report.dev_logits);
+        (t, head)
+    } else {
+        (
+            fit_temperature(&fit_report.dev_logits, &dev_ex.labels),
+            None,
+        )
+    };
     let wall = started.elapsed().as_secs_f64();
     let is_cpu = opts.device.is_cpu();
     let train_cost_usd = if is_cpu {
@@ -702,8 +749,13 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
             "optimizer": "AdamW (no decay on biases and LayerNorm; pooler and classifier at head_lr), linear warm-up and decay",
         }),
         quantization: None,
+        multilabel,
     };
-    let config_json = classifier_config_json(&raw_cfg, &labels);
+    let mut config_json = classifier_config_json(&raw_cfg, &labels);
+    if data.sets.is_some() {
+        // What `transformers` reads to apply a sigmoid per label (BCE-with-logits).
+        config_json["problem_type"] = "multi_label_classification".into();
+    }
     write_model_dir(&opts.out, opts.force, |tmp| {
         let write_json = |name: &str, v: &serde_json::Value| -> Result<()> {
             let p = tmp.join(name);

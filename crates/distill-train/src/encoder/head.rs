@@ -15,11 +15,12 @@
 use super::embed::{transpose, FrozenEncoder};
 use super::embed_cache::{text_key, EmbeddingCache, TextKey, DEFAULT_CACHE_DIR};
 use crate::error::{Result, TrainError};
+use crate::objective::{loss_tensor, Targets};
 use crate::student::{
-    fit_temperature, write_model_dir, ModelMeta, Student, StudentKind, TrainData, TrainOptions,
+    write_model_dir, ModelMeta, Student, StudentKind, TrainData, TrainOptions,
     DEFAULT_CPU_CORE_HOUR_USD, DEFAULT_GPU_HOUR_USD,
 };
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -463,9 +464,9 @@ struct FitResult {
 #[allow(clippy::too_many_arguments)]
 fn fit_head(
     x_train: &[f32],
-    y_train: &[usize],
+    y_train: &Targets,
     x_dev: &[f32],
-    y_dev: &[usize],
+    y_dev: &Targets,
     dim: usize,
     n_labels: usize,
     hp: &HeadHyper,
@@ -478,26 +479,19 @@ fn fit_head(
     let mut xd = x_dev.to_vec();
     standardize(&mut xd, &mean, &scale);
     let n = y_train.len();
+    let sets = y_train.is_sets();
     let xt = Tensor::from_vec(xt, (n, dim), &dev)?;
-    let yt = Tensor::from_vec(
-        y_train.iter().map(|&y| y as u32).collect::<Vec<_>>(),
-        n,
-        &dev,
-    )?;
+    let yt = y_train.tensor(n_labels, &dev)?;
     // Without a dev split, select on the training data (the best we can do).
-    let (xd, yd_vec) = if y_dev.is_empty() {
-        (xt.clone(), y_train.to_vec())
+    let (xd, yd_targets) = if y_dev.is_empty() {
+        (xt.clone(), y_train.clone())
     } else {
         (
             Tensor::from_vec(xd, (y_dev.len(), dim), &dev)?,
-            y_dev.to_vec(),
+            y_dev.clone(),
         )
     };
-    let yd = Tensor::from_vec(
-        yd_vec.iter().map(|&y| y as u32).collect::<Vec<_>>(),
-        yd_vec.len(),
-        &dev,
-    )?;
+    let yd = yd_targets.tensor(n_labels, &dev)?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut uniform = |rows: usize, cols: usize, bound: f32| -> Result<Var> {
@@ -572,14 +566,8 @@ fn fit_head(
     };
     let evaluate = || -> Result<(f64, f64)> {
         let logits = forward(&xd, None)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &yd)?.to_scalar::<f32>()? as f64;
-        let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let right = pred
-            .iter()
-            .zip(&yd_vec)
-            .filter(|(p, y)| **p as usize == **y)
-            .count();
-        Ok((right as f64 / yd_vec.len().max(1) as f64, loss))
+        let loss = loss_tensor(&logits, &yd, sets)?.to_scalar::<f32>()? as f64;
+        Ok((yd_targets.score(&logits.to_vec2::<f32>()?), loss))
     };
 
     let mut order: Vec<u32> = (0..n as u32).collect();
@@ -611,7 +599,7 @@ fn fit_head(
                 None
             };
             let logits = forward(&xb, mask.as_ref())?;
-            let ce = candle_nn::loss::cross_entropy(&logits, &yb)?;
+            let ce = loss_tensor(&logits, &yb, sets)?;
             let loss = (ce + penalty()?)?;
             let lv = loss.to_scalar::<f32>()?;
             if !lv.is_finite() {
@@ -667,7 +655,7 @@ fn check_data(data: &TrainData) -> Result<()> {
         )));
     }
     let classes: HashSet<usize> = data.train.iter().map(|(_, y)| *y).collect();
-    if classes.len() < 2 {
+    if classes.len() < 2 && data.sets.is_none() {
         return Err(TrainError::Data(format!(
             "the training data has a single class ({}); a classifier needs at least two",
             data.train
@@ -708,8 +696,8 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
     let dim = encoder.dim();
     let n_train = data.train.len();
     let (x_train, x_dev) = emb.split_at(n_train * dim);
-    let y_train: Vec<usize> = data.train.iter().map(|(_, y)| *y).collect();
-    let y_dev: Vec<usize> = data.dev.iter().map(|(_, y)| *y).collect();
+    let y_train = data.train_targets();
+    let y_dev = data.dev_targets();
 
     let t_head = Instant::now();
     let fit = fit_head(
@@ -734,10 +722,11 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         },
         w: fit.weights,
     };
-    let temperature = if y_dev.is_empty() {
-        1.0
+    let (temperature, multilabel) = if y_dev.is_empty() {
+        (1.0, None)
     } else {
-        fit_temperature(&head.logits(x_dev, y_dev.len()), &y_dev)
+        let (t, ml, _) = crate::linear::fit::calibrate(data, &head.logits(x_dev, y_dev.len()));
+        (t, ml)
     };
     let head_s = t_head.elapsed().as_secs_f64();
 
@@ -768,6 +757,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         distill_version: env!("CARGO_PKG_VERSION").to_string(),
         hyper: serde_json::Value::Null,
         quantization: None,
+        multilabel,
     };
     let hyper = serde_json::json!({
         "head": hp,

@@ -10,6 +10,7 @@ use super::features::{FeatureConfig, SparseRow, Vocab};
 use super::{logits_into, LinearModel, LinearStudent};
 use crate::device::device_name;
 use crate::error::{Result, TrainError};
+use crate::objective::{dev_loss, SigmoidHead, Targets};
 use crate::student::{
     fit_temperature, write_model_dir, ModelMeta, Student, StudentKind, TrainData, TrainOptions,
     DEFAULT_CPU_CORE_HOUR_USD,
@@ -58,18 +59,7 @@ pub fn train_linear(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> 
         .par_iter()
         .map(|(t, _)| model.logits_row(&model.featurize(t)))
         .collect();
-    let dev_y: Vec<usize> = data.dev.iter().map(|(_, y)| *y).collect();
-    let temperature = fit_temperature(&dev_logits, &dev_y);
-    let dev_loss = if dev_y.is_empty() {
-        None
-    } else {
-        let nll: f64 = dev_logits
-            .iter()
-            .zip(&dev_y)
-            .map(|(l, &y)| -(crate::student::softmax(l, temperature)[y].max(1e-12) as f64).ln())
-            .sum();
-        Some(nll / dev_y.len() as f64)
-    };
+    let (temperature, multilabel, dev_loss) = calibrate(data, &dev_logits);
 
     let wall = stats.wall_s;
     let meta = ModelMeta {
@@ -113,6 +103,7 @@ pub fn train_linear(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> 
             "optimizer": "lazy AdamW, exact sparse gradient",
         }),
         quantization: None,
+        multilabel,
     };
     let student = LinearStudent::from_parts(meta.clone(), model);
     write_model_dir(&opts.out, opts.force, |dir| {
@@ -125,6 +116,26 @@ pub fn train_linear(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> 
     Ok(meta)
 }
 
+/// The calibration every student fits on its dev logits: a softmax temperature, or a
+/// multilabel student's per-label temperatures and thresholds; and the dev loss under it.
+pub fn calibrate(
+    data: &TrainData,
+    dev_logits: &[Vec<f32>],
+) -> (f32, Option<SigmoidHead>, Option<f64>) {
+    let targets = data.dev_targets();
+    match &targets {
+        Targets::Single(ys) => {
+            let t = fit_temperature(dev_logits, ys);
+            (t, None, dev_loss(dev_logits, &targets, t, None))
+        }
+        Targets::Sets(sets) => {
+            let head = SigmoidHead::fit(dev_logits, sets, data.labels.len(), &data.labels);
+            let loss = dev_loss(dev_logits, &targets, 1.0, Some(&head));
+            (1.0, Some(head), loss)
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FitStats {
     pub epochs_run: usize,
@@ -133,26 +144,9 @@ pub struct FitStats {
     pub wall_s: f64,
 }
 
-fn accuracy(model: &LinearModel, rows: &[SparseRow], ys: &[usize]) -> f64 {
-    if rows.is_empty() {
-        return 0.0;
-    }
-    let right: usize = rows
-        .par_iter()
-        .zip(ys.par_iter())
-        .filter(|(r, &y)| argmax(&model.logits_row(r)) == y)
-        .count();
-    right as f64 / rows.len() as f64
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
+fn dev_score(model: &LinearModel, rows: &[SparseRow], targets: &Targets) -> f64 {
+    let logits: Vec<Vec<f32>> = rows.par_iter().map(|r| model.logits_row(r)).collect();
+    targets.score(&logits)
 }
 
 /// Fits the model in memory (no files). Early stopping keeps the weights of the best dev epoch;
@@ -178,6 +172,7 @@ pub fn fit(
         .collect();
     drop(counts);
     let ys: Vec<usize> = data.train.iter().map(|(_, y)| *y).collect();
+    let targets = data.train_targets();
     let r = vocab.len();
     let mut model = LinearModel {
         cfg: cfg.clone(),
@@ -191,7 +186,7 @@ pub fn fit(
         .par_iter()
         .map(|(t, _)| model.featurize(t))
         .collect();
-    let dev_ys: Vec<usize> = data.dev.iter().map(|(_, y)| *y).collect();
+    let dev_targets = data.dev_targets();
 
     // Class weights n / (C · n_c): each class contributes equally to the loss.
     let class_w: Vec<f32> = if h.class_balanced {
@@ -252,31 +247,14 @@ pub fn fit(
         for batch in order.chunks(h.batch_size) {
             step += 1;
             let scale = 1.0 / batch.len() as f32;
-            // Forward: per-example dL/dlogits = w_y (softmax - onehot) / |batch|.
+            // Forward: per-example dL/dlogits / |batch| (the objective's gradient).
             let d: Vec<(f32, Vec<f32>)> = batch
                 .par_iter()
                 .with_min_len(8)
                 .map(|&i| {
                     let mut z = model.bias.clone();
                     logits_into(&model.weight, c, &rows[i], &mut z);
-                    let mx = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut s = 0.0f32;
-                    for x in z.iter_mut() {
-                        *x = (*x - mx).exp();
-                        s += *x;
-                    }
-                    let y = ys[i];
-                    // An overflowing weight shows up as a non-finite logit, not a loss (the clamp hides it).
-                    let loss = if s.is_finite() && mx.is_finite() {
-                        -(z[y] / s).max(1e-30).ln() * class_w[y]
-                    } else {
-                        f32::NAN
-                    };
-                    let k = class_w[y] * scale;
-                    for x in z.iter_mut() {
-                        *x = *x / s * k;
-                    }
-                    z[y] -= k;
+                    let loss = targets.loss_and_grad(i, &mut z, &class_w, scale);
                     (loss, z)
                 })
                 .collect();
@@ -351,7 +329,7 @@ pub fn fit(
             bar.set_message(format!("loss {train_loss:.4}"));
             continue;
         }
-        let acc = accuracy(&model, &dev_rows, &dev_ys);
+        let acc = dev_score(&model, &dev_rows, &dev_targets);
         bar.set_message(format!(
             "loss {train_loss:.4} dev acc {acc:.4} (best {:.4})",
             best.0.max(acc)
