@@ -343,6 +343,36 @@ pub fn render(r: &EvalReport) -> String {
             quality_lines(&mut out, q);
         }
         out.push('\n');
+        // A tagger is read label by label: which labels it misses, which it adds.
+        if let Some(q) = o.vs_gold.as_ref().or(o.vs_teacher.as_ref()) {
+            if q.sets.is_some() {
+                let rows: Vec<Vec<String>> = q
+                    .per_class
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.label.clone(),
+                            pct(c.precision),
+                            pct(c.recall),
+                            pct(c.f1),
+                            c.support.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &mut out,
+                    &[
+                        format!("label (vs {})", q.reference),
+                        "precision".into(),
+                        "recall".into(),
+                        "F1".into(),
+                        "support".into(),
+                    ],
+                    &rows,
+                );
+                out.push('\n');
+            }
+        }
     }
     let _ = writeln!(
         out,
