@@ -4,8 +4,9 @@
 //! `o200k_base` for unknown names). Anthropic and other providers do not publish their
 //! tokenizers, so their prompts are approximated as `ceil(bytes / 3.5)` tokens — slightly
 //! high for English, which is the safe direction for a budget. Output tokens are estimated
-//! from the schema: the JSON `{"label": "<label>"}` with an average label, capped at
-//! `max_tokens`; the worst case assumes every reply uses all of `max_tokens`.
+//! from the schema: the JSON `{"label": "<label>"}` with an average label (a multilabel task:
+//! `{"labels": [...]}` with two average labels), capped at `max_tokens`; the worst case
+//! assumes every reply uses all of `max_tokens`.
 
 use crate::client::TeacherClient;
 use crate::error::Result;
@@ -97,7 +98,13 @@ impl Estimator {
             .labels
             .names
             .iter()
-            .map(|l| tok.count(&format!("{{\"label\": \"{l}\"}}")))
+            .map(|l| {
+                tok.count(&if spec.labels.is_multilabel() {
+                    format!("{{\"labels\": [\"{l}\", \"{l}\"]}}")
+                } else {
+                    format!("{{\"label\": \"{l}\"}}")
+                })
+            })
             .sum::<u64>()
             / n;
         let max_tokens = u64::from(spec.teacher.max_tokens);
@@ -240,4 +247,36 @@ pub fn estimate(
         batch,
         expected_time: Duration::from_secs_f64(secs),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: &str) -> TaskSpec {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("task.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"t\"\nkind = \"{kind}\"\n[input]\ntext_column = \"text\"\n[labels]\nvalues = [\"PlayMusic\", \"GetWeather\"]\n\
+                 [teacher]\nprovider = \"openai\"\nmodel = \"gpt-4o\"\nmax_tokens = 48\n"
+            ),
+        )
+        .unwrap();
+        TaskSpec::load(&path).unwrap()
+    }
+
+    #[test]
+    fn a_label_set_reply_is_estimated_longer_than_one_label() {
+        let tok = Tokenizer::for_model(Provider::Openai, "gpt-4o");
+        let one = Estimator::with_tokenizer(&spec("classify"), &tok).output_tokens;
+        let set = Estimator::with_tokenizer(&spec("multilabel"), &tok).output_tokens;
+        let two = tok.count("{\"labels\": [\"PlayMusic\", \"PlayMusic\"]}");
+        assert!(set > one, "set {set} vs one {one}");
+        assert!(
+            set.abs_diff(two) <= 1,
+            "set {set} vs a two-label reply {two}"
+        );
+    }
 }
