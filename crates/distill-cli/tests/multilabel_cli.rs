@@ -232,8 +232,8 @@ fn label_sets_are_taught_learned_predicted_and_scored() {
 }
 
 /// `distill serve` with the student and the (sim) teacher behind it: chat completions answer
-/// `{"labels": [...]}`, `/v1/predict` (and `/v1/classify`) list each answer's labels, whether
-/// the student or the escalated teacher gave it.
+/// `{"labels": [...]}` (again from the cache), `/v1/predict` (and `/v1/classify`) list each
+/// answer's labels, whether the student or the escalated teacher gave it.
 fn serve_answers_label_lists(dir: &Path, teacher_url: &str) {
     let model = format!("mix={}", dir.join("linear").display());
     let task = dir.join("task.toml");
@@ -248,7 +248,7 @@ fn serve_answers_label_lists(dir: &Path, teacher_url: &str) {
             "--threshold",
             "0.9",
             "--cache",
-            "off",
+            "memory",
         ],
         &dir.join("serve-state"),
     );
@@ -263,6 +263,15 @@ fn serve_answers_label_lists(dir: &Path, teacher_url: &str) {
             .unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(content["labels"], v["distill"]["labels"], "{body}");
     assert!(!content["labels"].as_array().unwrap().is_empty(), "{body}");
+    // The same request again is answered from the cache, with the same list.
+    let (_, again) =
+        common::http(&addr, "POST", "/v1/chat/completions", &chat.to_string()).unwrap();
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["distill"]["source"], "cache", "{again}");
+    assert_eq!(
+        again["distill"]["labels"], v["distill"]["labels"],
+        "{again}"
+    );
 
     let texts: Vec<String> = std::fs::read_to_string(dir.join("test.jsonl"))
         .unwrap()
