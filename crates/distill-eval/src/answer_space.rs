@@ -43,7 +43,7 @@ impl AnswerSpace {
     /// [`LabelSet::parse_set`] reads); `None` when it is not a valid answer of the task.
     pub fn index_of(&self, answer: &str) -> Option<usize> {
         if !self.is_sets() {
-            return self.labels.index_of(answer);
+            return self.labels.index_of(answer.trim());
         }
         let set = self.labels.parse_set(answer).ok()?;
         Some(self.index_of_set(&set))
@@ -54,7 +54,7 @@ impl AnswerSpace {
         if !self.is_sets() {
             return self
                 .labels
-                .index_of(answer)
+                .index_of(answer.trim())
                 .ok_or_else(|| format!("label `{answer}` is not in the task's label set"));
         }
         let set = self.labels.parse_set(answer)?;
@@ -176,6 +176,8 @@ mod tests {
     fn one_label_answers_keep_the_label_index() {
         let space = AnswerSpace::new(&LabelSet::new(vec!["x".into(), "y".into()]));
         assert_eq!(space.index_of("y"), Some(1));
+        // Read as train reads a gold cell: surrounding blanks are not part of the label.
+        assert_eq!(space.index_of(" y "), Some(1));
         assert_eq!(space.index_of("x|y"), None);
         assert_eq!(space.names(), vec!["x", "y"]);
     }

@@ -298,13 +298,17 @@ pub fn dev_loss(
     if logits.is_empty() {
         return None;
     }
-    let total: f64 = match (targets, head) {
-        (Targets::Sets(sets), Some(h)) => logits
+    let total: f64 = match targets {
+        Targets::Sets(sets) => logits
             .iter()
             .zip(sets)
             .map(|(z, set)| {
-                h.proba(z)
-                    .iter()
+                // Uncalibrated (one sigmoid per logit) while training, before a head is fitted.
+                let p: Vec<f32> = match head {
+                    Some(h) => h.proba(z),
+                    None => z.iter().map(|&x| sigmoid(x)).collect(),
+                };
+                p.iter()
                     .enumerate()
                     .map(|(j, &p)| {
                         let p = if set.binary_search(&j).is_ok() {
@@ -317,12 +321,11 @@ pub fn dev_loss(
                     .sum::<f64>()
             })
             .sum(),
-        (Targets::Single(ys), _) => logits
+        Targets::Single(ys) => logits
             .iter()
             .zip(ys)
             .map(|(z, &y)| -(softmax(z, temperature)[y].max(1e-12) as f64).ln())
             .sum(),
-        (Targets::Sets(_), None) => return None,
     };
     Some(total / logits.len() as f64)
 }

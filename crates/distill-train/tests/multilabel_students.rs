@@ -91,6 +91,10 @@ fn check(kind: &str, out: &std::path::Path, train: impl Fn() -> distill_train::M
         .unwrap_or_else(|| panic!("{kind}: no multilabel head"));
     assert_eq!(head.thresholds.len(), 3, "{kind}");
     assert_eq!(head.separator, "|");
+    let loss = meta
+        .dev_loss
+        .unwrap_or_else(|| panic!("{kind}: no dev loss"));
+    assert!(loss > 0.0 && loss.is_finite(), "{kind}: dev loss {loss}");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("distill.json")).unwrap()).unwrap();
     assert!(
@@ -156,6 +160,20 @@ fn encoder_head_learns_label_sets() {
         acc >= 0.5,
         "encoder-head exact-set accuracy {acc} (chance: 1/8)"
     );
+}
+
+#[test]
+fn a_student_without_a_dev_split_still_answers_label_sets() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    write_sentence_encoder_base(&base, &tiny_config(), 9);
+    let out = t.path().join("head");
+    let mut d = data();
+    d.dev.clear();
+    d.sets.as_mut().unwrap().dev.clear();
+    let meta = encoder::train_head(&d, &opts(&out, Some(&base))).unwrap();
+    let head = meta.multilabel.expect("still a multilabel student");
+    assert_eq!(head.thresholds, vec![0.5; 3]);
 }
 
 #[test]

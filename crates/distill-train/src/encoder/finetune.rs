@@ -692,12 +692,12 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         &opts.device,
         opts.progress,
     )?;
-    let (temperature, multilabel) = if data.sets.is_some() {
-        let (t, head, _) = crate::linear::fit::calibrate(data, &fit_report.dev_logits);
-        (t, head)
+    let (temperature, multilabel, calibrated_loss) = if data.sets.is_some() {
+        crate::linear::fit::calibrate(data, &fit_report.dev_logits)
     } else {
         (
             fit_temperature(&fit_report.dev_logits, &dev_ex.labels),
+            None,
             None,
         )
     };
@@ -720,7 +720,8 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         n_train: data.train.len(),
         n_dev: data.dev.len(),
         dev_accuracy: fit_report.dev_accuracy,
-        dev_loss: (!data.dev.is_empty()).then_some(fit_report.dev_loss),
+        // A label-set student's dev loss is under its fitted per-label calibration.
+        dev_loss: calibrated_loss.or((!data.dev.is_empty()).then_some(fit_report.dev_loss)),
         temperature,
         max_len: Some(max_len),
         epochs_run: fit_report.epochs_run,

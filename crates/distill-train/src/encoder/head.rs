@@ -722,7 +722,8 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         },
         w: fit.weights,
     };
-    let (temperature, multilabel) = if y_dev.is_empty() {
+    // With no dev split a label-set student still gets its sigmoid head (thresholds 0.5).
+    let (temperature, multilabel) = if y_dev.is_empty() && data.sets.is_none() {
         (1.0, None)
     } else {
         let (t, ml, _) = crate::linear::fit::calibrate(data, &head.logits(x_dev, y_dev.len()));
