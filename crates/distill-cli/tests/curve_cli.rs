@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{banking77, distill_in as run, distill_ok as ok, every_nth_csv, repo, sim_teacher};
+use common::{
+    banking77, distill_in as run, distill_ok as ok, every_nth_csv, repo, sim_teacher, teach_via,
+};
 
 #[test]
 fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_sufficient() {
@@ -28,26 +30,7 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
         ("train.csv", "teacher.jsonl"),
         ("test.csv", "teacher-test.jsonl"),
     ] {
-        ok(
-            dir,
-            &[
-                "teach",
-                "--task",
-                "task.toml",
-                "--input",
-                input,
-                "--out",
-                out,
-                "--base-url",
-                &url,
-                "--concurrency",
-                "32",
-                "--rpm",
-                "0",
-                "--tpm",
-                "0",
-            ],
-        );
+        teach_via(dir, "task.toml", input, out, &url);
     }
     let _ = sim.kill();
     let _ = sim.wait();

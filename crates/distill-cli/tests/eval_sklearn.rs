@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{banking77, repo};
+use common::{banking77, python_with_sklearn, repo};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -117,20 +117,6 @@ fn distill(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
     c.env("DISTILL_STATE_DIR", state).arg("--quiet");
     c
-}
-
-fn python_with_sklearn() -> Option<String> {
-    let explicit = std::env::var("DISTILL_TEST_PYTHON").ok();
-    let py = explicit.clone().unwrap_or_else(|| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import sklearn"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok && explicit.is_some() {
-        panic!("DISTILL_TEST_PYTHON={py} cannot import sklearn");
-    }
-    ok.then_some(py)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{distill_in as run, distill_ok as distill, repo};
+use common::{distill_in as run, distill_ok as distill, python_with_sklearn, repo, teach_via};
 use std::path::Path;
 use std::process::Command;
 
@@ -18,15 +18,6 @@ fn mixsnips(file: &str, dst: &Path, step: usize) -> usize {
     let lines: Vec<&str> = text.lines().step_by(step).collect();
     std::fs::write(dst, lines.join("\n") + "\n").unwrap();
     lines.len()
-}
-
-fn python_with_sklearn() -> Option<String> {
-    let py = std::env::var("DISTILL_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import sklearn"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(py)
 }
 
 #[test]
@@ -51,28 +42,7 @@ fn label_sets_are_taught_learned_predicted_and_scored() {
         child: sim,
         stderr: Default::default(),
     };
-    let teach = |input: &str, out: &str| {
-        distill(
-            dir,
-            &[
-                "teach",
-                "--task",
-                "task.toml",
-                "--input",
-                input,
-                "--out",
-                out,
-                "--base-url",
-                &url,
-                "--concurrency",
-                "32",
-                "--rpm",
-                "0",
-                "--tpm",
-                "0",
-            ],
-        )
-    };
+    let teach = |input: &str, out: &str| teach_via(dir, "task.toml", input, out, &url);
     teach("train.jsonl", "teacher-train.jsonl");
     teach("test.jsonl", "teacher-test.jsonl");
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{banking77, distill_ok as distill, head_csv, repo, sim_teacher};
+use common::{banking77, distill_ok as distill, head_csv, repo, sim_teacher, teach_via};
 use std::path::Path;
 use std::process::Command;
 
@@ -48,28 +48,7 @@ fn out_of_scope_is_learned_scored_and_priced_against_a_closed_set_student() {
     // The (simulated) teacher: the Banking77 files are its gold; MixSNIPS texts are unknown to
     // it, so an open-set teacher calls them `none` (at its 94% accuracy).
     let (mut sim, url) = sim_teacher(dir, "open.toml", &["--error-rate", "0"]);
-    let teach = |input: &str, out: &str| {
-        distill(
-            dir,
-            &[
-                "teach",
-                "--task",
-                "open.toml",
-                "--input",
-                input,
-                "--out",
-                out,
-                "--base-url",
-                &url,
-                "--concurrency",
-                "32",
-                "--rpm",
-                "0",
-                "--tpm",
-                "0",
-            ],
-        )
-    };
+    let teach = |input: &str, out: &str| teach_via(dir, "open.toml", input, out, &url);
     teach("oos-train.jsonl", "teacher-oos-train.jsonl");
     teach("oos-test.jsonl", "teacher-oos-test.jsonl");
     teach("test.csv", "teacher-test.jsonl");

@@ -245,42 +245,28 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
                     opts.train.display()
                 )));
             }
-            // The same seeded, stratified split as `distill train` (by each example's first
-            // label for label sets).
-            let keys: Vec<usize> = match &prefix_sets {
-                Some(sets) => sets
-                    .iter()
-                    .map(|y| y.first().copied().unwrap_or(spec.labels.len()))
+            // The same seeded, stratified split as `distill train`.
+            let examples: Vec<(String, Vec<usize>)> = match &prefix_sets {
+                Some(sets) => prefix
+                    .into_iter()
+                    .map(|(t, _)| t)
+                    .zip(sets.clone())
                     .collect(),
-                None => prefix.iter().map(|(_, y)| *y).collect(),
+                None => prefix.into_iter().map(|(t, y)| (t, vec![y])).collect(),
             };
-            let is_dev = distill_train::train::stratified_dev_mask(
-                &keys,
-                spec.labels.len() + 1,
+            let (train, dev, sets) = distill_train::train::split_label_sets(
+                examples,
+                spec.labels.len(),
+                prefix_sets.is_some(),
                 opts.dev_fraction,
                 seed,
             );
-            let (mut train, mut dev) = (Vec::new(), Vec::new());
-            let (mut train_sets, mut dev_sets) = (Vec::new(), Vec::new());
-            for (i, (ex, d)) in prefix.into_iter().zip(is_dev).enumerate() {
-                let set = prefix_sets.as_ref().map(|s| s[i].clone());
-                if d {
-                    dev.push(ex);
-                    dev_sets.extend(set);
-                } else {
-                    train.push(ex);
-                    train_sets.extend(set);
-                }
-            }
             let data = TrainData {
                 task: spec.name.clone(),
                 labels: spec.labels.clone(),
                 train,
                 dev,
-                sets: prefix_sets.map(|_| distill_train::student::SplitSets {
-                    train: train_sets,
-                    dev: dev_sets,
-                }),
+                sets,
                 data_hash: format!("{}:{:?}:{seed}:{n}", all.data_hash, opts.order),
                 label_source: all.label_source.clone(),
             };

@@ -166,29 +166,8 @@ pub fn load_train_sources(
             data_path.display()
         )));
     }
-    // Stratified by the (first) label; an empty set is a stratum of its own.
-    let none = spec.labels.len();
-    let keys: Vec<usize> = examples
-        .iter()
-        .map(|(_, y)| y.first().copied().unwrap_or(none))
-        .collect();
-    let is_dev = stratified_dev_mask(&keys, none + 1, dev_fraction, seed);
-    let (mut train, mut dev) = (Vec::new(), Vec::new());
-    let (mut train_sets, mut dev_sets) = (Vec::new(), Vec::new());
-    for ((text, y), d) in examples.into_iter().zip(is_dev) {
-        let key = y.first().copied().unwrap_or(0);
-        if d {
-            dev.push((text, key));
-            dev_sets.push(y);
-        } else {
-            train.push((text, key));
-            train_sets.push(y);
-        }
-    }
-    let sets = multilabel.then_some(crate::student::SplitSets {
-        train: train_sets,
-        dev: dev_sets,
-    });
+    let (train, dev, sets) =
+        split_label_sets(examples, spec.labels.len(), multilabel, dev_fraction, seed);
     let report = DataReport {
         skipped_unlabelled,
         classes_present,
@@ -235,6 +214,44 @@ pub fn stratified_split(
         }
     }
     (train, dev)
+}
+
+/// Splits examples, each with its label set (a set of one for classification), as `distill
+/// train` does: seeded and stratified by the first label, an empty set a stratum of its own.
+/// Each text keeps its first label (0 for none); the sets are kept for a multilabel task.
+pub fn split_label_sets(
+    examples: Vec<(String, Vec<usize>)>,
+    n_labels: usize,
+    multilabel: bool,
+    fraction: f64,
+    seed: u64,
+) -> (
+    Vec<LabelledText>,
+    Vec<LabelledText>,
+    Option<crate::student::SplitSets>,
+) {
+    let keys: Vec<usize> = examples
+        .iter()
+        .map(|(_, y)| y.first().copied().unwrap_or(n_labels))
+        .collect();
+    let is_dev = stratified_dev_mask(&keys, n_labels + 1, fraction, seed);
+    let (mut train, mut dev) = (Vec::new(), Vec::new());
+    let (mut train_sets, mut dev_sets) = (Vec::new(), Vec::new());
+    for ((text, y), d) in examples.into_iter().zip(is_dev) {
+        let key = y.first().copied().unwrap_or(0);
+        if d {
+            dev.push((text, key));
+            dev_sets.push(y);
+        } else {
+            train.push((text, key));
+            train_sets.push(y);
+        }
+    }
+    let sets = multilabel.then_some(crate::student::SplitSets {
+        train: train_sets,
+        dev: dev_sets,
+    });
+    (train, dev, sets)
 }
 
 /// Which examples [`stratified_split`] holds out, by each example's stratum.

@@ -86,6 +86,53 @@ pub fn distill_ok(dir: &Path, args: &[&str]) -> std::process::Output {
     o
 }
 
+/// `distill teach` of `input` into `out` through a (sim) teacher at `url`, without the real
+/// account's rate limits; asserts it succeeded.
+pub fn teach_via(
+    dir: &Path,
+    task: &str,
+    input: &str,
+    out: &str,
+    url: &str,
+) -> std::process::Output {
+    distill_ok(
+        dir,
+        &[
+            "teach",
+            "--task",
+            task,
+            "--input",
+            input,
+            "--out",
+            out,
+            "--base-url",
+            url,
+            "--concurrency",
+            "32",
+            "--rpm",
+            "0",
+            "--tpm",
+            "0",
+        ],
+    )
+}
+
+/// `$DISTILL_TEST_PYTHON` (else `python3`) when it can import scikit-learn; a set variable that
+/// cannot is an error, not a skip.
+pub fn python_with_sklearn() -> Option<String> {
+    let explicit = std::env::var("DISTILL_TEST_PYTHON").ok();
+    let py = explicit.clone().unwrap_or_else(|| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import sklearn"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok && explicit.is_some() {
+        panic!("DISTILL_TEST_PYTHON={py} cannot import sklearn");
+    }
+    ok.then_some(py)
+}
+
 /// GET a JSON body over a plain connection (the sim-teacher's `/stats`).
 pub fn get_json(url: &str) -> serde_json::Value {
     use std::io::{Read, Write};
