@@ -243,43 +243,127 @@ fn serve_answers_label_lists(dir: &Path, teacher_url: &str) {
         "{again}"
     );
 
-    let texts: Vec<String> = std::fs::read_to_string(dir.join("test.jsonl"))
+    let texts = first_texts(dir, 40);
+    let req = serde_json::json!({"model": "mix", "inputs": texts}).to_string();
+    let (status, predict) = common::http(&addr, "POST", "/v1/predict", &req).unwrap();
+    assert_eq!(status, 200, "{predict}");
+    let (status, classify) = common::http(&addr, "POST", "/v1/classify", &req).unwrap();
+    assert_eq!(status, 200, "{classify}");
+    let labels_of = |r: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        r.iter().map(|a| a["labels"].clone()).collect()
+    };
+    let p = results_in_model_notation(&predict, dir);
+    student_and_teacher_answered(&p);
+    assert_eq!(
+        labels_of(&p),
+        labels_of(&results_in_model_notation(&classify, dir)),
+        "one endpoint under two names"
+    );
+    drop(_serve);
+
+    // Answers in the model's notation whatever the task's label order, and with no task at
+    // all (the spec is made from the model: a label-set task, not a one-label one).
+    let reversed: Vec<String> = {
+        let mut l: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("intents.json")).unwrap())
+                .unwrap();
+        l.reverse();
+        l
+    };
+    std::fs::write(
+        dir.join("task-reversed.toml"),
+        std::fs::read_to_string(&task).unwrap().replace(
+            "file = \"intents.json\"",
+            &format!("values = {}", serde_json::to_string(&reversed).unwrap()),
+        ),
+    )
+    .unwrap();
+    let reversed_task = dir.join("task-reversed.toml");
+    // A sim reading the reversed task's prompts answers its gold sets (in its label order).
+    let (sim, reversed_url) = common::sim_teacher(dir, "task-reversed.toml", &[]);
+    let _sim = common::Proc {
+        child: sim,
+        stderr: Default::default(),
+    };
+    for (how, teacher_url) in [
+        (
+            ["--task", reversed_task.to_str().unwrap()],
+            reversed_url.as_str(),
+        ),
+        (["--escalate-to", "openai:gpt-4o"], teacher_url),
+    ] {
+        let (_serve, addr) = common::start_serve(
+            &[
+                "--model",
+                &model,
+                how[0],
+                how[1],
+                "--teacher-base-url",
+                teacher_url,
+                "--threshold",
+                "0.9",
+            ],
+            &dir.join("serve-state"),
+        );
+        let (status, body) = common::http(&addr, "POST", "/v1/predict", &req).unwrap();
+        assert_eq!(status, 200, "{how:?}: {body}");
+        let r = results_in_model_notation(&body, dir);
+        student_and_teacher_answered(&r);
+        if how[0] == "--task" {
+            let sets = |r: &[serde_json::Value]| {
+                r.iter()
+                    .filter(|a| a["labels"].as_array().unwrap().len() > 1)
+                    .count()
+            };
+            assert!(sets(&r) > 5, "the teacher's label sets were read: {body}");
+        }
+    }
+}
+
+/// The `text` of the first `n` test inputs.
+fn first_texts(dir: &Path, n: usize) -> Vec<String> {
+    std::fs::read_to_string(dir.join("test.jsonl"))
         .unwrap()
         .lines()
-        .take(40)
+        .take(n)
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
                 .as_str()
                 .unwrap()
                 .to_string()
         })
-        .collect();
-    let req = serde_json::json!({"model": "mix", "inputs": texts}).to_string();
-    let (status, predict) = common::http(&addr, "POST", "/v1/predict", &req).unwrap();
-    assert_eq!(status, 200, "{predict}");
-    let (status, classify) = common::http(&addr, "POST", "/v1/classify", &req).unwrap();
-    assert_eq!(status, 200, "{classify}");
-    let results = |body: &str| -> Vec<serde_json::Value> {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        v["results"].as_array().unwrap().clone()
-    };
-    let (p, c) = (results(&predict), results(&classify));
-    assert_eq!(p.len(), 40);
-    let labels_of = |r: &[serde_json::Value]| -> Vec<serde_json::Value> {
-        r.iter().map(|a| a["labels"].clone()).collect()
-    };
-    assert_eq!(labels_of(&p), labels_of(&c), "one endpoint under two names");
-    let mut sources = std::collections::BTreeSet::new();
-    for a in &p {
-        sources.insert(a["source"].as_str().unwrap().to_string());
+        .collect()
+}
+
+/// A `/v1/predict` reply's results, checked: every answer lists its labels in the model's
+/// label order, `label` joins them, and none is empty (`allow_empty = false`).
+fn results_in_model_notation(body: &str, dir: &Path) -> Vec<serde_json::Value> {
+    let order: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("intents.json")).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let results = v["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 40, "{body}");
+    for a in &results {
         let labels: Vec<String> =
             serde_json::from_value(a["labels"].clone()).unwrap_or_else(|e| panic!("{e}: {a}"));
         assert!(!labels.is_empty(), "allow_empty = false: {a}");
+        let mut sorted = labels.clone();
+        sorted.sort_by_key(|l| order.iter().position(|o| o == l).expect("a model label"));
+        assert_eq!(labels, sorted, "in the model's label order: {a}");
         assert_eq!(a["label"], labels.join("|"), "{a}");
     }
+    results
+}
+
+/// Fresh answers: threshold 0.9 keeps some of the student's and escalates others.
+fn student_and_teacher_answered(results: &[serde_json::Value]) {
+    let sources: std::collections::BTreeSet<&str> = results
+        .iter()
+        .map(|a| a["source"].as_str().unwrap())
+        .collect();
     assert!(
         sources.contains("student") && sources.contains("teacher"),
-        "threshold 0.9 keeps some answers and escalates others: {sources:?}"
+        "{sources:?}"
     );
 }
 

@@ -19,6 +19,8 @@ impl TaskOutput {
     pub fn answer(&self, labels: &crate::LabelSet) -> Option<String> {
         match self {
             TaskOutput::Classify { label } => Some(label.clone()),
+            // A label set is no answer to a one-label task, even with one label in it.
+            TaskOutput::Multilabel { .. } if !labels.is_multilabel() => None,
             TaskOutput::Multilabel { labels: ls } => {
                 let idx: Option<Vec<usize>> = ls.iter().map(|l| labels.index_of(l)).collect();
                 Some(labels.format_set(&idx?))
@@ -161,6 +163,22 @@ impl TeacherRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_set_answers_only_a_multilabel_task() {
+        let out = TaskOutput::Multilabel {
+            labels: vec!["b".into(), "a".into()],
+        };
+        let one = crate::LabelSet::new(vec!["a".into(), "b".into()]);
+        assert_eq!(out.answer(&one), None);
+        let mut set = one.clone();
+        set.set_separator = Some("|".into());
+        assert_eq!(out.answer(&set).as_deref(), Some("a|b"));
+        let unknown = TaskOutput::Multilabel {
+            labels: vec!["c".into()],
+        };
+        assert_eq!(unknown.answer(&set), None);
+    }
 
     #[test]
     fn round_trips_and_reads_label() {

@@ -224,14 +224,15 @@ fn multilabel_set(
     if let Some(l) = labels
         .names
         .iter()
-        .find(|l| l.contains(sep.as_str()) || l.as_str() == EMPTY_SET)
+        .find(|l| l.contains(sep.as_str()) || l.trim_start().starts_with('['))
     {
         return Err(CoreError::spec(
             path,
             "labels",
             format!(
-                "label `{l}` contains the gold separator `{sep}` (or is `{EMPTY_SET}`); \
-                 choose another with input.gold_separator"
+                "label `{l}` contains the gold separator `{sep}` or starts with `[` (which \
+                 opens a JSON list or `{EMPTY_SET}`); rename it, or choose another \
+                 input.gold_separator"
             ),
         ));
     }
@@ -696,6 +697,17 @@ impl TaskSpec {
             .replace("{text}", text)
     }
 
+    /// A typical teacher reply naming `label`, for estimating reply tokens before a call
+    /// (dry runs, eval's cost of unanswered items, serve's dollars saved): `{"label": ...}`,
+    /// or for a label set a two-label reply, as multi-intent inputs usually get.
+    pub fn example_reply(&self, label: &str) -> String {
+        if self.labels.is_multilabel() {
+            serde_json::json!({ "labels": [label, label] }).to_string()
+        } else {
+            serde_json::json!({ "label": label }).to_string()
+        }
+    }
+
     /// The JSON schema the teacher's reply must satisfy: `{"label": <one of the labels>}`,
     /// or for a multilabel task `{"labels": [<labels>...]}` (duplicates are dropped when read:
     /// strict structured outputs do not take `uniqueItems`).
@@ -837,6 +849,35 @@ model = "gpt-4o-mini"
         assert_eq!(s.labels.names, vec!["a", "b"]);
         assert!(s.render_user("hi").contains("- a: first\n- b\n"));
         assert_eq!(s.api_key_env(), "OPENAI_API_KEY");
+    }
+
+    #[test]
+    fn multilabel_sets_read_and_write_one_notation() {
+        let ml = SPEC.replace("kind = \"classify\"", "kind = \"multilabel\"");
+        let s = TaskSpec::parse(&ml, Path::new("t.toml")).unwrap();
+        assert!(s.labels.is_multilabel());
+        assert_eq!(s.labels.parse_set("b|a").unwrap(), vec![0, 1]);
+        assert_eq!(
+            s.labels.parse_set("[\"b\", \"a\", \"b\"]").unwrap(),
+            vec![0, 1]
+        );
+        assert_eq!(s.labels.format_set(&[1, 0]), "a|b");
+        assert_eq!(s.labels.parse_set("[]").unwrap(), Vec::<usize>::new());
+        assert!(s.labels.parse_set("a|c").unwrap_err().contains("`c`"));
+        // A label that opens like a JSON list could not be told from one.
+        for bad in ["[a]", "a|b"] {
+            let e = TaskSpec::parse(
+                &ml.replace(
+                    "values = [\"a\", \"b\"]",
+                    &format!("values = [\"{bad}\", \"b\"]"),
+                )
+                .replace("descriptions = { a = \"first\" }", ""),
+                Path::new("t.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("labels") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -139,12 +139,8 @@ pub fn estimate_usages(
         .max_by_key(|l| l.len())
         .cloned()
         .unwrap_or_default();
-    // An item without a known answer is charged the longest one-label reply of the task's form.
-    let fallback = if spec.labels.is_multilabel() {
-        serde_json::json!({ "labels": [longest] }).to_string()
-    } else {
-        format!("{{\"label\": \"{longest}\"}}")
-    };
+    // An item without a known answer is charged the task's typical reply with its longest label.
+    let fallback = spec.example_reply(&longest);
     Ok(texts
         .iter()
         .enumerate()

@@ -453,8 +453,14 @@ async fn answer_many(
         .map(|t| normalise(t, m.case_insensitive))
         .collect();
     let keys: Vec<String> = norm.iter().map(|n| cache_key(&m.name, n)).collect();
+    // An entry this model cannot read (written by a retrained model with other labels, in a
+    // shared cache) is a miss, not an answer outside its labels.
     let cached: Vec<Option<CachedAnswer>> =
-        futures::future::join_all(keys.iter().map(|k| st.cache.get(k))).await;
+        futures::future::join_all(keys.iter().map(|k| st.cache.get(k)))
+            .await
+            .into_iter()
+            .map(|c: Option<CachedAnswer>| c.filter(|c| m.notation.parse_set(&c.label).is_ok()))
+            .collect();
     let miss_idx: Vec<usize> = (0..texts.len()).filter(|&i| cached[i].is_none()).collect();
     let caching = !matches!(st.cache, Cache::Off);
     if caching {
@@ -517,13 +523,15 @@ async fn answer_many(
         }
     });
     let mut answers = futures::future::join_all(futs).await;
-    if m.meta.multilabel.is_some() {
-        let notation = m.meta.label_set();
+    if m.notation.is_multilabel() {
         for a in &mut answers {
-            a.labels = notation
-                .parse_set(&a.label)
-                .ok()
-                .map(|set| set.iter().map(|&i| m.meta.labels[i].clone()).collect());
+            // Every answer is in the model's notation (its own, the cache's, the teacher's
+            // through `TeachEscalator::answering_in`); a label set is a list either way.
+            let set = m.notation.parse_set(&a.label).unwrap_or_else(|e| {
+                tracing::error!("model `{}`: answer `{}`: {e}", m.name, a.label);
+                Vec::new()
+            });
+            a.labels = Some(set.iter().map(|&i| m.notation.names[i].clone()).collect());
         }
     }
     for a in &answers {

@@ -77,12 +77,12 @@ impl CostEstimator {
         Self {
             price,
             fixed_prompt_chars,
-            // {"label": "..."} with the longest label, as the teacher replies.
-            completion_tokens: 6 + spec
+            // The task's typical reply with its longest label.
+            completion_tokens: spec
                 .labels
                 .names
                 .iter()
-                .map(|l| l.len() as u64 / 4 + 1)
+                .map(|l| spec.example_reply(l).len() as u64 / 4 + 1)
                 .max()
                 .unwrap_or(1),
         }

@@ -96,6 +96,9 @@ impl Default for ServerOptions {
 pub struct ServedModel {
     pub name: String,
     pub meta: ModelMeta,
+    /// How this model writes answers (`meta.label_set()`): every answer it returns, cached or
+    /// escalated, reads in it.
+    pub(crate) notation: distill_core::LabelSet,
     pub(crate) student: Arc<dyn Student>,
     pub(crate) batcher: Batcher,
     pub(crate) escalator: Option<Arc<dyn Escalator>>,
@@ -329,6 +332,7 @@ impl Server {
                 m.name.clone(),
                 Arc::new(ServedModel {
                     name: m.name,
+                    notation: meta.label_set(),
                     meta,
                     student: m.student,
                     batcher,

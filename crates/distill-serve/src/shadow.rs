@@ -4,7 +4,9 @@
 //!
 //! Stored in SQLite (`<state dir>/shadow.db`, WAL), table `shadow`: ts (RFC 3339 UTC), model,
 //! tag, input_hash (SHA-256 of the normalised input, never the text), student_label,
-//! confidence, teacher_label, agree (0/1), cost_usd.
+//! confidence, teacher_label, agree (0/1), cost_usd. Both labels are in the served model's
+//! notation, so for a label-set model `agree` is exact-set agreement, the measure its cascade
+//! floor is set on.
 
 use crate::error::{Result, ServeError};
 use rusqlite::{params, Connection};

@@ -3,17 +3,28 @@
 //! records exactly what a teach call would.
 
 use crate::escalate::{CallContext, EscalateError, Escalation, Escalator};
-use distill_core::RecordStatus;
+use distill_core::{LabelSet, RecordStatus};
 use distill_teach::TeacherClient;
 use futures::future::BoxFuture;
 
 pub struct TeachEscalator {
     client: TeacherClient,
+    /// The notation answers are returned in: the served model's label set, so a teacher's
+    /// answer and the student's are the same string for the same answer (cache, shadow).
+    notation: LabelSet,
 }
 
 impl TeachEscalator {
+    /// Answers in the task's own notation.
     pub fn new(client: TeacherClient) -> Self {
-        Self { client }
+        let notation = client.spec().labels.clone();
+        Self { client, notation }
+    }
+    /// Answers in `notation` (the served model's label set); an answer outside it is
+    /// refused as an invalid label, as one outside the task's labels is.
+    pub fn answering_in(mut self, notation: LabelSet) -> Self {
+        self.notation = notation;
+        self
     }
     pub fn client(&self) -> &TeacherClient {
         &self.client
@@ -36,11 +47,7 @@ impl Escalator for TeachEscalator {
                 .label(text, &teach_ctx)
                 .await
                 .map_err(|e| EscalateError::Failed(e.to_string()))?;
-            // The answer in the label set's notation: a label, or a joined label set.
-            let answer = out
-                .output
-                .as_ref()
-                .and_then(|o| o.answer(&self.client.spec().labels));
+            let answer = out.output.as_ref().and_then(|o| o.answer(&self.notation));
             match (out.status, answer) {
                 (RecordStatus::Ok, Some(label)) => Ok(Escalation {
                     label,
@@ -48,6 +55,16 @@ impl Escalator for TeachEscalator {
                     cost_usd: out.cost_usd,
                     cached: out.cached,
                 }),
+                // Valid for the task but outside the served model's labels.
+                (RecordStatus::Ok, None) => Err(EscalateError::InvalidLabel(
+                    out.output
+                        .as_ref()
+                        .and_then(|o| o.answer_text())
+                        .unwrap_or_default()
+                        .chars()
+                        .take(80)
+                        .collect(),
+                )),
                 (RecordStatus::Invalid, _) => Err(EscalateError::InvalidLabel(
                     out.raw.unwrap_or_default().chars().take(80).collect(),
                 )),

@@ -98,13 +98,7 @@ impl Estimator {
             .labels
             .names
             .iter()
-            .map(|l| {
-                tok.count(&if spec.labels.is_multilabel() {
-                    format!("{{\"labels\": [\"{l}\", \"{l}\"]}}")
-                } else {
-                    format!("{{\"label\": \"{l}\"}}")
-                })
-            })
+            .map(|l| tok.count(&spec.example_reply(l)))
             .sum::<u64>()
             / n;
         let max_tokens = u64::from(spec.teacher.max_tokens);
@@ -272,7 +266,8 @@ mod tests {
         let tok = Tokenizer::for_model(Provider::Openai, "gpt-4o");
         let one = Estimator::with_tokenizer(&spec("classify"), &tok).output_tokens;
         let set = Estimator::with_tokenizer(&spec("multilabel"), &tok).output_tokens;
-        let two = tok.count("{\"labels\": [\"PlayMusic\", \"PlayMusic\"]}");
+        // Structured outputs come back compact, as serde_json writes them.
+        let two = tok.count("{\"labels\":[\"PlayMusic\",\"PlayMusic\"]}");
         assert!(set > one, "set {set} vs one {one}");
         assert!(
             set.abs_diff(two) <= 1,

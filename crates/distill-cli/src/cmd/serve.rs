@@ -120,16 +120,31 @@ fn parse_model_arg(s: &str) -> (String, PathBuf) {
 
 /// A spec for a model served without --task: its labels, the default prompts, the given teacher.
 fn synthesized_spec(
-    task: &str,
-    labels: &[String],
+    meta: &distill_train::ModelMeta,
     provider: Provider,
     model: &str,
 ) -> anyhow::Result<TaskSpec> {
     // JSON strings are valid TOML basic strings, so serde_json quotes safely here.
+    let set = meta.label_set();
+    let (kind, input, labels_extra) = match &set.set_separator {
+        Some(sep) => (
+            "multilabel",
+            format!("gold_separator = {}\n", serde_json::to_string(sep)?),
+            format!("allow_empty = {}\n", set.allow_empty),
+        ),
+        None => (
+            "classify",
+            String::new(),
+            match &set.out_of_scope {
+                Some(l) => format!("out_of_scope = {}\n", serde_json::to_string(l)?),
+                None => String::new(),
+            },
+        ),
+    };
     let text = format!(
-        "name = {}\nkind = \"classify\"\n[input]\n[labels]\nvalues = {}\n[teacher]\nprovider = \"{}\"\nmodel = {}\n",
-        serde_json::to_string(task)?,
-        serde_json::to_string(labels)?,
+        "name = {}\nkind = \"{kind}\"\n[input]\n{input}[labels]\nvalues = {}\n{labels_extra}[teacher]\nprovider = \"{}\"\nmodel = {}\n",
+        serde_json::to_string(&meta.task)?,
+        serde_json::to_string(&meta.labels)?,
         provider.as_str(),
         serde_json::to_string(model)?,
     );
@@ -231,8 +246,8 @@ pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyh
         }
         let mut spec = match (task, &escalate_to) {
             (Some(t), _) => t.clone(),
-            (None, Some((p, model))) => synthesized_spec(&meta.task, &meta.labels, *p, model)?,
-            (None, None) => synthesized_spec(&meta.task, &meta.labels, Provider::Openai, "gpt-4o")?,
+            (None, Some((p, model))) => synthesized_spec(&meta, *p, model)?,
+            (None, None) => synthesized_spec(&meta, Provider::Openai, "gpt-4o")?,
         };
         if let Some((p, model)) = &escalate_to {
             spec.teacher.provider = *p;
@@ -256,7 +271,9 @@ pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyh
                 },
             )
             .with_context(|| format!("teacher for model `{name}`"))?;
-            Some(Arc::new(TeachEscalator::new(client)))
+            Some(Arc::new(
+                TeachEscalator::new(client).answering_in(meta.label_set()),
+            ))
         } else {
             None
         };
