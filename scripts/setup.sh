@@ -6,7 +6,9 @@
 #   3. makes the Banking77 data available in datasets/banking77/ (copied from ../shared/datasets when
 #      present, else downloaded from PolyAI's public repository);
 #   4. copies MixSNIPS (multilabel intents) into datasets/mixsnips/ from ../shared/datasets;
-#   5. links RouteLLM's recorded outcomes for the routing tasks.
+#   5. converts Restaurant-8k (slot extraction) into datasets/restaurant8k/*.jsonl
+#      (scripts/convert_restaurant8k.py);
+#   6. links RouteLLM's recorded outcomes for the routing tasks.
 # Re-running it only redoes what is missing. `--no-build` skips step 1 (scripts/test.sh uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +60,20 @@ for f in train.jsonl dev.jsonl test.jsonl intents.json; do
     break
   fi
 done
-# 5. RouteLLM's recorded outcomes (Apache-2.0) for the routing tasks: linked, not copied.
+# 5. Restaurant-8k (slot extraction): converted from ../shared/datasets to distill's span JSONL.
+r8k="$root/datasets/restaurant8k"
+r8k_shared="$root/../shared/datasets/restaurant8k"
+for split in train test; do
+  [ -s "$r8k/$split.jsonl" ] && continue
+  if [ -s "$r8k_shared/$split.json" ]; then
+    python3 "$root/scripts/convert_restaurant8k.py" "$r8k_shared/$split.json" "$r8k/$split.jsonl" "$split"
+    cp "$r8k_shared/LICENSE" "$r8k/LICENSE"
+  else
+    say "Restaurant-8k $split.json not found at $r8k_shared: the restaurant8k example is unavailable"
+    break
+  fi
+done
+# 6. RouteLLM's recorded outcomes (Apache-2.0) for the routing tasks: linked, not copied.
 routellm="$root/../shared/datasets/routellm"
 for task in mmlu gsm8k; do
   dst="$root/datasets/$task-routing/outcomes"

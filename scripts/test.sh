@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need, then runs them all.
 #  - redis-server (Debian) for serve's shared-cache tests;
-#  - a Python venv (.venv-test) with the official `openai` client, scikit-learn and
+#  - a Python venv (.venv-test) with the official `openai` client, scikit-learn, seqeval and
 #    `huggingface_hub`, for the cross-checks that drive distill with a client we did not write,
 #    recompute metrics, and share a Hugging Face cache with Python.
 set -euo pipefail
@@ -19,10 +19,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 venv="$root/.venv-test"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, sklearn, huggingface_hub' 2>/dev/null; then
-  say "creating $venv (openai, scikit-learn, huggingface_hub)"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, sklearn, huggingface_hub, seqeval' 2>/dev/null; then
+  say "creating $venv (openai, scikit-learn, huggingface_hub, seqeval)"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check openai scikit-learn numpy huggingface_hub
+  "$venv/bin/pip" install --quiet --disable-pip-version-check openai scikit-learn numpy huggingface_hub seqeval
 fi
 export DISTILL_TEST_PYTHON="$venv/bin/python"
 

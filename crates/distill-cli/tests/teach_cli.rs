@@ -29,6 +29,7 @@ fn banking_dir() -> PathBuf {
 fn task(dir: &Path, rows: usize, provider: &str, model: &str) -> PathBuf {
     let src = banking_dir();
     let cols = Columns {
+        context: Default::default(),
         text: "text".into(),
         gold: Some("category".into()),
         id: None,

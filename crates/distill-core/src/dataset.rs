@@ -139,6 +139,7 @@ mod tests {
         std::fs::write(&p, "text,category\nhi,a\nyo,b\n").unwrap();
         let labels = LabelSet::new(vec!["a".into(), "b".into()]);
         let cols = Columns {
+            context: Default::default(),
             text: "text".into(),
             gold: Some("category".into()),
             id: None,

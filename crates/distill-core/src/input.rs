@@ -3,7 +3,7 @@
 
 use crate::conversation::{parse_turns, transcript, Turn};
 use crate::error::{CoreError, Result};
-use crate::spec::{InputFormat, InputSpec};
+use crate::spec::{Context, InputFormat, InputSpec};
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{BufRead, BufReader, Read};
@@ -20,6 +20,9 @@ pub struct InputItem {
     /// The conversation, when the text column holds one ([`Columns::conversation`]); `text`
     /// is then its [`transcript`](crate::conversation::transcript).
     pub turns: Option<Vec<Turn>>,
+    /// The context columns' values ([`Columns::context`]); a missing or null JSONL field is
+    /// an empty value.
+    pub context: Context,
 }
 
 /// Which columns to read. Built from a spec's `[input]` or from CLI flags.
@@ -31,6 +34,8 @@ pub struct Columns {
     /// The text column holds a conversation (`[input] messages_column`): a JSON array of
     /// `{"role", "content"}` messages, or a string holding one.
     pub conversation: bool,
+    /// Context columns (`[input] context_columns`), read beside the text.
+    pub context: Vec<String>,
 }
 
 impl From<&InputSpec> for Columns {
@@ -43,6 +48,7 @@ impl From<&InputSpec> for Columns {
             gold: s.gold_column.clone(),
             id: s.id_column.clone(),
             conversation: s.messages_column.is_some(),
+            context: s.context_columns.clone(),
         }
     }
 }
@@ -119,6 +125,7 @@ struct CsvRows {
     text_i: usize,
     gold_i: Option<usize>,
     id_i: Option<usize>,
+    context_i: Vec<(String, usize)>,
     text_name: String,
     conversation: bool,
     row: u64,
@@ -158,8 +165,14 @@ impl CsvRows {
                 }),
             }
         };
+        let context_i = cols
+            .context
+            .iter()
+            .map(|c| Ok((c.clone(), opt(&Some(c.clone()))?.expect("named"))))
+            .collect::<Result<_>>()?;
         Ok(Self {
             path: path.to_path_buf(),
+            context_i,
             gold_i: opt(&cols.gold)?,
             id_i: opt(&cols.id)?,
             text_i,
@@ -220,12 +233,18 @@ impl Iterator for CsvRows {
                         Some(i) => field(i, "id")?,
                         None => self.row.to_string(),
                     };
+                    let context = self
+                        .context_i
+                        .iter()
+                        .map(|(name, i)| Ok((name.clone(), field(*i, name)?)))
+                        .collect::<Result<_>>()?;
                     Ok(InputItem {
                         id,
                         text,
                         gold,
                         line,
                         turns,
+                        context,
                     })
                 })();
                 Some(item)
@@ -349,14 +368,49 @@ impl Iterator for JsonlRows {
                 },
                 None => self.row.to_string(),
             };
+            let mut context = Context::new();
+            for name in &self.cols.context {
+                match context_text(get(name)) {
+                    Some(v) => context.insert(name.clone(), v),
+                    None => {
+                        return Some(Err(CoreError::data(
+                            &self.path,
+                            line,
+                            name,
+                            "a context field must be a string, a number or a list of them",
+                        )))
+                    }
+                };
+            }
             return Some(Ok(InputItem {
                 id,
                 text,
                 gold,
                 line,
                 turns,
+                context,
             }));
         }
+    }
+}
+
+/// A context field as prompt text: a string or number as is, a list's items joined by ", ",
+/// missing or null as empty; `None` for anything else.
+fn context_text(v: Option<&serde_json::Value>) -> Option<String> {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) => Some(String::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| match i {
+                Value::Array(_) | Value::Object(_) | Value::Null => None,
+                other => json_str(other).or_else(|| Some(other.to_string())),
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(", ")),
+        Some(Value::Object(_)) => None,
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        Some(other) => json_str(other),
     }
 }
 
@@ -396,6 +450,7 @@ mod tests {
 
     fn cols() -> Columns {
         Columns {
+            context: Default::default(),
             text: "text".into(),
             gold: Some("category".into()),
             id: None,
@@ -479,6 +534,7 @@ mod tests {
     fn reads_conversations_from_a_messages_column() {
         let d = tempfile::tempdir().unwrap();
         let c = Columns {
+            context: Default::default(),
             text: "messages".into(),
             gold: None,
             id: None,

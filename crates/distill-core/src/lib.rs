@@ -10,10 +10,12 @@ pub mod dataset;
 pub mod error;
 pub mod fsutil;
 pub mod input;
+pub mod label_set;
 pub mod ledger;
 pub mod prices;
 pub mod record;
 pub mod route;
+pub mod spans;
 pub mod spec;
 
 pub use error::{CoreError, Result};

@@ -25,7 +25,10 @@ impl TaskOutput {
                 let idx: Option<Vec<usize>> = ls.iter().map(|l| labels.index_of(l)).collect();
                 Some(labels.format_set(&idx?))
             }
-            TaskOutput::Extract { .. } => None,
+            TaskOutput::Extract { spans } => spans
+                .iter()
+                .all(|s| labels.contains(&s.slot))
+                .then(|| crate::spans::format_spans(spans)),
         }
     }
 
@@ -35,7 +38,7 @@ impl TaskOutput {
         match self {
             TaskOutput::Classify { label } => Some(label.clone()),
             TaskOutput::Multilabel { labels } => serde_json::to_string(labels).ok(),
-            TaskOutput::Extract { .. } => None,
+            TaskOutput::Extract { spans } => Some(crate::spans::format_spans(spans)),
         }
     }
 
@@ -99,6 +102,9 @@ impl Usage {
 pub struct TeacherRecord {
     pub id: String,
     pub text: String,
+    /// The input's context columns, as the teacher saw them (students see them too).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub context: crate::spec::Context,
     pub status: RecordStatus,
     /// The teacher's output when `status` is `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,6 +189,7 @@ mod tests {
     #[test]
     fn round_trips_and_reads_label() {
         let r = TeacherRecord {
+            context: Default::default(),
             id: "1".into(),
             text: "where is my card".into(),
             status: RecordStatus::Ok,

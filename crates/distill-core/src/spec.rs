@@ -5,11 +5,59 @@
 
 use crate::error::{CoreError, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// What the task asks for. Only `Classify` is implemented end to end; the others are
-/// accepted by the types (record outputs, schema) so they slot in without rewrites.
+use crate::label_set::{load_labels, multilabel_set};
+
+/// An input's context: column → value as text, for the prompt and the students.
+pub type Context = BTreeMap<String, String>;
+
+static NO_CONTEXT: Context = Context::new();
+
+/// What the teacher is shown for one input: its text and its context.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptInput<'a> {
+    pub text: &'a str,
+    pub context: &'a Context,
+}
+
+impl<'a> From<&'a str> for PromptInput<'a> {
+    fn from(text: &'a str) -> Self {
+        Self {
+            text,
+            context: &NO_CONTEXT,
+        }
+    }
+}
+impl<'a> From<&'a String> for PromptInput<'a> {
+    fn from(text: &'a String) -> Self {
+        text.as_str().into()
+    }
+}
+impl<'a> From<&'a crate::input::InputItem> for PromptInput<'a> {
+    fn from(item: &'a crate::input::InputItem) -> Self {
+        Self {
+            text: &item.text,
+            context: &item.context,
+        }
+    }
+}
+impl<'a> From<&'a crate::record::TeacherRecord> for PromptInput<'a> {
+    fn from(r: &'a crate::record::TeacherRecord) -> Self {
+        Self {
+            text: &r.text,
+            context: &r.context,
+        }
+    }
+}
+pub use crate::label_set::{
+    LabelSet, DEFAULT_OUT_OF_SCOPE_DESCRIPTION, DEFAULT_SET_SEPARATOR, EMPTY_SET,
+};
+
+/// What the task asks for. `Classify`, `Multilabel` and `Route` go through every stage;
+/// `Extract` (spans of the input, see [`crate::spans`]) is taught, and the later stages
+/// refuse it until its students land.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
@@ -118,6 +166,11 @@ pub struct InputSpec {
     /// is `[]`). A JSONL gold field is a list.
     #[serde(default)]
     pub gold_separator: Option<String>,
+    /// Columns the teacher and the students see beside the text (e.g. which slot the
+    /// assistant had just asked for): shown to the teacher through `{context}` in the user
+    /// template, one `column: value` line each (a list's items joined by ", ").
+    #[serde(default)]
+    pub context_columns: Vec<String>,
 }
 
 fn default_text_column() -> String {
@@ -195,54 +248,21 @@ user's message (possibly several, possibly none). Reply with JSON only: \
         .into()
 }
 
-/// A multilabel task's label set: answers are sets, joined by the gold separator.
-fn multilabel_set(
-    labels: &mut LabelSet,
-    spec: &LabelsSpec,
-    input: &InputSpec,
-    path: &Path,
-) -> Result<()> {
-    if spec.out_of_scope.is_some() {
-        return Err(CoreError::spec(
-            path,
-            "labels.out_of_scope",
-            "a multilabel task answers \"none of these\" with the empty set \
-             (labels.allow_empty = true), not with a label",
-        ));
-    }
-    let sep = input
-        .gold_separator
-        .clone()
-        .unwrap_or_else(|| DEFAULT_SET_SEPARATOR.to_string());
-    if sep.trim().is_empty() {
-        return Err(CoreError::spec(
-            path,
-            "input.gold_separator",
-            "must not be empty or blank",
-        ));
-    }
-    if let Some(l) = labels
-        .names
-        .iter()
-        .find(|l| l.contains(sep.as_str()) || l.trim_start().starts_with('['))
-    {
-        return Err(CoreError::spec(
-            path,
-            "labels",
-            format!(
-                "label `{l}` contains the gold separator `{sep}` or starts with `[` (which \
-                 opens a JSON list or `{EMPTY_SET}`); rename it, or choose another \
-                 input.gold_separator"
-            ),
-        ));
-    }
-    labels.set_separator = Some(sep);
-    labels.allow_empty = spec.allow_empty.unwrap_or(true);
-    Ok(())
-}
-
 fn default_user_template() -> String {
     "Allowed labels:\n{labels}\n\nMessage:\n{text}".into()
+}
+/// The default template with the input's context (for specs naming context columns).
+fn default_context_template() -> String {
+    "Allowed labels:\n{labels}\n\n{context}Message:\n{text}".into()
+}
+fn default_extract_prompt() -> String {
+    "You are a careful annotator. Find the values of the allowed slots in the user's message. \
+Copy each value exactly as it is written in the message; leave out slots it does not give. \
+Reply with JSON only: {\"spans\": [{\"slot\": \"<slot>\", \"text\": \"<text from the message>\"}, ...]}."
+        .into()
+}
+fn default_extract_template() -> String {
+    "Slots:\n{slots}\n\n{context}Message:\n{text}".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -264,6 +284,10 @@ pub struct TaskSpecFile {
     /// Required for classification; a route task's labels are `fail`/`pass`.
     #[serde(default)]
     pub labels: Option<LabelsSpec>,
+    /// Extraction tasks: the slots spans are tagged with (names, optional descriptions), in
+    /// the form of `[labels]`.
+    #[serde(default)]
+    pub slots: Option<LabelsSpec>,
     /// Required for classification; a route task's teacher is its judge (else its top tier).
     #[serde(default)]
     pub teacher: Option<TeacherSpec>,
@@ -281,143 +305,6 @@ pub struct TaskSpecFile {
     /// Lower-case inputs before caching/serving (for case-insensitive tasks).
     #[serde(default)]
     pub case_insensitive: bool,
-}
-
-/// The label set, in a fixed order (the order of the spec), with optional descriptions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LabelSet {
-    pub names: Vec<String>,
-    #[serde(default)]
-    pub descriptions: BTreeMap<String, String>,
-    /// The open-set label (`labels.out_of_scope`), one of `names`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub out_of_scope: Option<String>,
-    /// A multilabel task's answers are sets of labels, written as one string: the labels
-    /// joined by this separator (in label-set order), the empty set as `[]` (see
-    /// [`LabelSet::parse_set`]). `None`: one label per answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set_separator: Option<String>,
-    /// Multilabel: whether an input may have no label at all.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub allow_empty: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
-/// The default separator of a multilabel gold column in CSV (and of label sets in records).
-pub const DEFAULT_SET_SEPARATOR: &str = "|";
-/// How an empty label set is written where a string is expected.
-pub const EMPTY_SET: &str = "[]";
-
-/// What the teacher is told the out-of-scope label means, unless the spec describes it.
-pub const DEFAULT_OUT_OF_SCOPE_DESCRIPTION: &str =
-    "the message fits none of the other labels (out of scope)";
-
-impl LabelSet {
-    pub fn new(names: Vec<String>) -> Self {
-        Self {
-            names,
-            descriptions: BTreeMap::new(),
-            out_of_scope: None,
-            set_separator: None,
-            allow_empty: true,
-        }
-    }
-    /// True when answers are sets of labels (a multilabel task).
-    pub fn is_multilabel(&self) -> bool {
-        self.set_separator.is_some()
-    }
-    /// Reads one answer string (a gold cell, a record's label) as label indices, sorted and
-    /// unique. A single-label set accepts exactly one label. Errors say what is wrong.
-    pub fn parse_set(&self, answer: &str) -> std::result::Result<Vec<usize>, String> {
-        let one = |l: &str| {
-            self.index_of(l.trim())
-                .ok_or_else(|| format!("label `{}` is not in the task's label set", l.trim()))
-        };
-        let Some(sep) = &self.set_separator else {
-            return one(answer).map(|i| vec![i]);
-        };
-        let answer = answer.trim();
-        let mut set: Vec<usize> = if answer == EMPTY_SET {
-            Vec::new()
-        } else if answer.starts_with('[') {
-            let items: Vec<String> = serde_json::from_str(answer)
-                .map_err(|_| format!("`{answer}` is not a JSON list of labels"))?;
-            items
-                .iter()
-                .map(|l| one(l))
-                .collect::<std::result::Result<_, _>>()?
-        } else {
-            answer
-                .split(sep.as_str())
-                .map(one)
-                .collect::<std::result::Result<_, _>>()?
-        };
-        set.sort_unstable();
-        set.dedup();
-        if set.is_empty() && !self.allow_empty {
-            return Err(
-                "an empty label set, and the task says every input has a label \
-                        (labels.allow_empty = false)"
-                    .into(),
-            );
-        }
-        Ok(set)
-    }
-    /// The answer string of a set of label indices (the inverse of [`Self::parse_set`]).
-    pub fn format_set(&self, set: &[usize]) -> String {
-        match &self.set_separator {
-            None => set
-                .first()
-                .map(|&i| self.names[i].clone())
-                .unwrap_or_default(),
-            Some(_) if set.is_empty() => EMPTY_SET.to_string(),
-            Some(sep) => {
-                let mut set = set.to_vec();
-                set.sort_unstable();
-                set.dedup();
-                set.iter()
-                    .map(|&i| self.names[i].as_str())
-                    .collect::<Vec<_>>()
-                    .join(sep)
-            }
-        }
-    }
-    /// Index of the out-of-scope label, for an open-set task.
-    pub fn out_of_scope_index(&self) -> Option<usize> {
-        self.out_of_scope.as_deref().and_then(|l| self.index_of(l))
-    }
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-    pub fn index_of(&self, label: &str) -> Option<usize> {
-        self.names.iter().position(|l| l == label)
-    }
-    pub fn contains(&self, label: &str) -> bool {
-        self.index_of(label).is_some()
-    }
-    /// The `{labels}` text for prompts: one label per line, with its description if any.
-    pub fn prompt_list(&self) -> String {
-        let mut s = String::new();
-        for l in &self.names {
-            s.push_str("- ");
-            s.push_str(l);
-            if let Some(d) = self.descriptions.get(l) {
-                s.push_str(": ");
-                s.push_str(d);
-            }
-            s.push('\n');
-        }
-        s
-    }
 }
 
 /// A validated task spec with its label set loaded and paths resolved.
@@ -488,14 +375,45 @@ impl TaskSpec {
         if file.name.trim().is_empty() {
             return Err(CoreError::spec(path, "name", "must not be empty"));
         }
+        let mut file = file;
         if file.kind == TaskKind::Extract {
+            // The slot set is read where a label set is: one mechanism for names and
+            // descriptions, named `slots` in messages.
+            if file.labels.is_some() {
+                return Err(CoreError::spec(
+                    path,
+                    "labels",
+                    "an extract task names its slots in [slots], not [labels]",
+                ));
+            }
+            let Some(slots) = file.slots.take() else {
+                return Err(CoreError::spec(
+                    path,
+                    "slots",
+                    "missing: an extract task needs [slots] (values = [\"date\", ...])",
+                ));
+            };
+            for (field, given) in [
+                ("slots.out_of_scope", slots.out_of_scope.is_some()),
+                ("slots.allow_empty", slots.allow_empty.is_some()),
+                ("input.gold_separator", file.input.gold_separator.is_some()),
+            ] {
+                if given {
+                    return Err(CoreError::spec(
+                        path,
+                        field,
+                        "not for an extract task: its gold is a JSON list of spans, which may be empty",
+                    ));
+                }
+            }
+            file.labels = Some(slots);
+        } else if file.slots.is_some() {
             return Err(CoreError::spec(
                 path,
-                "kind",
-                "`extract` tasks are not supported yet; use \"classify\", \"multilabel\" or \"route\"",
+                "slots",
+                "only extract tasks (kind = \"extract\") have [slots]",
             ));
         }
-        let mut file = file;
         let route = if file.kind == TaskKind::Route {
             if file.labels.is_some() {
                 return Err(CoreError::spec(
@@ -549,11 +467,23 @@ impl TaskSpec {
                 "missing: a classification task needs [labels]",
             ));
         };
-        if file.kind == TaskKind::Multilabel {
-            if let Some(t) = file.teacher.as_mut() {
-                if t.system_prompt == default_system_prompt() {
-                    t.system_prompt = default_multilabel_prompt();
+        if let Some(t) = file.teacher.as_mut() {
+            let defaults = t.system_prompt == default_system_prompt();
+            match file.kind {
+                TaskKind::Multilabel if defaults => t.system_prompt = default_multilabel_prompt(),
+                TaskKind::Extract => {
+                    if defaults {
+                        t.system_prompt = default_extract_prompt();
+                    }
+                    if t.user_template == default_user_template() {
+                        t.user_template = default_extract_template();
+                    }
                 }
+                _ => {}
+            }
+            if !file.input.context_columns.is_empty() && t.user_template == default_user_template()
+            {
+                t.user_template = default_context_template();
             }
         }
         let Some(teacher) = file.teacher.clone() else {
@@ -563,7 +493,11 @@ impl TaskSpec {
                 "missing: a classification task needs [teacher]",
             ));
         };
-        let mut labels = load_labels(&labels_spec, path, &resolve)?;
+        let (section, min) = match file.kind {
+            TaskKind::Extract => ("slots", 1),
+            _ => ("labels", 2),
+        };
+        let mut labels = load_labels(&labels_spec, section, min, path, &resolve)?;
         if file.kind == TaskKind::Multilabel {
             multilabel_set(&mut labels, &labels_spec, &file.input, path)?;
         } else {
@@ -600,8 +534,8 @@ impl TaskSpec {
             if !labels.contains(key) {
                 return Err(CoreError::spec(
                     path,
-                    &format!("labels.descriptions.{key}"),
-                    format!("describes a label `{key}` that is not in the label set"),
+                    &format!("{section}.descriptions.{key}"),
+                    format!("describes `{key}`, which is not in [{section}]"),
                 ));
             }
         }
@@ -614,6 +548,25 @@ impl TaskSpec {
                 path,
                 "teacher.user_template",
                 "must contain the placeholder {text}",
+            ));
+        }
+        if !file.input.context_columns.is_empty() && !t.user_template.contains("{context}") {
+            return Err(CoreError::spec(
+                path,
+                "teacher.user_template",
+                "input.context_columns are named, so the template must show them: add the \
+                 placeholder {context} (one `column: value` line each)",
+            ));
+        }
+        if let Some(c) = file.input.context_columns.iter().find(|c| {
+            c.trim().is_empty()
+                || **c == file.input.text_column
+                || Some(*c) == file.input.gold_column.as_ref()
+        }) {
+            return Err(CoreError::spec(
+                path,
+                "input.context_columns",
+                format!("`{c}` is empty, or the text or gold column"),
             ));
         }
         if t.max_tokens == 0 {
@@ -689,18 +642,55 @@ impl TaskSpec {
             .unwrap_or_else(|| self.teacher.provider.default_api_key_env())
     }
 
-    /// The user message for one input.
+    /// The user message for one input without context.
     pub fn render_user(&self, text: &str) -> String {
+        self.render_user_with(text, &Context::new())
+    }
+
+    /// The user message for one input: the template with the label (slot) list, the
+    /// context lines (`column: value`, those with a value) and the text.
+    pub fn render_user_with(&self, text: &str, context: &Context) -> String {
+        let list = self.labels.prompt_list();
+        let context: String = context
+            .iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .map(|(k, v)| format!("{k}: {v}\n"))
+            .collect();
         self.teacher
             .user_template
-            .replace("{labels}", &self.labels.prompt_list())
+            .replace("{labels}", &list)
+            .replace("{slots}", &list)
+            .replace("{context}", &context)
             .replace("{text}", text)
+    }
+
+    /// Checks a gold answer of a task whose gold has structure: a label set
+    /// ([`LabelSet::parse_set`]) or a span list ([`crate::spans::parse_spans`], against the
+    /// input's `text`). One-label gold is not checked: a label outside the set is scored as
+    /// a wrong answer.
+    pub fn check_gold(&self, gold: &str, text: &str) -> std::result::Result<(), String> {
+        if self.is_extract() {
+            crate::spans::parse_spans(gold, text, &self.labels).map(drop)
+        } else if self.labels.is_multilabel() {
+            self.labels.parse_set(gold).map(drop)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True for a task whose answers are spans of the input.
+    pub fn is_extract(&self) -> bool {
+        self.kind == TaskKind::Extract
     }
 
     /// A typical teacher reply naming `label`, for estimating reply tokens before a call
     /// (dry runs, eval's cost of unanswered items, serve's dollars saved): `{"label": ...}`,
     /// or for a label set a two-label reply, as multi-intent inputs usually get.
     pub fn example_reply(&self, label: &str) -> String {
+        if self.is_extract() {
+            let span = serde_json::json!({ "slot": label, "text": "a few words" });
+            return serde_json::json!({ "spans": [span, span] }).to_string();
+        }
         if self.labels.is_multilabel() {
             serde_json::json!({ "labels": [label, label] }).to_string()
         } else {
@@ -712,6 +702,25 @@ impl TaskSpec {
     /// or for a multilabel task `{"labels": [<labels>...]}` (duplicates are dropped when read:
     /// strict structured outputs do not take `uniqueItems`).
     pub fn output_schema(&self) -> serde_json::Value {
+        if self.is_extract() {
+            return serde_json::json!({
+                "type": "object",
+                "properties": {"spans": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "slot": {"type": "string", "enum": self.labels.names},
+                            "text": {"type": "string"}
+                        },
+                        "required": ["slot", "text"],
+                        "additionalProperties": false
+                    }
+                }},
+                "required": ["spans"],
+                "additionalProperties": false
+            });
+        }
         if self.labels.is_multilabel() {
             return serde_json::json!({
                 "type": "object",
@@ -730,98 +739,6 @@ impl TaskSpec {
             "additionalProperties": false
         })
     }
-}
-
-fn load_labels(
-    spec: &LabelsSpec,
-    path: &Path,
-    resolve: &dyn Fn(&PathBuf) -> PathBuf,
-) -> Result<LabelSet> {
-    let mut set = match (&spec.values, &spec.file) {
-        (Some(_), Some(_)) => {
-            return Err(CoreError::spec(
-                path,
-                "labels",
-                "give either `values` or `file`, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(CoreError::spec(
-                path,
-                "labels",
-                "give the label set as `values = [...]` or `file = \"labels.json\"`",
-            ))
-        }
-        (Some(v), None) => LabelSet::new(v.clone()),
-        (None, Some(f)) => {
-            let file = resolve(f);
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                CoreError::spec(path, "labels.file", format!("{}: {e}", file.display()))
-            })?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                CoreError::spec(path, "labels.file", format!("{}: {e}", file.display()))
-            })?;
-            match value {
-                serde_json::Value::Array(items) => {
-                    let mut names = Vec::with_capacity(items.len());
-                    for (i, it) in items.into_iter().enumerate() {
-                        match it {
-                            serde_json::Value::String(s) => names.push(s),
-                            _ => {
-                                return Err(CoreError::spec(
-                                    path,
-                                    "labels.file",
-                                    format!("{}: item {i} is not a string", file.display()),
-                                ))
-                            }
-                        }
-                    }
-                    LabelSet::new(names)
-                }
-                serde_json::Value::Object(map) => {
-                    let mut set = LabelSet::new(map.keys().cloned().collect());
-                    for (k, v) in map {
-                        if let serde_json::Value::String(d) = v {
-                            set.descriptions.insert(k, d);
-                        }
-                    }
-                    set
-                }
-                _ => {
-                    return Err(CoreError::spec(
-                        path,
-                        "labels.file",
-                        format!(
-                            "{}: expected a JSON list of labels or an object label → description",
-                            file.display()
-                        ),
-                    ))
-                }
-            }
-        }
-    };
-    if set.names.len() < 2 {
-        return Err(CoreError::spec(
-            path,
-            "labels",
-            "a classification task needs at least 2 labels",
-        ));
-    }
-    let mut seen = HashSet::new();
-    for l in &set.names {
-        if l.trim().is_empty() {
-            return Err(CoreError::spec(path, "labels", "a label is empty"));
-        }
-        if !seen.insert(l.as_str()) {
-            return Err(CoreError::spec(
-                path,
-                "labels",
-                format!("label `{l}` appears twice"),
-            ));
-        }
-    }
-    set.names.shrink_to_fit();
-    Ok(set)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod report;
 pub mod route;
 pub mod run;
 pub mod set_metrics;
+pub mod span_metrics;
 
 pub use error::{EvalError, Result};
 pub use report::EvalReport;

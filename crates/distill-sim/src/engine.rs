@@ -158,6 +158,15 @@ impl Engine {
             let c = r.answer(model, &distill_core::conversation::transcript(&dialogue));
             let n = oracle.tokens.count(&c);
             (c, n)
+        } else if oracle.extract {
+            if invalid {
+                self.counters.invalid_reply();
+            }
+            // Gold spans are known by the whole first prompt: text and context.
+            let message = first_user.map_or("", |i| turns[i].content.as_ref());
+            let c = oracle.spans_reply(message, invalid);
+            let n = oracle.tokens.count(&c);
+            (c, n)
         } else if oracle.set.is_multilabel() {
             if invalid {
                 self.counters.invalid_reply();

@@ -25,6 +25,7 @@ mod openai;
 pub mod oracle;
 pub mod replay;
 mod server;
+mod spans;
 mod stats;
 
 pub use config::SimConfig;

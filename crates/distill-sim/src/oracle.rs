@@ -60,8 +60,13 @@ pub struct Oracle {
     gold: HashMap<String, u16>,
     /// A multilabel task's gold label sets (then `gold` is empty).
     gold_sets: HashMap<String, Vec<u16>>,
+    /// An extraction task's gold spans, by the whole user message (the same text asked with
+    /// another context is another input).
+    gold_spans: HashMap<String, crate::spans::GoldSpans>,
     /// The task's label set (its notation for answers, whether answers are sets).
     pub set: distill_core::LabelSet,
+    /// Whether answers are spans (an extraction task).
+    pub extract: bool,
     /// For each label: its two most confusable labels (by shared name words).
     confusion: Vec<[u16; 2]>,
     accuracy: f64,
@@ -85,12 +90,13 @@ impl Oracle {
             .enumerate()
             .map(|(i, l)| (l.as_str(), i as u16))
             .collect();
-        let (gold, gold_sets) = load_gold(config, &index)?;
+        let (gold, gold_sets, gold_spans) = load_gold(config, &index)?;
         let confusion = confusion_table(&labels);
         let rendered = task
             .teacher
             .user_template
-            .replace("{labels}", &task.labels.prompt_list());
+            .replace("{labels}", &task.labels.prompt_list())
+            .replace("{slots}", &task.labels.prompt_list());
         let (prefix, suffix) = match rendered.split_once("{text}") {
             Some((p, s)) => (p.to_string(), s.to_string()),
             None => (String::new(), String::new()),
@@ -106,6 +112,8 @@ impl Oracle {
             labels,
             gold,
             gold_sets,
+            gold_spans,
+            extract: task.is_extract(),
             set: task.labels.clone(),
             confusion,
             accuracy: config.accuracy,
@@ -119,7 +127,21 @@ impl Oracle {
     }
 
     pub fn gold_len(&self) -> usize {
-        self.gold.len() + self.gold_sets.len()
+        self.gold.len() + self.gold_sets.len() + self.gold_spans.len()
+    }
+
+    /// An extraction task's reply to a user message: its gold spans with the configured
+    /// mistakes ([`crate::spans::answer`]); no spans for a message the gold does not know.
+    pub fn spans_reply(&self, user_message: &str, invalid: bool) -> String {
+        let hash = text_hash(self.seed, user_message);
+        let quotes = match self.gold_spans.get(user_message) {
+            Some(g) => crate::spans::answer(g, hash, self.accuracy, |slot| {
+                let i = self.set.index_of(slot).expect("a gold slot");
+                self.labels[self.confusables(i)[0]].clone()
+            }),
+            None => Vec::new(),
+        };
+        crate::spans::reply(&quotes, invalid, hash)
     }
 
     /// A multilabel task's answer for a text, deterministic per text: the gold set at the
@@ -289,10 +311,14 @@ impl Oracle {
 
 /// The gold file as text → label index. Unknown labels and missing columns are errors that
 /// name file, line and field.
-type GoldMaps = (HashMap<String, u16>, HashMap<String, Vec<u16>>);
+type GoldMaps = (
+    HashMap<String, u16>,
+    HashMap<String, Vec<u16>>,
+    HashMap<String, crate::spans::GoldSpans>,
+);
 
 fn load_gold(config: &SimConfig, index: &HashMap<&str, u16>) -> Result<GoldMaps> {
-    let mut gold = (HashMap::new(), HashMap::new());
+    let mut gold = (HashMap::new(), HashMap::new(), HashMap::new());
     if config.replay.is_some() {
         // Replay answers from recorded outcomes, not from gold labels.
         return Ok(gold);
@@ -307,7 +333,7 @@ fn load_gold_file(
     config: &SimConfig,
     index: &HashMap<&str, u16>,
     path: &std::path::Path,
-    (gold, gold_sets): &mut GoldMaps,
+    (gold, gold_sets, gold_spans): &mut GoldMaps,
 ) -> Result<()> {
     let path = path.to_path_buf();
     let task = &config.task;
@@ -346,16 +372,25 @@ fn load_gold_file(
         } else {
             item.text.trim().to_string()
         };
+        let bad_gold = |message| SimError::Gold {
+            path: path.clone(),
+            line: item.line,
+            field: gold_column.clone(),
+            message,
+        };
+        if task.is_extract() {
+            let spans = distill_core::spans::parse_spans(&label, &item.text, &task.labels)
+                .map_err(bad_gold)?;
+            gold_spans
+                .entry(task.render_user_with(&item.text, &item.context))
+                .or_insert(crate::spans::GoldSpans {
+                    text: item.text,
+                    spans,
+                });
+            continue;
+        }
         if task.labels.is_multilabel() {
-            let set = task
-                .labels
-                .parse_set(&label)
-                .map_err(|message| SimError::Gold {
-                    path: path.clone(),
-                    line: item.line,
-                    field: gold_column.clone(),
-                    message,
-                })?;
+            let set = task.labels.parse_set(&label).map_err(bad_gold)?;
             gold_sets
                 .entry(key)
                 .or_insert_with(|| set.iter().map(|&i| i as u16).collect());

@@ -13,13 +13,14 @@
 
 use crate::cache::{CacheEntry, ResponseCache};
 use crate::error::{redact, Result, TeachError};
-use crate::label::{parse_output, repair_request};
+use crate::label::{parse_reply, repair_for};
 use crate::provider::{Msg, Reply, Wire};
 use crate::ratelimit::RateLimiter;
 use distill_core::conversation::Turn;
+use distill_core::input::InputItem;
 use distill_core::ledger::{Ledger, LedgerRow};
 use distill_core::prices::{ModelPrice, PriceTable};
-use distill_core::spec::ResponseFormat;
+use distill_core::spec::{PromptInput, ResponseFormat};
 use distill_core::{Provider, RecordStatus, TaskOutput, TaskSpec, TeacherRecord, Usage};
 use rand::Rng;
 use std::collections::HashMap;
@@ -108,19 +109,18 @@ impl LabelOutcome {
     /// The teach dataset line for this outcome.
     pub fn to_record(
         &self,
-        id: String,
-        text: String,
-        gold: Option<String>,
+        item: &InputItem,
         provider: &str,
         model: &str,
         batch: bool,
     ) -> TeacherRecord {
         TeacherRecord {
-            id,
-            text,
+            context: item.context.clone(),
+            id: item.id.clone(),
+            text: item.text.clone(),
             status: self.status,
             output: self.output.clone(),
-            gold,
+            gold: item.gold.clone(),
             raw: self.raw.clone(),
             error: self.error.clone(),
             provider: provider.to_string(),
@@ -366,8 +366,14 @@ impl TeacherClient {
     }
 
     /// The first request for a text: its JSON body and its cache key.
-    pub fn request_for(&self, text: &str) -> (serde_json::Value, String) {
-        let msgs = [Msg::user(self.spec.render_user(text))];
+    pub fn request_for<'a>(
+        &self,
+        input: impl Into<PromptInput<'a>>,
+    ) -> (serde_json::Value, String) {
+        let input = input.into();
+        let msgs = [Msg::user(
+            self.spec.render_user_with(input.text, input.context),
+        )];
         let body = self.wire.body(&msgs);
         let hash = self.hash_body(&body);
         (body, hash)
@@ -419,9 +425,15 @@ impl TeacherClient {
 
     /// Prompt tokens of the first request for `text`, counted with the teacher's tokenizer
     /// (as `--dry-run` does): the fixed part is counted once per job.
-    pub fn prompt_tokens(&self, text: &str) -> u64 {
+    pub fn prompt_tokens<'a>(&self, input: impl Into<PromptInput<'a>>) -> u64 {
+        let input = input.into();
         let (tok, est) = self.counter();
-        est.overhead_tokens + tok.count(text)
+        let context: u64 = input
+            .context
+            .iter()
+            .map(|(k, v)| tok.count(k) + tok.count(v) + 1)
+            .sum();
+        est.overhead_tokens + tok.count(input.text) + context
     }
 
     /// Tokens this client's requests were counted as against the tokens-per-minute limit:
@@ -454,8 +466,12 @@ impl TeacherClient {
     }
 
     /// Labels one text, writing ledger rows and cache entries before returning.
-    pub async fn label(&self, text: &str, ctx: &CallContext) -> Result<LabelOutcome> {
-        let (out, pending) = self.label_deferred(text, ctx).await?;
+    pub async fn label<'a>(
+        &self,
+        input: impl Into<PromptInput<'a>>,
+        ctx: &CallContext,
+    ) -> Result<LabelOutcome> {
+        let (out, pending) = self.label_deferred(input, ctx).await?;
         self.persist(&pending)?;
         Ok(out)
     }
@@ -504,13 +520,15 @@ impl TeacherClient {
     }
 
     /// Labels one text without writing anything; the caller persists `Pending`.
-    pub async fn label_deferred(
+    pub async fn label_deferred<'a>(
         &self,
-        text: &str,
+        input: impl Into<PromptInput<'a>>,
         ctx: &CallContext,
     ) -> Result<(LabelOutcome, Pending)> {
+        let input = input.into();
+        let text = input.text;
         let mut pending = Pending::default();
-        let mut msgs = vec![Msg::user(self.spec.render_user(text))];
+        let mut msgs = vec![Msg::user(self.spec.render_user_with(text, input.context))];
         let mut out = LabelOutcome {
             output: None,
             status: RecordStatus::Failed,
@@ -523,7 +541,7 @@ impl TeacherClient {
             request_hash: String::new(),
             paid_calls: 0,
         };
-        let mut prompt_tokens = self.prompt_tokens(text);
+        let mut prompt_tokens = self.prompt_tokens(input);
         for attempt in 0..2 {
             let ex = match self
                 .exchange(&msgs, ctx, &mut pending, prompt_tokens)
@@ -549,7 +567,7 @@ impl TeacherClient {
             out.cached &= ex.cached;
             out.paid_calls += u32::from(!ex.cached);
             out.raw = Some(ex.reply.text.clone());
-            let parsed = parse_output(&ex.reply.text, &self.spec.labels, self.wire.format);
+            let parsed = parse_reply(&ex.reply.text, &self.spec, text, self.wire.format);
             if let Some(row) = pending
                 .ledger
                 .iter_mut()
@@ -567,7 +585,7 @@ impl TeacherClient {
                 Err(e) => {
                     out.status = RecordStatus::Invalid;
                     out.error = Some(e.clone());
-                    let repair = repair_request(&e, &self.spec.labels);
+                    let repair = repair_for(&e, &self.spec);
                     let tok = &self.counter().0;
                     prompt_tokens += tok.count(&ex.reply.text) + tok.count(&repair) + 8;
                     msgs.push(Msg::assistant(ex.reply.text));

@@ -203,14 +203,14 @@ pub fn estimate(
             break;
         }
         requests += 1;
-        let (_, hash) = client.request_for(&item.text);
+        let (_, hash) = client.request_for(&item);
         if let Some(c) = client.cache() {
             if c.get(&hash)?.is_some() {
                 cached += 1;
                 continue;
             }
         }
-        prompt += est.overhead_tokens + tok.count(&item.text);
+        prompt += client.prompt_tokens(&item);
     }
     let paid = requests - cached;
     let output = paid * est.output_tokens;

@@ -55,7 +55,7 @@ pub fn export_openai(spec: &TaskSpec, data: &Path, out: &Path) -> Result<ExportS
         };
         let example = json!({"messages": [
             {"role": "system", "content": spec.teacher.system_prompt},
-            {"role": "user", "content": spec.render_user(&r.text)},
+            {"role": "user", "content": spec.render_user_with(&r.text, &r.context)},
             {"role": "assistant", "content": answer},
         ]});
         serde_json::to_writer(&mut w, &example).map_err(|e| TeachError::io(out, e.into()))?;

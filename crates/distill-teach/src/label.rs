@@ -2,9 +2,82 @@
 //! fences, prose around the JSON, a bare label, different case) because a near-miss is
 //! still a correct answer; anything else becomes the error text of the one repair request.
 
+use distill_core::spans::{align, Quote};
 use distill_core::spec::ResponseFormat;
-use distill_core::{LabelSet, TaskOutput};
+use distill_core::{LabelSet, TaskOutput, TaskSpec};
 use serde_json::Value;
+
+/// The task's output from a reply to the prompt for `text`: [`parse_output`], or for an
+/// extraction task the spans, each quoted text found in `text` ([`align`]).
+pub fn parse_reply(
+    reply: &str,
+    spec: &TaskSpec,
+    text: &str,
+    format: ResponseFormat,
+) -> Result<TaskOutput, String> {
+    if !spec.is_extract() {
+        return parse_output(reply, &spec.labels, format);
+    }
+    let quotes = parse_quotes(reply, &spec.labels)?;
+    align(text, &quotes).map(|spans| TaskOutput::Extract { spans })
+}
+
+/// What a repair request asks for after an invalid reply ([`repair_request`], or the span
+/// form for an extraction task).
+pub fn repair_for(error: &str, spec: &TaskSpec) -> String {
+    if spec.is_extract() {
+        return format!(
+            "That reply is not valid: {error}. Answer again with JSON only, \
+             {{\"spans\": [{{\"slot\": \"<slot>\", \"text\": \"<text copied from the message>\"}}, ...]}}, \
+             using only the allowed slots."
+        );
+    }
+    repair_request(error, &spec.labels)
+}
+
+/// `{"spans": [{"slot", "text"}, ...]}` (or the bare list), slots matched as labels are.
+fn parse_quotes(reply: &str, slots: &LabelSet) -> Result<Vec<Quote>, String> {
+    let list = match json_in(reply) {
+        Some(Value::Object(m)) => match m.get("spans") {
+            Some(Value::Array(a)) => a.clone(),
+            Some(_) => return Err("the `spans` field must be a list of spans".into()),
+            None => return Err("the JSON object has no `spans` field".into()),
+        },
+        Some(Value::Array(a)) => a,
+        _ => {
+            return Err("the reply is not a JSON object of the form \
+                 {\"spans\": [{\"slot\": \"<slot>\", \"text\": \"<text>\"}, ...]}"
+                .into())
+        }
+    };
+    list.iter()
+        .map(|item| {
+            let (Some(Value::String(slot)), Some(Value::String(text))) =
+                (item.get("slot"), item.get("text"))
+            else {
+                return Err("every span must be an object with string `slot` and `text`".into());
+            };
+            let slot = canonical(slot.trim(), slots)
+                .ok_or_else(|| format!("`{}` is not one of the allowed slots", slot.trim()))?;
+            Ok(Quote {
+                slot,
+                text: text.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The JSON value in a reply: the whole text (fences stripped), else its outermost
+/// object or list.
+fn json_in(reply: &str) -> Option<Value> {
+    let text = strip_fences(reply.trim());
+    serde_json::from_str(text).ok().or_else(|| {
+        let (start, end) = (text.find(['{', '['])?, text.rfind(['}', ']'])?);
+        (end > start)
+            .then(|| serde_json::from_str(&text[start..=end]).ok())
+            .flatten()
+    })
+}
 
 /// The task's output from a reply: a label, or a multilabel task's set of labels (in
 /// label-set order, duplicates dropped). Errors explain what is wrong, for the repair request.
@@ -35,13 +108,7 @@ pub fn repair_request(error: &str, labels: &LabelSet) -> String {
 }
 
 fn parse_label_set(reply: &str, labels: &LabelSet) -> Result<Vec<String>, String> {
-    let text = strip_fences(reply.trim());
-    let parsed: Option<Value> = serde_json::from_str(text).ok().or_else(|| {
-        let (start, end) = (text.find(['{', '['])?, text.rfind(['}', ']'])?);
-        (end > start)
-            .then(|| serde_json::from_str(&text[start..=end]).ok())
-            .flatten()
-    });
+    let parsed = json_in(reply);
     let list = match &parsed {
         Some(Value::Object(m)) => match m.get("labels") {
             Some(Value::Array(a)) => a,
@@ -191,6 +258,55 @@ mod tests {
             .unwrap_err()
             .contains("at least one"));
         assert!(repair_request("x", &labels).contains("\"labels\""));
+    }
+
+    #[test]
+    fn span_replies_are_aligned_to_the_message() {
+        let spec = TaskSpec::parse(
+            "name = \"t\"\nkind = \"extract\"\n[input]\n[slots]\nvalues = [\"time\", \"people\"]\n\
+             [teacher]\nprovider = \"openai\"\nmodel = \"gpt-4o\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let f = ResponseFormat::JsonSchema;
+        let text = "A table for 4 at 7pm, please";
+        let got = parse_reply(
+            "```json\n{\"spans\": [{\"slot\": \"People\", \"text\": \"4\"}, {\"slot\": \"time\", \"text\": \"7PM\"}]}\n```",
+            &spec,
+            text,
+            f,
+        )
+        .unwrap();
+        let TaskOutput::Extract { spans } = got else {
+            panic!("{got:?}")
+        };
+        let at: Vec<_> = spans
+            .iter()
+            .map(|s| (s.slot.as_str(), s.start, s.end, s.text.as_str()))
+            .collect();
+        assert_eq!(at, [("people", 12, 13, "4"), ("time", 17, 20, "7pm")]);
+        for (reply, says) in [
+            (
+                "{\"spans\": [{\"slot\": \"time\", \"text\": \"8pm\"}]}",
+                "not in the message",
+            ),
+            (
+                "{\"spans\": [{\"slot\": \"date\", \"text\": \"4\"}]}",
+                "`date`",
+            ),
+            (
+                "{\"spans\": [{\"slot\": \"time\"}]}",
+                "string `slot` and `text`",
+            ),
+            ("{\"label\": \"time\"}", "no `spans`"),
+            ("at 7pm", "not a JSON object"),
+        ] {
+            let e = parse_reply(reply, &spec, text, f).unwrap_err();
+            assert!(e.contains(says), "{reply}: {e}");
+        }
+        assert!(parse_reply("{\"spans\": []}", &spec, text, f).is_ok());
+        assert!(repair_for("x", &spec).contains("\"spans\""));
+        assert!(spec.render_user(text).contains("- people\n"));
     }
 
     #[test]

@@ -233,11 +233,16 @@ fn check_out(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads the whole input once, checking every row, and counts it (capped at `limit`).
+/// Reads the whole input once, checking every row (and its gold), and counts it (capped
+/// at `limit`): bad input fails before anything is paid for.
 pub(crate) fn validate_inputs(spec: &TaskSpec, path: &Path, limit: Option<u64>) -> Result<u64> {
     let mut n = 0;
     for item in read_inputs(path, spec.input.format, &Columns::from(&spec.input))? {
-        item?;
+        let item = item?;
+        if let (Some(gold), Some(column)) = (&item.gold, &spec.input.gold_column) {
+            spec.check_gold(gold, &item.text)
+                .map_err(|e| distill_core::CoreError::data(path, item.line, column, e))?;
+        }
         n += 1;
         if limit.is_some_and(|l| n >= l) {
             break;
@@ -411,11 +416,9 @@ impl Labeler for ClassifyLabeler {
         item: distill_core::input::InputItem,
         ctx: CallContext,
     ) -> Result<Labelled<TeacherRecord>> {
-        let (outcome, pending) = self.client.label_deferred(&item.text, &ctx).await?;
+        let (outcome, pending) = self.client.label_deferred(&item, &ctx).await?;
         let record = outcome.to_record(
-            item.id,
-            item.text,
-            item.gold,
+            &item,
             self.client.provider().as_str(),
             self.client.model(),
             false,

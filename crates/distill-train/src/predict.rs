@@ -33,6 +33,7 @@ impl Default for PredictOptions {
             batch_size: 64,
             window_batches: 32,
             columns: Columns {
+                context: Default::default(),
                 text: "text".into(),
                 gold: None,
                 id: None,

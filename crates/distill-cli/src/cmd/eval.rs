@@ -163,6 +163,7 @@ pub fn options(args: &Args, g: &Global) -> EvalOptions {
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let spec = TaskSpec::load(&args.task)?;
+    crate::cmd::refuse_extract(&spec, "distill eval")?;
     if spec.route.is_some() {
         return route(&args, &spec, g);
     }

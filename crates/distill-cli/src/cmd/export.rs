@@ -28,6 +28,7 @@ pub struct Args {
 
 pub fn run(args: Args, _g: &Global) -> anyhow::Result<()> {
     let spec = TaskSpec::load(&args.task)?;
+    crate::cmd::refuse_extract(&spec, "distill export")?;
     let s = match args.format {
         Format::Openai => distill_teach::export::export_openai(&spec, &args.data, &args.out)?,
     };

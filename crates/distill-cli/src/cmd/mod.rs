@@ -12,3 +12,17 @@ pub mod sim_teacher;
 pub mod spend;
 pub mod teach;
 pub mod train;
+
+/// Extraction tasks are taught (`distill teach`, `distill sim-teacher`) but have no students
+/// yet: every other stage says so plainly instead of failing on records it cannot read.
+pub fn refuse_extract(spec: &distill_core::TaskSpec, what: &str) -> anyhow::Result<()> {
+    if spec.is_extract() {
+        anyhow::bail!(
+            "{}: {what} does not handle extract tasks yet. Today an extract task can be \
+             labelled (distill teach, with distill sim-teacher offline): its records keep \
+             `output.spans` with character offsets; students, eval and serve come next",
+            spec.path.display()
+        );
+    }
+    Ok(())
+}

@@ -56,6 +56,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         top_k: args.top_k.max(1),
         batch_size: args.batch_size.max(1),
         columns: Columns {
+            context: Default::default(),
             text: args.text_column.clone(),
             gold: args.gold_column.clone(),
             id: args.id_column.clone(),

@@ -202,6 +202,9 @@ pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyh
         .iter()
         .map(TaskSpec::load)
         .collect::<Result<_, _>>()?;
+    for t in &tasks {
+        crate::cmd::refuse_extract(t, "distill serve")?;
+    }
     let escalate_to = match args.escalate_to.as_deref() {
         Some("none") => None,
         Some(s) => Some(parse_escalate_to(s)?),

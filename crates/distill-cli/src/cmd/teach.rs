@@ -165,6 +165,7 @@ fn active(
             "--strategy chooses inputs of a classification task; route tasks label every prompt"
         );
     }
+    crate::cmd::refuse_extract(spec, "--strategy (which scores inputs with a student)")?;
     if args.dry_run || args.resume {
         anyhow::bail!(
             "--strategy runs in rounds whose inputs depend on the labels so far: it has no \

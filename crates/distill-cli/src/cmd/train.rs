@@ -107,6 +107,7 @@ pub struct Args {
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let threads = distill_train::device::set_threads(args.threads);
     let spec = TaskSpec::load(&args.task)?;
+    crate::cmd::refuse_extract(&spec, "distill train")?;
     let device = distill_train::select_device(&args.device)?;
     // indicatif hides the bars itself when stderr is not a terminal; the per-epoch summary lines
     // still reach a log file that way.

@@ -92,6 +92,7 @@ pub fn write_teacher_labels(path: &Path, n: usize, accuracy: f64) -> Vec<Option<
         };
         given.push(Some(label.clone()));
         let rec = TeacherRecord {
+            context: Default::default(),
             id: (i + 1).to_string(),
             text,
             status: RecordStatus::Ok,

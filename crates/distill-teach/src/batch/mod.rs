@@ -47,7 +47,7 @@ pub(crate) mod prefetch;
 use crate::client::{CallContext, LabelOutcome, Pending, TeacherClient};
 use crate::error::{Result, TeachError};
 use crate::journal::{encode_batch_line, encode_line, BatchRef, Journal, JournalHeader, Ordinals};
-use crate::label::parse_output;
+use crate::label::parse_reply;
 use crate::runner::{finish, progress_bar, reconcile, TeachOptions, TeachSummary};
 pub use api::{answered_count, custom_id};
 use api::{running_message, Api, Chunk, ItemResult, Orphan, Pace, Poll, Results};
@@ -185,7 +185,7 @@ pub(crate) async fn run_batch(
             }
             let item = item?;
             if in_batch.contains(ordinal) && !sink.done.contains(ordinal) {
-                submitted.insert(short_hash(&client.request_for(&item.text).1));
+                submitted.insert(short_hash(&client.request_for(&item).1));
                 reserved += 2.0 * estimator.worst_case_cost(&client, &item.text);
             }
         }
@@ -208,7 +208,7 @@ pub(crate) async fn run_batch(
         if sink.done.contains(ordinal) || in_batch.contains(ordinal) {
             continue;
         }
-        let (body, hash) = client.request_for(&item.text);
+        let (body, hash) = client.request_for(&item);
         if submitted.contains(&short_hash(&hash)) {
             deferred.push(ordinal);
             continue;
@@ -427,7 +427,7 @@ async fn collect(
         }
         let item = item?;
         // Only a result for exactly the request this job sends counts.
-        let want = custom_id(ordinal, &client.request_for(&item.text).1);
+        let want = custom_id(ordinal, &client.request_for(&item).1);
         let r = results.remove(&want).unwrap_or_else(|| {
             ItemResult::Retry(format!("no result for this request in batch {}", b.id))
         });
@@ -532,16 +532,16 @@ async fn one(
     let provider = client.provider().as_str();
     let (outcome, pending, batch) = match result {
         None => {
-            let (o, p) = client.label_deferred(&item.text, ctx).await?;
+            let (o, p) = client.label_deferred(&item, ctx).await?;
             (o, p, false)
         }
         Some(ItemResult::Retry(why)) => {
             tracing::debug!("input {}: {why}; asking in real time", item.id);
-            let (o, p) = client.label_deferred(&item.text, ctx).await?;
+            let (o, p) = client.label_deferred(&item, ctx).await?;
             (o, p, false)
         }
         Some(ItemResult::Failed(message)) => {
-            let (_, hash) = client.request_for(&item.text);
+            let (_, hash) = client.request_for(&item);
             let o = LabelOutcome {
                 output: None,
                 status: RecordStatus::Failed,
@@ -557,9 +557,9 @@ async fn one(
             (o, Pending::default(), true)
         }
         Some(ItemResult::Reply(reply)) => {
-            let (_, hash) = client.request_for(&item.text);
+            let (_, hash) = client.request_for(&item);
             let spec = client.spec();
-            let valid = parse_output(&reply.text, &spec.labels, client.wire().format).is_ok();
+            let valid = parse_reply(&reply.text, spec, &item.text, client.wire().format).is_ok();
             let cost = client.cost(&reply.usage, true);
             let row = LedgerRow {
                 id: None,
@@ -584,7 +584,7 @@ async fn one(
             };
             // The batch reply answers the first request; a repair, if needed, goes out now.
             client.remember(&hash, reply);
-            let (mut o, mut p) = client.label_deferred(&item.text, ctx).await?;
+            let (mut o, mut p) = client.label_deferred(&item, ctx).await?;
             o.cost_usd += cost;
             o.cached = false;
             o.paid_calls += 1;
@@ -593,14 +593,7 @@ async fn one(
             (o, p, true)
         }
     };
-    let record = outcome.to_record(
-        item.id.clone(),
-        item.text,
-        item.gold,
-        provider,
-        client.model(),
-        batch,
-    );
+    let record = outcome.to_record(&item, provider, client.model(), batch);
     Ok(Done {
         ordinal,
         record,
@@ -727,6 +720,7 @@ model = "gpt-4o"
         let items = (0..3u64)
             .map(|i| {
                 let item = InputItem {
+                    context: Default::default(),
                     id: i.to_string(),
                     text: format!("I want a refund for order {i}"),
                     gold: None,

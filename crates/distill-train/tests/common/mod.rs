@@ -11,6 +11,7 @@ pub fn banking77_dir() -> PathBuf {
 
 fn read(name: &str) -> Vec<InputItem> {
     let cols = Columns {
+        context: Default::default(),
         text: "text".into(),
         gold: Some("category".into()),
         id: None,

@@ -1,0 +1,282 @@
+//! An extraction task through teach, on a real Restaurant-8k slice converted by
+//! `scripts/convert_restaurant8k.py` with the worked spec (`datasets/restaurant8k/task.toml`):
+//! the sim-teacher quotes spans (with its systematic mistakes, and the question the
+//! assistant had asked in the prompt), teach aligns each quote to character offsets and
+//! keeps the context in the records, and bad gold fails before anything is paid for.
+
+mod common;
+
+use common::{distill_in as run, repo, teach_via};
+use std::path::Path;
+use std::process::Command;
+
+/// Every `step`-th turn of a Restaurant-8k split, converted to distill's span JSONL.
+fn restaurant8k(split: &str, dir: &Path, step: usize) -> usize {
+    let full = dir.join(format!("{split}-full.jsonl"));
+    let o = Command::new("python3")
+        .arg(repo().join("scripts/convert_restaurant8k.py"))
+        .arg(repo().join(format!("../shared/datasets/restaurant8k/{split}.json")))
+        .arg(&full)
+        .arg(split)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("overlapping spans dropped"),
+        "the converter says what it dropped"
+    );
+    let text = std::fs::read_to_string(&full).unwrap();
+    let lines: Vec<&str> = text.lines().step_by(step).collect();
+    std::fs::write(dir.join(format!("{split}.jsonl")), lines.join("\n") + "\n").unwrap();
+    lines.len()
+}
+
+fn chars(s: &str, start: usize, end: usize) -> String {
+    s.chars().skip(start).take(end - start).collect()
+}
+
+#[test]
+fn spans_are_taught_with_offsets_and_context() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let n = restaurant8k("train", dir, 10);
+    std::fs::copy(
+        repo().join("datasets/restaurant8k/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    // One first reply in ten quotes text that is not in the message (or is cut short).
+    let (sim, url) = common::sim_teacher(dir, "task.toml", &["--invalid-rate", "0.1"]);
+    let _sim = common::Proc {
+        child: sim,
+        stderr: Default::default(),
+    };
+
+    let o = common::distill_ok(
+        dir,
+        &[
+            "teach",
+            "--task",
+            "task.toml",
+            "--input",
+            "train.jsonl",
+            "--out",
+            "dry.jsonl",
+            "--dry-run",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains(&format!("{n} requests")), "{said}");
+    assert!(!dir.join("dry.jsonl").exists());
+
+    teach_via(dir, "task.toml", "train.jsonl", "teacher.jsonl", &url);
+    let (mut ok, mut exact, mut with_context, mut gold_spans, mut found) = (0, 0, 0, 0, 0);
+    let text = std::fs::read_to_string(dir.join("teacher.jsonl")).unwrap();
+    for line in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            r["status"], "ok",
+            "every invalid reply was repaired: {line}"
+        );
+        ok += 1;
+        let input = r["text"].as_str().unwrap();
+        let spans = r["output"]["spans"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{line}"));
+        for s in spans {
+            let (start, end) = (
+                s["start"].as_u64().unwrap() as usize,
+                s["end"].as_u64().unwrap() as usize,
+            );
+            assert_eq!(
+                chars(input, start, end),
+                s["text"].as_str().unwrap(),
+                "{line}"
+            );
+        }
+        with_context += usize::from(r["context"]["requested_slots"].is_string());
+        // The gold, as the teacher saw none of it: compare (slot, start, end).
+        let key = |v: &serde_json::Value| {
+            let mut k: Vec<(String, u64, u64)> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s["slot"].as_str().unwrap().to_string(),
+                        s["start"].as_u64().unwrap(),
+                        s["end"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            k.sort();
+            k
+        };
+        let gold: serde_json::Value =
+            serde_json::from_str(r["gold"].as_str().unwrap_or("[]")).unwrap();
+        let (g, t) = (key(&gold), key(&r["output"]["spans"]));
+        gold_spans += g.len();
+        found += g.iter().filter(|s| t.contains(s)).count();
+        exact += usize::from(g == t);
+    }
+    assert_eq!(ok, n);
+    let stats = common::get_json(&url.replace("/v1", "/stats"));
+    let invalid = stats["errors_injected"]["invalid_replies"]
+        .as_u64()
+        .unwrap();
+    assert!(invalid as f64 > 0.05 * n as f64, "{stats}");
+    // A prompt asked twice (the same turn after the same question) is paid for once.
+    let prompts: std::collections::HashSet<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["request_hash"].to_string())
+        .collect();
+    assert_eq!(
+        stats["unique_billable"].as_u64(),
+        Some(prompts.len() as u64 + invalid),
+        "one repair per invalid reply: {stats}"
+    );
+    assert!(
+        with_context > n / 5,
+        "records keep the context: {with_context}"
+    );
+    // The sim finds the gold only through the whole prompt, context included: a prompt
+    // without it would get no spans back for the turns that have one.
+    let agreement = exact as f64 / ok as f64;
+    let recall = found as f64 / gold_spans as f64;
+    eprintln!(
+        "teacher vs gold: exact {agreement:.3}, span recall {recall:.3} ({gold_spans} spans)"
+    );
+    assert!(
+        (0.85..0.995).contains(&agreement),
+        "exact agreement {agreement}"
+    );
+    assert!((0.9..0.999).contains(&recall), "span recall {recall}");
+
+    // Through the Batch API (another state dir, so nothing comes from the response cache):
+    // the same spans for every input.
+    let b = dir.join("batch");
+    std::fs::create_dir(&b).unwrap();
+    for f in ["task.toml", "train.jsonl"] {
+        std::fs::copy(dir.join(f), b.join(f)).unwrap();
+    }
+    let o = common::distill_ok(
+        &b,
+        &[
+            "teach",
+            "--task",
+            "task.toml",
+            "--input",
+            "train.jsonl",
+            "--out",
+            "../teacher-batch.jsonl",
+            "--base-url",
+            &url,
+            "--batch",
+            "--poll-secs",
+            "0.05",
+        ],
+    );
+    let spans_by_id = |file: &str| -> std::collections::BTreeMap<String, serde_json::Value> {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                (r["id"].to_string(), r["output"]["spans"].clone())
+            })
+            .collect()
+    };
+    assert_eq!(
+        spans_by_id("teacher-batch.jsonl"),
+        spans_by_id("teacher.jsonl"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        common::get_json(&url.replace("/v1", "/stats"))["batches"]["created"].as_u64() > Some(0)
+    );
+
+    // The later stages say plainly that they do not take extract tasks yet.
+    let o = run(
+        dir,
+        &[
+            "train",
+            "--task",
+            "task.toml",
+            "--data",
+            "teacher.jsonl",
+            "--out",
+            "m",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not handle extract tasks yet"), "{err}");
+    assert!(!dir.join("m").exists());
+}
+
+#[test]
+fn bad_gold_spans_fail_naming_file_line_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::copy(
+        repo().join("datasets/restaurant8k/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    let good = r#"{"text": "for 4 at 7pm", "requested_slots": [], "spans": [{"slot": "people", "start": 4, "end": 5}]}"#;
+    for (spans, want) in [
+        (
+            r#"[{"slot": "people", "start": 4, "end": 5}, {"slot": "time", "start": 4, "end": 12}]"#,
+            "spans overlap",
+        ),
+        (
+            r#"[{"slot": "time", "start": 9, "end": 20}]"#,
+            "inside the text",
+        ),
+        (r#"[{"slot": "table", "start": 0, "end": 3}]"#, "`table`"),
+        (
+            r#"[{"slot": "time", "start": 9, "end": 12, "text": "8pm"}]"#,
+            "`8pm`",
+        ),
+    ] {
+        let bad =
+            format!(r#"{{"text": "for 4 at 7pm", "requested_slots": ["time"], "spans": {spans}}}"#);
+        std::fs::write(dir.join("train.jsonl"), format!("{good}\n{good}\n{bad}\n")).unwrap();
+        let o = run(
+            dir,
+            &[
+                "teach",
+                "--task",
+                "task.toml",
+                "--input",
+                "train.jsonl",
+                "--out",
+                "teacher.jsonl",
+                "--base-url",
+                "http://127.0.0.1:9",
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("train.jsonl:3") && err.contains("spans"),
+            "{err}"
+        );
+        assert!(err.contains(want), "{want}: {err}");
+        assert!(
+            !dir.join("teacher.jsonl").exists(),
+            "nothing written, nothing paid"
+        );
+    }
+    // A template that would hide the context from the teacher is refused where it is set.
+    let spec = std::fs::read_to_string(dir.join("task.toml")).unwrap();
+    std::fs::write(dir.join("task.toml"), spec.replace("{context}", "")).unwrap();
+    let o = run(dir, &["teach", "--task", "task.toml", "--dry-run"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("teacher.user_template") && err.contains("{context}"),
+        "{err}"
+    );
+}
