@@ -15,6 +15,7 @@ pub mod predict;
 pub mod quantize;
 pub mod route;
 pub mod student;
+pub mod tagging;
 pub mod train;
 
 pub use device::select_device;

@@ -8,6 +8,8 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 pub struct TextTokenizer {
     tok: Tokenizer,
+    /// The same tokenizer without truncation or special tokens, for word pieces with offsets.
+    whole: Tokenizer,
     pub max_len: usize,
     pub pad_id: u32,
 }
@@ -23,6 +25,11 @@ impl TextTokenizer {
     }
 
     pub fn new(mut tok: Tokenizer, max_len: usize, pad_id: u32) -> Result<Self> {
+        let mut whole = tok.clone();
+        whole.with_padding(None);
+        whole
+            .with_truncation(None)
+            .map_err(|e| TrainError::Other(format!("tokenizer truncation: {e}")))?;
         if max_len < 2 {
             return Err(TrainError::Other(format!(
                 "max length {max_len} is too short (at least 2 tokens: [CLS] and [SEP])"
@@ -37,9 +44,46 @@ impl TextTokenizer {
         let pad_id = tok.get_vocab(true).get("[PAD]").copied().unwrap_or(pad_id);
         Ok(TextTokenizer {
             tok,
+            whole,
             max_len,
             pad_id,
         })
+    }
+
+    /// Every word piece of `text` (no special tokens, no truncation) with the characters it
+    /// came from: the tokenizer's byte offsets into the original text, counted in Unicode
+    /// characters. Pieces the normaliser made from nothing visible are dropped.
+    pub fn pieces(&self, text: &str) -> Result<Vec<(u32, crate::tagging::TokenRange)>> {
+        let enc = self
+            .whole
+            .encode(text, false)
+            .map_err(|e| TrainError::Other(format!("tokenizer: {e}")))?;
+        // char_at[b] = characters before byte b (at char boundaries).
+        let mut char_at = vec![0usize; text.len() + 1];
+        let mut n = 0;
+        for (b, c) in text.char_indices() {
+            for x in &mut char_at[b..b + c.len_utf8()] {
+                *x = n;
+            }
+            n += 1;
+        }
+        char_at[text.len()] = n;
+        let to_char = |b: usize, end: bool| {
+            let b = b.min(text.len());
+            // A byte inside a character belongs to it (its start, or past it for an end).
+            if end && !text.is_char_boundary(b) {
+                char_at[b] + 1
+            } else {
+                char_at[b]
+            }
+        };
+        Ok(enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            .map(|(&id, &(s, e))| (id, (to_char(s, false), to_char(e, true))))
+            .filter(|(_, (s, e))| e > s)
+            .collect())
     }
 
     /// Ids with `[CLS]`/`[SEP]`, at most `max_len` long.
