@@ -3,8 +3,9 @@
 //! of spaces), and Restaurant-8k's gold spans survive the round trip spans → BIO tags over
 //! word pieces (and over the linear tagger's words) → spans.
 
-use distill_core::spans::{parse_spans, Span};
-use distill_core::LabelSet;
+mod common;
+
+use distill_core::spans::Span;
 use distill_train::encoder::tokenize::TextTokenizer;
 use distill_train::tagging::{decode, encode, words, TagSet, TokenRange};
 use std::path::Path;
@@ -68,40 +69,6 @@ fn pieces_cover_every_visible_character_exactly_once() {
     assert_eq!(got.concat(), "ZoëBrontë", "{got:?}");
 }
 
-fn restaurant8k_test_spans() -> Vec<(String, Vec<Span>)> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/datasets/restaurant8k/test.json");
-    let turns: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
-    let slots = LabelSet::new(
-        ["date", "time", "people", "first_name", "last_name"]
-            .map(String::from)
-            .to_vec(),
-    );
-    turns
-        .iter()
-        .filter_map(|t| {
-            let text = t["userInput"]["text"].as_str()?.to_string();
-            let spans: Vec<serde_json::Value> = t["labels"]
-                .as_array()
-                .map(|ls| {
-                    ls.iter()
-                        .map(|l| {
-                            serde_json::json!({"slot": l["slot"],
-                                "start": l["valueSpan"]["startIndex"].as_u64().unwrap_or(0),
-                                "end": l["valueSpan"]["endIndex"]})
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Overlapping gold (a few turns) is refused by the reader: those are left out.
-            let spans =
-                parse_spans(&serde_json::Value::from(spans).to_string(), &text, &slots).ok()?;
-            Some((text, spans))
-        })
-        .collect()
-}
-
 #[test]
 fn restaurant8k_spans_round_trip_through_tags() {
     let tok = tokenizer();
@@ -110,7 +77,10 @@ fn restaurant8k_spans_round_trip_through_tags() {
             .map(String::from)
             .to_vec(),
     );
-    let data = restaurant8k_test_spans();
+    let data: Vec<(String, Vec<Span>)> = common::restaurant8k("test")
+        .into_iter()
+        .map(|t| (t.text, t.spans))
+        .collect();
     assert!(data.len() > 3600, "{}", data.len());
     for (name, tokenise) in [
         (

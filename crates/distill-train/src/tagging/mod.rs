@@ -7,6 +7,7 @@
 //! decoder serve every student.
 
 pub mod bio;
+pub mod linear;
 pub mod words;
 
 pub use bio::{decode, encode, viterbi, Encoded, TagSet};

@@ -1,0 +1,89 @@
+//! The linear tagger on Restaurant-8k gold (the full training set, the whole test set):
+//! it learns the slots, the question the assistant had asked makes it better, and its
+//! confidence ranks its answers (the sure half is right more often than the unsure half).
+
+mod common;
+
+use common::{restaurant8k, Turn, RESTAURANT8K_SLOTS};
+use distill_core::spans::Span;
+use distill_core::spec::Context;
+use distill_train::tagging::linear::{LinearTagger, LinearTaggerConfig, TagExample};
+
+/// Exact-match micro F1, as seqeval counts it.
+fn f1(gold: &[Vec<Span>], pred: &[Vec<Span>]) -> f64 {
+    let key = |s: &Span| (s.slot.clone(), s.start, s.end);
+    let (mut hit, mut g, mut p) = (0usize, 0usize, 0usize);
+    for (a, b) in gold.iter().zip(pred) {
+        g += a.len();
+        p += b.len();
+        hit += b
+            .iter()
+            .filter(|s| a.iter().any(|x| key(x) == key(s)))
+            .count();
+    }
+    2.0 * hit as f64 / (g + p) as f64
+}
+
+fn train(data: &[Turn], with_context: bool) -> LinearTagger {
+    let none = Context::new();
+    let examples: Vec<TagExample> = data
+        .iter()
+        .map(|t| TagExample {
+            text: &t.text,
+            context: if with_context { &t.context } else { &none },
+            spans: &t.spans,
+        })
+        .collect();
+    let slots = RESTAURANT8K_SLOTS.map(String::from).to_vec();
+    let (m, stats) = LinearTagger::train(&examples, slots, &LinearTaggerConfig::default());
+    assert_eq!(stats.lost, 0);
+    assert!(stats.widened * 100 < stats.spans, "{stats:?}");
+    m
+}
+
+#[test]
+fn learns_restaurant8k_slots_and_uses_the_question_asked() {
+    let (train_set, test) = (restaurant8k("train"), restaurant8k("test"));
+    let gold: Vec<Vec<Span>> = test.iter().map(|t| t.spans.clone()).collect();
+    let started = std::time::Instant::now();
+    let with = train(&train_set, true);
+    let secs = started.elapsed().as_secs_f64();
+    let answers: Vec<(Vec<Span>, f32)> = test
+        .iter()
+        .map(|t| with.predict(&t.text, &t.context))
+        .collect();
+    let pred: Vec<Vec<Span>> = answers.iter().map(|a| a.0.clone()).collect();
+    let f1_with = f1(&gold, &pred);
+    let without = train(&train_set, false);
+    let none = Context::new();
+    let pred_without: Vec<Vec<Span>> = test
+        .iter()
+        .map(|t| without.predict(&t.text, &none).0)
+        .collect();
+    let f1_without = f1(&gold, &pred_without);
+    // The sure half of the answers against the unsure half.
+    let mut by_conf: Vec<usize> = (0..test.len()).collect();
+    by_conf.sort_by(|&a, &b| answers[b].1.total_cmp(&answers[a].1));
+    let half = test.len() / 2;
+    let right = |idx: &[usize]| {
+        let key = |s: &[Span]| {
+            s.iter()
+                .map(|x| (x.slot.clone(), x.start, x.end))
+                .collect::<Vec<_>>()
+        };
+        idx.iter()
+            .filter(|&&i| key(&gold[i]) == key(&pred[i]))
+            .count() as f64
+            / idx.len() as f64
+    };
+    let (sure, unsure) = (right(&by_conf[..half]), right(&by_conf[half..]));
+    eprintln!(
+        "linear tagger, {} train / {} test turns, trained in {secs:.1} s: span F1 {f1_with:.4} with the question asked, \
+         {f1_without:.4} without; exactly right: sure half {sure:.3}, unsure half {unsure:.3}",
+        train_set.len(),
+        test.len()
+    );
+    assert!(f1_with > 0.8, "{f1_with}");
+    assert!(f1_with > f1_without + 0.005, "{f1_with} vs {f1_without}");
+    assert!(sure > unsure + 0.1, "{sure} vs {unsure}");
+}
