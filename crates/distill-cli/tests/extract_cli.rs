@@ -35,6 +35,22 @@ fn chars(s: &str, start: usize, end: usize) -> String {
     s.chars().skip(start).take(end - start).collect()
 }
 
+/// Every span's `text` is the characters its offsets cover in the row's `text`.
+fn spans_cover_their_text(spans: &serde_json::Value, row: &serde_json::Value, line: &str) {
+    let input = row["text"].as_str().unwrap();
+    for s in spans.as_array().unwrap_or_else(|| panic!("{line}")) {
+        let (start, end) = (
+            s["start"].as_u64().unwrap() as usize,
+            s["end"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(
+            chars(input, start, end),
+            s["text"].as_str().unwrap(),
+            "{line}"
+        );
+    }
+}
+
 #[test]
 fn spans_are_taught_with_offsets_and_context() {
     let d = tempfile::tempdir().unwrap();
@@ -79,21 +95,7 @@ fn spans_are_taught_with_offsets_and_context() {
             "every invalid reply was repaired: {line}"
         );
         ok += 1;
-        let input = r["text"].as_str().unwrap();
-        let spans = r["output"]["spans"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{line}"));
-        for s in spans {
-            let (start, end) = (
-                s["start"].as_u64().unwrap() as usize,
-                s["end"].as_u64().unwrap() as usize,
-            );
-            assert_eq!(
-                chars(input, start, end),
-                s["text"].as_str().unwrap(),
-                "{line}"
-            );
-        }
+        spans_cover_their_text(&r["output"]["spans"], &r, line);
         with_context += usize::from(r["context"]["requested_slots"].is_string());
         // The gold, as the teacher saw none of it: compare (slot, start, end).
         let key = |v: &serde_json::Value| {
@@ -196,8 +198,9 @@ fn spans_are_taught_with_offsets_and_context() {
         common::get_json(&url.replace("/v1", "/stats"))["batches"]["created"].as_u64() > Some(0)
     );
 
-    // The later stages say plainly that they do not take extract tasks yet.
-    let o = run(
+    // The linear tagger learns the teacher's spans; predict tags held-out turns with the
+    // question asked, and scores them against gold.
+    let o = common::distill_ok(
         dir,
         &[
             "train",
@@ -206,13 +209,64 @@ fn spans_are_taught_with_offsets_and_context() {
             "--data",
             "teacher.jsonl",
             "--out",
-            "m",
+            "tagger",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("dev span F1"), "{said}");
+    restaurant8k("test", dir, 10);
+    let o = common::distill_ok(
+        dir,
+        &[
+            "predict",
+            "--model",
+            "tagger",
+            "--input",
+            "test.jsonl",
+            "--gold-column",
+            "spans",
+            "--out",
+            "tagged.jsonl",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    let f1: f64 = said
+        .split("span F1 vs gold ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    eprintln!("linear tagger on the teacher's labels of {n} turns: test span F1 {f1:.4}");
+    assert!(f1 > 0.7, "{said}");
+    for line in std::fs::read_to_string(dir.join("tagged.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        spans_cover_their_text(&r["spans"], &r, line);
+        let c = r["confidence"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c), "{line}");
+    }
+
+    // The later stages say plainly that they do not take extract tasks yet.
+    let o = run(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--model",
+            "tagger",
+            "--test",
+            "test.jsonl",
+            "--out",
+            "evals",
         ],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("does not handle extract tasks yet"), "{err}");
-    assert!(!dir.join("m").exists());
+    assert!(!dir.join("evals").exists());
 }
 
 #[test]

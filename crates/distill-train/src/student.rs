@@ -102,6 +102,13 @@ impl ModelMeta {
                 format!("cannot read distill.json ({e}); is this a distill model directory?"),
             )
         })?;
+        if crate::tagging::model::is_tagger_dir(dir) {
+            return Err(TrainError::model(
+                dir,
+                "this is an extraction tagger: `distill predict` runs it; eval and serve do \
+                 not take extraction models yet",
+            ));
+        }
         if crate::route::is_router_dir(dir) {
             return Err(TrainError::model(
                 dir,

@@ -87,3 +87,42 @@ fn learns_restaurant8k_slots_and_uses_the_question_asked() {
     assert!(f1_with > f1_without + 0.005, "{f1_with} vs {f1_without}");
     assert!(sure > unsure + 0.1, "{sure} vs {unsure}");
 }
+
+#[test]
+fn a_saved_tagger_answers_as_it_did() {
+    let data = restaurant8k("test");
+    let (train_part, held) = data.split_at(3000);
+    let m = train(train_part, true);
+    let d = tempfile::tempdir().unwrap();
+    let meta = distill_train::tagging::model::TaggerMeta {
+        kind: distill_train::tagging::model::KIND.into(),
+        student: "linear-tagger".into(),
+        task: "restaurant8k".into(),
+        slots: RESTAURANT8K_SLOTS.map(String::from).to_vec(),
+        context_columns: vec!["requested_slots".into()],
+        buckets: LinearTaggerConfig::default().buckets,
+        created: "2026-12-05T00:00:00Z".into(),
+        train_inputs: train_part.len(),
+        dev_inputs: 0,
+        dev_span_f1: None,
+        widened_spans: 0,
+    };
+    let dir = d.path().join("tagger");
+    distill_train::tagging::model::save(&dir, false, &m, &meta).unwrap();
+    assert!(distill_train::tagging::model::is_tagger_dir(&dir));
+    let (back, _) = distill_train::tagging::model::load(&dir).unwrap();
+    for t in held {
+        assert_eq!(
+            m.predict(&t.text, &t.context),
+            back.predict(&t.text, &t.context),
+            "{}",
+            t.text
+        );
+    }
+    // A classifier loader refuses it by name, not with a parse error.
+    let e = distill_train::load_student(&dir, &candle_core::Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("extraction tagger"), "{e}");
+}

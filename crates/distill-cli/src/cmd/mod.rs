@@ -18,9 +18,11 @@ pub mod train;
 pub fn refuse_extract(spec: &distill_core::TaskSpec, what: &str) -> anyhow::Result<()> {
     if spec.is_extract() {
         anyhow::bail!(
-            "{}: {what} does not handle extract tasks yet. Today an extract task can be \
-             labelled (distill teach, with distill sim-teacher offline): its records keep \
-             `output.spans` with character offsets; students, eval and serve come next",
+            "{}: {what} does not handle extract tasks yet. Today an extract task is \
+             labelled (distill teach, with distill sim-teacher offline: records keep \
+             `output.spans` with character offsets), trained (distill train --student linear: \
+             the linear tagger) and run (distill predict, which scores span F1 against gold); \
+             eval and serve for it come next",
             spec.path.display()
         );
     }

@@ -12,7 +12,9 @@ use std::path::PathBuf;
     {\"id\": ..., \"text\": ..., \"label\": ..., \"confidence\": 0.97, \"top\": [{\"label\": ..., \"p\": 0.97}, ...], \"gold\": ...}\n\
     `confidence` is calibrated (softmax with the temperature fitted on the dev split); `gold` only with --gold-column.\n\
     A multilabel model adds `\"labels\": [...]` (`label` joins them with the task's separator);\n\
-    `top` holds each label's own probability, `confidence` that of its least sure label decision.\n\n\
+    `top` holds each label's own probability, `confidence` that of its least sure label decision.\n\
+    An extraction tagger writes `\"spans\": [{\"slot\", \"start\", \"end\", \"text\"}]` (offsets in characters)\n\
+    and `confidence` (its least sure token); with --gold-column (a span list) it scores span F1.\n\n\
     Example:\n  distill predict --model models/b77-linear --input datasets/banking77/test.csv --out preds.jsonl"
 )]
 pub struct Args {
@@ -51,6 +53,9 @@ pub struct Args {
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     distill_train::device::set_threads(args.threads);
     let device = distill_train::select_device(&args.device)?;
+    if distill_train::tagging::model::is_tagger_dir(&args.model) {
+        return predict_spans(&args);
+    }
     let student = distill_train::load_student(&args.model, &device)?;
     let opts = PredictOptions {
         top_k: args.top_k.max(1),
@@ -100,6 +105,32 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         s.rows,
         s.wall_s,
         s.rows_per_s,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// An extraction tagger's spans for every row (its context columns read beside the text).
+fn predict_spans(args: &Args) -> anyhow::Result<()> {
+    let (tagger, meta) = distill_train::tagging::model::load(&args.model)?;
+    let cols = Columns {
+        context: Default::default(),
+        text: args.text_column.clone(),
+        gold: args.gold_column.clone(),
+        id: args.id_column.clone(),
+        conversation: false,
+    };
+    let s =
+        distill_train::tagging::model::predict_file(&tagger, &meta, &args.input, &args.out, cols)?;
+    let f1 = s
+        .span_f1
+        .map(|f| format!(", span F1 vs gold {f:.4}"))
+        .unwrap_or_default();
+    println!(
+        "tagged {} rows in {:.2} s ({:.0} rows/s){f1} → {}",
+        s.rows,
+        s.wall_s,
+        s.rows as f64 / s.wall_s.max(1e-9),
         args.out.display()
     );
     Ok(())

@@ -107,7 +107,9 @@ pub struct Args {
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let threads = distill_train::device::set_threads(args.threads);
     let spec = TaskSpec::load(&args.task)?;
-    crate::cmd::refuse_extract(&spec, "distill train")?;
+    if spec.is_extract() {
+        return train_tagger(&args, &spec);
+    }
     let device = distill_train::select_device(&args.device)?;
     // indicatif hides the bars itself when stderr is not a terminal; the per-epoch summary lines
     // still reach a log file that way.
@@ -253,5 +255,41 @@ fn train_router(args: &Args, spec: &TaskSpec, opts: &TrainOptions) -> anyhow::Re
             .join(", ")
     );
     println!("model: {}", args.out.display());
+    Ok(())
+}
+
+/// An extract task's student: the linear tagger (the fine-tuned token classifier is not
+/// built yet), trained on the teacher's spans.
+fn train_tagger(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
+    if args.student != StudentKind::Linear {
+        anyhow::bail!(
+            "--student {}: an extract task trains the linear tagger (--student linear) for now",
+            args.student.as_str()
+        );
+    }
+    let [data] = args.data.as_slice() else {
+        anyhow::bail!("--data: an extract task trains on one teacher dataset");
+    };
+    let r = distill_train::tagging::model::train_linear(
+        spec,
+        data,
+        &args.out,
+        args.force,
+        args.dev_fraction,
+        args.seed,
+    )?;
+    println!(
+        "linear tagger: {} train / {} dev inputs, {} tokens, {} spans ({} widened to word boundaries), {:.1} s",
+        r.meta.train_inputs,
+        r.meta.dev_inputs,
+        r.stats.tokens,
+        r.stats.spans,
+        r.stats.widened,
+        r.seconds
+    );
+    if let Some(f1) = r.meta.dev_span_f1 {
+        println!("dev span F1 (exact match) {f1:.4}");
+    }
+    println!("wrote {}", args.out.display());
     Ok(())
 }

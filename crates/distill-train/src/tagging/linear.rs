@@ -114,6 +114,42 @@ impl LinearTagger {
         (m, stats)
     }
 
+    /// The slots as a label set (to read gold spans against).
+    pub fn tags_as_labels(&self) -> distill_core::LabelSet {
+        distill_core::LabelSet::new(self.tags.slots.clone())
+    }
+
+    /// The learned weights (`buckets × tags`, row-major) and biases, for saving.
+    pub fn parameters(&self) -> (&[f32], &[f32]) {
+        (&self.weights, &self.bias)
+    }
+
+    /// A tagger from saved parameters; errors say what does not fit.
+    pub fn from_parameters(
+        slots: Vec<String>,
+        buckets: usize,
+        weights: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<Self, String> {
+        let tags = TagSet::new(slots);
+        if bias.len() != tags.len() || weights.len() != buckets * tags.len() {
+            return Err(format!(
+                "weights hold {} and biases {} numbers; {} slots over {buckets} buckets need {} and {}",
+                weights.len(),
+                bias.len(),
+                tags.slots.len(),
+                buckets * tags.len(),
+                tags.len()
+            ));
+        }
+        Ok(Self {
+            tags,
+            buckets,
+            weights,
+            bias,
+        })
+    }
+
     /// The spans of `text` and the answer's confidence (its least sure token; 1 with no
     /// tokens).
     pub fn predict(&self, text: &str, context: &Context) -> (Vec<Span>, f32) {

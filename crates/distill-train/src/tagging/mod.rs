@@ -8,6 +8,7 @@
 
 pub mod bio;
 pub mod linear;
+pub mod model;
 pub mod words;
 
 pub use bio::{decode, encode, viterbi, Encoded, TagSet};
