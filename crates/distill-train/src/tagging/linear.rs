@@ -1,6 +1,7 @@
 //! The seconds-to-train extraction student: a hashed linear model over each word token's
-//! features and its neighbours' (the word, its prefix, suffix and shape, the words around it,
-//! and the input's context alone and joined with the word and its shape), one softmax over
+//! features and its neighbours' (the word, its 3- and 4-character prefix and suffix, its
+//! shape, the words and shapes around it and their pairs, and the input's context alone and
+//! joined with the word, its neighbours and the shapes around it), one softmax over
 //! the BIO tags per token, trained by SGD on cross-entropy and decoded by [`viterbi`] under
 //! the tag grammar.
 //!
@@ -28,8 +29,8 @@ impl Default for LinearTaggerConfig {
     fn default() -> Self {
         Self {
             buckets: 1 << 18,
-            epochs: 8,
-            lr: 0.2,
+            epochs: 15,
+            lr: 0.3,
             seed: 17,
         }
     }
@@ -235,11 +236,34 @@ impl LinearTagger {
                     format!("sh+1:{}", at(&shape, j + 1)),
                     format!("w-1w:{}|{w}", at(&word, j - 1)),
                     format!("ww+1:{w}|{}", at(&word, j + 1)),
+                    format!("p4:{}", c.iter().take(4).collect::<String>()),
+                    format!(
+                        "s4:{}",
+                        c[c.len().saturating_sub(4)..].iter().collect::<String>()
+                    ),
+                    format!(
+                        "sh3:{}|{}|{}",
+                        at(&shape, j - 1),
+                        shape[i],
+                        at(&shape, j + 1)
+                    ),
+                    format!("w-2w-1:{}|{}", at(&word, j - 2), at(&word, j - 1)),
+                    format!("w+1w+2:{}|{}", at(&word, j + 1), at(&word, j + 2)),
+                    format!("wsh+1:{w}|{}", at(&shape, j + 1)),
+                    format!("sh-1w:{}|{w}", at(&shape, j - 1)),
                 ];
                 for c in &ctx {
                     f.push(format!("c:{c}"));
                     f.push(format!("c+sh:{c}|{}", shape[i]));
                     f.push(format!("c+w:{c}|{w}"));
+                    f.push(format!("c+w-1:{c}|{}", at(&word, j - 1)));
+                    f.push(format!("c+w+1:{c}|{}", at(&word, j + 1)));
+                    f.push(format!(
+                        "c+sh3:{c}|{}|{}|{}",
+                        at(&shape, j - 1),
+                        shape[i],
+                        at(&shape, j + 1)
+                    ));
                 }
                 f.iter().map(|s| bucket(s, self.buckets)).collect()
             })

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The linear tagger on Restaurant-8k gold (8,140 train / 3,713 test turns; the converter's
+# overlap-free spans) vs sklearn-crfsuite's linear-chain CRF (L-BFGS, c1 = c2 = 0.1, 100
+# iterations) on the same word tokens with the same feature templates (crates/distill-train/
+# src/tagging/linear.rs: word, prefixes, suffixes, shape, neighbours and their pairs, and the
+# question the assistant had asked, alone and joined with the word, its neighbours and the
+# shapes), same machine, same run, one fit each, one thread each: exact-match span F1
+# on test (seqeval's definition, on character offsets) and training wall time.
+# distill's time is the whole `distill train` process (start, reading, writing the model);
+# the CRF's is `fit` alone (reading, features and imports excluded), which favours the peer.
+# Usage: scripts/bench/extract_linear.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+. scripts/bench/lib.sh
+py=${PYTHON:-$root/.venv/bin/python}
+if ! "$py" -c 'import sklearn_crfsuite' 2>/dev/null; then
+  python3 -m venv "$root/.venv" && "$root/.venv/bin/pip" install --quiet sklearn-crfsuite
+  py=$root/.venv/bin/python
+fi
+export RAYON_NUM_THREADS=1 OMP_NUM_THREADS=1
+distill=$(distill_bin)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+shared=../shared/datasets/restaurant8k
+for split in train test; do
+  python3 scripts/convert_restaurant8k.py "$shared/$split.json" "$work/$split.jsonl" "$split" 2>/dev/null
+done
+cp datasets/restaurant8k/task.toml "$work/task.toml"
+# Gold as a teacher dataset: the tagger learns from records.
+python3 - "$work/train.jsonl" "$work/gold-records.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[2], "w") as out:
+    for line in open(sys.argv[1], encoding="utf-8"):
+        r = json.loads(line)
+        out.write(json.dumps({"id": r["id"], "text": r["text"], "status": "ok",
+            "context": {"requested_slots": ", ".join(r["requested_slots"])},
+            "output": {"spans": r["spans"]}, "provider": "gold", "model": "gold"}) + "\n")
+PY
+
+echo "== distill linear tagger (1 thread)"
+t0=$(date +%s.%N)
+$distill -q --state-dir "$work/state" train --task "$work/task.toml" --data "$work/gold-records.jsonl" \
+  --student linear --dev-fraction 0 --out "$work/tagger" >/dev/null
+t1=$(date +%s.%N)
+said=$($distill -q predict --model "$work/tagger" --input "$work/test.jsonl" --gold-column spans \
+  --out "$work/tagged.jsonl")
+d_f1=$(echo "$said" | sed -n 's/.*span F1 vs gold \([0-9.]*\).*/\1/p')
+d_train=$(echo "$t1 - $t0" | bc -l)
+printf 'distill: train %.2f s, span F1 %.4f (%s)\n' "$d_train" "$d_f1" "$said"
+
+echo "== sklearn-crfsuite CRF (1 thread)"
+read -r p_train p_f1 versions < <("$py" - "$work/train.jsonl" "$work/test.jsonl" <<'PY'
+import json, re, sys, time
+from importlib.metadata import version
+import sklearn_crfsuite
+
+def load(p):
+    return [json.loads(l) for l in open(p, encoding="utf-8")]
+
+def tokens(text):  # distill's word tokens: runs of letters and digits, other visible characters alone
+    return [(m.start(), m.end()) for m in re.finditer(r"[^\W_]+|[^\w\s]|_", text)]
+
+def shape(w):
+    out = ""
+    for c in w:
+        k = "X" if c.isupper() else "x" if c.islower() else "d" if c.isdigit() else c
+        if not out.endswith(k):
+            out += k
+    return out
+
+def features(r):
+    t = r["text"]; toks = tokens(t)
+    words = [t[s:e].lower() for s, e in toks]; shapes = [shape(t[s:e]) for s, e in toks]
+    at = lambda v, i: v[i] if 0 <= i < len(v) else ("<s>" if i < 0 else "</s>")
+    ctx = ["requested_slots=" + x for x in r["requested_slots"]]
+    out = []
+    for i, w in enumerate(words):
+        f = {"b": 1.0, "w:" + w: 1.0, "p:" + w[:3]: 1.0, "s:" + w[-3:]: 1.0, "sh:" + shapes[i]: 1.0,
+             "w-1:" + at(words, i - 1): 1.0, "w+1:" + at(words, i + 1): 1.0,
+             "w-2:" + at(words, i - 2): 1.0, "w+2:" + at(words, i + 2): 1.0,
+             "sh-1:" + at(shapes, i - 1): 1.0, "sh+1:" + at(shapes, i + 1): 1.0,
+             "w-1w:" + at(words, i - 1) + "|" + w: 1.0, "ww+1:" + w + "|" + at(words, i + 1): 1.0,
+             "p4:" + w[:4]: 1.0, "s4:" + w[-4:]: 1.0,
+             "sh3:" + at(shapes, i - 1) + "|" + shapes[i] + "|" + at(shapes, i + 1): 1.0,
+             "w-2w-1:" + at(words, i - 2) + "|" + at(words, i - 1): 1.0,
+             "w+1w+2:" + at(words, i + 1) + "|" + at(words, i + 2): 1.0,
+             "wsh+1:" + w + "|" + at(shapes, i + 1): 1.0, "sh-1w:" + at(shapes, i - 1) + "|" + w: 1.0}
+        for c in ctx:
+            f["c:" + c] = 1.0; f["c+sh:" + c + "|" + shapes[i]] = 1.0; f["c+w:" + c + "|" + w] = 1.0
+            f["c+w-1:" + c + "|" + at(words, i - 1)] = 1.0; f["c+w+1:" + c + "|" + at(words, i + 1)] = 1.0
+            f["c+sh3:" + c + "|" + at(shapes, i - 1) + "|" + shapes[i] + "|" + at(shapes, i + 1)] = 1.0
+        out.append(f)
+    return out, toks
+
+def tags(r, toks):
+    y = ["O"] * len(toks)
+    for s in r["spans"]:
+        inside = [i for i, (a, b) in enumerate(toks) if a < s["end"] and s["start"] < b]
+        for j, i in enumerate(inside):
+            y[i] = ("B-" if j == 0 else "I-") + s["slot"]
+    return y
+
+def spans(y, toks):
+    out, cur = [], None
+    for t, (a, b) in zip(y, toks):
+        if t == "O":
+            cur = None; continue
+        kind, slot = t.split("-", 1)
+        if kind == "I" and cur is not None and cur[0] == slot:
+            cur[2] = b
+        else:
+            cur = [slot, a, b]; out.append(cur)
+    return {tuple(s) for s in out}
+
+train, test = load(sys.argv[1]), load(sys.argv[2])
+X, Y = [], []
+for r in train:
+    f, toks = features(r); X.append(f); Y.append(tags(r, toks))
+crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=0.1, c2=0.1, max_iterations=100)
+t = time.perf_counter()
+crf.fit(X, Y)
+train_s = time.perf_counter() - t
+hit = n = 0
+for r in test:
+    f, toks = features(r)
+    p = spans(crf.predict_single(f), toks)
+    g = {(s["slot"], s["start"], s["end"]) for s in r["spans"]}
+    hit += len(p & g); n += len(p) + len(g)
+print(f"{train_s:.3f} {2 * hit / n:.4f} sklearn-crfsuite={version('sklearn-crfsuite')},python-crfsuite={version('python-crfsuite')}")
+PY
+)
+printf '%s, 1 thread: train %.2f s, span F1 %.4f\n' "$versions" "$p_train" "$p_f1"
+printf 'span F1: distill %.4f vs CRF %.4f (goal: >=)\n' "$d_f1" "$p_f1"
+printf 'train time ratio (CRF / distill, >1 = distill faster): %.2f\n' "$(echo "$p_train / $d_train" | bc -l)"
