@@ -15,6 +15,7 @@ pub mod cost;
 pub mod curve;
 pub mod data;
 pub mod error;
+pub mod extract;
 pub mod metrics;
 pub mod open_set;
 mod pricing;

@@ -163,7 +163,9 @@ pub fn options(args: &Args, g: &Global) -> EvalOptions {
 
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let spec = TaskSpec::load(&args.task)?;
-    crate::cmd::refuse_extract(&spec, "distill eval")?;
+    if spec.is_extract() {
+        return extract(&args, &spec);
+    }
     if spec.route.is_some() {
         return route(&args, &spec, g);
     }
@@ -255,5 +257,64 @@ fn route(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
         .with_context(|| format!("route eval of task `{}`", spec.name))?;
     print!("{}", outcome.summary);
     println!("report: {}", outcome.out.join("report.html").display());
+    Ok(())
+}
+
+/// An extract task: the tagger against gold and the teacher, and its cascade.
+fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
+    let [model] = args.models.as_slice() else {
+        anyhow::bail!("--model: an extract task is evaluated one tagger at a time (distill train --student linear)");
+    };
+    if !args.api.is_empty() || args.curve.is_some() {
+        anyhow::bail!("--api and --curve are not built for extract tasks yet");
+    }
+    let test = args
+        .test
+        .clone()
+        .or_else(|| spec.input.test_path.clone())
+        .context("--test: no test file given and the task names no input.test_path")?;
+    let floor = match args.floor {
+        Some((FloorMetric::Accuracy, f)) | Some((FloorMetric::Agreement, f)) => Some(f),
+        None => None,
+    };
+    let r = distill_eval::extract::run(
+        spec,
+        model,
+        &args.out,
+        &distill_eval::extract::ExtractEvalOptions {
+            test: &test,
+            teacher_labels: args.teacher_labels.as_deref(),
+            floor,
+            calibration_fraction: args.calibration_fraction,
+            seed: args.seed,
+            force: args.force,
+        },
+    )?;
+    let line = |name: &str, q: &Option<distill_eval::span_metrics::SpanScores>| {
+        if let Some(q) = q {
+            println!(
+                "{name}: span F1 {:.4} [{:.4}, {:.4}], partial F1 {:.4}, exact inputs {:.4}",
+                q.exact.f1.value,
+                q.exact.f1.lo,
+                q.exact.f1.hi,
+                q.partial.f1.value,
+                q.exact_inputs.value
+            );
+        }
+    };
+    line("student vs gold", &r.student_vs_gold);
+    line("teacher vs gold", &r.teacher_vs_gold);
+    line("student vs teacher", &r.student_vs_teacher);
+    if let Some(c) = &r.cascade {
+        println!(
+            "cascade: threshold {:.4}, held-out exact inputs {:.4} vs floor {:.4} ({}), escalating {:.1}%",
+            c.threshold,
+            c.held_out.quality.value,
+            r.floor,
+            if c.floor_held { "held" } else { "NOT held" },
+            100.0 * c.held_out.escalated_fraction
+        );
+    }
+    println!("wrote {}", args.out.display());
     Ok(())
 }

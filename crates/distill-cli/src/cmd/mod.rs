@@ -21,8 +21,8 @@ pub fn refuse_extract(spec: &distill_core::TaskSpec, what: &str) -> anyhow::Resu
             "{}: {what} does not handle extract tasks yet. Today an extract task is \
              labelled (distill teach, with distill sim-teacher offline: records keep \
              `output.spans` with character offsets), trained (distill train --student linear: \
-             the linear tagger) and run (distill predict, which scores span F1 against gold); \
-             eval and serve for it come next",
+             the linear tagger) and run (distill predict) and evaluated (distill eval); serve \
+             for it comes next",
             spec.path.display()
         );
     }

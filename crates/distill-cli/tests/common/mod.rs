@@ -120,15 +120,21 @@ pub fn teach_via(
 /// `$DISTILL_TEST_PYTHON` (else `python3`) when it can import scikit-learn; a set variable that
 /// cannot is an error, not a skip.
 pub fn python_with_sklearn() -> Option<String> {
+    python_with("sklearn")
+}
+
+/// `$DISTILL_TEST_PYTHON` (else `python3`) when it can import `module`; a set variable that
+/// cannot is an error, not a skip (scripts/test.sh installs what the tests import).
+pub fn python_with(module: &str) -> Option<String> {
     let explicit = std::env::var("DISTILL_TEST_PYTHON").ok();
     let py = explicit.clone().unwrap_or_else(|| "python3".into());
     let ok = Command::new(&py)
-        .args(["-c", "import sklearn"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok && explicit.is_some() {
-        panic!("DISTILL_TEST_PYTHON={py} cannot import sklearn");
+        panic!("DISTILL_TEST_PYTHON={py} cannot import {module}");
     }
     ok.then_some(py)
 }

@@ -3,34 +3,17 @@
 //! recomputed by seqeval in `scripts/verify/spans_vs_seqeval.py`. A tampered figure must be
 //! caught, so the check can fail.
 
+mod common;
+
+use common::repo;
 use distill_core::spans::{parse_spans, Span};
 use distill_core::LabelSet;
 use distill_eval::span_metrics::span_quality;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `$DISTILL_TEST_PYTHON` (else `python3`) when it can import seqeval; a set variable that
-/// cannot is an error, not a skip.
-fn python_with_seqeval() -> Option<String> {
-    let explicit = std::env::var("DISTILL_TEST_PYTHON").ok();
-    let py = explicit.clone().unwrap_or_else(|| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import seqeval"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok && explicit.is_some() {
-        panic!("DISTILL_TEST_PYTHON={py} cannot import seqeval (scripts/test.sh installs it)");
-    }
-    ok.then_some(py)
-}
 
 #[test]
 fn span_metrics_match_seqeval_on_restaurant8k() {
-    let Some(py) = python_with_seqeval() else {
+    let Some(py) = common::python_with("seqeval") else {
         eprintln!(
             "skipping: no python3 with seqeval (set DISTILL_TEST_PYTHON; scripts/test.sh does)"
         );

@@ -1,0 +1,269 @@
+//! `distill eval` for an extract task: the tagger's spans (and the teacher's, from its
+//! labels of the test inputs) against gold with [`span_quality`], the student against the
+//! teacher, and the cascade behind a floor.
+//!
+//! The cascade works on inputs, as for every kind: an input is right when its whole answer
+//! is (every span, nothing extra, the "exact inputs" figure); the student's confidence is its
+//! least sure token. The threshold is chosen on a seeded calibration split against the floor
+//! (by default the teacher's exact-input rate there) and checked on the rest, with
+//! [`crate::cascade::choose`]. Without gold, "right" means "as the teacher answered".
+//!
+//! Writes `metrics.json` (this module's [`ExtractReport`]), `report.md`, and `spans.json`
+//! (texts, reference and predicted spans, scores) for `scripts/verify/spans_vs_seqeval.py`.
+
+use crate::cascade::{choose, split, CascadeChoice, CascadeItem};
+use crate::error::{EvalError, Result};
+use crate::span_metrics::{span_quality, SpanScores};
+use distill_core::input::{read_inputs, Columns};
+use distill_core::spans::{parse_spans, Span};
+use distill_core::{TaskSpec, TeacherRecord};
+use distill_train::tagging::model::{load, TaggerMeta};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtractReport {
+    pub task: String,
+    pub kind: String,
+    pub model: String,
+    pub student: TaggerMeta,
+    pub n: usize,
+    /// The student against gold (absent without a gold column).
+    pub student_vs_gold: Option<SpanScores>,
+    pub teacher_vs_gold: Option<SpanScores>,
+    pub student_vs_teacher: Option<SpanScores>,
+    /// What "right" means for the cascade: `gold` or `teacher`.
+    pub reference: String,
+    pub floor: f64,
+    pub floor_source: String,
+    pub cascade: Option<CascadeChoice>,
+    /// The teacher's mean dollars per input, from its records.
+    pub teacher_cost_per_request_usd: Option<f64>,
+}
+
+pub struct ExtractEvalOptions<'a> {
+    pub test: &'a Path,
+    pub teacher_labels: Option<&'a Path>,
+    pub floor: Option<f64>,
+    pub calibration_fraction: f64,
+    pub seed: u64,
+    /// Replace an existing eval directory.
+    pub force: bool,
+}
+
+fn other(e: impl std::fmt::Display) -> EvalError {
+    EvalError::Other(e.to_string())
+}
+
+pub fn run(
+    spec: &TaskSpec,
+    model: &Path,
+    out: &Path,
+    o: &ExtractEvalOptions,
+) -> Result<ExtractReport> {
+    let (tagger, meta) = load(model).map_err(other)?;
+    let mut cols = Columns::from(&spec.input);
+    cols.context = meta.context_columns.clone();
+    let gold_field = cols.gold.clone().unwrap_or_default();
+    let slots = &spec.labels;
+    let (mut texts, mut gold, mut pred, mut conf, mut keys) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for item in read_inputs(o.test, spec.input.format, &cols)? {
+        let item = item?;
+        let (spans, c) = tagger.predict(&item.text, &item.context);
+        if let Some(g) = &item.gold {
+            gold.push(
+                parse_spans(g, &item.text, slots).map_err(|e| {
+                    distill_core::CoreError::data(o.test, item.line, &gold_field, e)
+                })?,
+            );
+        }
+        keys.push(spec.render_user_with(&item.text, &item.context));
+        texts.push(item.text);
+        pred.push(spans);
+        conf.push(c as f64);
+    }
+    let n = texts.len();
+    if n == 0 {
+        return Err(other(format!("{}: no test inputs", o.test.display())));
+    }
+    let has_gold = gold.len() == n;
+    // The teacher's answers, matched to test inputs by their whole prompt (text and context).
+    let (mut teacher, mut cost): (Vec<Option<Vec<Span>>>, Vec<f64>) = (vec![None; n], Vec::new());
+    if let Some(path) = o.teacher_labels {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
+        let mut by_prompt: HashMap<String, (Option<Vec<Span>>, f64)> = HashMap::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let r: TeacherRecord = serde_json::from_str(line).map_err(|e| {
+                distill_core::CoreError::data(
+                    path,
+                    i as u64 + 1,
+                    "line",
+                    format!("not a teacher record: {e}"),
+                )
+            })?;
+            let spans = r
+                .answer(slots)
+                .map(|a| parse_spans(&a, &r.text, slots))
+                .transpose()
+                .map_err(|e| {
+                    distill_core::CoreError::data(path, i as u64 + 1, "output.spans", e)
+                })?;
+            by_prompt.insert(
+                spec.render_user_with(&r.text, &r.context),
+                (spans, r.cost_usd),
+            );
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if let Some((s, c)) = by_prompt.get(k) {
+                teacher[i] = s.clone();
+                cost.push(*c);
+            }
+        }
+    }
+    let have_teacher = teacher.iter().any(Option::is_some);
+    let names = &slots.names;
+    let seed = o.seed;
+    let teacher_or_empty: Vec<Vec<Span>> = teacher
+        .iter()
+        .map(|t| t.clone().unwrap_or_default())
+        .collect();
+    let student_vs_gold = has_gold.then(|| span_quality(&gold, &pred, names, seed));
+    let teacher_vs_gold =
+        (has_gold && have_teacher).then(|| span_quality(&gold, &teacher_or_empty, names, seed));
+    let student_vs_teacher =
+        have_teacher.then(|| span_quality(&teacher_or_empty, &pred, names, seed));
+
+    let same = |a: &[Span], b: &[Span]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.slot == y.slot && x.start == y.start && x.end == y.end)
+    };
+    let reference: &[Vec<Span>] = if has_gold { &gold } else { &teacher_or_empty };
+    let items: Vec<CascadeItem> = (0..n)
+        .map(|i| CascadeItem {
+            confidence: conf[i],
+            student_right: same(&pred[i], &reference[i]),
+            teacher_right: teacher[i].as_ref().is_some_and(|t| same(t, &reference[i])),
+        })
+        .collect();
+    let (cal, held) = split(n, o.calibration_fraction, seed);
+    let pick = |idx: &[usize]| idx.iter().map(|&i| items[i]).collect::<Vec<_>>();
+    let (cal_items, held_items) = (pick(&cal), pick(&held));
+    let teacher_cal =
+        cal_items.iter().filter(|i| i.teacher_right).count() as f64 / cal_items.len().max(1) as f64;
+    let (floor, floor_source) = match o.floor {
+        Some(f) => (f, "--floor".to_string()),
+        None if has_gold && have_teacher => (
+            teacher_cal,
+            "the teacher's exact-input rate on the calibration split".to_string(),
+        ),
+        None => (
+            crate::cascade::DEFAULT_AGREEMENT_FLOOR,
+            "default".to_string(),
+        ),
+    };
+    let teacher_cost = (!cost.is_empty()).then(|| cost.iter().sum::<f64>() / cost.len() as f64);
+    let cascade = (have_teacher && !cal_items.is_empty() && !held_items.is_empty())
+        .then(|| choose(&cal_items, &held_items, floor, Some(0.0), teacher_cost));
+
+    let report = ExtractReport {
+        task: spec.name.clone(),
+        kind: "extract".into(),
+        model: model.display().to_string(),
+        student: meta,
+        n,
+        student_vs_gold,
+        teacher_vs_gold,
+        student_vs_teacher,
+        reference: if has_gold { "gold" } else { "teacher" }.into(),
+        floor,
+        floor_source,
+        cascade,
+        teacher_cost_per_request_usd: teacher_cost,
+    };
+    let spans_doc = serde_json::json!({
+        "texts": texts, "slots": names, "reference": reference, "predicted": pred,
+        "scores": report.student_vs_gold.as_ref().or(report.student_vs_teacher.as_ref()),
+    });
+    let json = serde_json::to_string_pretty(&report).map_err(other)?;
+    let md = markdown(&report);
+    distill_core::fsutil::replace_dir(out, distill_core::fsutil::EVAL_DIR, o.force, |dir| {
+        let w = |name: &str, body: &[u8]| {
+            distill_core::fsutil::write_atomic(dir.join(name), body).map_err(EvalError::from)
+        };
+        w("metrics.json", json.as_bytes())?;
+        w("report.md", md.as_bytes())?;
+        w("spans.json", spans_doc.to_string().as_bytes())
+    })?;
+    Ok(report)
+}
+
+fn markdown(r: &ExtractReport) -> String {
+    use std::fmt::Write;
+    let mut s = format!(
+        "# {}: extraction eval\n\n{} test inputs; student `{}` ({}).\n\n",
+        r.task, r.n, r.model, r.student.student
+    );
+    let _ = writeln!(s, "| | exact span F1 | precision | recall | partial F1 | exact inputs |\n|---|---|---|---|---|---|");
+    for (name, q) in [
+        ("student vs gold", &r.student_vs_gold),
+        ("teacher vs gold", &r.teacher_vs_gold),
+        ("student vs teacher", &r.student_vs_teacher),
+    ] {
+        if let Some(q) = q {
+            let _ = writeln!(
+                s,
+                "| {name} | {:.4} [{:.4}, {:.4}] | {:.4} | {:.4} | {:.4} | {:.4} |",
+                q.exact.f1.value,
+                q.exact.f1.lo,
+                q.exact.f1.hi,
+                q.exact.precision,
+                q.exact.recall,
+                q.partial.f1.value,
+                q.exact_inputs.value
+            );
+        }
+    }
+    if let Some(q) = r.student_vs_gold.as_ref().or(r.student_vs_teacher.as_ref()) {
+        let _ = writeln!(s, "\n## Per slot (student, exact match)\n\n| slot | precision | recall | F1 | support |\n|---|---|---|---|---|");
+        for p in &q.per_slot {
+            let _ = writeln!(
+                s,
+                "| {} | {:.4} | {:.4} | {:.4} | {} |",
+                p.slot, p.precision, p.recall, p.f1, p.support
+            );
+        }
+    }
+    match &r.cascade {
+        Some(c) => {
+            let _ = writeln!(
+                s,
+                "\n## Cascade (an input is right when its whole answer is; reference: {})\n\n\
+                 Floor {:.4} ({}). Threshold {:.4} on the student's least sure token: held-out \
+                 exact inputs {:.4} (teacher alone {:.4}, student alone {:.4}), escalating {:.1}%; \
+                 floor {}.",
+                r.reference,
+                r.floor,
+                r.floor_source,
+                c.threshold,
+                c.held_out.quality.value,
+                c.held_out.teacher_quality.value,
+                c.held_out.student_quality.value,
+                100.0 * c.held_out.escalated_fraction,
+                if c.floor_held { "held" } else { "NOT held" }
+            );
+        }
+        None => s.push_str(
+            "\nNo cascade: give the teacher's labels of the test inputs (--teacher-labels).\n",
+        ),
+    }
+    s
+}
