@@ -397,3 +397,47 @@ fn bad_gold_spans_fail_naming_file_line_and_field() {
         "{err}"
     );
 }
+
+/// `distill quickstart --example restaurant8k` on the whole data set: the simulated teacher
+/// labels it, the tagger trains on its spans, and the cascade holds the teacher's floor.
+#[test]
+fn quickstart_distils_a_slot_extractor() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    restaurant8k("train", &data, 1);
+    restaurant8k("test", &data, 1);
+    std::fs::copy(
+        repo().join("datasets/restaurant8k/task.toml"),
+        data.join("task.toml"),
+    )
+    .unwrap();
+    let o = common::distill_ok(
+        d.path(),
+        &[
+            "quickstart",
+            "--example",
+            "restaurant8k",
+            "--task",
+            "data/task.toml",
+            "--models-dir",
+            "models",
+            "--evals-dir",
+            "evals",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    eprintln!("{said}");
+    let f1: f64 = said
+        .split("tagger vs gold : span F1 ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(f1 > 0.88, "{said}");
+    assert!(said.contains(", held), escalating"), "{said}");
+    assert!(d
+        .path()
+        .join("evals/restaurant8k-quickstart/report.md")
+        .is_file());
+}

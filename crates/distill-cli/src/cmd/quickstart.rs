@@ -13,10 +13,11 @@ use std::time::Instant;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Which loop: `banking77` (distil an intent classifier; the default), `mixsnips` (distil a
-    /// multilabel tagger: every intent of a multi-intent request) or `mmlu-routing` (learn
-    /// which MMLU questions the cheap model answers as well as the premium one, from RouteLLM's
+    /// multilabel tagger: every intent of a multi-intent request), `restaurant8k` (distil a
+    /// slot extractor: date, time, party size and name spans) or `mmlu-routing` (learn which
+    /// MMLU questions the cheap model answers as well as the premium one, from RouteLLM's
     /// recorded outcomes).
-    #[arg(long, default_value = "banking77", value_parser = ["banking77", "mixsnips", "mmlu-routing"])]
+    #[arg(long, default_value = "banking77", value_parser = ["banking77", "mixsnips", "restaurant8k", "mmlu-routing"])]
     pub example: String,
     /// Task spec to run the loop on [default: datasets/<example>/task.toml].
     #[arg(long)]
@@ -173,6 +174,18 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
     let teacher_train = teacher_train.expect("set above");
     let teacher_test = teacher_test.expect("set above");
 
+    if spec.is_extract() {
+        return extraction(
+            &args,
+            &spec,
+            &teacher_train,
+            &test_file,
+            &teacher_test,
+            sim,
+            started,
+        );
+    }
+
     // 3. Train the students on the teacher's labels.
     step(3, "training students on the teacher's labels");
     let mut kinds = vec![StudentKind::Linear];
@@ -254,6 +267,79 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
     println!("report: {}", outcome.report_html().display());
     println!("        {}", outcome.report_md().display());
     println!("        {}", outcome.metrics_json().display());
+    eprintln!(
+        "\nquickstart finished in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Steps 3 and 4 of an extract task: the linear tagger on the teacher's spans, then eval.
+fn extraction(
+    args: &Args,
+    spec: &TaskSpec,
+    teacher_train: &Path,
+    test_file: &Path,
+    teacher_test: &Path,
+    sim: distill_sim::SimHandle,
+    started: Instant,
+) -> Result<()> {
+    eprintln!("\n[3/4] training the linear tagger on the teacher's spans");
+    let model = args.models_dir.join(format!("{}-linear", spec.name));
+    let r = distill_train::tagging::model::train_linear(
+        spec,
+        teacher_train,
+        &model,
+        true,
+        0.1,
+        args.seed,
+    )
+    .context("training the linear tagger")?;
+    eprintln!(
+        "      {}: dev span F1 {:.3} (vs the teacher's spans), {:.1}s",
+        model.display(),
+        r.meta.dev_span_f1.unwrap_or(f64::NAN),
+        r.seconds
+    );
+    eprintln!("\n[4/4] evaluating: span F1, the cascade");
+    let out = args.evals_dir.join(format!("{}-quickstart", spec.name));
+    let e = distill_eval::extract::run(
+        spec,
+        &model,
+        &out,
+        &distill_eval::extract::ExtractEvalOptions {
+            test: test_file,
+            teacher_labels: Some(teacher_test),
+            floor: None,
+            calibration_fraction: 0.3,
+            seed: args.seed,
+            force: true,
+        },
+    )
+    .context("evaluating the tagger")?;
+    drop(sim);
+    for (name, q) in [
+        ("tagger vs gold ", &e.student_vs_gold),
+        ("teacher vs gold", &e.teacher_vs_gold),
+    ] {
+        if let Some(q) = q {
+            println!(
+                "{name}: span F1 {:.4} [{:.4}, {:.4}], exact inputs {:.4}",
+                q.exact.f1.value, q.exact.f1.lo, q.exact.f1.hi, q.exact_inputs.value
+            );
+        }
+    }
+    if let Some(c) = &e.cascade {
+        println!(
+            "cascade:linear : exact inputs {:.4} on held-out (floor {:.4}, {}), escalating {:.1}% to the teacher",
+            c.held_out.quality.value,
+            e.floor,
+            if c.floor_held { "held" } else { "NOT held" },
+            100.0 * c.held_out.escalated_fraction
+        );
+    }
+    println!("report: {}", out.join("report.md").display());
+    println!("        {}", out.join("metrics.json").display());
     eprintln!(
         "\nquickstart finished in {:.0}s",
         started.elapsed().as_secs_f64()
