@@ -189,7 +189,14 @@ impl Folded {
                 continue;
             }
             // One folded character per original keeps the mapping exact (`İ` lower-cases
-            // to two characters; its first stands for it).
+            // to two characters; its first stands for it). Typographic quotes and dashes
+            // fold to ASCII: models often retype "won’t" as "won't".
+            let c = match c {
+                '\u{2018}' | '\u{2019}' | '\u{02bc}' => '\'',
+                '\u{201c}' | '\u{201d}' => '"',
+                '\u{2013}' | '\u{2014}' => '-',
+                c => c,
+            };
             out.push(c.to_lowercase().next().unwrap_or(c));
             origin.push(i);
         }
@@ -288,6 +295,16 @@ mod tests {
         // Runs of whitespace in the text match one space in the quote.
         let got = align(text, &[q("people", "for four")]).unwrap();
         assert_eq!(placed(&got), [("people", 6, 15, "for  Four")]);
+        // A retyped apostrophe or dash still finds the original characters.
+        let got = align(
+            "I won’t be there 7–8pm",
+            &[q("time", "7-8pm"), q("people", "won't")],
+        )
+        .unwrap();
+        assert_eq!(
+            placed(&got),
+            [("people", 2, 7, "won’t"), ("time", 17, 22, "7–8pm")]
+        );
         let e = align(text, &[q("time", "8pm")]).unwrap_err();
         assert!(
             e.contains("`8pm`") && e.contains("not in the message"),

@@ -25,6 +25,7 @@ pub struct Args {
     pub out_of_scope_examples: Vec<PathBuf>,
     /// Student kind: `linear` (hashed n-grams + logistic regression; seconds on a CPU),
     /// `encoder-head` (frozen sentence encoder + head) or `encoder-finetune` (whole encoder).
+    /// An extract task trains `linear`: the linear tagger (BIO tags over word tokens).
     #[arg(long, default_value = "linear")]
     pub student: StudentKind,
     /// Output model directory, written atomically. An existing distill model directory there is
