@@ -294,6 +294,46 @@ fn spans_are_taught_with_offsets_and_context() {
             > c["held_out"]["student_quality"]["value"].as_f64().unwrap(),
         "the cascade beats the student alone: {c}"
     );
+    // Labels for half the test inputs: the teacher is scored on those, not charged for the rest.
+    let half: Vec<String> = std::fs::read_to_string(dir.join("teacher-test.jsonl"))
+        .unwrap()
+        .lines()
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    std::fs::write(dir.join("teacher-half.jsonl"), half.join("\n") + "\n").unwrap();
+    common::distill_ok(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--model",
+            "tagger",
+            "--test",
+            "test.jsonl",
+            "--teacher-labels",
+            "teacher-half.jsonl",
+            "--out",
+            "evals-half",
+        ],
+    );
+    let h: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("evals-half/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        h["teacher_matched"].as_u64(),
+        Some(half.len() as u64),
+        "{h}"
+    );
+    assert!(
+        h["teacher_vs_gold"]["exact"]["f1"]["value"]
+            .as_f64()
+            .unwrap()
+            > 0.9,
+        "{h}"
+    );
     let report = std::fs::read_to_string(dir.join("evals/report.md")).unwrap();
     for want in [
         "student vs gold",

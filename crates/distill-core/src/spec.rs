@@ -251,10 +251,6 @@ user's message (possibly several, possibly none). Reply with JSON only: \
 fn default_user_template() -> String {
     "Allowed labels:\n{labels}\n\nMessage:\n{text}".into()
 }
-/// The default template with the input's context (for specs naming context columns).
-fn default_context_template() -> String {
-    "Allowed labels:\n{labels}\n\n{context}Message:\n{text}".into()
-}
 fn default_extract_prompt() -> String {
     "You are a careful annotator. Find the values of the allowed slots in the user's message. \
 Copy each value exactly as it is written in the message; leave out slots it does not give. \
@@ -481,10 +477,6 @@ impl TaskSpec {
                 }
                 _ => {}
             }
-            if !file.input.context_columns.is_empty() && t.user_template == default_user_template()
-            {
-                t.user_template = default_context_template();
-            }
         }
         let Some(teacher) = file.teacher.clone() else {
             return Err(CoreError::spec(
@@ -548,6 +540,14 @@ impl TaskSpec {
                 path,
                 "teacher.user_template",
                 "must contain the placeholder {text}",
+            ));
+        }
+        if !file.input.context_columns.is_empty() && file.kind != TaskKind::Extract {
+            return Err(CoreError::spec(
+                path,
+                "input.context_columns",
+                "only extract tasks read context columns so far (their students and eval see \
+                 them; the other kinds' students and serve would not)",
             ));
         }
         if !file.input.context_columns.is_empty() && !t.user_template.contains("{context}") {
@@ -766,6 +766,21 @@ model = "gpt-4o-mini"
         assert_eq!(s.labels.names, vec!["a", "b"]);
         assert!(s.render_user("hi").contains("- a: first\n- b\n"));
         assert_eq!(s.api_key_env(), "OPENAI_API_KEY");
+    }
+
+    #[test]
+    fn only_extract_tasks_read_context_columns() {
+        let with = SPEC.replace(
+            "gold_column = \"category\"",
+            "gold_column = \"category\"\ncontext_columns = [\"asked\"]",
+        );
+        let e = TaskSpec::parse(&with, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("input.context_columns") && e.contains("only extract"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `distill eval` for an extract task: the tagger's spans (and the teacher's, from its
 //! labels of the test inputs) against gold with [`span_quality`], the student against the
-//! teacher, and the cascade behind a floor.
+//! teacher, and the cascade behind a floor. Teacher records are matched to test inputs by
+//! text and context; the teacher's figures and the cascade cover the matched inputs.
 //!
 //! The cascade works on inputs, as for every kind: an input is right when its whole answer
 //! is (every span, nothing extra, the "exact inputs" figure); the student's confidence is its
@@ -29,6 +30,9 @@ pub struct ExtractReport {
     pub model: String,
     pub student: TaggerMeta,
     pub n: usize,
+    /// Test inputs the teacher's labels have a record for (text and context alike); the
+    /// teacher's figures and the cascade are over these.
+    pub teacher_matched: usize,
     /// The student against gold (absent without a gold column).
     pub student_vs_gold: Option<SpanScores>,
     pub teacher_vs_gold: Option<SpanScores>,
@@ -69,17 +73,25 @@ pub fn run(
     let slots = &spec.labels;
     let (mut texts, mut gold, mut pred, mut conf, mut keys) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut without_gold: Option<u64> = None;
+    // A test input and a teacher record are the same input when text and context are.
+    let key = |text: &str, context: &distill_core::spec::Context| {
+        serde_json::to_string(&(text, context)).unwrap_or_default()
+    };
     for item in read_inputs(o.test, spec.input.format, &cols)? {
         let item = item?;
         let (spans, c) = tagger.predict(&item.text, &item.context);
-        if let Some(g) = &item.gold {
-            gold.push(
-                parse_spans(g, &item.text, slots).map_err(|e| {
+        match &item.gold {
+            Some(g) => {
+                gold.push(parse_spans(g, &item.text, slots).map_err(|e| {
                     distill_core::CoreError::data(o.test, item.line, &gold_field, e)
-                })?,
-            );
+                })?)
+            }
+            None => {
+                without_gold.get_or_insert(item.line);
+            }
         }
-        keys.push(spec.render_user_with(&item.text, &item.context));
+        keys.push(key(&item.text, &item.context));
         texts.push(item.text);
         pred.push(spans);
         conf.push(c as f64);
@@ -88,57 +100,82 @@ pub fn run(
     if n == 0 {
         return Err(other(format!("{}: no test inputs", o.test.display())));
     }
+    if let (Some(line), false) = (without_gold, gold.is_empty()) {
+        return Err(distill_core::CoreError::data(
+            o.test,
+            line,
+            &gold_field,
+            "no gold spans here, while other rows have them: give every row its gold (`[]` for none)",
+        )
+        .into());
+    }
     let has_gold = gold.len() == n;
-    // The teacher's answers, matched to test inputs by their whole prompt (text and context).
-    let (mut teacher, mut cost): (Vec<Option<Vec<Span>>>, Vec<f64>) = (vec![None; n], Vec::new());
+    // The teacher's answers by input: `Some(None)` is a record without a usable answer.
+    let mut teacher: Vec<Option<Option<Vec<Span>>>> = vec![None; n];
+    let mut cost = Vec::new();
     if let Some(path) = o.teacher_labels {
         let text =
             std::fs::read_to_string(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
-        let mut by_prompt: HashMap<String, (Option<Vec<Span>>, f64)> = HashMap::new();
+        let mut by_input: HashMap<String, (Option<Vec<Span>>, f64)> = HashMap::new();
         for (i, line) in text
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
-            let r: TeacherRecord = serde_json::from_str(line).map_err(|e| {
-                distill_core::CoreError::data(
-                    path,
-                    i as u64 + 1,
-                    "line",
-                    format!("not a teacher record: {e}"),
-                )
-            })?;
+            let at = |field: &str, e: String| {
+                distill_core::CoreError::data(path, i as u64 + 1, field, e)
+            };
+            let r: TeacherRecord = serde_json::from_str(line)
+                .map_err(|e| at("line", format!("not a teacher record: {e}")))?;
             let spans = r
-                .answer(slots)
+                .answer_text()
                 .map(|a| parse_spans(&a, &r.text, slots))
                 .transpose()
-                .map_err(|e| {
-                    distill_core::CoreError::data(path, i as u64 + 1, "output.spans", e)
-                })?;
-            by_prompt.insert(
-                spec.render_user_with(&r.text, &r.context),
-                (spans, r.cost_usd),
-            );
+                .map_err(|e| at("output.spans", e))?;
+            by_input.insert(key(&r.text, &r.context), (spans, r.cost_usd));
         }
         for (i, k) in keys.iter().enumerate() {
-            if let Some((s, c)) = by_prompt.get(k) {
-                teacher[i] = s.clone();
+            if let Some((s, c)) = by_input.get(k) {
+                teacher[i] = Some(s.clone());
                 cost.push(*c);
             }
         }
+        if cost.is_empty() {
+            return Err(other(format!(
+                "{}: no record is one of the {n} test inputs of {} (same text and context)",
+                path.display(),
+                o.test.display()
+            )));
+        }
     }
-    let have_teacher = teacher.iter().any(Option::is_some);
+    // Teacher figures are over the inputs it has records for; a record without a usable
+    // answer counts as no spans (and as wrong in the cascade).
+    let matched: Vec<usize> = (0..n).filter(|&i| teacher[i].is_some()).collect();
+    let have_teacher = !matched.is_empty();
     let names = &slots.names;
     let seed = o.seed;
-    let teacher_or_empty: Vec<Vec<Span>> = teacher
+    let on = |v: &[Vec<Span>], idx: &[usize]| idx.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+    let teacher_spans: Vec<Vec<Span>> = teacher
         .iter()
-        .map(|t| t.clone().unwrap_or_default())
+        .map(|t| t.clone().flatten().unwrap_or_default())
         .collect();
     let student_vs_gold = has_gold.then(|| span_quality(&gold, &pred, names, seed));
-    let teacher_vs_gold =
-        (has_gold && have_teacher).then(|| span_quality(&gold, &teacher_or_empty, names, seed));
-    let student_vs_teacher =
-        have_teacher.then(|| span_quality(&teacher_or_empty, &pred, names, seed));
+    let teacher_vs_gold = (has_gold && have_teacher).then(|| {
+        span_quality(
+            &on(&gold, &matched),
+            &on(&teacher_spans, &matched),
+            names,
+            seed,
+        )
+    });
+    let student_vs_teacher = have_teacher.then(|| {
+        span_quality(
+            &on(&teacher_spans, &matched),
+            &on(&pred, &matched),
+            names,
+            seed,
+        )
+    });
 
     let same = |a: &[Span], b: &[Span]| {
         a.len() == b.len()
@@ -146,15 +183,19 @@ pub fn run(
                 .zip(b)
                 .all(|(x, y)| x.slot == y.slot && x.start == y.start && x.end == y.end)
     };
-    let reference: &[Vec<Span>] = if has_gold { &gold } else { &teacher_or_empty };
-    let items: Vec<CascadeItem> = (0..n)
-        .map(|i| CascadeItem {
+    let reference: &[Vec<Span>] = if has_gold { &gold } else { &teacher_spans };
+    let items: Vec<CascadeItem> = matched
+        .iter()
+        .map(|&i| CascadeItem {
             confidence: conf[i],
             student_right: same(&pred[i], &reference[i]),
-            teacher_right: teacher[i].as_ref().is_some_and(|t| same(t, &reference[i])),
+            teacher_right: teacher[i]
+                .as_ref()
+                .and_then(Option::as_ref)
+                .is_some_and(|t| same(t, &reference[i])),
         })
         .collect();
-    let (cal, held) = split(n, o.calibration_fraction, seed);
+    let (cal, held) = split(items.len(), o.calibration_fraction, seed);
     let pick = |idx: &[usize]| idx.iter().map(|&i| items[i]).collect::<Vec<_>>();
     let (cal_items, held_items) = (pick(&cal), pick(&held));
     let teacher_cal =
@@ -180,6 +221,7 @@ pub fn run(
         model: model.display().to_string(),
         student: meta,
         n,
+        teacher_matched: matched.len(),
         student_vs_gold,
         teacher_vs_gold,
         student_vs_teacher,
@@ -189,8 +231,16 @@ pub fn run(
         cascade,
         teacher_cost_per_request_usd: teacher_cost,
     };
+    // What seqeval recomputes: every input against gold, else the matched ones against the
+    // teacher (as `student_vs_teacher` is scored).
+    let idx: Vec<usize> = if has_gold {
+        (0..n).collect()
+    } else {
+        matched.clone()
+    };
     let spans_doc = serde_json::json!({
-        "texts": texts, "slots": names, "reference": reference, "predicted": pred,
+        "texts": idx.iter().map(|&i| &texts[i]).collect::<Vec<_>>(), "slots": names,
+        "reference": on(reference, &idx), "predicted": on(&pred, &idx),
         "scores": report.student_vs_gold.as_ref().or(report.student_vs_teacher.as_ref()),
     });
     let json = serde_json::to_string_pretty(&report).map_err(other)?;

@@ -196,7 +196,7 @@ impl Oracle {
             0 => format!("This message is about {}.", names.join(" and ")),
             _ => {
                 let j = serde_json::json!({ "labels": names }).to_string();
-                j[..j.len() / 2].to_string()
+                first_half(&j).to_string()
             }
         }
     }
@@ -304,9 +304,20 @@ impl Oracle {
                 serde_json::json!({ "label": prettified }).to_string()
             }
             1 => format!("This message is most likely about {label}."),
-            _ => format!("{{\"label\": \"{}", &label[..label.len() / 2]),
+            _ => format!("{{\"label\": \"{}", first_half(label)),
         }
     }
+}
+
+/// The first half of `s`, cut at a character boundary (a truncated reply, as a model cut off
+/// mid-answer sends).
+pub fn first_half(s: &str) -> &str {
+    let cut = s
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i >= s.len() / 2)
+        .unwrap_or(s.len());
+    &s[..cut]
 }
 
 /// The gold file as text → label index. Unknown labels and missing columns are errors that

@@ -74,7 +74,7 @@ pub fn reply(quotes: &[(String, String)], invalid: bool, hash: u64) -> String {
         (0, Some((slot, text))) => json(&[(slot.clone(), format!("{text} (approximately)"))]),
         _ => {
             let j = json(quotes);
-            j[..j.len() / 2].to_string()
+            crate::oracle::first_half(&j).to_string()
         }
     }
 }
@@ -164,6 +164,14 @@ mod tests {
             });
         }
         assert_eq!(kinds.len(), 4, "{kinds:?}");
+        // A truncated reply is cut between characters, whatever the text.
+        let names = [
+            ("first_name".to_string(), "Zoë".to_string()),
+            ("last_name".into(), "Müller".into()),
+        ];
+        for h in 0..16 {
+            let _ = reply(&names, true, h);
+        }
         let r = reply(&answer(&g, 7, 1.0, swap), false, 0);
         assert_eq!(
             r,

@@ -124,7 +124,12 @@ fn predict_spans(args: &Args) -> anyhow::Result<()> {
         distill_train::tagging::model::predict_file(&tagger, &meta, &args.input, &args.out, cols)?;
     let f1 = s
         .span_f1
-        .map(|f| format!(", span F1 vs gold {f:.4}"))
+        .map(|f| {
+            format!(
+                ", span F1 vs gold {f:.4} on {} of {} rows",
+                s.scored, s.rows
+            )
+        })
         .unwrap_or_default();
     println!(
         "tagged {} rows in {:.2} s ({:.0} rows/s){f1} → {}",

@@ -133,7 +133,7 @@ impl LinearTagger {
         bias: Vec<f32>,
     ) -> Result<Self, String> {
         let tags = TagSet::new(slots);
-        if bias.len() != tags.len() || weights.len() != buckets * tags.len() {
+        if buckets == 0 || bias.len() != tags.len() || weights.len() != buckets * tags.len() {
             return Err(format!(
                 "weights hold {} and biases {} numbers; {} slots over {buckets} buckets need {} and {}",
                 weights.len(),

@@ -106,7 +106,8 @@ pub fn read_records(path: &Path, spec: &TaskSpec) -> Result<Vec<(String, Context
                 format!("not a teacher record: {e}"),
             )
         })?;
-        let Some(answer) = r.answer(&spec.labels) else {
+        // An unusable record (invalid, failed) is skipped; a usable one must fit the task.
+        let Some(answer) = r.answer_text() else {
             continue;
         };
         let spans = distill_core::spans::parse_spans(&answer, &r.text, &spec.labels)
@@ -125,7 +126,7 @@ pub fn span_f1(reference: &[Vec<Span>], predicted: &[Vec<Span>]) -> f64 {
         hit += p.iter().filter(|s| r.iter().any(|x| same(x, s))).count();
     }
     if n == 0 {
-        1.0
+        0.0
     } else {
         2.0 * hit as f64 / n as f64
     }
@@ -208,6 +209,8 @@ pub fn train_linear(
 #[derive(Debug, Clone)]
 pub struct TagPredictSummary {
     pub rows: usize,
+    /// Rows with a gold span list (the ones `span_f1` is over).
+    pub scored: usize,
     /// Exact-match span F1 against the gold column, when there is one.
     pub span_f1: Option<f64>,
     pub wall_s: f64,
@@ -251,9 +254,19 @@ pub fn predict_file(
             rows += 1;
         }
     }
+    if cols.gold.is_some() && reference.is_empty() && rows > 0 {
+        return Err(distill_core::CoreError::data(
+            input,
+            1,
+            &gold_field,
+            "no row has this gold field (a JSON list of spans)",
+        )
+        .into());
+    }
     w.commit()?;
     Ok(TagPredictSummary {
         rows,
+        scored: reference.len(),
         span_f1: (!reference.is_empty()).then(|| span_f1(&reference, &predicted)),
         wall_s: started.elapsed().as_secs_f64(),
     })
