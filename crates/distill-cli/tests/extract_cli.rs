@@ -252,26 +252,28 @@ fn spans_are_taught_with_offsets_and_context() {
     // eval: the tagger and the teacher against gold, the cascade behind the teacher's floor,
     // and the same predictions recomputed by seqeval.
     teach_via(dir, "task.toml", "test.jsonl", "teacher-test.jsonl", &url);
-    let o = common::distill_ok(
-        dir,
-        &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--model",
-            "tagger",
-            "--test",
-            "test.jsonl",
-            "--teacher-labels",
-            "teacher-test.jsonl",
-            "--out",
-            "evals",
-        ],
-    );
-    eprintln!("{}", String::from_utf8_lossy(&o.stdout));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("evals/metrics.json")).unwrap())
-            .unwrap();
+    let eval = |labels: &str, out: &str| -> serde_json::Value {
+        let o = common::distill_ok(
+            dir,
+            &[
+                "eval",
+                "--task",
+                "task.toml",
+                "--model",
+                "tagger",
+                "--test",
+                "test.jsonl",
+                "--teacher-labels",
+                labels,
+                "--out",
+                out,
+            ],
+        );
+        eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+        serde_json::from_str(&std::fs::read_to_string(dir.join(out).join("metrics.json")).unwrap())
+            .unwrap()
+    };
+    let m = eval("teacher-test.jsonl", "evals");
     let student = m["student_vs_gold"]["exact"]["f1"]["value"]
         .as_f64()
         .unwrap();
@@ -302,26 +304,7 @@ fn spans_are_taught_with_offsets_and_context() {
         .map(str::to_string)
         .collect();
     std::fs::write(dir.join("teacher-half.jsonl"), half.join("\n") + "\n").unwrap();
-    common::distill_ok(
-        dir,
-        &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--model",
-            "tagger",
-            "--test",
-            "test.jsonl",
-            "--teacher-labels",
-            "teacher-half.jsonl",
-            "--out",
-            "evals-half",
-        ],
-    );
-    let h: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("evals-half/metrics.json")).unwrap(),
-    )
-    .unwrap();
+    let h = eval("teacher-half.jsonl", "evals-half");
     assert_eq!(
         h["teacher_matched"].as_u64(),
         Some(half.len() as u64),

@@ -96,7 +96,8 @@ pub struct Quote {
 /// or the two that claim the same characters.
 pub fn align(text: &str, quotes: &[Quote]) -> Result<Vec<Span>, String> {
     let chars: Vec<char> = text.chars().collect();
-    let folded = Folded::new(&chars);
+    // Folded only when a quote is not found as written.
+    let mut folded: Option<Folded> = None;
     let mut spans: Vec<Span> = Vec::with_capacity(quotes.len());
     let mut previous_end = 0usize;
     for q in quotes {
@@ -107,7 +108,9 @@ pub fn align(text: &str, quotes: &[Quote]) -> Result<Vec<Span>, String> {
         }
         let mut found = occurrences(&chars, &needle);
         if found.is_empty() {
-            found = folded.occurrences(&needle);
+            found = folded
+                .get_or_insert_with(|| Folded::new(&chars))
+                .occurrences(&needle);
         }
         if found.is_empty() {
             return Err(format!(

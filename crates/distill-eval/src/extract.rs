@@ -17,8 +17,8 @@ use crate::error::{EvalError, Result};
 use crate::span_metrics::{span_quality, SpanScores};
 use distill_core::input::{read_inputs, Columns};
 use distill_core::spans::{parse_spans, Span};
-use distill_core::{TaskSpec, TeacherRecord};
-use distill_train::tagging::model::{load, TaggerMeta};
+use distill_core::TaskSpec;
+use distill_train::tagging::model::{load, read_records, same_spans, TaggerMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -114,26 +114,11 @@ pub fn run(
     let mut teacher: Vec<Option<Option<Vec<Span>>>> = vec![None; n];
     let mut cost = Vec::new();
     if let Some(path) = o.teacher_labels {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| other(format!("{}: {e}", path.display())))?;
-        let mut by_input: HashMap<String, (Option<Vec<Span>>, f64)> = HashMap::new();
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let at = |field: &str, e: String| {
-                distill_core::CoreError::data(path, i as u64 + 1, field, e)
-            };
-            let r: TeacherRecord = serde_json::from_str(line)
-                .map_err(|e| at("line", format!("not a teacher record: {e}")))?;
-            let spans = r
-                .answer_text()
-                .map(|a| parse_spans(&a, &r.text, slots))
-                .transpose()
-                .map_err(|e| at("output.spans", e))?;
-            by_input.insert(key(&r.text, &r.context), (spans, r.cost_usd));
-        }
+        let by_input: HashMap<String, (Option<Vec<Span>>, f64)> = read_records(path, spec)
+            .map_err(other)?
+            .into_iter()
+            .map(|r| (key(&r.text, &r.context), (r.spans, r.cost_usd)))
+            .collect();
         for (i, k) in keys.iter().enumerate() {
             if let Some((s, c)) = by_input.get(k) {
                 teacher[i] = Some(s.clone());
@@ -177,22 +162,16 @@ pub fn run(
         )
     });
 
-    let same = |a: &[Span], b: &[Span]| {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(x, y)| x.slot == y.slot && x.start == y.start && x.end == y.end)
-    };
     let reference: &[Vec<Span>] = if has_gold { &gold } else { &teacher_spans };
     let items: Vec<CascadeItem> = matched
         .iter()
         .map(|&i| CascadeItem {
             confidence: conf[i],
-            student_right: same(&pred[i], &reference[i]),
+            student_right: same_spans(&pred[i], &reference[i]),
             teacher_right: teacher[i]
                 .as_ref()
                 .and_then(Option::as_ref)
-                .is_some_and(|t| same(t, &reference[i])),
+                .is_some_and(|t| same_spans(t, &reference[i])),
         })
         .collect();
     let (cal, held) = split(items.len(), o.calibration_fraction, seed);

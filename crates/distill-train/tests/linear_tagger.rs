@@ -8,21 +8,7 @@ use common::{restaurant8k, Turn, RESTAURANT8K_SLOTS};
 use distill_core::spans::Span;
 use distill_core::spec::Context;
 use distill_train::tagging::linear::{LinearTagger, LinearTaggerConfig, TagExample};
-
-/// Exact-match micro F1, as seqeval counts it.
-fn f1(gold: &[Vec<Span>], pred: &[Vec<Span>]) -> f64 {
-    let key = |s: &Span| (s.slot.clone(), s.start, s.end);
-    let (mut hit, mut g, mut p) = (0usize, 0usize, 0usize);
-    for (a, b) in gold.iter().zip(pred) {
-        g += a.len();
-        p += b.len();
-        hit += b
-            .iter()
-            .filter(|s| a.iter().any(|x| key(x) == key(s)))
-            .count();
-    }
-    2.0 * hit as f64 / (g + p) as f64
-}
+use distill_train::tagging::model::{same_spans, span_f1 as f1};
 
 fn train(data: &[Turn], with_context: bool) -> LinearTagger {
     let none = Context::new();
@@ -66,13 +52,8 @@ fn learns_restaurant8k_slots_and_uses_the_question_asked() {
     by_conf.sort_by(|&a, &b| answers[b].1.total_cmp(&answers[a].1));
     let half = test.len() / 2;
     let right = |idx: &[usize]| {
-        let key = |s: &[Span]| {
-            s.iter()
-                .map(|x| (x.slot.clone(), x.start, x.end))
-                .collect::<Vec<_>>()
-        };
         idx.iter()
-            .filter(|&&i| key(&gold[i]) == key(&pred[i]))
+            .filter(|&&i| same_spans(&gold[i], &pred[i]))
             .count() as f64
             / idx.len() as f64
     };

@@ -8,8 +8,9 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 pub struct TextTokenizer {
     tok: Tokenizer,
-    /// The same tokenizer without truncation or special tokens, for word pieces with offsets.
-    whole: Tokenizer,
+    /// The same tokenizer without truncation, for word pieces with offsets: made on first use,
+    /// so loading a classifier does not copy its vocabulary.
+    whole: std::sync::OnceLock<Tokenizer>,
     pub max_len: usize,
     pub pad_id: u32,
 }
@@ -25,11 +26,6 @@ impl TextTokenizer {
     }
 
     pub fn new(mut tok: Tokenizer, max_len: usize, pad_id: u32) -> Result<Self> {
-        let mut whole = tok.clone();
-        whole.with_padding(None);
-        whole
-            .with_truncation(None)
-            .map_err(|e| TrainError::Other(format!("tokenizer truncation: {e}")))?;
         if max_len < 2 {
             return Err(TrainError::Other(format!(
                 "max length {max_len} is too short (at least 2 tokens: [CLS] and [SEP])"
@@ -44,7 +40,7 @@ impl TextTokenizer {
         let pad_id = tok.get_vocab(true).get("[PAD]").copied().unwrap_or(pad_id);
         Ok(TextTokenizer {
             tok,
-            whole,
+            whole: std::sync::OnceLock::new(),
             max_len,
             pad_id,
         })
@@ -54,8 +50,13 @@ impl TextTokenizer {
     /// came from: the tokenizer's byte offsets into the original text, counted in Unicode
     /// characters. Pieces the normaliser made from nothing visible are dropped.
     pub fn pieces(&self, text: &str) -> Result<Vec<(u32, crate::tagging::TokenRange)>> {
-        let enc = self
-            .whole
+        let whole = self.whole.get_or_init(|| {
+            let mut t = self.tok.clone();
+            // Only truncation is set on `tok` (padding is off); taking it off cannot fail.
+            let _ = t.with_truncation(None);
+            t
+        });
+        let enc = whole
             .encode(text, false)
             .map_err(|e| TrainError::Other(format!("tokenizer: {e}")))?;
         // char_at[b] = characters before byte b (at char boundaries).

@@ -88,42 +88,63 @@ pub fn load(dir: &Path) -> Result<(LinearTagger, TaggerMeta)> {
     Ok((tagger, meta))
 }
 
-/// A teacher dataset's usable extraction records: text, context and spans, each span
-/// checked against its text (errors name file, line and field). Other records are skipped.
-pub fn read_records(path: &Path, spec: &TaskSpec) -> Result<Vec<(String, Context, Vec<Span>)>> {
+/// One record of an extraction teacher dataset: its input, its spans (`None` when the
+/// record has no usable answer: invalid or failed) and what it cost.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub text: String,
+    pub context: Context,
+    pub spans: Option<Vec<Span>>,
+    pub cost_usd: f64,
+}
+
+/// Every record of an extraction teacher dataset, each usable answer checked against its
+/// text and the task's slots (errors name file, line and field).
+pub fn read_records(path: &Path, spec: &TaskSpec) -> Result<Vec<SpanRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let line_no = i as u64 + 1;
-        let r: TeacherRecord = serde_json::from_str(line).map_err(|e| {
-            distill_core::CoreError::data(
-                path,
-                line_no,
-                "line",
-                format!("not a teacher record: {e}"),
-            )
-        })?;
-        // An unusable record (invalid, failed) is skipped; a usable one must fit the task.
-        let Some(answer) = r.answer_text() else {
-            continue;
-        };
-        let spans = distill_core::spans::parse_spans(&answer, &r.text, &spec.labels)
-            .map_err(|e| distill_core::CoreError::data(path, line_no, "output.spans", e))?;
-        out.push((r.text, r.context, spans));
+        let at =
+            |field: &str, e: String| distill_core::CoreError::data(path, i as u64 + 1, field, e);
+        let r: TeacherRecord = serde_json::from_str(line)
+            .map_err(|e| at("line", format!("not a teacher record: {e}")))?;
+        let spans = r
+            .answer_text()
+            .map(|a| distill_core::spans::parse_spans(&a, &r.text, &spec.labels))
+            .transpose()
+            .map_err(|e| at("output.spans", e))?;
+        out.push(SpanRecord {
+            text: r.text,
+            context: r.context,
+            spans,
+            cost_usd: r.cost_usd,
+        });
     }
     Ok(out)
 }
 
+/// Whether two spans are the same answer: slot, start and end (the text follows).
+pub fn same_span(a: &Span, b: &Span) -> bool {
+    a.slot == b.slot && a.start == b.start && a.end == b.end
+}
+
+/// Whether two answers (span lists in position order) are the same.
+pub fn same_spans(a: &[Span], b: &[Span]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_span(x, y))
+}
+
 /// Exact-match micro span F1 (as seqeval counts it) of `predicted` against `reference`.
 pub fn span_f1(reference: &[Vec<Span>], predicted: &[Vec<Span>]) -> f64 {
-    let same = |a: &Span, b: &Span| a.slot == b.slot && a.start == b.start && a.end == b.end;
     let (mut hit, mut n) = (0usize, 0usize);
     for (r, p) in reference.iter().zip(predicted) {
         n += r.len() + p.len();
-        hit += p.iter().filter(|s| r.iter().any(|x| same(x, s))).count();
+        hit += p
+            .iter()
+            .filter(|s| r.iter().any(|x| same_span(x, s)))
+            .count();
     }
     if n == 0 {
         0.0
@@ -153,7 +174,11 @@ pub fn train_linear(
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     let started = std::time::Instant::now();
-    let mut records = read_records(data, spec)?;
+    // Records without a usable answer teach nothing.
+    let mut records: Vec<(String, Context, Vec<Span>)> = read_records(data, spec)?
+        .into_iter()
+        .filter_map(|r| Some((r.text, r.context, r.spans?)))
+        .collect();
     if records.is_empty() {
         return Err(distill_core::CoreError::data(
             data,
@@ -230,6 +255,7 @@ pub fn predict_file(
     let started = std::time::Instant::now();
     cols.context = meta.context_columns.clone();
     let gold_field = cols.gold.clone().unwrap_or_default();
+    let slots = tagger.tags_as_labels();
     let mut w = distill_core::fsutil::AtomicFile::create(out)?;
     let (mut reference, mut predicted) = (Vec::new(), Vec::new());
     let mut rows = 0;
@@ -241,11 +267,8 @@ pub fn predict_file(
                 "id": item.id, "text": item.text, "spans": spans, "confidence": confidence,
             });
             if let Some(g) = &item.gold {
-                let gold =
-                    distill_core::spans::parse_spans(g, &item.text, &tagger.tags_as_labels())
-                        .map_err(|e| {
-                            distill_core::CoreError::data(input, item.line, &gold_field, e)
-                        })?;
+                let gold = distill_core::spans::parse_spans(g, &item.text, &slots)
+                    .map_err(|e| distill_core::CoreError::data(input, item.line, &gold_field, e))?;
                 row["gold"] = serde_json::to_value(&gold).unwrap_or_default();
                 reference.push(gold);
                 predicted.push(spans);
