@@ -5,7 +5,10 @@ write), as an app that only swapped its base URL would. Called by serve_openai_c
 Checks: models.list names the student; chat completions return one of the task's labels plus the
 `distill` object; a repeat is answered from the cache; JSON mode; streaming (one content chunk, a
 stop chunk, the usage chunk, end of stream); errors raise the client's typed exceptions (404 unknown
-model, 401 bad key, 400 bad request) with OpenAI's error body. Exits 1 on any mismatch.
+model, 401 bad key, 400 bad request) with OpenAI's error body. With --spans-model, an extraction
+tagger too: the context passed as `extra_body`, spans whose offsets cover their text, the reply
+content `{"spans": [...]}`, a repeat from the cache, another context not, an unknown context field a
+400 naming it. Exits 1 on any mismatch.
 """
 import argparse
 import json
@@ -20,6 +23,8 @@ ap.add_argument("--model", required=True)
 ap.add_argument("--key-file", required=True, help="the API key (read from a file, never printed)")
 ap.add_argument("--labels", required=True, help="categories.json")
 ap.add_argument("--texts", required=True, help="one input per line")
+ap.add_argument("--spans-model", help="a served extraction tagger (Restaurant-8k)")
+ap.add_argument("--spans-rows", help="JSONL turns with text, requested_slots and gold spans")
 a = ap.parse_args()
 
 key = open(a.key_file).read().strip()
@@ -140,6 +145,56 @@ expect_error(openai.NotFoundError, 404, "model_not_found",
              lambda: client.chat.completions.create(
                  model="no-such-model", stream=True, messages=[{"role": "user", "content": "hi"}]),
              "unknown model, streamed")
+
+
+
+def spans_checks(model, rows):
+    """The tagger through the same client: context in extra_body, spans in the reply."""
+    rows = [r for r in rows if len(r["spans"]) >= 1][:12]
+    first = None
+    for row in rows:
+        context = {"requested_slots": row["requested_slots"]}
+        r = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": row["text"]}],
+            extra_body={"context": context})
+        d = distill_of(r)
+        try:
+            content = json.loads(r.choices[0].message.content)
+        except ValueError:
+            check(False, f"span reply is JSON: {r.choices[0].message.content!r}")
+            continue
+        spans = content.get("spans")
+        covered = isinstance(spans, list) and all(
+            row["text"][s["start"]:s["end"]] == s["text"] for s in spans)
+        if check(covered and spans == d.get("spans") and d.get("source") in ("student", "teacher"),
+                 f"spans of {row['text'][:40]!r} ({d.get('source')}): {spans}"):
+            first = first or (row, context, spans)
+    if first is None:
+        check(False, "no span answer to repeat")
+        return
+    row, context, spans = first
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": row["text"]}],
+        extra_body={"context": context})
+    d = distill_of(r)
+    check(d["source"] == "cache" and d["spans"] == spans, f"a repeat is a cache hit: {d}")
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": row["text"]}],
+        extra_body={"context": {"requested_slots": ["a question never asked"]}})
+    check(distill_of(r)["source"] != "cache", "the same text after another question is no hit")
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": row["text"]}],
+            extra_body={"context": {"colour": "red"}})
+        check(False, "an unknown context field raised no error")
+    except openai.BadRequestError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        check(body.get("param") == "context.colour",
+              f"an unknown context field: 400 naming {body.get('param')!r}")
+
+
+if a.spans_model:
+    spans_checks(a.spans_model, [json.loads(l) for l in open(a.spans_rows) if l.strip()])
 
 if failures:
     print(f"serve_openai_client: {len(failures)} check(s) failed", file=sys.stderr)

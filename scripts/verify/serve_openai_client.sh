@@ -2,7 +2,9 @@
 # The real `distill serve` binary, driven by the official OpenAI Python client.
 #  1. the binary itself: `serve --help` lists the flags; a bad model directory exits 1, clearly;
 #  2. a linear student trained on a Banking77 slice, `distill sim-teacher` as the escalation
-#     teacher, `distill serve` with an API key file, all on free 127.0.0.1 ports;
+#     teacher, `distill serve` with an API key file, all on free 127.0.0.1 ports; beside it, in
+#     the same server, a linear tagger taught on a Restaurant-8k slice by a second sim-teacher,
+#     each model escalating to the teacher its task spec names;
 #  3. serve_openai_client.py (with $DISTILL_TEST_PYTHON, else python3, and the `openai` package);
 #  4. SIGTERM: the server drains and exits 0.
 # Uses target/release/distill or target/debug/distill (the newer), building the debug binary
@@ -111,10 +113,31 @@ PY
 pids+=($!)
 teacher=$(wait_line "$tmp/sim.out" '^http://127\.0\.0\.1:[0-9]+/v1' 30 "${pids[0]}")
 
+# An extraction task: the worked Restaurant-8k spec on every 10th turn, taught by its own sim.
+r8k=$root/datasets/restaurant8k
+[ -s "$r8k/train.jsonl" ] || fail "no Restaurant-8k data in $r8k (scripts/setup.sh converts it)"
+mkdir -p "$tmp/r8k"
+cp "$r8k/task.toml" "$tmp/r8k/task.toml"
+awk 'NR % 10 == 1' "$r8k/train.jsonl" >"$tmp/r8k/train.jsonl"
+awk 'NR % 10 == 1' "$r8k/test.jsonl" >"$tmp/r8k/test.jsonl"
+"$bin" --quiet sim-teacher --task "$tmp/r8k/task.toml" --port 0 --latency-ms 0 --error-rate 0 \
+  >"$tmp/sim-r8k.out" 2>"$tmp/sim-r8k.err" &
+pids+=($!)
+r8k_teacher=$(wait_line "$tmp/sim-r8k.out" '^http://127\.0\.0\.1:[0-9]+/v1' 30 "${pids[1]}")
+"$bin" --quiet teach --task "$tmp/r8k/task.toml" --base-url "$r8k_teacher" \
+  --out "$tmp/r8k/teach.jsonl" --concurrency 32 --rpm 0 --tpm 0 >/dev/null
+"$bin" --quiet train --task "$tmp/r8k/task.toml" --data "$tmp/r8k/teach.jsonl" --student linear \
+  --out "$tmp/r8k-tagger" >"$tmp/train-r8k.out"
+say "ok    $(head -n1 "$tmp/train-r8k.out")"
+
 # The key is generated here and only ever passed by file.
 "$py" -c 'import secrets; print("sk-distill-" + secrets.token_hex(16))' >"$tmp/keys.txt"
 chmod 600 "$tmp/keys.txt"
-"$bin" serve --model "b77=$tmp/b77" --task "$tmp/task.toml" --teacher-base-url "$teacher" \
+# Each task names its own teacher ([teacher] is the Banking77 spec's last table).
+echo "base_url = \"$teacher\"" >>"$tmp/task.toml"
+sed -i "s|^base_url = .*|base_url = \"$r8k_teacher\"|" "$tmp/r8k/task.toml"
+"$bin" serve --model "b77=$tmp/b77" --task "$tmp/task.toml" \
+  --model "r8k=$tmp/r8k-tagger" --task "$tmp/r8k/task.toml" \
   --threshold 0.3 --api-keys-file "$tmp/keys.txt" --port 0 2>"$tmp/serve.err" &
 serve_pid=$!
 pids+=("$serve_pid")
@@ -129,7 +152,8 @@ say "ok    serving on $addr, teacher $teacher"
 
 # --- the official client ---------------------------------------------------------------------
 "$py" scripts/verify/serve_openai_client.py --base-url "$addr/v1" --model b77 \
-  --key-file "$tmp/keys.txt" --labels "$data/categories.json" --texts "$tmp/texts.txt"
+  --key-file "$tmp/keys.txt" --labels "$data/categories.json" --texts "$tmp/texts.txt" \
+  --spans-model r8k --spans-rows "$tmp/r8k/test.jsonl"
 
 metrics=$(curl -sf "$addr/metrics")
 grep -q '^distill_requests_total{model="b77",endpoint="chat"' <<<"$metrics" \

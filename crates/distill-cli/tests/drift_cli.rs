@@ -35,6 +35,7 @@ fn drift_summarises_agreement_worst_label_first() {
             student_label: student.into(),
             confidence: 0.9,
             teacher_label: teacher.into(),
+            agree: student == teacher,
             cost_usd: 0.001,
         });
     }

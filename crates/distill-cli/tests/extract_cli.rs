@@ -337,22 +337,273 @@ fn spans_are_taught_with_offsets_and_context() {
         assert!(v.status.success() && out.contains("figures agree"), "{out}");
     }
 
-    // serve says plainly that it does not take extract tasks yet.
-    let o = run(
+    serve_answers_spans(dir, &url);
+}
+
+/// A list context column as records keep it: its items joined by ", ".
+fn asked_text(v: &serde_json::Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| i.as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// `distill serve` on the tagger, escalating to the sim-teacher behind the threshold eval
+/// chose for it: spans of the exact text asked, with the context the request gives.
+fn serve_answers_spans(dir: &Path, teacher_url: &str) {
+    let path = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    // On this slice the teacher is almost always exactly right, so only escalating every
+    // input holds its floor: serve is refused that cascade, saying why.
+    let refused = common::serve_refused(
+        &[
+            "--model",
+            &path("tagger"),
+            "--threshold",
+            &path("evals/metrics.json"),
+        ],
+        &dir.join("serve-state"),
+    );
+    assert!(refused.contains("escalates every input"), "{refused}");
+    // A floor the tagger can hold with a real threshold.
+    common::distill_ok(
         dir,
         &[
-            "serve",
-            "--model",
-            "tagger",
+            "eval",
             "--task",
             "task.toml",
-            "--port",
-            "0",
+            "--model",
+            "tagger",
+            "--test",
+            "test.jsonl",
+            "--teacher-labels",
+            "teacher-test.jsonl",
+            "--floor",
+            "accuracy=0.95",
+            "--out",
+            "evals-serve",
         ],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("does not handle extract tasks yet"), "{err}");
+    let (serve, addr) = common::start_serve(
+        &[
+            "--model",
+            &path("tagger"),
+            "--task",
+            &path("task.toml"),
+            "--teacher-base-url",
+            teacher_url,
+            "--threshold",
+            &path("evals-serve/metrics.json"),
+            "--cache",
+            "memory",
+        ],
+        &dir.join("serve-state"),
+    );
+    let log = serve.stderr.lock().unwrap().clone();
+    assert!(log.contains("tagger (linear-tagger, 5 slots"), "{log}");
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("evals-serve/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        metrics["cascade"]["floor_met_on_calibration"], true,
+        "{metrics}"
+    );
+    let (status, models) = common::http(&addr, "GET", "/v1/models", "").unwrap();
+    assert_eq!(status, 200, "{models}");
+    let models: serde_json::Value = serde_json::from_str(&models).unwrap();
+    let card = &models["data"][0]["distill"];
+    assert_eq!(card["slots"], 5, "{card}");
+    assert_eq!(
+        card["context_columns"],
+        serde_json::json!(["requested_slots"])
+    );
+    assert!(card["dev_span_f1"].as_f64().is_some(), "{card}");
+    let threshold = metrics["cascades"][0]["threshold"].as_f64().unwrap();
+    assert!(
+        (card["threshold"].as_f64().unwrap() - threshold).abs() < 1e-6,
+        "the eval's threshold for this model: {card} vs {threshold}"
+    );
+
+    // /v1/predict with each test row's context: spans point into the exact text, and the
+    // unsure inputs the teacher answered carry the spans it gave at teach time (the sim
+    // knows a row's gold only by its whole prompt, context included).
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("test.jsonl"))
+        .unwrap()
+        .lines()
+        .take(60)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let taught: std::collections::HashMap<(String, String), serde_json::Value> =
+        std::fs::read_to_string(dir.join("teacher-test.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|r| {
+                let key = (
+                    r["text"].as_str().unwrap().to_string(),
+                    r["context"]["requested_slots"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                (key, r["output"]["spans"].clone())
+            })
+            .collect();
+    let inputs: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({"text": r["text"],
+                "context": {"requested_slots": r["requested_slots"]}})
+        })
+        .collect();
+    let req = serde_json::json!({"model": "tagger", "inputs": inputs}).to_string();
+    let (status, body) = common::http(&addr, "POST", "/v1/predict", &req).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), rows.len());
+    let (mut by_teacher, mut as_taught) = (0, 0);
+    for (r, row) in results.iter().zip(&rows) {
+        spans_cover_their_text(&r["spans"], row, &r.to_string());
+        let listed: serde_json::Value = serde_json::from_str(r["label"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            listed, r["spans"],
+            "label is the spans as compact JSON: {r}"
+        );
+        if r["source"] == "teacher" {
+            by_teacher += 1;
+            let key = (
+                row["text"].as_str().unwrap().to_string(),
+                asked_text(&row["requested_slots"]),
+            );
+            let strip = |v: &serde_json::Value| -> Vec<(String, u64, u64)> {
+                v.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|s| {
+                                (
+                                    s["slot"].as_str().unwrap().to_string(),
+                                    s["start"].as_u64().unwrap(),
+                                    s["end"].as_u64().unwrap(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            if taught
+                .get(&key)
+                .is_some_and(|t| strip(t) == strip(&r["spans"]))
+            {
+                as_taught += 1;
+            }
+        }
+    }
+    let by_student = results.iter().filter(|r| r["source"] == "student").count();
+    eprintln!(
+        "serve: {by_student} by the tagger, {by_teacher} by the teacher ({as_taught} as taught)"
+    );
+    assert!(by_student > 0 && by_teacher > 0, "{body}");
+    assert!(
+        as_taught * 10 >= by_teacher * 9,
+        "{as_taught} of {by_teacher} teacher answers match teach's records: {body}"
+    );
+
+    // Chat: the context rides in the body; the reply is the spans as JSON. A test turn with
+    // spans, so the teacher (the sim knows the gold of the turns in the task's files) has
+    // some to give if the tagger is unsure.
+    let chat = |text: &str, asked: &serde_json::Value| {
+        serde_json::json!({"model": "tagger",
+            "messages": [{"role": "user", "content": text}],
+            "context": {"requested_slots": asked}})
+        .to_string()
+    };
+    let row = rows
+        .iter()
+        .find(|r| r["spans"].as_array().unwrap().len() >= 2)
+        .unwrap();
+    let (text, asked) = (row["text"].as_str().unwrap(), &row["requested_slots"]);
+    let (status, body) =
+        common::http(&addr, "POST", "/v1/chat/completions", &chat(text, asked)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let first: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let content: serde_json::Value =
+        serde_json::from_str(first["choices"][0]["message"]["content"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(content["spans"], first["distill"]["spans"], "{body}");
+    spans_cover_their_text(&content["spans"], row, &body);
+    assert!(
+        !content["spans"].as_array().unwrap().is_empty(),
+        "a turn with spans has spans: {body}"
+    );
+    let (_, again) =
+        common::http(&addr, "POST", "/v1/chat/completions", &chat(text, asked)).unwrap();
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["distill"]["source"], "cache", "{again}");
+    assert_eq!(again["distill"]["spans"], first["distill"]["spans"]);
+    // The same text asked after another question is another input, not a cache hit.
+    let other_question = serde_json::json!(["a question never asked"]);
+    let (_, other) = common::http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat(text, &other_question),
+    )
+    .unwrap();
+    let other: serde_json::Value = serde_json::from_str(&other).unwrap();
+    assert_ne!(other["distill"]["source"], "cache", "{other}");
+
+    // A context field the model does not read is refused, naming it.
+    let bad = serde_json::json!({"model": "tagger",
+        "inputs": [{"text": "for two", "context": {"colour": "red"}}]})
+    .to_string();
+    let (status, body) = common::http(&addr, "POST", "/v1/predict", &bad).unwrap();
+    assert_eq!(status, 400, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"]["param"], "inputs[0].context.colour", "{body}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requested_slots"),
+        "{body}"
+    );
+    drop(serve);
+
+    // Without a task or a teacher, and with --truncate: an over-long input is still refused
+    // (spans past a cut would be lost), and a short one is answered.
+    let (_serve, addr) = common::start_serve(
+        &[
+            "--model",
+            &path("tagger"),
+            "--escalate-to",
+            "none",
+            "--truncate",
+            "--max-input-tokens",
+            "6",
+        ],
+        &dir.join("serve-state-2"),
+    );
+    let long = serde_json::json!({"model": "tagger",
+        "inputs": ["a table for 4 tomorrow at 7pm under Maria Lopez please"]})
+    .to_string();
+    let (status, body) = common::http(&addr, "POST", "/v1/predict", &long).unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("does not cut inputs"), "{body}");
+    let short = serde_json::json!({"model": "tagger", "inputs": ["for 4 at 7pm"]}).to_string();
+    let (status, body) = common::http(&addr, "POST", "/v1/predict", &short).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["results"][0]["source"], "student", "{body}");
+    spans_cover_their_text(
+        &v["results"][0]["spans"],
+        &serde_json::json!({"text": "for 4 at 7pm"}),
+        &body,
+    );
 }
 
 #[test]

@@ -394,9 +394,9 @@ impl Iterator for JsonlRows {
     }
 }
 
-/// A context field as prompt text: a string or number as is, a list's items joined by ", ",
+/// A context field (of a data file or a served request) as prompt text: a string or number as is, a list's items joined by ", ",
 /// missing or null as empty; `None` for anything else.
-fn context_text(v: Option<&serde_json::Value>) -> Option<String> {
+pub fn context_text(v: Option<&serde_json::Value>) -> Option<String> {
     use serde_json::Value;
     match v {
         None | Some(Value::Null) => Some(String::new()),

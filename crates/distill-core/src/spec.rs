@@ -57,7 +57,7 @@ pub use crate::label_set::{
 
 /// What the task asks for. `Classify`, `Multilabel` and `Route` go through every stage;
 /// `Extract` (spans of the input, see [`crate::spans`]) goes through teach, train (the
-/// linear tagger), predict and eval; serve refuses it until its endpoint lands.
+/// linear tagger), predict, eval and serve; `export` and active-learning teach refuse it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {

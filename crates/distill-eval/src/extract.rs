@@ -42,8 +42,22 @@ pub struct ExtractReport {
     pub floor: f64,
     pub floor_source: String,
     pub cascade: Option<CascadeChoice>,
+    /// The cascade's threshold keyed by the model's fingerprint, in the form every eval
+    /// writes, so `distill serve --threshold metrics.json` takes it for this model only.
+    #[serde(default)]
+    pub cascades: Vec<ServedThreshold>,
     /// The teacher's mean dollars per input, from its records.
     pub teacher_cost_per_request_usd: Option<f64>,
+}
+
+/// What `distill serve --threshold metrics.json` reads of a cascade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServedThreshold {
+    pub model: String,
+    pub model_path: String,
+    /// [`distill_train::model_fingerprint`] of the model directory.
+    pub model_sha256: String,
+    pub threshold: f64,
 }
 
 pub struct ExtractEvalOptions<'a> {
@@ -194,6 +208,18 @@ pub fn run(
     let cascade = (have_teacher && !cal_items.is_empty() && !held_items.is_empty())
         .then(|| choose(&cal_items, &held_items, floor, Some(0.0), teacher_cost));
 
+    let cascades = match &cascade {
+        Some(c) => vec![ServedThreshold {
+            model: model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| model.display().to_string()),
+            model_path: model.display().to_string(),
+            model_sha256: distill_train::model_fingerprint(model).map_err(other)?,
+            threshold: c.threshold,
+        }],
+        None => Vec::new(),
+    };
     let report = ExtractReport {
         task: spec.name.clone(),
         kind: "extract".into(),
@@ -208,6 +234,7 @@ pub fn run(
         floor,
         floor_source,
         cascade,
+        cascades,
         teacher_cost_per_request_usd: teacher_cost,
     };
     // What seqeval recomputes: every input against gold, else the matched ones against the

@@ -1,15 +1,13 @@
-//! Answering requests: the chat completions and classify handlers, and the decision each
-//! input gets (the answer cache, the student, the cascade's escalation to the teacher, budgets,
-//! shadow traffic). The server around them (state, routes, auth, limits, draining) is
-//! [`crate::server`]'s.
+//! Answering requests: the chat completions and classify (predict) handlers, which read and
+//! check what is asked (the model, the text, its context, its length) and shape the reply.
+//! The decision each input gets is [`crate::cascade`]'s; the server around them (state,
+//! routes, auth, limits, draining) is [`crate::server`]'s.
 
-use crate::batcher::BatchError;
-use crate::budget::{CapHit, DEFAULT_TAG};
-use crate::cache::{cache_key, normalise, Cache, CachedAnswer};
-use crate::escalate::{CallContext, Escalator};
+use crate::budget::DEFAULT_TAG;
+use crate::cascade::answer_many;
 use crate::metrics::LATENCY_BUCKETS;
-use crate::server::{Answer, ApiError, AppState, InFlight, ServedModel};
-use crate::shadow::ShadowRow;
+use crate::server::{ApiError, AppState, ServedModel};
+use crate::student::{AnswerShape, Input};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -17,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use distill_train::Prediction;
+use distill_core::spec::Context;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,7 +92,8 @@ const MAX_CHARS_PER_TOKEN: usize = 16;
 /// Applies the length limits: 422 (or truncation with `--truncate`). An input must fit the
 /// model's tokens and, for a model that escalates, the teacher's tokens too. Empty input is a
 /// 400. Returns the text to answer and its length in the model's tokens (tokenised once
-/// here, reused for `usage`).
+/// here, reused for `usage`). A span model's input is never cut: spans past the cut would
+/// be lost without a word, so an over-long input is refused even with `--truncate`.
 fn check_len(
     st: &AppState,
     m: &ServedModel,
@@ -103,16 +102,24 @@ fn check_len(
 ) -> std::result::Result<(String, usize), ApiError> {
     if text.trim().is_empty() {
         return Err(ApiError::bad_request(
-            "the input is empty (or only whitespace): there is nothing to classify",
+            "the input is empty (or only whitespace): there is nothing to answer",
             param,
         ));
     }
+    let spans = m.card.shape == AnswerShape::Spans;
+    let truncate = st.truncate && !spans;
     let too_long = |message: String| {
+        let advice = if spans {
+            "an extraction model does not cut inputs, since spans past the cut would be lost; \
+             split the input, or raise --max-input-tokens"
+        } else {
+            "start the server with --truncate to cut long inputs"
+        };
         let mut e = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request_error",
             Some("context_length_exceeded"),
-            format!("{message} (start the server with --truncate to cut long inputs)"),
+            format!("{message} ({advice})"),
         );
         e.param = Some(param.into());
         e
@@ -122,7 +129,7 @@ fn check_len(
     if text.len() > char_cap {
         let chars = text.chars().count();
         if chars > char_cap {
-            if !st.truncate {
+            if !truncate {
                 return Err(too_long(format!(
                     "the input is {chars} characters; at most {char_cap} are accepted \
                      ({MAX_CHARS_PER_TOKEN} per token of --max-input-tokens {})",
@@ -132,10 +139,10 @@ fn check_len(
             text = text.chars().take(char_cap).collect();
         }
     }
-    let limit = m.meta.max_len.unwrap_or(st.max_input_tokens);
+    let limit = m.card.max_len.unwrap_or(st.max_input_tokens);
     let mut n = m.student.token_len(&text);
     if n > limit {
-        if !st.truncate {
+        if !truncate {
             return Err(too_long(format!(
                 "the input is {n} tokens; model `{}` accepts at most {limit}",
                 m.name
@@ -152,7 +159,7 @@ fn check_len(
     if let Some(esc) = &m.escalator {
         let teacher_limit = st.max_input_tokens;
         if let Some(tn) = esc.input_tokens(&text).filter(|&tn| tn > teacher_limit) {
-            if !st.truncate {
+            if !truncate {
                 return Err(too_long(format!(
                     "the input is {tn} tokens for the teacher ({}); an input that may be \
                      escalated is at most {teacher_limit} (--max-input-tokens)",
@@ -164,6 +171,55 @@ fn check_len(
         }
     }
     Ok((text, n))
+}
+
+/// A request's `context` for model `m`: an object of the model's context fields, each a
+/// string, a number or a list of them (read as in a data file: a list's items joined by
+/// ", "). Fields left out are empty; a field the model does not read is refused, since an
+/// answer that silently ignored it would not be the one the client asked for.
+fn context_of(
+    m: &ServedModel,
+    v: Option<&Value>,
+    param: &str,
+) -> std::result::Result<Context, ApiError> {
+    let mut context: Context = m
+        .card
+        .context_columns
+        .iter()
+        .map(|c| (c.clone(), String::new()))
+        .collect();
+    let fields = match v {
+        None | Some(Value::Null) => return Ok(context),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                format!("`{param}` must be an object of context fields"),
+                param,
+            ))
+        }
+    };
+    for (k, v) in fields {
+        let field = format!("{param}.{k}");
+        if !context.contains_key(k) {
+            let known = if m.card.context_columns.is_empty() {
+                "it reads none".to_string()
+            } else {
+                format!("it reads {}", m.card.context_columns.join(", "))
+            };
+            return Err(ApiError::bad_request(
+                format!("model `{}` reads no context field `{k}` ({known})", m.name),
+                &field,
+            ));
+        }
+        let text = distill_core::input::context_text(Some(v)).ok_or_else(|| {
+            ApiError::bad_request(
+                format!("`{field}` must be a string, a number or a list of them"),
+                &field,
+            )
+        })?;
+        context.insert(k.clone(), text);
+    }
+    Ok(context)
 }
 
 fn finish(
@@ -291,9 +347,10 @@ async fn chat_inner(
             ))
         }
     };
+    let context = context_of(&m, body.get("context"), "context")?;
     let (text, prompt_tokens) = check_len(st, &m, text, "messages")?;
     let prompt_tokens = prompt_tokens as u64;
-    let answer = answer_many(st, &m, vec![text], &tag, "chat")
+    let answer = answer_many(st, &m, vec![Input { text, context }], &tag, "chat")
         .await?
         .pop()
         .ok_or_else(|| {
@@ -309,10 +366,12 @@ async fn chat_inner(
             .and_then(Value::as_str),
         Some("json_object" | "json_schema")
     );
+    // A label set or spans are JSON whether or not the client asked for it: joined names or
+    // offsets are not something a client should have to parse out of prose.
     let content = if let Some(labels) = &answer.labels {
-        // A label set is JSON whether or not the client asked for it: joined names are not
-        // something a client should have to split.
         json!({ "labels": labels }).to_string()
+    } else if let Some(spans) = &answer.spans {
+        json!({ "spans": spans }).to_string()
     } else if json_reply {
         json!({"label": answer.label}).to_string()
     } else {
@@ -401,7 +460,8 @@ async fn classify_inner(
         .and_then(Value::as_array)
         .ok_or_else(|| {
             ApiError::bad_request(
-                "missing required field `inputs` (an array of strings)",
+                "missing required field `inputs` (an array of strings, or of \
+                 {\"text\", \"context\"} objects)",
                 "inputs",
             )
         })?;
@@ -416,20 +476,42 @@ async fn classify_inner(
         ));
     }
     let tag = tag_of(headers)?;
-    let mut texts = Vec::with_capacity(inputs.len());
+    let mut items = Vec::with_capacity(inputs.len());
     let mut prompt_tokens = 0usize;
     for (i, v) in inputs.iter().enumerate() {
-        let s = v.as_str().ok_or_else(|| {
-            ApiError::bad_request(
-                format!("inputs[{i}] is not a string"),
-                &format!("inputs[{i}]"),
-            )
-        })?;
-        let (text, n) = check_len(st, &m, s.to_string(), &format!("inputs[{i}]"))?;
+        let param = format!("inputs[{i}]");
+        let (s, context) = match v {
+            Value::String(s) => (s.as_str(), context_of(&m, None, &param)?),
+            Value::Object(o) => {
+                let s = o.get("text").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::bad_request(
+                        format!("{param}.text is missing or not a string"),
+                        &format!("{param}.text"),
+                    )
+                })?;
+                if let Some(k) = o.keys().find(|k| *k != "text" && *k != "context") {
+                    return Err(ApiError::bad_request(
+                        format!("{param} has an unknown field `{k}` (text, context)"),
+                        &format!("{param}.{k}"),
+                    ));
+                }
+                (
+                    s,
+                    context_of(&m, o.get("context"), &format!("{param}.context"))?,
+                )
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!("{param} is neither a string nor a {{\"text\", \"context\"}} object"),
+                    &param,
+                ))
+            }
+        };
+        let (text, n) = check_len(st, &m, s.to_string(), &param)?;
         prompt_tokens += n;
-        texts.push(text);
+        items.push(Input { text, context });
     }
-    let answers = answer_many(st, &m, texts, &tag, "classify").await?;
+    let answers = answer_many(st, &m, items, &tag, "classify").await?;
     Ok(Json(json!({
         "object": "list",
         "model": m.name,
@@ -437,320 +519,4 @@ async fn classify_inner(
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }))
     .into_response())
-}
-
-/// The cascade for a batch of inputs: cache, then one micro-batched student pass for the
-/// misses, then the teacher (concurrently) for those below the threshold.
-async fn answer_many(
-    st: &Arc<AppState>,
-    m: &Arc<ServedModel>,
-    texts: Vec<String>,
-    tag: &str,
-    endpoint: &'static str,
-) -> std::result::Result<Vec<Answer>, ApiError> {
-    let norm: Vec<String> = texts
-        .iter()
-        .map(|t| normalise(t, m.case_insensitive))
-        .collect();
-    let keys: Vec<String> = norm.iter().map(|n| cache_key(&m.name, n)).collect();
-    // An entry this model cannot read (written by a retrained model with other labels, in a
-    // shared cache) is a miss, not an answer outside its labels.
-    let cached: Vec<Option<CachedAnswer>> =
-        futures::future::join_all(keys.iter().map(|k| st.cache.get(k)))
-            .await
-            .into_iter()
-            .map(|c: Option<CachedAnswer>| c.filter(|c| m.notation.parse_set(&c.label).is_ok()))
-            .collect();
-    let miss_idx: Vec<usize> = (0..texts.len()).filter(|&i| cached[i].is_none()).collect();
-    let caching = !matches!(st.cache, Cache::Off);
-    if caching {
-        let hits = (texts.len() - miss_idx.len()) as f64;
-        let model = [("model", m.name.as_str())];
-        st.metrics.add("distill_cache_hits_total", &model, hits);
-        st.metrics
-            .add("distill_cache_misses_total", &model, miss_idx.len() as f64);
-    }
-    let preds = if miss_idx.is_empty() {
-        Vec::new()
-    } else {
-        m.batcher
-            .predict(miss_idx.iter().map(|&i| norm[i].clone()).collect())
-            .await
-            .map_err(|e| match e {
-                BatchError::Overloaded => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    Some("overloaded"),
-                    e.to_string(),
-                ),
-                other => {
-                    tracing::error!("model `{}`: {other}", m.name);
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "server_error",
-                        None,
-                        format!("model `{}` failed", m.name),
-                    )
-                }
-            })?
-    };
-    let mut pred_of = vec![None; texts.len()];
-    for (i, p) in miss_idx.into_iter().zip(preds) {
-        pred_of[i] = Some(p);
-    }
-    let futs = (0..texts.len()).map(|i| {
-        let cached = cached[i].clone();
-        let pred = pred_of[i].take();
-        let norm = &norm[i];
-        let key = &keys[i];
-        async move {
-            let saved = m.estimator.estimate(norm);
-            match (cached, pred) {
-                (Some(c), _) => Answer {
-                    label: c.label,
-                    confidence: c.confidence,
-                    source: "cache",
-                    cost_usd: 0.0,
-                    saved_usd: saved,
-                    degraded: false,
-                    budget_capped: false,
-                    student_label: None,
-                    labels: None,
-                },
-                (None, Some(p)) => decide(st, m, norm, key, p, tag, endpoint, saved).await,
-                (None, None) => unreachable!("every cache miss has a prediction"),
-            }
-        }
-    });
-    let mut answers = futures::future::join_all(futs).await;
-    if m.notation.is_multilabel() {
-        for a in &mut answers {
-            // Every answer is in the model's notation (its own, the cache's, the teacher's
-            // through `TeachEscalator::answering_in`); a label set is a list either way.
-            let set = m.notation.parse_set(&a.label).unwrap_or_else(|e| {
-                tracing::error!("model `{}`: answer `{}`: {e}", m.name, a.label);
-                Vec::new()
-            });
-            a.labels = Some(set.iter().map(|&i| m.notation.names[i].clone()).collect());
-        }
-    }
-    for a in &answers {
-        st.metrics.inc(
-            "distill_requests_total",
-            &[
-                ("model", &m.name),
-                ("endpoint", endpoint),
-                ("tag", tag),
-                ("source", a.source),
-            ],
-        );
-        st.metrics.add(
-            "distill_saved_usd_total",
-            &[("model", &m.name), ("tag", tag)],
-            a.saved_usd,
-        );
-    }
-    Ok(answers)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn decide(
-    st: &Arc<AppState>,
-    m: &Arc<ServedModel>,
-    text: &str,
-    key: &str,
-    p: Prediction,
-    tag: &str,
-    endpoint: &'static str,
-    saved: f64,
-) -> Answer {
-    let student = Answer {
-        label: p.label.clone(),
-        confidence: p.confidence,
-        source: "student",
-        cost_usd: 0.0,
-        saved_usd: saved,
-        degraded: false,
-        budget_capped: false,
-        student_label: None,
-        labels: None,
-    };
-    let Some(esc) = m.escalator.clone() else {
-        st.cache
-            .put(
-                key,
-                &CachedAnswer {
-                    label: p.label,
-                    confidence: p.confidence,
-                    origin: "student".into(),
-                },
-                None,
-            )
-            .await;
-        return student;
-    };
-    if p.confidence >= m.threshold {
-        if st.shadow.is_some() && st.shadow_rate > 0.0 && rand::random::<f64>() < st.shadow_rate {
-            shadow(
-                st.clone(),
-                m.clone(),
-                esc,
-                text.to_string(),
-                p.clone(),
-                tag.to_string(),
-            );
-        }
-        st.cache
-            .put(
-                key,
-                &CachedAnswer {
-                    label: p.label,
-                    confidence: p.confidence,
-                    origin: "student".into(),
-                },
-                None,
-            )
-            .await;
-        return student;
-    }
-    let labels = [("model", m.name.as_str()), ("tag", tag)];
-    if let Some(hit) = st.budgets.check(tag) {
-        capped(st, &hit, "answering from the student");
-        st.metrics.inc(
-            "distill_escalations_total",
-            &[labels[0], labels[1], ("outcome", "budget_capped")],
-        );
-        return Answer {
-            budget_capped: true,
-            ..student
-        };
-    }
-    let ctx = CallContext {
-        source: format!("serve.{endpoint}"),
-        tag: (tag != DEFAULT_TAG).then(|| tag.to_string()),
-    };
-    let outcome = tokio::time::timeout(st.teacher_timeout, esc.label(text, &ctx)).await;
-    match outcome {
-        Ok(Ok(e)) => {
-            st.budgets.record(tag, e.cost_usd);
-            st.metrics
-                .add("distill_escalation_spend_usd_total", &labels, e.cost_usd);
-            st.metrics.inc(
-                "distill_escalations_total",
-                &[labels[0], labels[1], ("outcome", "ok")],
-            );
-            st.cache
-                .put(
-                    key,
-                    &CachedAnswer {
-                        label: e.label.clone(),
-                        confidence: p.confidence,
-                        origin: "teacher".into(),
-                    },
-                    None,
-                )
-                .await;
-            Answer {
-                student_label: Some(p.label),
-                label: e.label,
-                source: "teacher",
-                cost_usd: e.cost_usd,
-                saved_usd: if e.cached { saved } else { 0.0 },
-                ..student
-            }
-        }
-        failure => {
-            let why = match failure {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!("no answer within {:?}", st.teacher_timeout),
-            };
-            tracing::warn!(model = %m.name, "escalation failed, answering from the student: {why}");
-            st.metrics.inc(
-                "distill_escalations_total",
-                &[labels[0], labels[1], ("outcome", "failed")],
-            );
-            Answer {
-                degraded: true,
-                ..student
-            }
-        }
-    }
-}
-
-/// A budget was found spent: warns and alerts once per cap and period. `consequence` says
-/// what the server does about it.
-pub(crate) fn capped(st: &Arc<AppState>, hit: &CapHit, consequence: &str) {
-    if !st.budgets.first_hit(hit) {
-        return;
-    }
-    tracing::warn!(
-        "budget `{}` ({}, ${:.2}) is spent (${:.4}); {consequence}",
-        hit.budget,
-        hit.period.as_str(),
-        hit.cap_usd,
-        hit.spent_usd
-    );
-    if let Some(url) = st.alert_webhook.clone() {
-        let http = st.http.clone();
-        let body = hit.alert_json(consequence);
-        tokio::spawn(async move {
-            if let Err(e) = http
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-            {
-                tracing::warn!("budget alert webhook failed: {}", e.without_url());
-            }
-        });
-    }
-}
-
-/// Off the latency path: asks the teacher about a confidently answered input and records
-/// whether it agrees. Shadow calls count against the tag's budget like escalations.
-fn shadow(
-    st: Arc<AppState>,
-    m: Arc<ServedModel>,
-    esc: Arc<dyn Escalator>,
-    text: String,
-    p: Prediction,
-    tag: String,
-) {
-    let in_flight = InFlight::start(&st.shadow_in_flight);
-    tokio::spawn(async move {
-        let _in_flight = in_flight;
-        if st.budgets.check(&tag).is_some() {
-            return;
-        }
-        let ctx = CallContext {
-            source: "serve.shadow".into(),
-            tag: (tag != DEFAULT_TAG).then(|| tag.clone()),
-        };
-        let Ok(Ok(e)) = tokio::time::timeout(st.teacher_timeout, esc.label(&text, &ctx)).await
-        else {
-            return;
-        };
-        st.budgets.record(&tag, e.cost_usd);
-        let labels = [("model", m.name.as_str()), ("tag", tag.as_str())];
-        st.metrics
-            .add("distill_escalation_spend_usd_total", &labels, e.cost_usd);
-        let model = [("model", m.name.as_str())];
-        st.metrics.inc("distill_shadow_total", &model);
-        if e.label == p.label {
-            st.metrics.inc("distill_shadow_agree_total", &model);
-        }
-        if let Some(rec) = &st.shadow {
-            rec.record(ShadowRow {
-                ts: distill_core::ledger::LedgerRow::now(),
-                model: m.name.clone(),
-                tag,
-                input_hash: distill_core::fsutil::sha256_hex(text.as_bytes()),
-                student_label: p.label,
-                confidence: p.confidence,
-                teacher_label: e.label,
-                cost_usd: e.cost_usd,
-            });
-        }
-    });
 }

@@ -2,7 +2,8 @@
 //! dedicated inference threads, so model compute never runs on (or blocks) the async runtime and
 //! throughput under load rises with batch size instead of queueing one text at a time.
 
-use distill_train::{Prediction, Student, StudentKind};
+use crate::student::{Input, ServedStudent};
+use distill_train::{Prediction, StudentKind};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,7 @@ pub enum BatchError {
 }
 
 struct Job {
-    texts: Vec<String>,
+    inputs: Vec<Input>,
     reply: oneshot::Sender<Result<Vec<Prediction>, BatchError>>,
 }
 
@@ -73,14 +74,14 @@ pub struct Batcher {
 impl Batcher {
     pub fn start(
         name: &str,
-        student: Arc<dyn Student>,
+        student: Arc<dyn ServedStudent>,
         opts: BatchOptions,
         observe: BatchObserver,
     ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(opts.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let workers = match opts.workers {
-            0 => auto_workers(student.meta().kind),
+            0 => student.card().workers,
             n => n,
         };
         for i in 0..workers {
@@ -95,11 +96,11 @@ impl Batcher {
         Ok(Self { tx })
     }
 
-    /// Top-1 predictions (with the top 5 alternatives) for `texts`, in order.
-    pub async fn predict(&self, texts: Vec<String>) -> Result<Vec<Prediction>, BatchError> {
+    /// Predictions for `inputs`, in order.
+    pub async fn predict(&self, inputs: Vec<Input>) -> Result<Vec<Prediction>, BatchError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Job { texts, reply })
+            .try_send(Job { inputs, reply })
             .map_err(|e| match e {
                 TrySendError::Full(_) => BatchError::Overloaded,
                 TrySendError::Disconnected(_) => BatchError::Stopped,
@@ -110,7 +111,7 @@ impl Batcher {
 
 fn worker(
     rx: Arc<Mutex<Receiver<Job>>>,
-    student: Arc<dyn Student>,
+    student: Arc<dyn ServedStudent>,
     opts: BatchOptions,
     observe: BatchObserver,
 ) {
@@ -120,7 +121,7 @@ fn worker(
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             let Ok(first) = rx.recv() else { return };
             let started = Instant::now();
-            let mut n = first.texts.len();
+            let mut n = first.inputs.len();
             let mut jobs = vec![first];
             while n < opts.max_batch {
                 let next = match rx.try_recv() {
@@ -133,7 +134,7 @@ fn worker(
                 };
                 match next {
                     Some(j) => {
-                        n += j.texts.len();
+                        n += j.inputs.len();
                         jobs.push(j);
                     }
                     None => break,
@@ -142,32 +143,33 @@ fn worker(
             jobs
         };
         // Requests whose caller has gone (timeout, disconnect) need no compute.
-        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+        let mut jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
         if jobs.is_empty() {
             continue;
         }
-        let texts: Vec<&str> = jobs
-            .iter()
-            .flat_map(|j| j.texts.iter().map(String::as_str))
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.inputs.len()).collect();
+        let inputs: Vec<Input> = jobs
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.inputs))
             .collect();
-        observe(texts.len());
+        observe(inputs.len());
         // A panicking model must fail its batch, not kill the worker thread.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| student.predict(&texts, 5)));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| student.predict(&inputs)));
         let result: Result<Vec<Prediction>, BatchError> = match result {
-            Ok(Ok(p)) if p.len() == texts.len() => Ok(p),
+            Ok(Ok(p)) if p.len() == inputs.len() => Ok(p),
             Ok(Ok(p)) => Err(BatchError::Model(format!(
                 "returned {} predictions for {} inputs",
                 p.len(),
-                texts.len()
+                inputs.len()
             ))),
-            Ok(Err(e)) => Err(BatchError::Model(e.to_string())),
+            Ok(Err(e)) => Err(BatchError::Model(e)),
             Err(_) => Err(BatchError::Model("the model panicked".into())),
         };
         match result {
             Ok(preds) => {
                 let mut it = preds.into_iter();
-                for j in jobs {
-                    let mine: Vec<Prediction> = it.by_ref().take(j.texts.len()).collect();
+                for (j, n) in jobs.into_iter().zip(sizes) {
+                    let mine: Vec<Prediction> = it.by_ref().take(n).collect();
                     let _ = j.reply.send(Ok(mine));
                 }
             }

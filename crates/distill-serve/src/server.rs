@@ -12,13 +12,13 @@ use crate::escalate::{CostEstimator, Escalator};
 use crate::gateway::Gateway;
 use crate::metrics::{Metrics, BATCH_BUCKETS};
 use crate::shadow::ShadowRecorder;
+use crate::student::{ModelCard, ServedStudent};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use distill_train::{ModelMeta, Student};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 pub struct ModelEntry {
     /// The name clients put in `model`.
     pub name: String,
-    pub student: Arc<dyn Student>,
+    /// A classifier ([`crate::student::Classifier`]) or a tagger ([`crate::student::Tagger`]).
+    pub student: Arc<dyn ServedStudent>,
     /// Where unsure inputs go; `None` serves the student alone.
     pub escalator: Option<Arc<dyn Escalator>>,
     /// Prices a teacher call for `saved_usd`.
@@ -95,11 +96,10 @@ impl Default for ServerOptions {
 
 pub struct ServedModel {
     pub name: String,
-    pub meta: ModelMeta,
-    /// How this model writes answers (`meta.label_set()`): every answer it returns, cached or
-    /// escalated, reads in it.
-    pub(crate) notation: distill_core::LabelSet,
-    pub(crate) student: Arc<dyn Student>,
+    /// What the model answers and how it writes answers (`card.notation`): every answer it
+    /// returns, cached or escalated, reads in it.
+    pub card: ModelCard,
+    pub(crate) student: Arc<dyn ServedStudent>,
     pub(crate) batcher: Batcher,
     pub(crate) escalator: Option<Arc<dyn Escalator>>,
     pub(crate) estimator: CostEstimator,
@@ -244,12 +244,17 @@ impl IntoResponse for ApiError {
 /// One answered input, as reported in the `distill` object.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Answer {
-    /// The answer in the task's notation: a label, or a multilabel task's labels joined by
-    /// its separator (`[]`: none).
+    /// The answer in the model's notation: a label, a multilabel task's labels joined by
+    /// its separator (`[]`: none), or an extract task's spans as compact JSON. Equal answers
+    /// are equal strings (the cache and shadow traffic compare them).
     pub label: String,
     /// A multilabel model's answer as a list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// An extraction model's answer: `{slot, start, end, text}` spans of the input,
+    /// offsets in Unicode characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spans: Option<Vec<distill_core::spans::Span>>,
     /// The student's calibrated confidence in its own label.
     pub confidence: f32,
     /// `student`, `teacher` or `cache`.
@@ -265,6 +270,30 @@ pub struct Answer {
     /// The student's label when the teacher answered instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub student_label: Option<String>,
+}
+
+impl Answer {
+    /// A free answer from `source` (the student or the cache), before the cascade adds
+    /// anything to it.
+    pub(crate) fn free(
+        label: String,
+        confidence: f32,
+        source: &'static str,
+        saved_usd: f64,
+    ) -> Self {
+        Self {
+            label,
+            labels: None,
+            spans: None,
+            confidence,
+            source,
+            cost_usd: 0.0,
+            saved_usd,
+            degraded: false,
+            budget_capped: false,
+            student_label: None,
+        }
+    }
 }
 
 pub struct Server {
@@ -324,16 +353,15 @@ impl Server {
                 }),
             )
             .map_err(|e| ServeError::Other(format!("cannot start inference threads: {e}")))?;
-            let meta = m.student.meta().clone();
-            let created = chrono::DateTime::parse_from_rfc3339(&meta.created)
+            let card = m.student.card().clone();
+            let created = chrono::DateTime::parse_from_rfc3339(&card.created)
                 .map(|d| d.timestamp())
                 .unwrap_or_else(|_| chrono::Utc::now().timestamp());
             served.insert(
                 m.name.clone(),
                 Arc::new(ServedModel {
                     name: m.name,
-                    notation: meta.label_set(),
-                    meta,
+                    card,
                     student: m.student,
                     batcher,
                     escalator: m.escalator,
@@ -573,14 +601,7 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Response {
                 "object": "model",
                 "created": m.created,
                 "owned_by": "distill",
-                "distill": {
-                    "task": m.meta.task,
-                    "kind": m.meta.kind.as_str(),
-                    "labels": m.meta.labels.len(),
-                    "dev_accuracy": m.meta.dev_accuracy,
-                    "escalates_to": m.escalator.as_ref().map(|e| e.teacher_model()),
-                    "threshold": m.threshold,
-                }
+                "distill": model_json(m),
             })
         })
         .collect();
@@ -616,6 +637,29 @@ async fn list_models(State(st): State<Arc<AppState>>) -> Response {
         }
     }
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// A served model's `distill` object in `/v1/models`.
+fn model_json(m: &ServedModel) -> Value {
+    let c = &m.card;
+    let (outputs, count) = match c.shape {
+        crate::student::AnswerShape::Spans => ("slots", c.notation.names.len()),
+        _ => ("labels", c.notation.names.len()),
+    };
+    let mut v = json!({
+        "task": c.task,
+        "kind": c.kind,
+        outputs: count,
+        "escalates_to": m.escalator.as_ref().map(|e| e.teacher_model()),
+        "threshold": m.threshold,
+    });
+    if let Some((metric, value)) = c.dev_quality {
+        v[metric] = value.into();
+    }
+    if !c.context_columns.is_empty() {
+        v["context_columns"] = json!(c.context_columns);
+    }
+    v
 }
 
 /// A known endpoint asked with the wrong method: 405 in OpenAI's error shape (axum's own

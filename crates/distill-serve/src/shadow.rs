@@ -6,7 +6,8 @@
 //! tag, input_hash (SHA-256 of the normalised input, never the text), student_label,
 //! confidence, teacher_label, agree (0/1), cost_usd. Both labels are in the served model's
 //! notation, so for a label-set model `agree` is exact-set agreement, the measure its cascade
-//! floor is set on.
+//! floor is set on. An extraction model's answers quote the input, so they are stored as
+//! their slots only (`["date","time"]`); `agree` still compares the whole answers.
 
 use crate::error::{Result, ServeError};
 use rusqlite::{params, Connection};
@@ -23,6 +24,9 @@ pub struct ShadowRow {
     pub student_label: String,
     pub confidence: f32,
     pub teacher_label: String,
+    /// Whether the two answers were the same (for span answers, which are stored as their
+    /// slots only, more than the stored labels show).
+    pub agree: bool,
     pub cost_usd: f64,
 }
 
@@ -93,7 +97,7 @@ impl ShadowRecorder {
                                     r.student_label,
                                     r.confidence as f64,
                                     r.teacher_label,
-                                    (r.student_label == r.teacher_label) as i64,
+                                    r.agree as i64,
                                     r.cost_usd
                                 ],
                             ) {
@@ -223,6 +227,7 @@ mod tests {
                 student_label: s.into(),
                 confidence: 0.9,
                 teacher_label: t.into(),
+                agree: s == t,
                 cost_usd: 0.001,
             });
         }

@@ -9,8 +9,9 @@ use futures::future::BoxFuture;
 
 pub struct TeachEscalator {
     client: TeacherClient,
-    /// The notation answers are returned in: the served model's label set, so a teacher's
-    /// answer and the student's are the same string for the same answer (cache, shadow).
+    /// The notation answers are returned in: the served model's labels (or slots), so a
+    /// teacher's answer and the student's are the same string for the same answer (cache,
+    /// shadow).
     notation: LabelSet,
 }
 
@@ -34,7 +35,7 @@ impl TeachEscalator {
 impl Escalator for TeachEscalator {
     fn label<'a>(
         &'a self,
-        text: &'a str,
+        input: distill_core::spec::PromptInput<'a>,
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Escalation, EscalateError>> {
         Box::pin(async move {
@@ -44,7 +45,7 @@ impl Escalator for TeachEscalator {
             };
             let out = self
                 .client
-                .label(text, &teach_ctx)
+                .label(input, &teach_ctx)
                 .await
                 .map_err(|e| EscalateError::Failed(e.to_string()))?;
             let answer = out.output.as_ref().and_then(|o| o.answer(&self.notation));

@@ -111,6 +111,15 @@ impl ThresholdSource {
 fn check(t: f32, what: &str) -> Result<f32> {
     if (0.0..=1.0).contains(&t) {
         Ok(t)
+    } else if t > 1.0 && what != "--threshold" {
+        Err(ServeError::config(
+            what,
+            format!(
+                "threshold {t}: eval found no threshold that meets its floor, so this cascade \
+                 escalates every input (the teacher alone would be cheaper); lower the floor \
+                 (distill eval --floor), or pass a number to --threshold"
+            ),
+        ))
     } else {
         Err(ServeError::config(
             what,

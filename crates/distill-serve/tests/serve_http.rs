@@ -284,7 +284,7 @@ struct PricedTeacher {
 impl Escalator for PricedTeacher {
     fn label<'a>(
         &'a self,
-        _text: &'a str,
+        _input: distill_core::spec::PromptInput<'a>,
         _ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Escalation, EscalateError>> {
         Box::pin(async move {

@@ -18,6 +18,8 @@ pub mod student;
 pub mod tagging;
 pub mod train;
 
+/// The device students run on, so callers need not depend on candle themselves.
+pub use candle_core::Device;
 pub use device::select_device;
 pub use error::{Result, TrainError};
 pub use student::{

@@ -105,8 +105,8 @@ impl ModelMeta {
         if crate::tagging::model::is_tagger_dir(dir) {
             return Err(TrainError::model(
                 dir,
-                "this is an extraction tagger: `distill predict` and `distill eval` run it; \
-                 serve does not take extraction models yet",
+                "this is an extraction tagger: `distill predict`, `distill eval` and \
+                 `distill serve` run it; it is not a classifier",
             ));
         }
         if crate::route::is_router_dir(dir) {

@@ -13,16 +13,16 @@ pub mod spend;
 pub mod teach;
 pub mod train;
 
-/// Extraction tasks are taught (`distill teach`, `distill sim-teacher`) but have no students
-/// yet: every other stage says so plainly instead of failing on records it cannot read.
+/// Extraction tasks go through teach, train, predict, eval and serve; the stages that do not
+/// handle them yet say so plainly instead of failing on records they cannot read.
 pub fn refuse_extract(spec: &distill_core::TaskSpec, what: &str) -> anyhow::Result<()> {
     if spec.is_extract() {
         anyhow::bail!(
             "{}: {what} does not handle extract tasks yet. Today an extract task is \
              labelled (distill teach, with distill sim-teacher offline: records keep \
              `output.spans` with character offsets), trained (distill train --student linear: \
-             the linear tagger) and run (distill predict) and evaluated (distill eval); serve \
-             for it comes next",
+             the linear tagger), run (distill predict), evaluated (distill eval) and served \
+             (distill serve)",
             spec.path.display()
         );
     }

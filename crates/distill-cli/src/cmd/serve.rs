@@ -8,8 +8,12 @@ use distill_core::{Provider, TaskSpec};
 use distill_serve::batcher::BatchOptions;
 use distill_serve::budget::Budgets;
 use distill_serve::cache::{Cache, MemoryCache, RedisCache};
+use distill_serve::student::AnswerShape;
 use distill_serve::teach_escalator::TeachEscalator;
-use distill_serve::{CostEstimator, Escalator, ModelEntry, Server, ServerOptions};
+use distill_serve::{
+    Classifier, CostEstimator, Escalator, ModelCard, ModelEntry, ServedStudent, Server,
+    ServerOptions, Tagger,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,13 +21,14 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model directory to serve, as DIR (named after the directory) or NAME=DIR. Repeatable.
+    /// A model directory to serve (a classifier, or an extract task's tagger), as DIR (named
+    /// after the directory) or NAME=DIR. Repeatable.
     /// `distill serve` needs at least one; a gateway serves these beside its routes (a
     /// `policy = "student"` route answers through one).
     #[arg(long = "model", value_name = "[NAME=]DIR")]
     pub models: Vec<String>,
-    /// Task spec(s) giving the teacher's prompts, labels and case handling; matched to models
-    /// by task name (a single spec applies to every model).
+    /// Task spec(s) giving the teacher's prompts, labels (or slots and context) and case
+    /// handling; matched to models by task name (a single spec applies to every model).
     #[arg(long = "task", value_name = "TASK.toml")]
     pub tasks: Vec<PathBuf>,
     /// Confidence below which an input goes to the teacher: a number in [0, 1] for every model,
@@ -118,23 +123,78 @@ fn parse_model_arg(s: &str) -> (String, PathBuf) {
     }
 }
 
-/// A spec for a model served without --task: its labels, the default prompts, the given teacher.
-fn synthesized_spec(
-    meta: &distill_train::ModelMeta,
-    provider: Provider,
-    model: &str,
-) -> anyhow::Result<TaskSpec> {
+/// Loads a model directory for serving: an extraction tagger (on the CPU) or a classifier.
+fn load_served(
+    dir: &Path,
+    device: &distill_train::Device,
+) -> anyhow::Result<Arc<dyn ServedStudent>> {
+    if distill_train::tagging::model::is_tagger_dir(dir) {
+        return Ok(Arc::new(Tagger::load(dir)?));
+    }
+    Ok(Arc::new(Classifier::new(Arc::from(
+        distill_train::load_student(dir, device)?,
+    ))))
+}
+
+/// The task spec a model escalates with must ask for the model's kind of answer; it should
+/// name the same labels (or slots) and context.
+fn check_task_fits(t: &TaskSpec, card: &ModelCard, name: &str) -> anyhow::Result<()> {
+    let spans = card.shape == AnswerShape::Spans;
+    if spans != t.is_extract() {
+        bail!(
+            "model `{name}` ({}) answers {} but task `{}` ({}) is a {} task: give the task \
+             the model was trained on",
+            card.kind,
+            if spans { "spans" } else { "labels" },
+            t.name,
+            t.path.display(),
+            serde_json::to_value(t.kind)?.as_str().unwrap_or("other"),
+        );
+    }
+    let what = if spans { "slots" } else { "labels" };
+    if t.labels.names != card.notation.names {
+        tracing::warn!(
+            "model `{name}` and task `{}` list different {what}; teacher answers outside the \
+             model's {what} are refused",
+            t.name
+        );
+    }
+    if t.input.context_columns != card.context_columns {
+        tracing::warn!(
+            "model `{name}` reads context [{}] but task `{}` shows the teacher [{}]",
+            card.context_columns.join(", "),
+            t.name,
+            t.input.context_columns.join(", "),
+        );
+    }
+    Ok(())
+}
+
+/// A spec for a model served without --task: its labels (or slots and context), the
+/// default prompts, the given teacher.
+fn synthesized_spec(card: &ModelCard, provider: Provider, model: &str) -> anyhow::Result<TaskSpec> {
     // JSON strings are valid TOML basic strings, so serde_json quotes safely here.
-    let set = meta.label_set();
-    let (kind, input, labels_extra) = match &set.set_separator {
-        Some(sep) => (
+    let set = &card.notation;
+    let (kind, input, outputs, labels_extra) = match (&set.set_separator, card.shape) {
+        (_, AnswerShape::Spans) => (
+            "extract",
+            format!(
+                "context_columns = {}\n",
+                serde_json::to_string(&card.context_columns)?
+            ),
+            "slots",
+            String::new(),
+        ),
+        (Some(sep), _) => (
             "multilabel",
             format!("gold_separator = {}\n", serde_json::to_string(sep)?),
+            "labels",
             format!("allow_empty = {}\n", set.allow_empty),
         ),
-        None => (
+        (None, _) => (
             "classify",
             String::new(),
+            "labels",
             match &set.out_of_scope {
                 Some(l) => format!("out_of_scope = {}\n", serde_json::to_string(l)?),
                 None => String::new(),
@@ -142,9 +202,9 @@ fn synthesized_spec(
         ),
     };
     let text = format!(
-        "name = {}\nkind = \"{kind}\"\n[input]\n{input}[labels]\nvalues = {}\n{labels_extra}[teacher]\nprovider = \"{}\"\nmodel = {}\n",
-        serde_json::to_string(&meta.task)?,
-        serde_json::to_string(&meta.labels)?,
+        "name = {}\nkind = \"{kind}\"\n[input]\n{input}[{outputs}]\nvalues = {}\n{labels_extra}[teacher]\nprovider = \"{}\"\nmodel = {}\n",
+        serde_json::to_string(&card.task)?,
+        serde_json::to_string(&set.names)?,
         provider.as_str(),
         serde_json::to_string(model)?,
     );
@@ -202,9 +262,6 @@ pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyh
         .iter()
         .map(TaskSpec::load)
         .collect::<Result<_, _>>()?;
-    for t in &tasks {
-        crate::cmd::refuse_extract(t, "distill serve")?;
-    }
     let escalate_to = match args.escalate_to.as_deref() {
         Some("none") => None,
         Some(s) => Some(parse_escalate_to(s)?),
@@ -227,30 +284,23 @@ pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyh
     let mut described = Vec::new();
     for m in &args.models {
         let (name, dir) = parse_model_arg(m);
-        let student: Arc<dyn distill_train::Student> = Arc::from(
-            distill_train::load_student(&dir, &device).with_context(|| format!("--model {m}"))?,
-        );
-        let meta = student.meta().clone();
+        let student = load_served(&dir, &device).with_context(|| format!("--model {m}"))?;
+        let card = student.card().clone();
         let task = tasks
             .iter()
-            .find(|t| t.name == meta.task)
+            .find(|t| t.name == card.task)
             .or(if tasks.len() == 1 {
                 tasks.first()
             } else {
                 None
             });
         if let Some(t) = task {
-            if t.labels.names != meta.labels {
-                tracing::warn!(
-                    "model `{name}` and task `{}` list different labels; teacher answers outside the model's labels are refused",
-                    t.name
-                );
-            }
+            check_task_fits(t, &card, &name)?;
         }
         let mut spec = match (task, &escalate_to) {
             (Some(t), _) => t.clone(),
-            (None, Some((p, model))) => synthesized_spec(&meta, *p, model)?,
-            (None, None) => synthesized_spec(&meta, Provider::Openai, "gpt-4o")?,
+            (None, Some((p, model))) => synthesized_spec(&card, *p, model)?,
+            (None, None) => synthesized_spec(&card, Provider::Openai, "gpt-4o")?,
         };
         if let Some((p, model)) = &escalate_to {
             spec.teacher.provider = *p;
@@ -275,7 +325,7 @@ pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyh
             )
             .with_context(|| format!("teacher for model `{name}`"))?;
             Some(Arc::new(
-                TeachEscalator::new(client).answering_in(meta.label_set()),
+                TeachEscalator::new(client).answering_in(card.notation.clone()),
             ))
         } else {
             None
@@ -283,9 +333,14 @@ pub fn run_server(args: Args, gateway: Option<GatewaySetup>, g: &Global) -> anyh
         let estimator = CostEstimator::new(&spec, prices.get(&spec.teacher.model).cloned());
         let threshold = thresholds.for_model(&name, &dir)?;
         described.push(format!(
-            "{name} ({}, {} labels, threshold {threshold:.3}{})",
-            meta.kind.as_str(),
-            meta.labels.len(),
+            "{name} ({}, {} {}, threshold {threshold:.3}{})",
+            card.kind,
+            card.notation.names.len(),
+            if card.shape == AnswerShape::Spans {
+                "slots"
+            } else {
+                "labels"
+            },
             escalator
                 .as_ref()
                 .map(|e| format!(", escalates to {}", e.teacher_model()))

@@ -189,18 +189,22 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `distill serve ARGS --port 0` and waits for the line that names its address.
-pub fn start_serve(args: &[&str], state: &Path) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .arg("serve")
+/// `distill serve ARGS --port 0` with its state in `state`, stderr piped.
+fn serve_command(args: &[&str], state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_distill"));
+    c.arg("serve")
         .args(args)
         .args(["--port", "0"])
         .env("DISTILL_STATE_DIR", state)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Starts `distill serve ARGS --port 0` and waits for the line that names its address.
+pub fn start_serve(args: &[&str], state: &Path) -> (Proc, String) {
+    let mut child = serve_command(args, state).spawn().unwrap();
     let stderr = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = mpsc::channel();
     let pipe = child.stderr.take().unwrap();
@@ -225,6 +229,25 @@ pub fn start_serve(args: &[&str], state: &Path) -> (Proc, String) {
             )
         });
     (proc, addr)
+}
+
+/// Runs `distill serve ARGS --port 0`, which must exit 1 before it listens; returns its
+/// stderr. A server that starts instead is killed after a minute and fails the test.
+pub fn serve_refused(args: &[&str], state: &Path) -> String {
+    let child = serve_command(args, state).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(o) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        panic!("distill serve {args:?} started instead of refusing");
+    };
+    let o = o.unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    err
 }
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).

@@ -300,7 +300,7 @@ pub(crate) async fn chat(
     if let Some(hit) = over {
         match route.on_budget() {
             OnBudget::Refuse => {
-                crate::answer::capped(st, &hit, "refusing the route's requests (429)");
+                crate::cascade::capped(st, &hit, "refusing the route's requests (429)");
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "insufficient_quota",
@@ -314,7 +314,7 @@ pub(crate) async fn chat(
                 ));
             }
             OnBudget::Cheapest => {
-                crate::answer::capped(st, &hit, "answering from the route's cheapest tier");
+                crate::cascade::capped(st, &hit, "answering from the route's cheapest tier");
                 if tier != route.cheapest {
                     tier = route.cheapest;
                     reason = "budget".into();

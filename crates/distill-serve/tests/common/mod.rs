@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use distill_core::TaskSpec;
-use distill_serve::{CostEstimator, Escalator, ModelEntry, RunningServer, Server, ServerOptions};
+use distill_serve::{
+    Classifier, CostEstimator, Escalator, ModelEntry, RunningServer, Server, ServerOptions,
+};
 use distill_train::{ModelMeta, Student};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,7 +87,7 @@ pub fn entry(
 ) -> ModelEntry {
     ModelEntry {
         name: name.into(),
-        student,
+        student: Arc::new(Classifier::new(student)),
         escalator,
         estimator: CostEstimator::none(),
         case_insensitive: false,
