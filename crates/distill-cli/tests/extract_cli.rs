@@ -338,6 +338,118 @@ fn spans_are_taught_with_offsets_and_context() {
     }
 
     serve_answers_spans(dir, &url);
+    encoder_tagger_through_the_cli(dir);
+}
+
+/// The fine-tuned tagger through the same commands: train (one epoch on the slice), predict
+/// against gold, eval, and serve with the question as context.
+fn encoder_tagger_through_the_cli(dir: &Path) {
+    let base = repo().join("models/base/all-MiniLM-L6-v2");
+    let o = common::distill_ok(
+        dir,
+        &[
+            "train",
+            "--task",
+            "task.toml",
+            "--data",
+            "teacher.jsonl",
+            "--student",
+            "encoder-finetune",
+            "--base",
+            base.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--max-len",
+            "32",
+            "--out",
+            "encoder-tagger",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("encoder tagger:") && said.contains("dev span F1"),
+        "{said}"
+    );
+    let distill_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("encoder-tagger/distill.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(distill_json["student"], "encoder-tagger");
+    let o = common::distill_ok(
+        dir,
+        &[
+            "predict",
+            "--model",
+            "encoder-tagger",
+            "--input",
+            "test.jsonl",
+            "--gold-column",
+            "spans",
+            "--out",
+            "encoder-tagged.jsonl",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    let f1: f64 = said
+        .split("span F1 vs gold ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    eprintln!("encoder tagger, 2 epochs on the slice: test span F1 {f1:.4}");
+    assert!(f1 > 0.6, "{said}");
+    let m = {
+        common::distill_ok(
+            dir,
+            &[
+                "eval",
+                "--task",
+                "task.toml",
+                "--model",
+                "encoder-tagger",
+                "--test",
+                "test.jsonl",
+                "--teacher-labels",
+                "teacher-test.jsonl",
+                "--out",
+                "evals-encoder",
+            ],
+        );
+        let text = std::fs::read_to_string(dir.join("evals-encoder/metrics.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let eval_f1 = m["student_vs_gold"]["exact"]["f1"]["value"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (eval_f1 - f1).abs() < 1e-4,
+        "eval {eval_f1} vs predict {f1}"
+    );
+    assert_eq!(m["student"]["student"], "encoder-tagger");
+
+    let model = dir.join("encoder-tagger");
+    let (_serve, addr) = common::start_serve(
+        &["--model", model.to_str().unwrap(), "--escalate-to", "none"],
+        &dir.join("serve-state-encoder"),
+    );
+    let row: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(dir.join("test.jsonl"))
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("\"slot\""))
+            .unwrap(),
+    )
+    .unwrap();
+    let req = serde_json::json!({"model": "encoder-tagger", "inputs": [{"text": row["text"],
+        "context": {"requested_slots": row["requested_slots"]}}]})
+    .to_string();
+    let (status, body) = common::http(&addr, "POST", "/v1/predict", &req).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["results"][0]["source"], "student", "{body}");
+    spans_cover_their_text(&v["results"][0]["spans"], &row, &body);
+    let (_, models) = common::http(&addr, "GET", "/v1/models", "").unwrap();
+    assert!(models.contains("\"kind\":\"encoder-tagger\""), "{models}");
 }
 
 /// A list context column as records keep it: its items joined by ", ".

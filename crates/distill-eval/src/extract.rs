@@ -68,6 +68,8 @@ pub struct ExtractEvalOptions<'a> {
     pub seed: u64,
     /// Replace an existing eval directory.
     pub force: bool,
+    /// Where an encoder tagger runs.
+    pub device: &'a distill_train::Device,
 }
 
 fn other(e: impl std::fmt::Display) -> EvalError {
@@ -80,7 +82,7 @@ pub fn run(
     out: &Path,
     o: &ExtractEvalOptions,
 ) -> Result<ExtractReport> {
-    let (tagger, meta) = load(model).map_err(other)?;
+    let (tagger, meta) = load(model, o.device).map_err(other)?;
     let mut cols = Columns::from(&spec.input);
     cols.context = meta.context_columns.clone();
     let gold_field = cols.gold.clone().unwrap_or_default();
@@ -92,9 +94,14 @@ pub fn run(
     let key = |text: &str, context: &distill_core::spec::Context| {
         serde_json::to_string(&(text, context)).unwrap_or_default()
     };
-    for item in read_inputs(o.test, spec.input.format, &cols)? {
-        let item = item?;
-        let (spans, c) = tagger.predict(&item.text, &item.context);
+    let items: Vec<distill_core::input::InputItem> =
+        read_inputs(o.test, spec.input.format, &cols)?.collect::<std::result::Result<_, _>>()?;
+    let asked: Vec<(&str, &distill_core::spec::Context)> = items
+        .iter()
+        .map(|i| (i.text.as_str(), &i.context))
+        .collect();
+    let answers = tagger.predict_batch(&asked).map_err(other)?;
+    for (item, (spans, c)) in items.into_iter().zip(answers) {
         match &item.gold {
             Some(g) => {
                 gold.push(parse_spans(g, &item.text, slots).map_err(|e| {

@@ -7,8 +7,8 @@
 use distill_core::spans::{format_spans, parse_spans, Span};
 use distill_core::spec::Context;
 use distill_core::LabelSet;
-use distill_train::tagging::linear::LinearTagger;
 use distill_train::tagging::model::TaggerMeta;
+use distill_train::tagging::SpanTagger;
 use distill_train::{Prediction, Student, StudentKind};
 use std::sync::Arc;
 
@@ -145,15 +145,16 @@ impl ServedStudent for Classifier {
     }
 }
 
-/// An extraction tagger: spans of the exact text, with the task's context. Its confidence
-/// is the least sure token's (see [`LinearTagger::predict`]); `top` is empty.
+/// An extraction tagger (linear or fine-tuned encoder): spans of the exact text, with the
+/// task's context. Its confidence is the least sure token's; `top` is empty.
 pub struct Tagger {
-    tagger: LinearTagger,
+    tagger: Box<dyn SpanTagger>,
     card: ModelCard,
 }
 
 impl Tagger {
-    pub fn new(tagger: LinearTagger, meta: &TaggerMeta) -> Self {
+    pub fn new(tagger: Box<dyn SpanTagger>, meta: &TaggerMeta) -> Self {
+        let encoder = meta.student == distill_train::tagging::encoder::STUDENT;
         let card = ModelCard {
             task: meta.task.clone(),
             kind: meta.student.clone(),
@@ -161,17 +162,26 @@ impl Tagger {
             notation: LabelSet::new(meta.slots.clone()),
             context_columns: meta.context_columns.clone(),
             dev_quality: meta.dev_span_f1.map(|f| ("dev_span_f1", f)),
-            // Word features: any length; the server's --max-input-tokens bounds the work.
+            // Any length: the linear tagger reads words, the encoder overlapping windows; the
+            // server's --max-input-tokens bounds the work.
             max_len: None,
             created: meta.created.clone(),
-            // A linear model computes an input on one thread.
-            workers: crate::batcher::auto_workers(StudentKind::Linear),
+            // A linear model computes an input on one thread; an encoder's forward pass
+            // already uses every core.
+            workers: crate::batcher::auto_workers(if encoder {
+                StudentKind::EncoderFinetune
+            } else {
+                StudentKind::Linear
+            }),
         };
         Self { tagger, card }
     }
     /// Loads a tagger model directory (`distill train` on an extract task).
-    pub fn load(dir: &std::path::Path) -> distill_train::Result<Self> {
-        let (tagger, meta) = distill_train::tagging::model::load(dir)?;
+    pub fn load(
+        dir: &std::path::Path,
+        device: &distill_train::Device,
+    ) -> distill_train::Result<Self> {
+        let (tagger, meta) = distill_train::tagging::model::load(dir, device)?;
         Ok(Self::new(tagger, &meta))
     }
 }
@@ -181,19 +191,23 @@ impl ServedStudent for Tagger {
         &self.card
     }
     fn token_len(&self, text: &str) -> usize {
-        distill_train::tagging::words(text).len()
+        self.tagger.token_len(text)
     }
     fn predict(&self, inputs: &[Input]) -> Result<Vec<Prediction>, String> {
-        Ok(inputs
+        let asked: Vec<(&str, &Context)> = inputs
             .iter()
-            .map(|i| {
-                let (spans, confidence) = self.tagger.predict(&i.text, &i.context);
-                Prediction {
-                    label: format_spans(&spans),
-                    confidence,
-                    top: Vec::new(),
-                    labels: None,
-                }
+            .map(|i| (i.text.as_str(), &i.context))
+            .collect();
+        Ok(self
+            .tagger
+            .predict_batch(&asked)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(spans, confidence)| Prediction {
+                label: format_spans(&spans),
+                confidence,
+                top: Vec::new(),
+                labels: None,
             })
             .collect())
     }

@@ -87,18 +87,19 @@ fn a_saved_tagger_answers_as_it_did() {
         dev_inputs: 0,
         dev_span_f1: None,
         widened_spans: 0,
+        base_model: None,
+        max_len: None,
+        epochs_run: None,
+        device: None,
     };
     let dir = d.path().join("tagger");
     distill_train::tagging::model::save(&dir, false, &m, &meta).unwrap();
     assert!(distill_train::tagging::model::is_tagger_dir(&dir));
-    let (back, _) = distill_train::tagging::model::load(&dir).unwrap();
-    for t in held {
-        assert_eq!(
-            m.predict(&t.text, &t.context),
-            back.predict(&t.text, &t.context),
-            "{}",
-            t.text
-        );
+    let (back, _) = distill_train::tagging::model::load(&dir, &candle_core::Device::Cpu).unwrap();
+    let asked: Vec<(&str, &distill_core::spec::Context)> =
+        held.iter().map(|t| (t.text.as_str(), &t.context)).collect();
+    for (t, answer) in held.iter().zip(back.predict_batch(&asked).unwrap()) {
+        assert_eq!(m.predict(&t.text, &t.context), answer, "{}", t.text);
     }
     // A classifier loader refuses it by name, not with a parse error.
     let e = distill_train::load_student(&dir, &candle_core::Device::Cpu)

@@ -263,7 +263,7 @@ fn route(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
 /// An extract task: the tagger against gold and the teacher, and its cascade.
 fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
     let [model] = args.models.as_slice() else {
-        anyhow::bail!("--model: an extract task is evaluated one tagger at a time (distill train --student linear)");
+        anyhow::bail!("--model: an extract task is evaluated one tagger at a time");
     };
     if !args.api.is_empty() || args.curve.is_some() {
         anyhow::bail!("--api and --curve are not built for extract tasks yet");
@@ -288,6 +288,7 @@ fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
             calibration_fraction: args.calibration_fraction,
             seed: args.seed,
             force: args.force,
+            device: &distill_train::select_device(&args.device)?,
         },
     )?;
     let line = |name: &str, q: &Option<distill_eval::span_metrics::SpanScores>| {

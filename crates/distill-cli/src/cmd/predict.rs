@@ -54,7 +54,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     distill_train::device::set_threads(args.threads);
     let device = distill_train::select_device(&args.device)?;
     if distill_train::tagging::model::is_tagger_dir(&args.model) {
-        return predict_spans(&args);
+        return predict_spans(&args, &device);
     }
     let student = distill_train::load_student(&args.model, &device)?;
     let opts = PredictOptions {
@@ -111,8 +111,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
 }
 
 /// An extraction tagger's spans for every row (its context columns read beside the text).
-fn predict_spans(args: &Args) -> anyhow::Result<()> {
-    let (tagger, meta) = distill_train::tagging::model::load(&args.model)?;
+fn predict_spans(args: &Args, device: &distill_train::Device) -> anyhow::Result<()> {
+    let (tagger, meta) = distill_train::tagging::model::load(&args.model, device)?;
     let cols = Columns {
         context: Default::default(),
         text: args.text_column.clone(),
@@ -120,8 +120,13 @@ fn predict_spans(args: &Args) -> anyhow::Result<()> {
         id: args.id_column.clone(),
         conversation: false,
     };
-    let s =
-        distill_train::tagging::model::predict_file(&tagger, &meta, &args.input, &args.out, cols)?;
+    let s = distill_train::tagging::model::predict_file(
+        tagger.as_ref(),
+        &meta,
+        &args.input,
+        &args.out,
+        cols,
+    )?;
     let f1 = s
         .span_f1
         .map(|f| {

@@ -314,6 +314,7 @@ fn extraction(
             calibration_fraction: 0.3,
             seed: args.seed,
             force: true,
+            device: &distill_train::Device::Cpu,
         },
     )
     .context("evaluating the tagger")?;

@@ -123,13 +123,13 @@ fn parse_model_arg(s: &str) -> (String, PathBuf) {
     }
 }
 
-/// Loads a model directory for serving: an extraction tagger (on the CPU) or a classifier.
+/// Loads a model directory for serving: an extraction tagger or a classifier.
 fn load_served(
     dir: &Path,
     device: &distill_train::Device,
 ) -> anyhow::Result<Arc<dyn ServedStudent>> {
     if distill_train::tagging::model::is_tagger_dir(dir) {
-        return Ok(Arc::new(Tagger::load(dir)?));
+        return Ok(Arc::new(Tagger::load(dir, device)?));
     }
     Ok(Arc::new(Classifier::new(Arc::from(
         distill_train::load_student(dir, device)?,

@@ -25,7 +25,8 @@ pub struct Args {
     pub out_of_scope_examples: Vec<PathBuf>,
     /// Student kind: `linear` (hashed n-grams + logistic regression; seconds on a CPU),
     /// `encoder-head` (frozen sentence encoder + head) or `encoder-finetune` (whole encoder).
-    /// An extract task trains `linear`: the linear tagger (BIO tags over word tokens).
+    /// An extract task trains `linear` (the linear tagger: BIO tags over word tokens) or
+    /// `encoder-finetune` (BertForTokenClassification: BIO tags over word pieces).
     #[arg(long, default_value = "linear")]
     pub student: StudentKind,
     /// Output model directory, written atomically. An existing distill model directory there is
@@ -108,9 +109,6 @@ pub struct Args {
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let threads = distill_train::device::set_threads(args.threads);
     let spec = TaskSpec::load(&args.task)?;
-    if spec.is_extract() {
-        return train_tagger(&args, &spec);
-    }
     let device = distill_train::select_device(&args.device)?;
     // indicatif hides the bars itself when stderr is not a terminal; the per-epoch summary lines
     // still reach a log file that way.
@@ -136,6 +134,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         progress,
         force: args.force,
     };
+    if spec.is_extract() {
+        return train_tagger(&args, &spec, &opts);
+    }
     if spec.route.is_some() {
         if args.quantize.is_some() {
             anyhow::bail!(
@@ -259,33 +260,45 @@ fn train_router(args: &Args, spec: &TaskSpec, opts: &TrainOptions) -> anyhow::Re
     Ok(())
 }
 
-/// An extract task's student: the linear tagger (the fine-tuned token classifier is not
-/// built yet), trained on the teacher's spans.
-fn train_tagger(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
-    if args.student != StudentKind::Linear {
-        anyhow::bail!(
-            "--student {}: an extract task trains the linear tagger (--student linear) for now",
-            args.student.as_str()
-        );
-    }
+/// An extract task's student, trained on the teacher's spans: the linear tagger
+/// (`--student linear`) or the fine-tuned encoder tagger (`--student encoder-finetune`).
+fn train_tagger(args: &Args, spec: &TaskSpec, opts: &TrainOptions) -> anyhow::Result<()> {
     let [data] = args.data.as_slice() else {
         anyhow::bail!("--data: an extract task trains on one teacher dataset");
     };
-    let r = distill_train::tagging::model::train_linear(
-        spec,
-        data,
-        &args.out,
-        args.force,
-        args.dev_fraction,
-        args.seed,
-    )?;
+    if args.quantize.is_some() {
+        anyhow::bail!("--quantize: taggers are not quantised yet");
+    }
+    let r = match args.student {
+        StudentKind::Linear => distill_train::tagging::model::train_linear(
+            spec,
+            data,
+            &args.out,
+            args.force,
+            args.dev_fraction,
+            args.seed,
+        )?,
+        StudentKind::EncoderFinetune => {
+            distill_train::tagging::encoder::train(spec, data, opts, args.dev_fraction)?
+        }
+        StudentKind::EncoderHead => anyhow::bail!(
+            "--student encoder-head: an extract task trains `linear` (the linear tagger) or \
+             `encoder-finetune` (BertForTokenClassification, fine-tuned)"
+        ),
+    };
+    let name = if args.student == StudentKind::Linear {
+        "linear tagger"
+    } else {
+        "encoder tagger"
+    };
     println!(
-        "linear tagger: {} train / {} dev inputs, {} tokens, {} spans ({} widened to word boundaries), {:.1} s",
+        "{name}: {} train / {} dev inputs, {} tokens, {} spans ({} widened to token boundaries, {} lost past the window), {:.1} s",
         r.meta.train_inputs,
         r.meta.dev_inputs,
         r.stats.tokens,
         r.stats.spans,
         r.stats.widened,
+        r.stats.lost,
         r.seconds
     );
     if let Some(f1) = r.meta.dev_span_f1 {

@@ -218,6 +218,23 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// [`Self::from_ids`] with each sequence's segment ids (`types[r]` as long as `seqs[r]`).
+    pub fn from_segments(
+        seqs: &[&[u32]],
+        types: &[&[u32]],
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut batch = Self::from_ids(seqs, pad_id, device)?;
+        let (b, s) = batch.ids.dims2()?;
+        let mut t = vec![0u32; b * s];
+        for (r, ty) in types.iter().enumerate() {
+            t[r * s..r * s + ty.len()].copy_from_slice(ty);
+        }
+        batch.type_ids = Tensor::from_vec(t, (b, s), device)?;
+        Ok(batch)
+    }
+
     /// Pads `seqs` with `pad_id` to the longest one. Single-segment inputs: all type ids are 0.
     pub fn from_ids(seqs: &[&[u32]], pad_id: u32, device: &Device) -> Result<Self> {
         let b = seqs.len();
@@ -531,13 +548,24 @@ pub struct WordRows {
     pub ids: Vec<u32>,
 }
 
-/// `BertForSequenceClassification` with Hugging Face tensor names.
+/// What the classifier reads of the encoder's last hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `BertForSequenceClassification`: the pooled `[CLS]` state, one label per input.
+    Sequence,
+    /// `BertForTokenClassification`: every token's state, one tag per token (no pooler).
+    Token,
+}
+
+/// `BertForSequenceClassification` (or, with [`Head::Token`], `BertForTokenClassification`)
+/// with Hugging Face tensor names.
 pub struct BertClassifier {
     pub config: BertConfig,
     pub n_labels: usize,
+    pub head: Head,
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    pooler: Linear,
+    pooler: Option<Linear>,
     classifier: Linear,
     params: Vec<(String, Tensor)>,
     vars: Vec<(String, Var)>,
@@ -580,16 +608,7 @@ impl BertClassifier {
         device: &Device,
         opts: LoadOptions,
     ) -> Result<Self> {
-        Ok(Self::build(
-            HashMap::new(),
-            Path::new("<random>"),
-            config,
-            n_labels,
-            device,
-            opts,
-            true,
-        )?
-        .0)
+        Self::random_with_head(Head::Sequence, config, n_labels, device, opts)
     }
 
     /// Builds the model from named tensors. Every tensor the architecture needs must be
@@ -602,9 +621,54 @@ impl BertClassifier {
         device: &Device,
         opts: LoadOptions,
     ) -> Result<(Self, LoadReport)> {
-        Self::build(tensors, source, config, n_labels, device, opts, false)
+        Self::build(
+            tensors,
+            source,
+            config,
+            n_labels,
+            device,
+            opts,
+            false,
+            Head::Sequence,
+        )
     }
 
+    /// [`Self::from_tensors`] with the given head; a token head has no pooler.
+    pub fn from_tensors_with_head(
+        head: Head,
+        tensors: HashMap<String, Tensor>,
+        source: &Path,
+        config: &BertConfig,
+        n_labels: usize,
+        device: &Device,
+        opts: LoadOptions,
+    ) -> Result<(Self, LoadReport)> {
+        Self::build(tensors, source, config, n_labels, device, opts, false, head)
+    }
+
+    /// [`Self::random`] with the given head.
+    pub fn random_with_head(
+        head: Head,
+        config: &BertConfig,
+        n_labels: usize,
+        device: &Device,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let source = Path::new("<random>");
+        Ok(Self::build(
+            HashMap::new(),
+            source,
+            config,
+            n_labels,
+            device,
+            opts,
+            true,
+            head,
+        )?
+        .0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn build(
         tensors: HashMap<String, Tensor>,
         source: &Path,
@@ -613,6 +677,7 @@ impl BertClassifier {
         device: &Device,
         opts: LoadOptions,
         init_all: bool,
+        head: Head,
     ) -> Result<(Self, LoadReport)> {
         if n_labels == 0 {
             return Err(TrainError::Data(
@@ -686,7 +751,10 @@ impl BertClassifier {
                 out_norm: pb.layer_norm(&format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)?,
             });
         }
-        let pooler = pb.linear("bert.pooler.dense", h, h)?;
+        let pooler = match head {
+            Head::Sequence => Some(pb.linear("bert.pooler.dense", h, h)?),
+            Head::Token => None,
+        };
         let classifier = pb.linear("classifier", h, n_labels)?;
         let mut report = pb.report;
         report
@@ -697,6 +765,7 @@ impl BertClassifier {
             BertClassifier {
                 config: config.clone(),
                 n_labels,
+                head,
                 embeddings,
                 layers,
                 pooler,
@@ -851,7 +920,7 @@ impl BertClassifier {
         Ok(x.reshape((b, s, h))?)
     }
 
-    /// Classification logits (b, n_labels).
+    /// Classification logits (b, n_labels); with a token head, (b, s, n_labels).
     pub fn forward(&self, batch: &Batch, dropout: Option<&mut Dropout>) -> Result<Tensor> {
         self.forward_with(batch, dropout, None)
     }
@@ -876,13 +945,25 @@ impl BertClassifier {
         word_rows: Option<&mut Option<WordRows>>,
     ) -> Result<Tensor> {
         let hidden = self.encode_with(batch, dropout.as_deref_mut(), word_rows)?;
+        let p = self
+            .config
+            .classifier_dropout
+            .unwrap_or(self.config.hidden_dropout_prob);
+        let Some(pooler) = &self.pooler else {
+            // A token head: dropout and the classifier on every token's state.
+            let (b, s, h) = hidden.dims3()?;
+            let mut x = hidden.reshape((b * s, h))?;
+            if let Some(d) = dropout {
+                x = d.apply(&x, p)?;
+            }
+            return Ok(self
+                .classifier
+                .forward(&x)?
+                .reshape((b, s, self.n_labels))?);
+        };
         let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
-        let mut pooled = self.pooler.forward(&cls)?.tanh()?;
+        let mut pooled = pooler.forward(&cls)?.tanh()?;
         if let Some(d) = dropout {
-            let p = self
-                .config
-                .classifier_dropout
-                .unwrap_or(self.config.hidden_dropout_prob);
             pooled = d.apply(&pooled, p)?;
         }
         self.classifier.forward(&pooled)

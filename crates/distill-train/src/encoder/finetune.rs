@@ -152,6 +152,16 @@ pub fn classification_loss(
     }
 }
 
+/// Mean cross-entropy over the positions that count: `logits` (b, s, tags), `tags` (b·s) u32,
+/// `weight` (b·s) f32 (1 where a position's tag counts).
+pub fn token_loss(logits: &Tensor, tags: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (b, s, t) = logits.dims3()?;
+    let logp = candle_nn::ops::log_softmax(&logits.reshape((b * s, t))?, 1)?;
+    let picked = logp.gather(&tags.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let total = (picked * weight)?.sum_all()?;
+    Ok((total.neg()? / weight.sum_all()?.maximum(1.0)?)?)
+}
+
 /// Global L2 norm of the gradients of `vars`.
 pub fn grad_norm(grads: &GradStore, vars: &[(String, Var)]) -> Result<f32> {
     let mut total = 0f64;
@@ -305,6 +315,34 @@ impl<'m> Trainer<'m> {
     }
 
     pub fn step(&mut self, batch: &Batch, labels: &Tensor) -> Result<StepStats> {
+        let class_weights = self.class_weights.clone();
+        self.step_with(batch, |logits| {
+            // Multi-hot targets (`[n, labels]`, a multilabel task) take the per-label sigmoid
+            // loss.
+            if labels.rank() == 2 {
+                Ok(crate::objective::loss_tensor(logits, labels, true)?)
+            } else {
+                classification_loss(logits, labels, class_weights.as_ref())
+            }
+        })
+    }
+
+    /// A step of a token-head model: `tags` (b·s, u32) the tag of each position, `weight`
+    /// (b·s, f32) 1 where a tag counts and 0 elsewhere (padding, `[CLS]`, `[SEP]`, context).
+    pub fn step_tags(
+        &mut self,
+        batch: &Batch,
+        tags: &Tensor,
+        weight: &Tensor,
+    ) -> Result<StepStats> {
+        self.step_with(batch, |logits| token_loss(logits, tags, weight))
+    }
+
+    fn step_with(
+        &mut self,
+        batch: &Batch,
+        loss_of: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<StepStats> {
         let step = self.step;
         let lr = self.hp.lr_at(step, self.total_steps);
         let t0 = Instant::now();
@@ -316,12 +354,7 @@ impl<'m> Trainer<'m> {
         } else {
             (self.model.forward(batch, Some(&mut self.dropout))?, None)
         };
-        // Multi-hot targets (`[n, labels]`, a multilabel task) take the per-label sigmoid loss.
-        let loss = if labels.rank() == 2 {
-            crate::objective::loss_tensor(&logits, labels, true)?
-        } else {
-            classification_loss(&logits, labels, self.class_weights.as_ref())?
-        };
+        let loss = loss_of(&logits)?;
         let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss_value.is_finite() {
             return Err(TrainError::NonFinite {
@@ -413,16 +446,16 @@ impl Examples {
 
 /// Length-bucketed batches: shuffle, cut into pools of 50 batches, sort each pool by length,
 /// cut into batches, shuffle batch order. Padding stays small while batches stay random.
-fn epoch_batches(
-    ex: &Examples,
+pub(crate) fn epoch_batches(
+    ids: &[Vec<u32>],
     batch_size: usize,
     rng: &mut rand::rngs::StdRng,
 ) -> Vec<Vec<usize>> {
-    let mut idx: Vec<usize> = (0..ex.ids.len()).collect();
+    let mut idx: Vec<usize> = (0..ids.len()).collect();
     idx.shuffle(rng);
     let mut batches = Vec::new();
     for pool in idx.chunks_mut(batch_size * 50) {
-        pool.sort_by_key(|&i| ex.ids[i].len());
+        pool.sort_by_key(|&i| ids[i].len());
         batches.extend(pool.chunks(batch_size).map(|c| c.to_vec()));
     }
     batches.shuffle(rng);
@@ -499,7 +532,7 @@ pub fn fit(
         epochs_run = epoch + 1;
         let t0 = Instant::now();
         let mut epoch_loss = 0f64;
-        let batches = epoch_batches(train, hp.batch_size, &mut rng);
+        let batches = epoch_batches(&train.ids, hp.batch_size, &mut rng);
         let n_batches = batches.len();
         for chunk in batches {
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.ids[i].as_slice()).collect();
@@ -586,7 +619,7 @@ pub fn fit(
 
 /// A line above the progress bar. indicatif drops `println` when stderr is not a terminal
 /// (a log file, CI), and the per-epoch dev accuracy is what such a log is read for.
-fn say(bar: &indicatif::ProgressBar, progress: bool, line: String) {
+pub(crate) fn say(bar: &indicatif::ProgressBar, progress: bool, line: String) {
     if !progress {
         return;
     }
@@ -775,7 +808,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
 }
 
 /// `tokenizer.json` plus the side files `transformers`' AutoTokenizer reads when present.
-fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     for name in [
         "tokenizer.json",
         "tokenizer_config.json",

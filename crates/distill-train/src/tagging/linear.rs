@@ -300,3 +300,12 @@ fn bucket(feature: &str, buckets: usize) -> usize {
     }
     (h % buckets as u64) as usize
 }
+
+impl super::SpanTagger for LinearTagger {
+    fn predict_batch(&self, inputs: &[(&str, &Context)]) -> crate::Result<Vec<(Vec<Span>, f32)>> {
+        Ok(inputs.iter().map(|(t, c)| self.predict(t, c)).collect())
+    }
+    fn token_len(&self, text: &str) -> usize {
+        words(text).len()
+    }
+}

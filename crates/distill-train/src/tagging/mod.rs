@@ -7,6 +7,7 @@
 //! decoder serve every student.
 
 pub mod bio;
+pub mod encoder;
 pub mod linear;
 pub mod model;
 pub mod words;
@@ -16,3 +17,14 @@ pub use words::words;
 
 /// A token's place in the text: characters `start..end`.
 pub type TokenRange = (usize, usize);
+
+/// What every extraction student answers: each input's spans (offsets into its text) and a
+/// confidence in the whole answer (its least sure token's probability).
+pub trait SpanTagger: Send + Sync {
+    fn predict_batch(
+        &self,
+        inputs: &[(&str, &distill_core::spec::Context)],
+    ) -> crate::Result<Vec<(Vec<distill_core::spans::Span>, f32)>>;
+    /// `text`'s length in the student's tokens.
+    fn token_len(&self, text: &str) -> usize;
+}

@@ -1,8 +1,11 @@
-//! An extraction student's model directory: `distill.json` (`"kind": "tagger"`, the slots,
-//! the context columns it reads, how it was trained) and `model.safetensors` (the linear
-//! tagger's `weights` [buckets × tags] and `bias` [tags]). Written whole or not at all.
+//! An extraction student's model directory: `distill.json` (`"kind": "tagger"`, which
+//! student, the slots, the context columns it reads, how it was trained) and
+//! `model.safetensors`: the linear tagger's `weights` [buckets × tags] and `bias` [tags], or
+//! the encoder tagger's `BertForTokenClassification` (with `config.json` and the tokenizer,
+//! see [`super::encoder`]). Written whole or not at all.
 
 use super::linear::{LinearTagger, TaggerTrainStats};
+use super::SpanTagger;
 use crate::error::{Result, TrainError};
 use distill_core::spans::Span;
 use distill_core::spec::{Context, TaskSpec};
@@ -15,7 +18,7 @@ use std::path::Path;
 pub struct TaggerMeta {
     /// Always `tagger`: what tells this directory from a classifier's.
     pub kind: String,
-    /// `linear-tagger`.
+    /// `linear-tagger` or `encoder-tagger`.
     pub student: String,
     pub task: String,
     pub slots: Vec<String>,
@@ -29,6 +32,15 @@ pub struct TaggerMeta {
     pub dev_span_f1: Option<f64>,
     /// Training spans the word tokens could not represent exactly (learned widened).
     pub widened_spans: usize,
+    /// The encoder tagger's base model, window (tokens) and epochs; absent for linear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs_run: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 pub const KIND: &str = "tagger";
@@ -64,11 +76,36 @@ pub fn save(out: &Path, force: bool, tagger: &LinearTagger, meta: &TaggerMeta) -
     })
 }
 
-pub fn load(dir: &Path) -> Result<(LinearTagger, TaggerMeta)> {
+fn read_meta(dir: &Path) -> Result<TaggerMeta> {
     let text = std::fs::read_to_string(dir.join("distill.json"))
         .map_err(|e| TrainError::model(dir, format!("cannot read distill.json ({e})")))?;
-    let meta: TaggerMeta = serde_json::from_str(&text)
-        .map_err(|e| TrainError::model(dir, format!("distill.json: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::model(dir, format!("distill.json: {e}")))
+}
+
+/// Loads any extraction student (the encoder tagger on `device`).
+pub fn load(dir: &Path, device: &candle_core::Device) -> Result<(Box<dyn SpanTagger>, TaggerMeta)> {
+    let meta = read_meta(dir)?;
+    match meta.student.as_str() {
+        super::encoder::STUDENT => {
+            let t = super::encoder::load(dir, &meta, device)?;
+            Ok((Box::new(t), meta))
+        }
+        _ => {
+            let (t, meta) = load_linear(dir)?;
+            Ok((Box::new(t), meta))
+        }
+    }
+}
+
+/// Loads a linear tagger's directory.
+pub fn load_linear(dir: &Path) -> Result<(LinearTagger, TaggerMeta)> {
+    let meta = read_meta(dir)?;
+    if meta.student != "linear-tagger" {
+        return Err(TrainError::model(
+            dir,
+            format!("a `{}` student, not a linear tagger", meta.student),
+        ));
+    }
     let st =
         candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
             .map_err(|e| TrainError::model(dir, format!("model.safetensors: {e}")))?;
@@ -221,6 +258,10 @@ pub fn train_linear(
         dev_inputs: dev.len(),
         dev_span_f1,
         widened_spans: stats.widened,
+        base_model: None,
+        max_len: None,
+        epochs_run: None,
+        device: None,
     };
     save(out, force, &tagger, &meta)?;
     Ok(TaggerReport {
@@ -245,7 +286,7 @@ pub struct TagPredictSummary {
 /// "spans": [{"slot", "start", "end", "text"}], "confidence"[, "gold"]}`. The tagger reads
 /// the context columns it was trained with.
 pub fn predict_file(
-    tagger: &LinearTagger,
+    tagger: &dyn SpanTagger,
     meta: &TaggerMeta,
     input: &Path,
     out: &Path,
@@ -255,14 +296,22 @@ pub fn predict_file(
     let started = std::time::Instant::now();
     cols.context = meta.context_columns.clone();
     let gold_field = cols.gold.clone().unwrap_or_default();
-    let slots = tagger.tags_as_labels();
+    let slots = distill_core::LabelSet::new(meta.slots.clone());
     let mut w = distill_core::fsutil::AtomicFile::create(out)?;
     let (mut reference, mut predicted) = (Vec::new(), Vec::new());
     let mut rows = 0;
-    {
-        for item in distill_core::input::read_inputs(input, None, &cols)? {
-            let item = item?;
-            let (spans, confidence) = tagger.predict(&item.text, &item.context);
+    let mut pending: Vec<distill_core::input::InputItem> = Vec::new();
+    let mut items = distill_core::input::read_inputs(input, None, &cols)?.peekable();
+    while let Some(item) = items.next() {
+        pending.push(item?);
+        if pending.len() < 64 && items.peek().is_some() {
+            continue;
+        }
+        let asked: Vec<(&str, &Context)> = pending
+            .iter()
+            .map(|i| (i.text.as_str(), &i.context))
+            .collect();
+        for (item, (spans, confidence)) in pending.iter().zip(tagger.predict_batch(&asked)?) {
             let mut row = serde_json::json!({
                 "id": item.id, "text": item.text, "spans": spans, "confidence": confidence,
             });
@@ -276,6 +325,7 @@ pub fn predict_file(
             writeln!(w, "{row}").map_err(|e| TrainError::io(out, e))?;
             rows += 1;
         }
+        pending.clear();
     }
     if cols.gold.is_some() && reference.is_empty() && rows > 0 {
         return Err(distill_core::CoreError::data(
