@@ -5,7 +5,8 @@
 #      as models/base/all-MiniLM-L6-v2 (used by the encoder students);
 #   3. makes the Banking77 data available in datasets/banking77/ (copied from ../shared/datasets when
 #      present, else downloaded from PolyAI's public repository);
-#   4. copies MixSNIPS (multilabel intents) into datasets/mixsnips/ from ../shared/datasets;
+#   4. copies MixSNIPS (multilabel intents; slots for datasets/mixsnips-slots) into
+#      datasets/mixsnips/ from ../shared/datasets;
 #   5. converts Restaurant-8k (slot extraction) into datasets/restaurant8k/*.jsonl
 #      (scripts/convert_restaurant8k.py);
 #   6. links RouteLLM's recorded outcomes for the routing tasks.
@@ -48,10 +49,11 @@ for f in train.csv test.csv categories.json LICENSE; do
     curl -fsSL "$url" -o "$data/$f.tmp" && mv "$data/$f.tmp" "$data/$f"
   fi
 done
-# 4. MixSNIPS (multilabel intents): copied from ../shared/datasets when present.
+# 4. MixSNIPS (multilabel intents, and the slots datasets/mixsnips-slots reads): copied from
+#    ../shared/datasets when present.
 mix="$root/datasets/mixsnips"
 mix_shared="$root/../shared/datasets/mixsnips"
-for f in train.jsonl dev.jsonl test.jsonl intents.json; do
+for f in train.jsonl dev.jsonl test.jsonl intents.json slots.json; do
   [ -s "$mix/$f" ] && continue
   if [ -s "$mix_shared/$f" ]; then
     cp "$mix_shared/$f" "$mix/$f.tmp" && mv "$mix/$f.tmp" "$mix/$f"

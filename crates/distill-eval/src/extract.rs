@@ -9,11 +9,20 @@
 //! (by default the teacher's exact-input rate there) and checked on the rest, with
 //! [`crate::cascade::choose`]. Without gold, "right" means "as the teacher answered".
 //!
-//! Writes `metrics.json` (this module's [`ExtractReport`]), `report.md`, and `spans.json`
+//! Cost as for every kind ([`crate::cost`]): the teacher's mean $/input from its records, the
+//! tagger's batched inference seconds per input × the hardware price, the cascade's tagger on
+//! every input plus the teacher on the held-out escalated share; labelling (the inputs the
+//! tagger learned from × the teacher's $/input) and training (its recorded wall seconds) are
+//! one-time costs charged to month 1, and the steady months are shown beside it.
+//!
+//! Writes `metrics.json` (this module's [`ExtractReport`]), `report.md` and `report.html`
+//! ([`crate::report::extract`]), and `spans.json`
 //! (texts, reference and predicted spans, scores) for `scripts/verify/spans_vs_seqeval.py`.
 
 use crate::cascade::{choose, split, CascadeChoice, CascadeItem};
+use crate::cost::{economics, Economics, HardwarePrices};
 use crate::error::{EvalError, Result};
+use crate::report::CostItem;
 use crate::span_metrics::{span_quality, SpanScores};
 use distill_core::input::{read_inputs, Columns};
 use distill_core::spans::{parse_spans, Span};
@@ -48,6 +57,26 @@ pub struct ExtractReport {
     pub cascades: Vec<ServedThreshold>,
     /// The teacher's mean dollars per input, from its records.
     pub teacher_cost_per_request_usd: Option<f64>,
+    /// What the tagger and its cascade cost against the teacher alone (absent when the
+    /// teacher's records carry no cost).
+    #[serde(default)]
+    pub costs: Option<ExtractCosts>,
+}
+
+/// The tagger's and the cascade's bill against sending every input to the teacher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtractCosts {
+    pub volume_per_day: f64,
+    pub teacher_per_request_usd: f64,
+    pub teacher_monthly_usd: f64,
+    pub student_per_request_usd: f64,
+    pub student_per_request_basis: String,
+    /// Labelling and training, charged in full to month 1.
+    pub one_time: Vec<CostItem>,
+    pub student: Economics,
+    /// The tagger on every input plus the teacher on the held-out escalated share.
+    pub cascade_per_request_usd: Option<f64>,
+    pub cascade: Option<Economics>,
 }
 
 /// What `distill serve --threshold metrics.json` reads of a cascade.
@@ -70,6 +99,9 @@ pub struct ExtractEvalOptions<'a> {
     pub force: bool,
     /// Where an encoder tagger runs.
     pub device: &'a distill_train::Device,
+    /// Requests per day for the monthly projection.
+    pub volume_per_day: f64,
+    pub hardware: HardwarePrices,
 }
 
 fn other(e: impl std::fmt::Display) -> EvalError {
@@ -100,7 +132,16 @@ pub fn run(
         .iter()
         .map(|i| (i.text.as_str(), &i.context))
         .collect();
+    o.hardware.validate()?;
+    if !(o.volume_per_day.is_finite() && o.volume_per_day > 0.0) {
+        return Err(EvalError::Invalid(format!(
+            "--volume must be a number of requests per day above 0, got {}",
+            o.volume_per_day
+        )));
+    }
+    let timer = std::time::Instant::now();
     let answers = tagger.predict_batch(&asked).map_err(other)?;
+    let predict_s = timer.elapsed().as_secs_f64();
     for (item, (spans, c)) in items.into_iter().zip(answers) {
         match &item.gold {
             Some(g) => {
@@ -215,6 +256,10 @@ pub fn run(
     let cascade = (have_teacher && !cal_items.is_empty() && !held_items.is_empty())
         .then(|| choose(&cal_items, &held_items, floor, Some(0.0), teacher_cost));
 
+    let costs = teacher_cost
+        .filter(|&t| t > 0.0)
+        .map(|t| extract_costs(t, predict_s / n as f64, &meta, cascade.as_ref(), o));
+
     let cascades = match &cascade {
         Some(c) => vec![ServedThreshold {
             model: model
@@ -243,6 +288,7 @@ pub fn run(
         cascade,
         cascades,
         teacher_cost_per_request_usd: teacher_cost,
+        costs,
     };
     // What seqeval recomputes: every input against gold, else the matched ones against the
     // teacher (as `student_vs_teacher` is scored).
@@ -257,76 +303,63 @@ pub fn run(
         "scores": report.student_vs_gold.as_ref().or(report.student_vs_teacher.as_ref()),
     });
     let json = serde_json::to_string_pretty(&report).map_err(other)?;
-    let md = markdown(&report);
+    let md = crate::report::extract::render_markdown(&report);
+    let html = crate::report::extract::render_html(&report);
     distill_core::fsutil::replace_dir(out, distill_core::fsutil::EVAL_DIR, o.force, |dir| {
         let w = |name: &str, body: &[u8]| {
             distill_core::fsutil::write_atomic(dir.join(name), body).map_err(EvalError::from)
         };
         w("metrics.json", json.as_bytes())?;
         w("report.md", md.as_bytes())?;
+        w("report.html", html.as_bytes())?;
         w("spans.json", spans_doc.to_string().as_bytes())
     })?;
     Ok(report)
 }
 
-fn markdown(r: &ExtractReport) -> String {
-    use std::fmt::Write;
-    let mut s = format!(
-        "# {}: extraction eval\n\n{} test inputs; student `{}` ({}).\n\n",
-        r.task, r.n, r.model, r.student.student
-    );
-    let _ = writeln!(s, "| | exact span F1 | precision | recall | partial F1 | exact inputs |\n|---|---|---|---|---|---|");
-    for (name, q) in [
-        ("student vs gold", &r.student_vs_gold),
-        ("teacher vs gold", &r.teacher_vs_gold),
-        ("student vs teacher", &r.student_vs_teacher),
-    ] {
-        if let Some(q) = q {
-            let _ = writeln!(
-                s,
-                "| {name} | {:.4} [{:.4}, {:.4}] | {:.4} | {:.4} | {:.4} | {:.4} |",
-                q.exact.f1.value,
-                q.exact.f1.lo,
-                q.exact.f1.hi,
-                q.exact.precision,
-                q.exact.recall,
-                q.partial.f1.value,
-                q.exact_inputs.value
-            );
-        }
-    }
-    if let Some(q) = r.student_vs_gold.as_ref().or(r.student_vs_teacher.as_ref()) {
-        let _ = writeln!(s, "\n## Per slot (student, exact match)\n\n| slot | precision | recall | F1 | support |\n|---|---|---|---|---|");
-        for p in &q.per_slot {
-            let _ = writeln!(
-                s,
-                "| {} | {:.4} | {:.4} | {:.4} | {} |",
-                p.slot, p.precision, p.recall, p.f1, p.support
-            );
-        }
-    }
-    match &r.cascade {
-        Some(c) => {
-            let _ = writeln!(
-                s,
-                "\n## Cascade (an input is right when its whole answer is; reference: {})\n\n\
-                 Floor {:.4} ({}). Threshold {:.4} on the student's least sure token: held-out \
-                 exact inputs {:.4} (teacher alone {:.4}, student alone {:.4}), escalating {:.1}%; \
-                 floor {}.",
-                r.reference,
-                r.floor,
-                r.floor_source,
-                c.threshold,
-                c.held_out.quality.value,
-                c.held_out.teacher_quality.value,
-                c.held_out.student_quality.value,
-                100.0 * c.held_out.escalated_fraction,
-                if c.floor_held { "held" } else { "NOT held" }
-            );
-        }
-        None => s.push_str(
-            "\nNo cascade: give the teacher's labels of the test inputs (--teacher-labels).\n",
+/// The bill of the tagger and its cascade; `seconds_per_input` is the batched inference time.
+fn extract_costs(
+    teacher: f64,
+    seconds_per_input: f64,
+    meta: &TaggerMeta,
+    cascade: Option<&CascadeChoice>,
+    o: &ExtractEvalOptions,
+) -> ExtractCosts {
+    let device = distill_train::device::device_name(o.device);
+    let threads = rayon::current_num_threads();
+    let per_second = o.hardware.usd_per_second(&device, threads);
+    let student = seconds_per_input * per_second;
+    let learned = (meta.train_inputs + meta.dev_inputs) as f64;
+    let mut one_time = vec![CostItem {
+        what: "labelling".into(),
+        usd: learned * teacher,
+        basis: format!(
+            "estimated: {learned:.0} inputs learned from × the teacher's ${teacher:.3e} per input"
         ),
+    }];
+    if let Some(s) = meta.train_wall_s {
+        let trained_on = meta.device.as_deref().unwrap_or("cpu");
+        let threads = meta.threads.unwrap_or(1);
+        one_time.push(CostItem {
+            what: "training".into(),
+            usd: s * o.hardware.usd_per_second(trained_on, threads),
+            basis: format!("{s:.1} s on {trained_on} × {threads} threads (distill.json)"),
+        });
     }
-    s
+    let once: f64 = one_time.iter().map(|c| c.usd).sum();
+    let cascade_per_request = cascade.map(|c| student + c.held_out.escalated_fraction * teacher);
+    ExtractCosts {
+        volume_per_day: o.volume_per_day,
+        teacher_per_request_usd: teacher,
+        teacher_monthly_usd: teacher * crate::cost::DAYS_PER_MONTH * o.volume_per_day,
+        student_per_request_usd: student,
+        student_per_request_basis: format!(
+            "{:.3} ms/input batched on {device} × {threads} threads",
+            seconds_per_input * 1e3
+        ),
+        one_time,
+        student: economics(teacher, student, once, o.volume_per_day),
+        cascade_per_request_usd: cascade_per_request,
+        cascade: cascade_per_request.map(|c| economics(teacher, c, once, o.volume_per_day)),
+    }
 }

@@ -151,6 +151,10 @@ pub struct DriftReport {
     pub by_day: Vec<AgreementRow>,
     /// Per teacher label: how often the student agreed when the teacher said this label.
     pub by_label: Vec<AgreementRow>,
+    /// Span models: per slot the teacher found, how often the student's whole answer agreed
+    /// (an answer with two `date` spans counts once for `date`). Empty for other models, whose
+    /// `by_label` already is per answer.
+    pub by_slot: Vec<AgreementRow>,
 }
 
 /// Agreement per day and per label over the last `since_days` days.
@@ -169,9 +173,9 @@ pub fn drift_report(path: &Path, model: Option<&str>, since_days: u32) -> Result
         path: path.to_path_buf(),
         source: e,
     };
-    let query = |group: &str| -> Result<Vec<AgreementRow>> {
+    let query = |group: &str, from: &str| -> Result<Vec<AgreementRow>> {
         let q = format!(
-            "SELECT {group}, COUNT(*), SUM(agree) FROM shadow
+            "SELECT {group}, COUNT(*), SUM(agree) FROM {from}
              WHERE ts >= ?1 AND (?2 IS NULL OR model = ?2) GROUP BY 1 ORDER BY 1"
         );
         let mut st = conn.prepare(&q).map_err(sql)?;
@@ -191,8 +195,16 @@ pub fn drift_report(path: &Path, model: Option<&str>, since_days: u32) -> Result
             .map_err(sql)?;
         Ok(rows)
     };
-    let by_day = query("substr(ts, 1, 10)")?;
-    let by_label = query("teacher_label")?;
+    let by_day = query("substr(ts, 1, 10)", "shadow")?;
+    let by_label = query("teacher_label", "shadow")?;
+    // A span model's answers are stored as JSON lists of their slots: one row per slot an
+    // answer holds.
+    let by_slot = query(
+        "slot",
+        "(SELECT DISTINCT s.id, s.ts, s.model, s.agree, j.value AS slot
+          FROM shadow s, json_each(s.teacher_label) j
+          WHERE json_valid(s.teacher_label) AND json_type(s.teacher_label) = 'array')",
+    )?;
     let n: u64 = by_day.iter().map(|r| r.n).sum();
     let agree: u64 = by_day.iter().map(|r| r.agree).sum();
     Ok(DriftReport {
@@ -206,6 +218,7 @@ pub fn drift_report(path: &Path, model: Option<&str>, since_days: u32) -> Result
         },
         by_day,
         by_label,
+        by_slot,
     })
 }
 
@@ -238,5 +251,38 @@ mod tests {
         assert_eq!(r.by_label[1].key, "b");
         assert_eq!((r.by_label[1].n, r.by_label[1].agree), (2, 1));
         assert_eq!(drift_report(&p, Some("other"), 7).unwrap().total.n, 0);
+    }
+
+    #[test]
+    fn span_answers_are_summarised_per_slot() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("shadow.db");
+        let rec = ShadowRecorder::open(&p).unwrap();
+        for (teacher, agree) in [
+            (r#"["date","date","time"]"#, true),
+            (r#"["time"]"#, false),
+            ("[]", true),
+        ] {
+            rec.record(ShadowRow {
+                ts: distill_core::ledger::LedgerRow::now(),
+                model: "tagger".into(),
+                tag: "default".into(),
+                input_hash: "h".into(),
+                student_label: teacher.into(),
+                confidence: 0.9,
+                teacher_label: teacher.into(),
+                agree,
+                cost_usd: 0.001,
+            });
+        }
+        rec.flush();
+        let r = drift_report(&p, None, 7).unwrap();
+        assert_eq!(r.total.n, 3);
+        let slots: Vec<(&str, u64, u64)> = r
+            .by_slot
+            .iter()
+            .map(|s| (s.key.as_str(), s.n, s.agree))
+            .collect();
+        assert_eq!(slots, [("date", 1, 1), ("time", 2, 1)]);
     }
 }

@@ -91,6 +91,8 @@ fn a_saved_tagger_answers_as_it_did() {
         max_len: None,
         epochs_run: None,
         device: None,
+        train_wall_s: None,
+        threads: None,
     };
     let dir = d.path().join("tagger");
     distill_train::tagging::model::save(&dir, false, &m, &meta).unwrap();

@@ -70,17 +70,27 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         "\n{:<width$} {:>8} {:>8} {:>10}",
         "teacher label", "n", "agree", "agreement"
     );
-    let mut labels = r.by_label.clone();
-    // Worst first: the labels to relabel and retrain on.
-    labels.sort_by(|a, b| a.agreement.total_cmp(&b.agreement).then(b.n.cmp(&a.n)));
-    for l in &labels {
+    let worst_first = |rows: &[distill_serve::shadow::AgreementRow]| {
+        let mut rows = rows.to_vec();
+        // Worst first: the labels (or slots) to relabel and retrain on.
+        rows.sort_by(|a, b| a.agreement.total_cmp(&b.agreement).then(b.n.cmp(&a.n)));
+        for l in &rows {
+            println!(
+                "{:<width$} {:>8} {:>8} {:>10}",
+                l.key,
+                l.n,
+                l.agree,
+                pct(l.agree, l.n)
+            );
+        }
+    };
+    worst_first(&r.by_label);
+    if !r.by_slot.is_empty() {
         println!(
-            "{:<width$} {:>8} {:>8} {:>10}",
-            l.key,
-            l.n,
-            l.agree,
-            pct(l.agree, l.n)
+            "\n{:<width$} {:>8} {:>8} {:>10}",
+            "teacher slot", "n", "agree", "agreement"
         );
+        worst_first(&r.by_slot);
     }
     Ok(())
 }

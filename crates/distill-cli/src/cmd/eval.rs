@@ -260,6 +260,25 @@ fn route(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The money line of an extract eval (also `distill quickstart`'s).
+pub(crate) fn print_extract_saving(c: &distill_eval::extract::ExtractCosts) {
+    let pct = |v: Option<f64>| v.map_or("—".into(), distill_eval::report::fmt::pct);
+    let (what, e) = match &c.cascade {
+        Some(e) => ("cascade", e),
+        None => ("tagger alone", &c.student),
+    };
+    println!(
+        "cost at {:.0}/day: teacher alone ${:.2}/month; {what} ${:.2} in month 1 (saving {}), \
+         ${:.2}/month after (saving {})",
+        c.volume_per_day,
+        c.teacher_monthly_usd,
+        e.monthly_usd,
+        pct(e.saving),
+        e.steady_monthly_usd,
+        pct(e.steady_saving)
+    );
+}
+
 /// An extract task: the tagger against gold and the teacher, and its cascade.
 fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
     let [model] = args.models.as_slice() else {
@@ -268,6 +287,7 @@ fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
     if !args.api.is_empty() || args.curve.is_some() {
         anyhow::bail!("--api and --curve are not built for extract tasks yet");
     }
+    distill_train::device::set_threads(args.threads);
     let test = args
         .test
         .clone()
@@ -289,6 +309,11 @@ fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
             seed: args.seed,
             force: args.force,
             device: &distill_train::select_device(&args.device)?,
+            volume_per_day: args.volume,
+            hardware: distill_eval::cost::HardwarePrices {
+                core_hour_usd: args.core_hour_usd,
+                gpu_hour_usd: args.gpu_hour_usd,
+            },
         },
     )?;
     let line = |name: &str, q: &Option<distill_eval::span_metrics::SpanScores>| {
@@ -315,6 +340,9 @@ fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
             if c.floor_held { "held" } else { "NOT held" },
             100.0 * c.held_out.escalated_fraction
         );
+    }
+    if let Some(c) = &r.costs {
+        print_extract_saving(c);
     }
     println!("wrote {}", args.out.display());
     Ok(())

@@ -315,6 +315,8 @@ fn extraction(
             seed: args.seed,
             force: true,
             device: &distill_train::Device::Cpu,
+            volume_per_day: args.volume,
+            hardware: distill_eval::cost::HardwarePrices::default(),
         },
     )
     .context("evaluating the tagger")?;
@@ -339,7 +341,11 @@ fn extraction(
             100.0 * c.held_out.escalated_fraction
         );
     }
-    println!("report: {}", out.join("report.md").display());
+    if let Some(c) = &e.costs {
+        crate::cmd::eval::print_extract_saving(c);
+    }
+    println!("report: {}", out.join("report.html").display());
+    println!("        {}", out.join("report.md").display());
     println!("        {}", out.join("metrics.json").display());
     eprintln!(
         "\nquickstart finished in {:.0}s",

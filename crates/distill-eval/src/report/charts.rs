@@ -6,6 +6,7 @@
 //! size, so they scale to a phone's width.
 
 use super::{EvalReport, OptionKind};
+use crate::cascade::CascadeChoice;
 use crate::metrics::Quality;
 use plotters::prelude::*;
 
@@ -101,16 +102,18 @@ pub fn frontier(r: &EvalReport) -> Option<String> {
 /// Calibration sweep of the recommended cascade: quality and its lower bound vs escalation.
 pub fn cascade_curve(r: &EvalReport) -> Option<String> {
     let c = r.cascade.as_ref()?;
-    let sweep = &c.choice.sweep;
+    cascade_sweep(&c.choice, c.floor.value, c.floor.metric.as_str())
+}
+
+/// A cascade's calibration sweep against its floor, `metric` naming the quality axis; every
+/// task kind's report draws its cascade with it.
+pub(crate) fn cascade_sweep(ch: &CascadeChoice, floor: f64, metric: &str) -> Option<String> {
+    let sweep = &ch.sweep;
     if sweep.is_empty() {
         return None;
     }
-    let y0 = sweep
-        .iter()
-        .map(|p| p.quality_lo)
-        .fold(c.floor.value, f64::min);
+    let y0 = sweep.iter().map(|p| p.quality_lo).fold(floor, f64::min);
     let y0 = ((y0 - 0.02) * 50.0).floor() / 50.0;
-    let metric = c.floor.metric.as_str();
     svg(|root| {
         let mut chart = ChartBuilder::on(root)
             .caption(
@@ -144,12 +147,11 @@ pub fn cascade_curve(r: &EvalReport) -> Option<String> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[2]));
         chart
             .draw_series(LineSeries::new(
-                vec![(0.0, c.floor.value), (1.0, c.floor.value)],
+                vec![(0.0, floor), (1.0, floor)],
                 PALETTE[1].stroke_width(2),
             ))?
             .label("floor")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[1]));
-        let ch = &c.choice;
         chart.draw_series(std::iter::once(Circle::new(
             (
                 ch.calibration.escalated_fraction,

@@ -11,7 +11,7 @@ pub fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-const CSS: &str = "
+pub(crate) const CSS: &str = "
 *{box-sizing:border-box}
 body{font:16px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:980px;padding:12px;color:#1b1b1b;background:#fff}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -29,7 +29,7 @@ figcaption{font-size:.9rem;color:#555}
 @media (max-width:600px){body{font-size:15px;padding:8px}th,td{padding:4px 6px}}
 ";
 
-fn table(header: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut s = String::from("<div class=\"scroll\"><table><thead><tr>");
     for h in header {
         s.push_str(&format!("<th>{}</th>", escape(h)));
@@ -46,7 +46,7 @@ fn table(header: &[String], rows: &[Vec<String>]) -> String {
     s
 }
 
-fn figure(id: &str, svg: Option<String>, caption: &str, missing: &str) -> String {
+pub(crate) fn figure(id: &str, svg: Option<String>, caption: &str, missing: &str) -> String {
     match svg {
         Some(svg) => format!(
             "<figure id=\"{id}\" data-chart=\"{id}\">{svg}<figcaption>{}</figcaption></figure>",

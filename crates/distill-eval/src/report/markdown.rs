@@ -5,7 +5,7 @@ use super::{summary_rows, EvalReport, OptionKind};
 use crate::metrics::Quality;
 use std::fmt::Write;
 
-fn table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
+pub(crate) fn table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let _ = writeln!(
         out,

@@ -69,6 +69,7 @@
 //! Intervals are 95%: Wilson for proportions, seeded percentile bootstrap for F1 and ECE.
 
 pub mod charts;
+pub mod extract;
 pub mod html;
 pub mod markdown;
 
@@ -256,8 +257,8 @@ impl EvalReport {
     }
 }
 
-/// Formatting shared by the renderings.
-pub(crate) mod fmt {
+/// Formatting shared by the renderings (and the CLI's summary lines).
+pub mod fmt {
     pub fn pct(x: f64) -> String {
         if (0.9995..1.0).contains(&x) {
             // A student's run-rate saving is 99.99…%: "100.0%" would claim it is free.

@@ -478,6 +478,8 @@ pub fn train(
         max_len: Some(max_len),
         epochs_run: Some(epochs_run),
         device: Some(crate::device::device_name(&opts.device)),
+        train_wall_s: Some(started.elapsed().as_secs_f64()),
+        threads: Some(rayon::current_num_threads()),
     };
     let tag_names: Vec<String> = (0..n_tags).map(|t| tagger.tags.name(t)).collect();
     let mut config = classifier_config_json(&raw_cfg, &tag_names);
@@ -522,11 +524,7 @@ impl EncoderTagger {
 
     /// The first window of an input as the model sees it (ids, segment ids) and its raw
     /// logits per position, for checking the export against `transformers`.
-    pub fn window_logits(
-        &self,
-        text: &str,
-        context: &Context,
-    ) -> Result<WindowLogits> {
+    pub fn window_logits(&self, text: &str, context: &Context) -> Result<WindowLogits> {
         let laid = self.lay_out(text, context)?;
         let w = &laid.windows[0];
         let batch = Batch::from_segments(&[&w.ids], &[&w.types], self.tok.pad_id, &self.device)?;

@@ -41,6 +41,12 @@ pub struct TaggerMeta {
     pub epochs_run: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Training's wall seconds and CPU threads: what eval charges as its one-time cost
+    /// (absent in models from before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_wall_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 pub const KIND: &str = "tagger";
@@ -262,6 +268,9 @@ pub fn train_linear(
         max_len: None,
         epochs_run: None,
         device: None,
+        // The linear tagger trains on one thread.
+        train_wall_s: Some(started.elapsed().as_secs_f64()),
+        threads: Some(1),
     };
     save(out, force, &tagger, &meta)?;
     Ok(TaggerReport {
