@@ -7,6 +7,10 @@
 //! tag_throughput --model DIR --data test.jsonl [--n 2048] [--batch 64] [--reps 3]
 //! ```
 
+/// The same allocator as the `distill` binary (see `distill_train::alloc`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use distill_core::spec::Context;
 use std::io::BufRead;
 

@@ -9,10 +9,16 @@ mod common;
 use candle_core::{Device, Tensor};
 use distill_core::spec::{Context, TaskSpec};
 use distill_train::encoder::bert::{Batch, BertClassifier, BertConfig, Dropout, Head, LoadOptions};
+use distill_train::encoder::embed::Backend;
 use distill_train::encoder::finetune::token_loss;
 use distill_train::tagging::{encoder, model};
 use distill_train::TrainOptions;
 use std::path::{Path, PathBuf};
+
+/// A saved encoder tagger on the packed CPU forward (what `model::load` gives on the CPU).
+fn packed_tagger(dir: &Path, meta: &model::TaggerMeta) -> encoder::EncoderTagger {
+    encoder::load_backend(dir, meta, &Device::Cpu, Backend::Fast).unwrap()
+}
 
 fn minilm() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/base/all-MiniLM-L6-v2")
@@ -159,6 +165,31 @@ fn the_encoder_tagger_learns_saves_as_hugging_face_and_reads_long_texts_in_windo
             assert_eq!(covered, s.text);
         }
     }
+    // On the CPU a loaded tagger runs the packed encoder forward; candle's forward (what it
+    // trained on, and what runs on a GPU) gives the same logits and the same answers.
+    let candle = encoder::load_backend(&out, &meta, &Device::Cpu, Backend::Candle).unwrap();
+    let packed = packed_tagger(&out, &meta);
+    let mut max_diff = 0f32;
+    for x in test.iter().take(40) {
+        let (ids_p, types_p, logits_p) = packed.window_logits(&x.text, &x.context).unwrap();
+        let (ids_c, types_c, logits_c) = candle.window_logits(&x.text, &x.context).unwrap();
+        assert_eq!((ids_p, types_p), (ids_c, types_c));
+        assert_eq!(logits_p.len(), logits_c.len());
+        for (p, c) in logits_p.iter().flatten().zip(logits_c.iter().flatten()) {
+            max_diff = max_diff.max((p - c).abs());
+        }
+    }
+    assert!(
+        max_diff < 1e-4,
+        "packed vs candle logits differ by {max_diff}"
+    );
+    let by_candle = candle.predict_batch(&asked).unwrap();
+    let by_packed = packed.predict_batch(&asked).unwrap();
+    for (c, p) in by_candle.iter().zip(&by_packed) {
+        assert_eq!(c.0, p.0);
+        assert!((c.1 - p.1).abs() < 1e-4);
+    }
+
     // One by one, or with other inputs: the same answers (padding changes nothing).
     let alone = loaded.predict_batch(&asked[..1]).unwrap();
     assert_eq!(alone[0].0, answers[0].0);

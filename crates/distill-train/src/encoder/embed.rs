@@ -394,6 +394,27 @@ impl FrozenEncoder {
         })
     }
 
+    /// The last layer's state of every token of sequences laid out by the caller (ids and
+    /// segment ids, each within the model's positions): one (tokens × dim) block per sequence,
+    /// in order. What a token classifier's head reads. The packed CPU forward only.
+    pub fn token_states(&self, seqs: &[Encoded]) -> Result<Vec<Vec<f32>>> {
+        let Model::Fast(m) = &self.model else {
+            return Err(TrainError::Other(
+                "token states come from the CPU encoder forward only".into(),
+            ));
+        };
+        let h = self.dim();
+        let refs: Vec<&Encoded> = seqs.iter().collect();
+        self.forward_calls.fetch_add(1, Ordering::Relaxed);
+        self.sentences_encoded
+            .fetch_add(seqs.len(), Ordering::Relaxed);
+        let (x, spans) = self.pool.install(|| m.hidden_states(&refs, self.threads));
+        Ok(spans
+            .iter()
+            .map(|&(start, n)| x[start * h..(start + n) * h].to_vec())
+            .collect())
+    }
+
     /// The int8 kernel this encoder's dense layers run on, if it is a quantised model.
     pub fn int8_kernel(&self) -> Option<crate::encoder::int8::Kernel> {
         match &self.model {

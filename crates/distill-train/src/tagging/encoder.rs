@@ -10,12 +10,18 @@
 //! each piece takes its tag scores from the window where it sits furthest from an edge, so no
 //! span past a cut is lost. Confidence, as for every tagger, is the least sure piece's
 //! probability of the tag it was given.
+//!
+//! Training runs candle's differentiable model; a tagger loaded on the CPU (predict, eval,
+//! serve) runs the frozen encoder's packed forward instead (sentences packed end to end, no
+//! padding, fused kernels) with the head applied to every token state: the same logits within
+//! 1e-4 (tests/encoder_tagger.rs), several times the throughput.
 
 use super::model::{read_records, span_f1, TaggerMeta, TaggerReport, KIND};
 use super::{decode, encode, viterbi, TagSet, TokenRange};
 use crate::encoder::bert::{
     classifier_config_json, model_files, Batch, BertClassifier, BertConfig, Head, LoadOptions,
 };
+use crate::encoder::embed::{fill_rows, matmul_acc, transpose, Backend, Encoded, FrozenEncoder};
 use crate::encoder::finetune::{copy_tokenizer_files, epoch_batches, say, Hyper, Trainer};
 use crate::encoder::tokenize::TextTokenizer;
 use crate::error::{Result, TrainError};
@@ -35,13 +41,115 @@ pub const STUDENT: &str = "encoder-tagger";
 const INFER_BATCH: usize = 64;
 
 pub struct EncoderTagger {
-    model: BertClassifier,
+    model: Forward,
     tok: TextTokenizer,
     pub tags: TagSet,
     context_columns: Vec<String>,
     cls: u32,
     sep: u32,
     device: Device,
+}
+
+/// The token-classification forward a tagger runs: our BERT in candle (training, and any
+/// device), or on the CPU the packed encoder forward ([`FrozenEncoder::token_states`], what
+/// serving a loaded tagger runs: no padding, fused kernels) with the head applied to each
+/// token's state. Both compute `classifier · h_t + b` over the last layer's states.
+enum Forward {
+    Candle(Box<BertClassifier>),
+    Packed {
+        encoder: Box<FrozenEncoder>,
+        /// (hidden, tags): the head's weight transposed to (in, out).
+        head_w_t: Vec<f32>,
+        head_b: Vec<f32>,
+    },
+}
+
+impl Forward {
+    /// Raw logits of each window, `out[w][position][tag]`.
+    fn logits(
+        &self,
+        windows: &[&Window],
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        match self {
+            Forward::Candle(model) => {
+                let ids: Vec<&[u32]> = windows.iter().map(|w| w.ids.as_slice()).collect();
+                let types: Vec<&[u32]> = windows.iter().map(|w| w.types.as_slice()).collect();
+                let batch = Batch::from_segments(&ids, &types, pad_id, device)?;
+                let mut all = model.forward(&batch, None)?.to_vec3::<f32>()?;
+                // Padding positions past each window's end are dropped.
+                for (rows, w) in all.iter_mut().zip(windows) {
+                    rows.truncate(w.ids.len());
+                }
+                Ok(all)
+            }
+            Forward::Packed {
+                encoder,
+                head_w_t,
+                head_b,
+            } => {
+                let seqs: Vec<Encoded> = windows
+                    .iter()
+                    .map(|w| Encoded {
+                        ids: w.ids.clone(),
+                        type_ids: w.types.clone(),
+                    })
+                    .collect();
+                let (h, k) = (encoder.dim(), head_b.len());
+                Ok(encoder
+                    .token_states(&seqs)?
+                    .into_iter()
+                    .map(|x| {
+                        let n = x.len() / h;
+                        let mut out = vec![0f32; n * k];
+                        fill_rows(&mut out, head_b);
+                        matmul_acc(&mut out, &x, head_w_t, n, h, k, gemm::Parallelism::None);
+                        out.chunks_exact(k).map(<[f32]>::to_vec).collect()
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// On the CPU: the packed encoder and the head from a saved tagger's directory.
+    fn packed(dir: &Path, max_len: usize, n_tags: usize) -> Result<Self> {
+        let threads = rayon::current_num_threads();
+        let (encoder, mut extra) = FrozenEncoder::load_with_extra(
+            dir,
+            Some(max_len),
+            threads,
+            &Device::Cpu,
+            &["classifier."],
+        )?;
+        let h = encoder.dim();
+        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            match extra.remove(name) {
+                Some((s, v)) if s == shape => Ok(v),
+                Some((s, _)) => Err(TrainError::model(
+                    dir,
+                    format!("model.safetensors: `{name}` has shape {s:?}, expected {shape:?}"),
+                )),
+                None => Err(TrainError::model(
+                    dir,
+                    format!("model.safetensors: missing tensor `{name}`"),
+                )),
+            }
+        };
+        let w = take("classifier.weight", &[n_tags, h])?;
+        let head_b = take("classifier.bias", &[n_tags])?;
+        if let Some(name) = extra.keys().next() {
+            return Err(TrainError::model(
+                dir,
+                format!("model.safetensors has tensors a token classifier does not use: {name}"),
+            ));
+        }
+        Ok(Forward::Packed {
+            encoder: Box::new(encoder),
+            head_w_t: transpose(&w, n_tags, h),
+            head_b,
+        })
+    }
 }
 
 /// One window of an input, laid out for the encoder: its ids and segment ids, and which text
@@ -61,7 +169,7 @@ struct Laid {
 
 impl EncoderTagger {
     fn new(
-        model: BertClassifier,
+        model: Forward,
         tok: TextTokenizer,
         slots: Vec<String>,
         context_columns: Vec<String>,
@@ -167,12 +275,10 @@ impl EncoderTagger {
         order.sort_by_key(|&i| windows[i].ids.len());
         let mut out = vec![Vec::new(); windows.len()];
         for chunk in order.chunks(INFER_BATCH) {
-            let ids: Vec<&[u32]> = chunk.iter().map(|&i| windows[i].ids.as_slice()).collect();
-            let types: Vec<&[u32]> = chunk.iter().map(|&i| windows[i].types.as_slice()).collect();
-            let batch = Batch::from_segments(&ids, &types, self.tok.pad_id, &self.device)?;
-            let logits = self.model.forward(&batch, None)?;
-            let logp = candle_nn::ops::log_softmax(&logits, 2)?.to_vec3::<f32>()?;
-            for (&i, rows) in chunk.iter().zip(logp) {
+            let batch: Vec<&Window> = chunk.iter().map(|&i| windows[i]).collect();
+            let logits = self.model.logits(&batch, self.tok.pad_id, &self.device)?;
+            for (&i, mut rows) in chunk.iter().zip(logits) {
+                rows.iter_mut().for_each(|r| log_softmax(r));
                 out[i] = rows;
             }
         }
@@ -215,8 +321,26 @@ impl EncoderTagger {
     }
 }
 
-/// Loads a directory [`train`] wrote.
+/// In place: a row of logits to log-probabilities.
+fn log_softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = row.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
+    row.iter_mut().for_each(|v| *v -= log_sum);
+}
+
+/// Loads a directory [`train`] wrote: on the CPU onto the packed encoder forward (unless
+/// `DISTILL_ENCODER_BACKEND=candle`), elsewhere onto candle.
 pub fn load(dir: &Path, meta: &TaggerMeta, device: &Device) -> Result<EncoderTagger> {
+    load_backend(dir, meta, device, Backend::for_device(device))
+}
+
+/// [`load`] onto a chosen forward (tests compare the two).
+pub fn load_backend(
+    dir: &Path,
+    meta: &TaggerMeta,
+    device: &Device,
+    backend: Backend,
+) -> Result<EncoderTagger> {
     let (cfg_path, weights, tok_path) = model_files(dir);
     let (cfg, _) = BertConfig::from_file(&cfg_path)?;
     let max_len = meta
@@ -224,26 +348,31 @@ pub fn load(dir: &Path, meta: &TaggerMeta, device: &Device) -> Result<EncoderTag
         .unwrap_or(crate::encoder::finetune::DEFAULT_MAX_LEN);
     let tok = TextTokenizer::from_file(&tok_path, max_len, cfg.pad_token_id)?;
     let n_tags = TagSet::new(meta.slots.clone()).len();
-    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
-        .map_err(|e| TrainError::model(&weights, format!("cannot read safetensors: {e}")))?;
-    let (model, report) = BertClassifier::from_tensors_with_head(
-        Head::Token,
-        tensors,
-        &weights,
-        &cfg,
-        n_tags,
-        device,
-        LoadOptions::inference(),
-    )?;
-    if !report.unused.is_empty() {
-        return Err(TrainError::model(
-            dir,
-            format!(
-                "model.safetensors has tensors a token classifier does not use: {}",
-                report.unused.join(", ")
-            ),
-        ));
-    }
+    let model = if backend == Backend::Fast && device.is_cpu() {
+        Forward::packed(dir, max_len, n_tags)?
+    } else {
+        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+            .map_err(|e| TrainError::model(&weights, format!("cannot read safetensors: {e}")))?;
+        let (model, report) = BertClassifier::from_tensors_with_head(
+            Head::Token,
+            tensors,
+            &weights,
+            &cfg,
+            n_tags,
+            device,
+            LoadOptions::inference(),
+        )?;
+        if !report.unused.is_empty() {
+            return Err(TrainError::model(
+                dir,
+                format!(
+                    "model.safetensors has tensors a token classifier does not use: {}",
+                    report.unused.join(", ")
+                ),
+            ));
+        }
+        Forward::Candle(Box::new(model))
+    };
     EncoderTagger::new(
         model,
         tok,
@@ -331,7 +460,7 @@ pub fn train(
         tracing::warn!(unused = ?report.unused, "base checkpoint tensors not used by the tagger");
     }
     let tagger = EncoderTagger::new(
-        model,
+        Forward::Candle(Box::new(model)),
         tok,
         slots.clone(),
         spec.input.context_columns.clone(),
@@ -367,8 +496,8 @@ pub fn train(
     let ids: Vec<Vec<u32>> = examples.iter().map(|e| e.ids.clone()).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(hp.seed);
     let total_steps = examples.len().div_ceil(hp.batch_size) * hp.epochs;
-    let mut trainer = Trainer::new(&tagger.model, &hp, total_steps, None, &opts.device)?;
-    let vars = tagger.model.vars();
+    let mut trainer = Trainer::new(tagger.candle()?, &hp, total_steps, None, &opts.device)?;
+    let vars = tagger.candle()?.vars();
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new((examples.len() * hp.epochs) as u64);
         b.set_style(
@@ -498,7 +627,7 @@ pub fn train(
             std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e))
         };
         write_json("config.json", &config)?;
-        tagger.model.save(&dir.join("model.safetensors"))?;
+        tagger.candle()?.save(&dir.join("model.safetensors"))?;
         copy_tokenizer_files(&base.dir, dir)?;
         let meta_json = serde_json::to_value(&meta)
             .map_err(|e| TrainError::Other(format!("distill.json: {e}")))?;
@@ -517,9 +646,14 @@ pub fn train(
 }
 
 impl EncoderTagger {
-    /// The underlying model (tests check its gradients and tensor names).
-    pub fn model(&self) -> &BertClassifier {
-        &self.model
+    /// The candle model a tagger trains (absent for one loaded onto the packed CPU forward).
+    fn candle(&self) -> Result<&BertClassifier> {
+        match &self.model {
+            Forward::Candle(m) => Ok(m),
+            Forward::Packed { .. } => Err(TrainError::Other(
+                "a tagger on the packed CPU forward is not trainable".into(),
+            )),
+        }
     }
 
     /// The first window of an input as the model sees it (ids, segment ids) and its raw
@@ -527,11 +661,9 @@ impl EncoderTagger {
     pub fn window_logits(&self, text: &str, context: &Context) -> Result<WindowLogits> {
         let laid = self.lay_out(text, context)?;
         let w = &laid.windows[0];
-        let batch = Batch::from_segments(&[&w.ids], &[&w.types], self.tok.pad_id, &self.device)?;
         let logits = self
             .model
-            .forward(&batch, None)?
-            .to_vec3::<f32>()?
+            .logits(&[w], self.tok.pad_id, &self.device)?
             .remove(0);
         Ok((w.ids.clone(), w.types.clone(), logits))
     }

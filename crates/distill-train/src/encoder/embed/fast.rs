@@ -350,7 +350,11 @@ impl FastBert {
 
     /// The last layer's states of every token of `seqs`, packed end to end, and each sentence's
     /// (first row, rows).
-    fn hidden_states(&self, seqs: &[&Encoded], threads: usize) -> (Vec<f32>, Vec<(usize, usize)>) {
+    pub(super) fn hidden_states(
+        &self,
+        seqs: &[&Encoded],
+        threads: usize,
+    ) -> (Vec<f32>, Vec<(usize, usize)>) {
         let h = self.hidden;
         // Row ranges of each sentence in the packed (tokens, hidden) activations.
         let mut spans = Vec::with_capacity(seqs.len());
