@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::Instant;
 
 mod adamw;
-mod packed;
+pub(crate) mod packed;
 pub use adamw::{AdamW, SparseRows};
 pub use packed::PackedClassifier;
 

@@ -22,6 +22,7 @@ use crate::encoder::bert::{
     classifier_config_json, model_files, Batch, BertClassifier, BertConfig, Head, LoadOptions,
 };
 use crate::encoder::embed::{fill_rows, matmul_acc, transpose, Backend, Encoded, FrozenEncoder};
+use crate::encoder::finetune::packed::{take_tensor, unused};
 use crate::encoder::finetune::{copy_tokenizer_files, epoch_batches, say, Hyper, Trainer};
 use crate::encoder::tokenize::TextTokenizer;
 use crate::error::{Result, TrainError};
@@ -123,27 +124,9 @@ impl Forward {
             &["classifier."],
         )?;
         let h = encoder.dim();
-        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            match extra.remove(name) {
-                Some((s, v)) if s == shape => Ok(v),
-                Some((s, _)) => Err(TrainError::model(
-                    dir,
-                    format!("model.safetensors: `{name}` has shape {s:?}, expected {shape:?}"),
-                )),
-                None => Err(TrainError::model(
-                    dir,
-                    format!("model.safetensors: missing tensor `{name}`"),
-                )),
-            }
-        };
-        let w = take("classifier.weight", &[n_tags, h])?;
-        let head_b = take("classifier.bias", &[n_tags])?;
-        if let Some(name) = extra.keys().next() {
-            return Err(TrainError::model(
-                dir,
-                format!("model.safetensors has tensors a token classifier does not use: {name}"),
-            ));
-        }
+        let w = take_tensor(dir, &mut extra, "classifier.weight", &[n_tags, h])?;
+        let head_b = take_tensor(dir, &mut extra, "classifier.bias", &[n_tags])?;
+        unused(dir, &extra)?;
         Ok(Forward::Packed {
             encoder: Box::new(encoder),
             head_w_t: transpose(&w, n_tags, h),

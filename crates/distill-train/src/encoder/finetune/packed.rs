@@ -45,19 +45,7 @@ impl PackedClassifier {
             &[POOLER, CLASSIFIER],
         )?;
         let h = encoder.dim();
-        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            match extra.remove(name) {
-                Some((s, v)) if s == shape => Ok(v),
-                Some((s, _)) => Err(TrainError::model(
-                    dir,
-                    format!("model.safetensors: `{name}` has shape {s:?}, expected {shape:?}"),
-                )),
-                None => Err(TrainError::model(
-                    dir,
-                    format!("model.safetensors: missing tensor `{name}`"),
-                )),
-            }
-        };
+        let mut take = |name: &str, shape: &[usize]| take_tensor(dir, &mut extra, name, shape);
         let pooler_w = take(&format!("{POOLER}weight"), &[h, h])?;
         let pooler_b = take(&format!("{POOLER}bias"), &[h])?;
         let classifier_w = take(&format!("{CLASSIFIER}weight"), &[n_labels, h])?;
@@ -113,7 +101,29 @@ impl PackedClassifier {
     }
 }
 
-fn unused(dir: &Path, extra: &ExtraTensors) -> Result<()> {
+/// Takes `name` out of the tensors a packed model loaded beside its encoder, checking its
+/// shape; errors name the tensor and the directory.
+pub(crate) fn take_tensor(
+    dir: &Path,
+    extra: &mut ExtraTensors,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    match extra.remove(name) {
+        Some((s, v)) if s == shape => Ok(v),
+        Some((s, _)) => Err(TrainError::model(
+            dir,
+            format!("model.safetensors: `{name}` has shape {s:?}, expected {shape:?}"),
+        )),
+        None => Err(TrainError::model(
+            dir,
+            format!("model.safetensors: missing tensor `{name}`"),
+        )),
+    }
+}
+
+/// Refuses tensors left over once a packed model took what it reads.
+pub(crate) fn unused(dir: &Path, extra: &ExtraTensors) -> Result<()> {
     if extra.is_empty() {
         return Ok(());
     }
