@@ -1,6 +1,7 @@
 //! The gateway end to end over HTTP on 127.0.0.1: routes and rules, output caps and brevity,
 //! the cache (plain and streamed), fallback on an outage, budgets, metering in the ledger and
-//! /metrics, a client that hangs up mid-stream, and students served beside the routes.
+//! /metrics, a client that hangs up mid-stream, a tier that never answers, per-route cache-key
+//! folding, and students served beside the routes.
 //! Upstreams: the sim-teacher, and a recording upstream that shows what the gateway sent.
 
 mod common;
@@ -614,6 +615,163 @@ tier = "dead"
             "distill_gateway_fallbacks_total{route=\"auto\",from=\"flaky\",to=\"steady\"}"
         ) >= 1.0,
         "{m}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A tier that accepts the request and never answers is given up on at its `timeout_s`, and
+/// the route's fallback answers: the client sees one answer, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_that_never_answers_times_out_to_its_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    // The gate is never opened: every "slow" request waits forever.
+    let (stuck, seen) = recording_upstream().await;
+    let sim = start_sim(banking_task(dir.path())).await;
+    let cfg = format!(
+        r#"
+[[tier]]
+name = "stuck"
+provider = "openai"
+model = "gpt-4o-mini"
+base_url = "{stuck}"
+timeout_s = 1
+max_retries = 0
+fallback = "steady"
+
+[[tier]]
+name = "steady"
+provider = "openai"
+model = "gpt-4o-mini"
+base_url = "{sim}"
+
+[[route]]
+name = "auto"
+models = ["auto"]
+policy = "fixed"
+tier = "stuck"
+cache = false
+"#,
+        sim = sim.base_url()
+    );
+    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
+    // A gateway that waited forever fails this test instead of hanging it.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = server.url();
+
+    let t0 = Instant::now();
+    let (s, a) = chat(&http, &url, user("auto", "a slow question about my card")).await;
+    let waited = t0.elapsed();
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["distill"]["tier"], "steady");
+    assert_eq!(a["distill"]["fallback_from"], "stuck");
+    assert_eq!(a["distill"]["reason"], "fallback");
+    assert_eq!(seen.lock().unwrap().len(), 1, "asked once, no retry");
+    assert_eq!(sim.stats().billable, 1);
+    // Given up at the tier's timeout, not at the client's or never.
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    // The abandoned call was never answered, so it is not billed; the fallback's call is.
+    let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
+    let rows = ledger.rows_for_task("auto").unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, "ok");
+
+    // A tier that answers in time is not held to the timeout.
+    let (s, b) = chat(&http, &url, user("auto", "a quick question")).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["distill"]["tier"], "stuck");
+    assert_eq!(b["distill"]["reason"], "default");
+    server.shutdown().await.unwrap();
+}
+
+/// `case_fold` and `strip_punctuation` widen one route's cache key and only that route's; the
+/// upstream is always sent the client's own text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folded_routes_share_cache_entries_that_exact_routes_keep_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, seen) = recording_upstream().await;
+    let cfg = format!(
+        r#"
+[[tier]]
+name = "only"
+provider = "openai"
+model = "gpt-4o-mini"
+base_url = "{up}"
+
+[[route]]
+name = "folded"
+models = ["folded"]
+policy = "fixed"
+tier = "only"
+cache_max_temperature = 2.0
+case_fold = true
+strip_punctuation = true
+
+[[route]]
+name = "exact"
+models = ["exact"]
+policy = "fixed"
+tier = "only"
+cache_max_temperature = 2.0
+"#
+    );
+    let server = start_gateway(gateway(&cfg, dir.path()), Budgets::default()).await;
+    let http = reqwest::Client::new();
+    let url = server.url();
+    let hit = |v: &Value| v["distill"]["cache_hit"].as_bool().unwrap();
+
+    let (s, first) = chat(&http, &url, user("folded", "Where is my card?")).await;
+    assert_eq!(s, 200, "{first}");
+    assert!(!hit(&first));
+    for same in [
+        "where IS my card",
+        "Where is my card ?!",
+        "WHERE is my   card…",
+        "where is my card？",
+    ] {
+        let (_, r) = chat(&http, &url, user("folded", same)).await;
+        assert!(hit(&r), "{same:?} should share the entry: {r}");
+    }
+    // Folding is not forgetting: other words, or punctuation inside, are other prompts.
+    for other in [
+        "Where is my card? Today",
+        "Where is my old card?",
+        "Where, is my card?",
+    ] {
+        let (_, r) = chat(&http, &url, user("folded", other)).await;
+        assert!(!hit(&r), "{other:?} is another prompt: {r}");
+    }
+
+    // The exact route keeps case and punctuation apart (whitespace is always collapsed).
+    let (_, a) = chat(&http, &url, user("exact", "Where is my card?")).await;
+    assert!(!hit(&a), "routes never share entries: {a}");
+    let (_, b) = chat(&http, &url, user("exact", "  Where is my  card? ")).await;
+    assert!(hit(&b), "{b}");
+    for apart in ["where is my card?", "Where is my card"] {
+        let (_, r) = chat(&http, &url, user("exact", apart)).await;
+        assert!(!hit(&r), "{apart:?}: {r}");
+    }
+
+    // Upstream calls: 1 + 3 on the folded route, 1 + 2 on the exact one, each as the client wrote it.
+    let sent: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| v["messages"][0]["content"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            "Where is my card?",
+            "Where is my card? Today",
+            "Where is my old card?",
+            "Where, is my card?",
+            "Where is my card?",
+            "where is my card?",
+            "Where is my card",
+        ]
     );
     server.shutdown().await.unwrap();
 }

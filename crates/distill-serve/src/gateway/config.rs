@@ -155,9 +155,12 @@ pub struct RouteConfig {
     /// API's default).
     #[serde(default = "default_cache_max_temperature")]
     pub cache_max_temperature: f64,
-    /// Cache key: fold case and drop trailing punctuation of each message.
+    /// Cache key: fold the case of each message.
     #[serde(default)]
     pub case_fold: bool,
+    /// Cache key: drop each message's trailing punctuation (ASCII, and the full-width and
+    /// typographic sentence ends) and the spaces before it. Only the key: the upstream is sent
+    /// the client's text.
     #[serde(default)]
     pub strip_punctuation: bool,
     #[serde(default)]
@@ -512,6 +515,8 @@ models = ["support-bot"]
 policy = "fixed"
 tier = "cheap"
 cache_ttl_s = 3600
+case_fold = true            # "Where is my card?" and "where is my card" share a cache entry
+strip_punctuation = true
 max_tokens = 256
 max_tokens_mode = "set"
 

@@ -111,8 +111,14 @@ fn cache_key(route: &Route, upstream: &Value) -> String {
     let norm = |s: &str| {
         let mut t = normalise(s, route.cfg.case_fold);
         if route.cfg.strip_punctuation {
+            // Whitespace too, so `card ?` and `card` meet; the full-width and typographic
+            // sentence ends beside ASCII's, so CJK and curly-quoted prompts fold alike.
             t = t
-                .trim_end_matches(|c: char| c.is_ascii_punctuation())
+                .trim_end_matches(|c: char| {
+                    c.is_ascii_punctuation()
+                        || c.is_whitespace()
+                        || "…。！？｡、，．”’」』".contains(c)
+                })
                 .to_string();
         }
         t
