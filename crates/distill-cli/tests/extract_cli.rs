@@ -383,8 +383,146 @@ fn spans_are_taught_with_offsets_and_context() {
         assert!(v.status.success() && out.contains("figures agree"), "{out}");
     }
 
+    curve_through_the_cli(dir, teacher_usd, num(&m["floor"]));
     serve_answers_spans(dir, &url);
     encoder_tagger_through_the_cli(dir);
+}
+
+/// `eval --curve` on an extract task: linear taggers on 100, 300 and all of the teacher's
+/// usable records, two seeds each, every point evaluated like the tagger above (same floor),
+/// labelling charged for its records only, the curve in metrics.json, both reports and stdout.
+fn curve_through_the_cli(dir: &Path, teacher_usd: f64, floor: f64) {
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "eval",
+            "--task",
+            "task.toml",
+            "--model",
+            "tagger",
+            "--test",
+            "test.jsonl",
+            "--teacher-labels",
+            "teacher-test.jsonl",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let o = run(
+        dir,
+        &args(&["--curve", "100,300", "--out", "evals-no-train"]),
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--curve needs --train"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(
+        dir,
+        &args(&[
+            "--curve",
+            "100",
+            "--curve-student",
+            "encoder-head",
+            "--train",
+            "teacher.jsonl",
+            "--out",
+            "evals-head",
+        ]),
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--curve-student encoder-head"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!dir.join("evals-head").exists(), "nothing half-written");
+
+    let o = common::distill_ok(
+        dir,
+        &args(&[
+            "--curve",
+            "300,100,all",
+            "--curve-seeds",
+            "2",
+            "--train",
+            "teacher.jsonl",
+            "--out",
+            "evals-curve",
+        ]),
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("Learning curve: `linear` students"), "{said}");
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("evals-curve/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let c = &m["curve"];
+    assert_eq!(c["student"], "linear", "{c}");
+    assert_eq!(c["metric"], "span F1", "{c}");
+    assert_eq!(c["floor_metric"], "exact inputs", "{c}");
+    // The same test inputs, teacher and calibration split: the same floor as the eval above.
+    assert!((c["floor"].as_f64().unwrap() - floor).abs() < 1e-12, "{c}");
+    let usable = std::fs::read_to_string(dir.join("teacher.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["status"] == "ok"
+        })
+        .count();
+    let rows = c["rows"].as_array().unwrap();
+    let sizes: Vec<u64> = rows
+        .iter()
+        .map(|r| r["n_labels"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        sizes,
+        [100, 300, usable as u64],
+        "sorted, `all` = every usable record"
+    );
+    let points = c["points"].as_array().unwrap();
+    assert_eq!(points.len(), 6, "{c}");
+    for p in points {
+        let n = p["n_labels"].as_f64().unwrap();
+        assert!(
+            (p["labelling_usd"].as_f64().unwrap() - n * teacher_usd).abs() < 1e-9,
+            "labelling is charged for the point's records only: {p}"
+        );
+        let q = p["student_quality"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&q), "{p}");
+        assert!(
+            p["escalated"].as_f64().is_some() && p["month1_usd"].as_f64().is_some(),
+            "{p}"
+        );
+    }
+    let mean = |r: &serde_json::Value, k: &str| r[k]["mean"].as_f64().unwrap();
+    assert!(
+        mean(&rows[2], "student_quality") > mean(&rows[0], "student_quality"),
+        "more labels, a better tagger: {c}"
+    );
+    // Each row's verdict follows the stated rule.
+    let full = mean(&rows[2], "escalated");
+    for r in rows {
+        let want =
+            mean(r, "cascade_quality") >= floor && mean(r, "escalated") <= full + 0.02 + 1e-12;
+        assert_eq!(r["sufficient"].as_bool(), Some(want), "{r}");
+    }
+    let cheapest = rows
+        .iter()
+        .find(|r| r["sufficient"] == true)
+        .map(|r| r["n_labels"].clone());
+    assert_eq!(
+        c["cheapest_sufficient"],
+        cheapest.unwrap_or(serde_json::Value::Null)
+    );
+    let md = std::fs::read_to_string(dir.join("evals-curve/report.md")).unwrap();
+    assert!(
+        md.contains("## Learning curve") && md.contains("student span F1"),
+        "{md}"
+    );
+    let page = std::fs::read_to_string(dir.join("evals-curve/report.html")).unwrap();
+    assert!(page.contains("data-chart=\"curve\"") && page.contains("cascade (exact inputs)"));
 }
 
 /// The fine-tuned tagger through the same commands: train (one epoch on the slice), predict

@@ -168,27 +168,30 @@ pub struct Curve {
     pub rule: String,
 }
 
-/// Trains and evaluates one student per (size, seed) and summarises each size.
-pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Result<Curve> {
-    if spec.route.is_some() {
-        return Err(EvalError::Invalid(
-            "--curve is for classification tasks; a route task's routers are compared with \
-             `distill eval --model`"
-                .into(),
-        ));
-    }
+/// What one point's eval says, whatever the task kind: the figures of its [`CurvePoint`] (the
+/// size and seed are filled in by [`draw`]) and the metrics they are in.
+pub(crate) struct Scored {
+    pub(crate) point: CurvePoint,
+    /// The student's quality metric (`accuracy`, `agreement`, `span F1`...).
+    pub(crate) metric: String,
+    /// The cascade's floor and its metric, when the point had a cascade.
+    pub(crate) floor: Option<(f64, String)>,
+}
+
+/// The loop every kind shares: per seed an example order, per size the prefix handed to
+/// `score` (trains and evaluates one student in `work`), progress, then each size summarised
+/// and the cheapest sufficient one marked.
+pub(crate) fn draw(
+    total: usize,
+    opts: &CurveOptions,
+    progress: bool,
+    mut score: impl FnMut(&[usize], u64, &std::path::Path) -> Result<Scored>,
+) -> Result<Curve> {
     if opts.seeds == 0 {
         return Err(EvalError::Invalid(
             "--curve-seeds must be at least 1".into(),
         ));
     }
-    let sources = distill_train::train::TrainSources {
-        data: vec![opts.train.clone()],
-        out_of_scope: vec![],
-    };
-    // Every labelled example in the file's order (no dev split yet: each point splits its own).
-    let (all, _) = distill_train::train::load_train_sources(spec, &sources, 0.0, 0, None)?;
-    let total = all.train.len();
     let mut sizes: Vec<usize> = opts
         .sizes
         .iter()
@@ -206,134 +209,32 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
     sizes.sort_unstable();
     sizes.dedup();
 
-    let device = distill_train::select_device(&eval.device)?;
     let work = tempfile::tempdir().map_err(|e| EvalError::Other(format!("temp dir: {e}")))?;
     let what = format!("learning curve ({})", opts.student.as_str());
-    let bar = crate::answers::progress_bar(
-        eval.progress,
-        (sizes.len() * opts.seeds) as u64,
-        what.clone(),
-    );
+    let bar =
+        crate::answers::progress_bar(progress, (sizes.len() * opts.seeds) as u64, what.clone());
     let mut points = Vec::new();
     let mut metric = "accuracy".to_string();
-    let mut floor = None;
-    let mut floor_metric = None;
+    let (mut floor, mut floor_metric) = (None, None);
     for seed in 0..opts.seeds as u64 {
         let order = example_order(total, opts.order, seed);
         for &n in &sizes {
             if let Some(b) = &bar {
                 b.set_message(format!("{what}: {n} labels, seed {seed}"));
             }
-            let prefix: Vec<(String, usize)> =
-                order[..n].iter().map(|&i| all.train[i].clone()).collect();
-            let prefix_sets: Option<Vec<Vec<usize>>> = all
-                .sets
-                .as_ref()
-                .map(|s| order[..n].iter().map(|&i| s.train[i].clone()).collect());
-            let present = {
-                let mut seen = vec![false; spec.labels.len()];
-                match &prefix_sets {
-                    Some(sets) => sets.iter().flatten().for_each(|&y| seen[y] = true),
-                    None => prefix.iter().for_each(|(_, y)| seen[*y] = true),
-                }
-                seen.iter().filter(|s| **s).count()
-            };
-            if present < 2 {
-                return Err(EvalError::Invalid(format!(
-                    "the first {n} labelled examples of {} hold only one label: a curve point \
-                     needs at least two classes (start the curve at a larger size)",
-                    opts.train.display()
-                )));
+            let point_dir = work.path().join(format!("point-{n}-{seed}"));
+            let scored = score(&order[..n], seed, &point_dir)?;
+            let _ = std::fs::remove_dir_all(&point_dir);
+            metric = scored.metric;
+            if let (None, Some((f, m))) = (floor, scored.floor) {
+                floor = Some(f);
+                floor_metric = Some(m);
             }
-            // The same seeded, stratified split as `distill train`.
-            let examples: Vec<(String, Vec<usize>)> = match &prefix_sets {
-                Some(sets) => prefix
-                    .into_iter()
-                    .map(|(t, _)| t)
-                    .zip(sets.clone())
-                    .collect(),
-                None => prefix.into_iter().map(|(t, y)| (t, vec![y])).collect(),
-            };
-            let (train, dev, sets) = distill_train::train::split_label_sets(
-                examples,
-                spec.labels.len(),
-                prefix_sets.is_some(),
-                opts.dev_fraction,
-                seed,
-            );
-            let data = TrainData {
-                task: spec.name.clone(),
-                labels: spec.labels.clone(),
-                train,
-                dev,
-                sets,
-                data_hash: format!("{}:{:?}:{seed}:{n}", all.data_hash, opts.order),
-                label_source: all.label_source.clone(),
-            };
-            let model_dir = work.path().join(format!("model-{n}-{seed}"));
-            let mut t = opts.train_opts.clone();
-            t.out = model_dir.clone();
-            t.seed = 42 + seed;
-            t.progress = false;
-            t.force = true;
-            distill_train::train::train_on(&data, opts.student, &t)?;
-            let student = distill_train::load_student(&model_dir, &device)?;
-            let mut e = eval.clone();
-            e.out = work.path().join(format!("eval-{n}-{seed}"));
-            e.force = true;
-            e.progress = false;
-            e.models = vec![];
-            e.api = vec![];
-            e.latency_samples = 0;
-            e.labelling_per_example = true;
-            e.curve = None;
-            let outcome = run_eval_with(
-                spec,
-                &e,
-                vec![NamedStudent {
-                    name: "student".into(),
-                    path: Some(model_dir.clone()),
-                    student,
-                }],
-            )?;
-            let r = outcome.report;
-            metric = r.headline_metric().to_string();
-            let find = |kind: OptionKind| r.options.iter().find(|o| o.kind == kind);
-            let student_row = find(OptionKind::Student);
-            let cascade = r.cascades.first();
-            floor = floor.or(cascade.map(|c| c.floor.value));
-            floor_metric = floor_metric.or(cascade.map(|c| c.floor.metric.as_str().to_string()));
-            let priced = find(OptionKind::Cascade).or(student_row);
-            let one_time = |what: &str| {
-                student_row
-                    .map(|o| {
-                        o.cost
-                            .one_time
-                            .iter()
-                            .filter(|c| c.what == what)
-                            .map(|c| c.usd)
-                            .sum()
-                    })
-                    .unwrap_or(0.0)
-            };
             points.push(CurvePoint {
                 n_labels: n,
                 seed,
-                labelling_usd: one_time("labelling"),
-                training_usd: one_time("training"),
-                student_quality: student_row
-                    .and_then(|o| o.headline())
-                    .map(|q| q.accuracy.value),
-                cascade_quality: cascade.map(|c| c.choice.held_out.quality.value),
-                escalated: cascade.map(|c| c.choice.held_out.escalated_fraction),
-                floor_held: cascade.is_some_and(|c| c.choice.floor_held),
-                month1_usd: priced.and_then(|o| o.cost.monthly_usd),
-                saving: priced.and_then(|o| o.cost.saving),
-                steady_monthly_usd: priced.and_then(|o| o.cost.steady_monthly_usd),
-                steady_saving: priced.and_then(|o| o.cost.steady_saving),
-                break_even_requests: priced.and_then(|o| o.cost.break_even_requests),
+                ..scored.point
             });
-            let _ = std::fs::remove_dir_all(&model_dir);
             if let Some(b) = &bar {
                 b.inc(1);
             }
@@ -365,6 +266,138 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
         points,
         cheapest_sufficient,
         rule,
+    })
+}
+
+/// A classification (or multilabel) task's curve: each point trains on the prefix through
+/// `distill train`'s own split and is evaluated by [`run_eval_with`] with the labelling
+/// charged per example.
+pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Result<Curve> {
+    if spec.route.is_some() {
+        return Err(EvalError::Invalid(
+            "--curve is for classification tasks; a route task's routers are compared with \
+             `distill eval --model`"
+                .into(),
+        ));
+    }
+    let sources = distill_train::train::TrainSources {
+        data: vec![opts.train.clone()],
+        out_of_scope: vec![],
+    };
+    // Every labelled example in the file's order (no dev split yet: each point splits its own).
+    let (all, _) = distill_train::train::load_train_sources(spec, &sources, 0.0, 0, None)?;
+    let device = distill_train::select_device(&eval.device)?;
+    draw(all.train.len(), opts, eval.progress, |picked, seed, dir| {
+        let n = picked.len();
+        let prefix: Vec<(String, usize)> = picked.iter().map(|&i| all.train[i].clone()).collect();
+        let prefix_sets: Option<Vec<Vec<usize>>> = all
+            .sets
+            .as_ref()
+            .map(|s| picked.iter().map(|&i| s.train[i].clone()).collect());
+        let present = {
+            let mut seen = vec![false; spec.labels.len()];
+            match &prefix_sets {
+                Some(sets) => sets.iter().flatten().for_each(|&y| seen[y] = true),
+                None => prefix.iter().for_each(|(_, y)| seen[*y] = true),
+            }
+            seen.iter().filter(|s| **s).count()
+        };
+        if present < 2 {
+            return Err(EvalError::Invalid(format!(
+                "the first {n} labelled examples of {} hold only one label: a curve point \
+                 needs at least two classes (start the curve at a larger size)",
+                opts.train.display()
+            )));
+        }
+        // The same seeded, stratified split as `distill train`.
+        let examples: Vec<(String, Vec<usize>)> = match &prefix_sets {
+            Some(sets) => prefix
+                .into_iter()
+                .map(|(t, _)| t)
+                .zip(sets.clone())
+                .collect(),
+            None => prefix.into_iter().map(|(t, y)| (t, vec![y])).collect(),
+        };
+        let (train, dev, sets) = distill_train::train::split_label_sets(
+            examples,
+            spec.labels.len(),
+            prefix_sets.is_some(),
+            opts.dev_fraction,
+            seed,
+        );
+        let data = TrainData {
+            task: spec.name.clone(),
+            labels: spec.labels.clone(),
+            train,
+            dev,
+            sets,
+            data_hash: format!("{}:{:?}:{seed}:{n}", all.data_hash, opts.order),
+            label_source: all.label_source.clone(),
+        };
+        let model_dir = dir.join("model");
+        let mut t = opts.train_opts.clone();
+        t.out = model_dir.clone();
+        t.seed = 42 + seed;
+        t.progress = false;
+        t.force = true;
+        distill_train::train::train_on(&data, opts.student, &t)?;
+        let student = distill_train::load_student(&model_dir, &device)?;
+        let mut e = eval.clone();
+        e.out = dir.join("eval");
+        e.force = true;
+        e.progress = false;
+        e.models = vec![];
+        e.api = vec![];
+        e.latency_samples = 0;
+        e.labelling_per_example = true;
+        e.curve = None;
+        let outcome = run_eval_with(
+            spec,
+            &e,
+            vec![NamedStudent {
+                name: "student".into(),
+                path: Some(model_dir.clone()),
+                student,
+            }],
+        )?;
+        let r = outcome.report;
+        let find = |kind: OptionKind| r.options.iter().find(|o| o.kind == kind);
+        let student_row = find(OptionKind::Student);
+        let cascade = r.cascades.first();
+        let priced = find(OptionKind::Cascade).or(student_row);
+        let one_time = |what: &str| {
+            student_row
+                .map(|o| {
+                    o.cost
+                        .one_time
+                        .iter()
+                        .filter(|c| c.what == what)
+                        .map(|c| c.usd)
+                        .sum()
+                })
+                .unwrap_or(0.0)
+        };
+        Ok(Scored {
+            metric: r.headline_metric().to_string(),
+            floor: cascade.map(|c| (c.floor.value, c.floor.metric.as_str().to_string())),
+            point: CurvePoint {
+                n_labels: n,
+                seed,
+                labelling_usd: one_time("labelling"),
+                training_usd: one_time("training"),
+                student_quality: student_row
+                    .and_then(|o| o.headline())
+                    .map(|q| q.accuracy.value),
+                cascade_quality: cascade.map(|c| c.choice.held_out.quality.value),
+                escalated: cascade.map(|c| c.choice.held_out.escalated_fraction),
+                floor_held: cascade.is_some_and(|c| c.choice.floor_held),
+                month1_usd: priced.and_then(|o| o.cost.monthly_usd),
+                saving: priced.and_then(|o| o.cost.saving),
+                steady_monthly_usd: priced.and_then(|o| o.cost.steady_monthly_usd),
+                steady_saving: priced.and_then(|o| o.cost.steady_saving),
+                break_even_requests: priced.and_then(|o| o.cost.break_even_requests),
+            },
+        })
     })
 }
 

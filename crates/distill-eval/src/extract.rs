@@ -21,6 +21,7 @@
 
 use crate::cascade::{choose, split, CascadeChoice, CascadeItem};
 use crate::cost::{economics, Economics, HardwarePrices};
+use crate::curve::{draw, Curve, CurveOptions, CurvePoint, Scored};
 use crate::error::{EvalError, Result};
 use crate::report::CostItem;
 use crate::span_metrics::{span_quality, SpanScores};
@@ -61,6 +62,9 @@ pub struct ExtractReport {
     /// teacher's records carry no cost).
     #[serde(default)]
     pub costs: Option<ExtractCosts>,
+    /// Present when the eval drew a learning curve (`--curve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<Curve>,
 }
 
 /// The tagger's and the cascade's bill against sending every input to the teacher.
@@ -102,6 +106,8 @@ pub struct ExtractEvalOptions<'a> {
     /// Requests per day for the monthly projection.
     pub volume_per_day: f64,
     pub hardware: HardwarePrices,
+    /// A learning curve drawn before (see [`curve`]), carried into the report.
+    pub curve: Option<&'a Curve>,
 }
 
 fn other(e: impl std::fmt::Display) -> EvalError {
@@ -289,6 +295,7 @@ pub fn run(
         cascades,
         teacher_cost_per_request_usd: teacher_cost,
         costs,
+        curve: o.curve.cloned(),
     };
     // What seqeval recomputes: every input against gold, else the matched ones against the
     // teacher (as `student_vs_teacher` is scored).
@@ -362,4 +369,118 @@ fn extract_costs(
         cascade_per_request_usd: cascade_per_request,
         cascade: cascade_per_request.map(|c| economics(teacher, c, once, o.volume_per_day)),
     }
+}
+
+/// An extract task's learning curve: each point writes the chosen records of `opts.train` (the
+/// usable ones, in the curve's order) to a file, trains the tagger on it as `distill train`
+/// would (`linear` or `encoder-finetune`, the same seeded dev split), and evaluates it with
+/// [`run`] under `o`: span F1 for the student, exact inputs for the cascade and its floor, the
+/// labelling charged for those records only.
+pub fn curve(
+    spec: &TaskSpec,
+    o: &ExtractEvalOptions,
+    opts: &CurveOptions,
+    progress: bool,
+) -> Result<Curve> {
+    use distill_train::StudentKind;
+    if opts.student == StudentKind::EncoderHead {
+        return Err(EvalError::Invalid(
+            "--curve-student encoder-head: an extract task's curve trains `linear` (the linear \
+             tagger) or `encoder-finetune`"
+                .into(),
+        ));
+    }
+    let text = std::fs::read_to_string(&opts.train)
+        .map_err(|e| EvalError::Other(format!("{}: {e}", opts.train.display())))?;
+    // read_records checks every record and skips blank lines, as this does: one line each.
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let records = read_records(&opts.train, spec).map_err(other)?;
+    let usable: Vec<&str> = lines
+        .iter()
+        .zip(&records)
+        .filter(|(_, r)| r.spans.is_some())
+        .map(|(l, _)| *l)
+        .collect();
+    draw(usable.len(), opts, progress, |picked, seed, dir| {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| EvalError::Other(format!("{}: {e}", dir.display())))?;
+        let data = dir.join("train.jsonl");
+        let mut body = String::new();
+        for &i in picked {
+            body.push_str(usable[i]);
+            body.push('\n');
+        }
+        std::fs::write(&data, body)
+            .map_err(|e| EvalError::Other(format!("{}: {e}", data.display())))?;
+        let model_dir = dir.join("model");
+        let train_seed = 42 + seed;
+        match opts.student {
+            StudentKind::Linear => {
+                distill_train::tagging::model::train_linear(
+                    spec,
+                    &data,
+                    &model_dir,
+                    true,
+                    opts.dev_fraction,
+                    train_seed,
+                )
+                .map_err(other)?;
+            }
+            _ => {
+                let mut t = opts.train_opts.clone();
+                t.out = model_dir.clone();
+                t.seed = train_seed;
+                t.progress = false;
+                t.force = true;
+                distill_train::tagging::encoder::train(spec, &data, &t, opts.dev_fraction)
+                    .map_err(other)?;
+            }
+        }
+        let point = ExtractEvalOptions {
+            force: true,
+            curve: None,
+            ..*o
+        };
+        let r = run(spec, &model_dir, &dir.join("eval"), &point)?;
+        let student = r.student_vs_gold.as_ref().or(r.student_vs_teacher.as_ref());
+        let one_time = |what: &str| {
+            r.costs.as_ref().map_or(0.0, |c| {
+                c.one_time
+                    .iter()
+                    .filter(|i| i.what == what)
+                    .map(|i| i.usd)
+                    .sum()
+            })
+        };
+        let priced = r
+            .costs
+            .as_ref()
+            .map(|c| c.cascade.as_ref().unwrap_or(&c.student));
+        Ok(Scored {
+            metric: if r.student_vs_gold.is_some() {
+                "span F1".into()
+            } else {
+                "span F1 vs teacher".into()
+            },
+            floor: r
+                .cascade
+                .as_ref()
+                .map(|_| (r.floor, "exact inputs".to_string())),
+            point: CurvePoint {
+                n_labels: picked.len(),
+                seed,
+                labelling_usd: one_time("labelling"),
+                training_usd: one_time("training"),
+                student_quality: student.map(|q| q.exact.f1.value),
+                cascade_quality: r.cascade.as_ref().map(|c| c.held_out.quality.value),
+                escalated: r.cascade.as_ref().map(|c| c.held_out.escalated_fraction),
+                floor_held: r.cascade.as_ref().is_some_and(|c| c.floor_held),
+                month1_usd: priced.map(|e| e.monthly_usd),
+                saving: priced.and_then(|e| e.saving),
+                steady_monthly_usd: priced.map(|e| e.steady_monthly_usd),
+                steady_saving: priced.and_then(|e| e.steady_saving),
+                break_even_requests: priced.and_then(|e| e.break_even_requests),
+            },
+        })
+    })
 }

@@ -45,7 +45,7 @@ pub struct Args {
     /// those N labels charged) and mark the cheapest size whose cascade holds the floor.
     #[arg(long, value_name = "SIZES", value_parser = parse_curve_sizes)]
     pub curve: Option<CurveSizes>,
-    /// The student kind the learning curve trains.
+    /// The student kind the learning curve trains (extract tasks: linear or encoder-finetune).
     #[arg(long, value_name = "KIND", default_value = "linear")]
     pub curve_student: distill_train::StudentKind,
     /// Seeds per curve size (each draws its own subset and trains with its own seed).
@@ -164,7 +164,7 @@ pub fn options(args: &Args, g: &Global) -> EvalOptions {
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let spec = TaskSpec::load(&args.task)?;
     if spec.is_extract() {
-        return extract(&args, &spec);
+        return extract(&args, &spec, g);
     }
     if spec.route.is_some() {
         return route(&args, &spec, g);
@@ -188,6 +188,17 @@ fn curve(
     opts: &distill_eval::EvalOptions,
     g: &Global,
 ) -> anyhow::Result<distill_eval::curve::Curve> {
+    let c = curve_options(args, sizes, g)?;
+    distill_eval::curve::run_curve(spec, opts, &c)
+        .with_context(|| format!("learning curve for task `{}`", spec.name))
+}
+
+/// What `--curve` and its flags ask for, whatever the task kind.
+fn curve_options(
+    args: &Args,
+    sizes: &[distill_eval::curve::CurveSize],
+    g: &Global,
+) -> anyhow::Result<distill_eval::curve::CurveOptions> {
     let train = args.train.clone().context(
         "--curve needs --train FILE: the teacher dataset whose first N labels each point trains on",
     )?;
@@ -198,7 +209,7 @@ fn curve(
         args.base.clone(),
         args.offline,
     )?;
-    let c = distill_eval::curve::CurveOptions {
+    Ok(distill_eval::curve::CurveOptions {
         train,
         sizes: sizes.to_vec(),
         student: args.curve_student,
@@ -206,9 +217,7 @@ fn curve(
         order: args.curve_order,
         dev_fraction: 0.1,
         train_opts: t,
-    };
-    distill_eval::curve::run_curve(spec, opts, &c)
-        .with_context(|| format!("learning curve for task `{}`", spec.name))
+    })
 }
 
 /// Route tasks: routers against the baselines on the route test set.
@@ -280,12 +289,12 @@ pub(crate) fn print_extract_saving(c: &distill_eval::extract::ExtractCosts) {
 }
 
 /// An extract task: the tagger against gold and the teacher, and its cascade.
-fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
+fn extract(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
     let [model] = args.models.as_slice() else {
         anyhow::bail!("--model: an extract task is evaluated one tagger at a time");
     };
-    if !args.api.is_empty() || args.curve.is_some() {
-        anyhow::bail!("--api and --curve are not built for extract tasks yet");
+    if !args.api.is_empty() {
+        anyhow::bail!("--api is not built for extract tasks yet");
     }
     distill_train::device::set_threads(args.threads);
     let test = args
@@ -297,25 +306,35 @@ fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
         Some((FloorMetric::Accuracy, f)) | Some((FloorMetric::Agreement, f)) => Some(f),
         None => None,
     };
-    let r = distill_eval::extract::run(
-        spec,
-        model,
-        &args.out,
-        &distill_eval::extract::ExtractEvalOptions {
-            test: &test,
-            teacher_labels: args.teacher_labels.as_deref(),
-            floor,
-            calibration_fraction: args.calibration_fraction,
-            seed: args.seed,
-            force: args.force,
-            device: &distill_train::select_device(&args.device)?,
-            volume_per_day: args.volume,
-            hardware: distill_eval::cost::HardwarePrices {
-                core_hour_usd: args.core_hour_usd,
-                gpu_hour_usd: args.gpu_hour_usd,
-            },
+    let device = distill_train::select_device(&args.device)?;
+    let mut o = distill_eval::extract::ExtractEvalOptions {
+        test: &test,
+        teacher_labels: args.teacher_labels.as_deref(),
+        floor,
+        calibration_fraction: args.calibration_fraction,
+        seed: args.seed,
+        force: args.force,
+        device: &device,
+        volume_per_day: args.volume,
+        hardware: distill_eval::cost::HardwarePrices {
+            core_hour_usd: args.core_hour_usd,
+            gpu_hour_usd: args.gpu_hour_usd,
         },
-    )?;
+        curve: None,
+    };
+    // The curve first, so the report carries it.
+    let curve = match &args.curve {
+        Some(sizes) => {
+            let c = curve_options(args, &sizes.0, g)?;
+            Some(
+                distill_eval::extract::curve(spec, &o, &c, !g.quiet)
+                    .with_context(|| format!("learning curve for task `{}`", spec.name))?,
+            )
+        }
+        None => None,
+    };
+    o.curve = curve.as_ref();
+    let r = distill_eval::extract::run(spec, model, &args.out, &o)?;
     let line = |name: &str, q: &Option<distill_eval::span_metrics::SpanScores>| {
         if let Some(q) = q {
             println!(
@@ -343,6 +362,9 @@ fn extract(args: &Args, spec: &TaskSpec) -> anyhow::Result<()> {
     }
     if let Some(c) = &r.costs {
         print_extract_saving(c);
+    }
+    if let Some(c) = &r.curve {
+        print!("{}", distill_eval::report::curve_text(c));
     }
     println!("wrote {}", args.out.display());
     Ok(())

@@ -317,6 +317,7 @@ fn extraction(
             device: &distill_train::Device::Cpu,
             volume_per_day: args.volume,
             hardware: distill_eval::cost::HardwarePrices::default(),
+            curve: None,
         },
     )
     .context("evaluating the tagger")?;

@@ -341,8 +341,7 @@ pub fn reliability(r: &EvalReport) -> Option<String> {
 /// The learning curve: student and cascade quality against labelling dollars (or labels, when
 /// the labels cost nothing), mean over seeds with min–max bars, the floor, the cheapest
 /// sufficient size ringed.
-pub fn learning_curve(r: &EvalReport) -> Option<String> {
-    let c = r.curve.as_ref()?;
+pub fn learning_curve(c: &crate::curve::Curve) -> Option<String> {
     let by_dollars = c.rows.iter().any(|row| row.labelling_usd > 0.0);
     let x = |row: &crate::curve::CurveRow| {
         if by_dollars {
@@ -372,10 +371,21 @@ pub fn learning_curve(r: &EvalReport) -> Option<String> {
         .fold(1.0, f64::min);
     let y0 = ((y0 - 0.03) * 20.0).floor() / 20.0;
     let metric = c.metric.clone();
+    // An extract curve scores the student by span F1 and its cascade by exact inputs: say which.
+    let cascade_metric = c.floor_metric.clone().unwrap_or_else(|| metric.clone());
+    let (student_name, cascade_name, y_desc) = if cascade_metric == metric {
+        ("student".to_string(), "cascade".to_string(), metric.clone())
+    } else {
+        (
+            format!("student ({metric})"),
+            format!("cascade ({cascade_metric})"),
+            "quality".to_string(),
+        )
+    };
     svg(|root| {
         let mut chart = ChartBuilder::on(root)
             .caption(
-                format!("learning curve: {metric} vs labelling"),
+                format!("learning curve: {y_desc} vs labelling"),
                 ("sans-serif", 22),
             )
             .margin(16)
@@ -389,7 +399,7 @@ pub fn learning_curve(r: &EvalReport) -> Option<String> {
             } else {
                 "labels"
             })
-            .y_desc(metric.as_str())
+            .y_desc(y_desc.as_str())
             .x_label_formatter(&|v| {
                 if by_dollars {
                     format!("${v:.2}")
@@ -400,8 +410,8 @@ pub fn learning_curve(r: &EvalReport) -> Option<String> {
             .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
             .draw()?;
         for (pts, color, name) in [
-            (&student, PALETTE[0], "student"),
-            (&cascade, PALETTE[2], "cascade"),
+            (&student, PALETTE[0], student_name.as_str()),
+            (&cascade, PALETTE[2], cascade_name.as_str()),
         ] {
             if pts.is_empty() {
                 continue;

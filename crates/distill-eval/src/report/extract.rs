@@ -1,6 +1,6 @@
 //! An extraction eval's `report.md` and `report.html`, drawn from one set of tables so the two
 //! never disagree: the span scores, the per-slot table, the cascade (with its sweep chart in
-//! the HTML) and the bill.
+//! the HTML), the bill and, with `--curve`, the learning curve (the section every kind shares).
 
 use super::fmt::{count, pct, usd};
 use super::{charts, html, markdown};
@@ -190,6 +190,10 @@ pub fn render_markdown(r: &ExtractReport) -> String {
             let _ = writeln!(s, "- {n}");
         }
     }
+    if let Some(c) = &r.curve {
+        s.push('\n');
+        s.push_str(&markdown::curve_section(c));
+    }
     s
 }
 
@@ -228,6 +232,9 @@ pub fn render_html(r: &ExtractReport) -> String {
             let _ = write!(b, "<li>{}</li>", e(&n));
         }
         b.push_str("</ul>");
+    }
+    if let Some(c) = &r.curve {
+        b.push_str(&html::curve_section(c));
     }
     b.push_str("</body></html>");
     b

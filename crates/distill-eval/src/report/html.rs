@@ -87,17 +87,8 @@ pub fn render(r: &EvalReport) -> String {
         b.push_str("</ul>");
     }
 
-    if let (Some(c), Some((h, rows))) = (&r.curve, super::curve_rows(r)) {
-        b.push_str("<h2>Learning curve</h2>");
-        b.push_str(&format!("<p>{}</p>", escape(&super::curve_caption(c))));
-        b.push_str(&table(&h, &rows));
-        b.push_str(&figure(
-            "curve",
-            charts::learning_curve(r),
-            "Student and cascade quality against what labelling cost (mean over seeds, bars from \
-             the lowest to the highest seed); the ring marks the cheapest sufficient size.",
-            "No learning-curve chart: no point has a quality figure.",
-        ));
+    if let Some(c) = &r.curve {
+        b.push_str(&curve_section(c));
     }
 
     b.push_str("<h2>Cascade</h2>");
@@ -286,5 +277,21 @@ pub fn render(r: &EvalReport) -> String {
         "<p>Intervals are 95%: Wilson for proportions, seeded percentile bootstrap for F1 and ECE. \
          Per-class figures and full confusion matrices are in metrics.json.</p></body></html>\n",
     );
+    b
+}
+
+/// The learning-curve section: caption, table and chart (every kind's report has the same one).
+pub fn curve_section(c: &crate::curve::Curve) -> String {
+    let (h, rows) = super::curve_rows(c);
+    let mut b = String::from("<h2>Learning curve</h2>");
+    b.push_str(&format!("<p>{}</p>", escape(&super::curve_caption(c))));
+    b.push_str(&table(&h, &rows));
+    b.push_str(&figure(
+        "curve",
+        charts::learning_curve(c),
+        "Student and cascade quality against what labelling cost (mean over seeds, bars from \
+         the lowest to the highest seed); the ring marks the cheapest sufficient size.",
+        "No learning-curve chart: no point has a quality figure.",
+    ));
     b
 }

@@ -124,9 +124,8 @@ pub fn render(r: &EvalReport) -> String {
         out.push('\n');
     }
 
-    if let (Some(c), Some((header, rows))) = (&r.curve, super::curve_rows(r)) {
-        let _ = writeln!(out, "## Learning curve\n\n{}\n", super::curve_caption(c));
-        table(&mut out, &header, &rows);
+    if let Some(c) = &r.curve {
+        out.push_str(&curve_section(c));
         out.push('\n');
     }
 
@@ -382,5 +381,13 @@ pub fn render(r: &EvalReport) -> String {
         crate::metrics::BOOTSTRAP_RESAMPLES,
         r.settings.seed
     );
+    out
+}
+
+/// The learning-curve section (every kind's report has the same one).
+pub fn curve_section(c: &crate::curve::Curve) -> String {
+    let mut out = format!("## Learning curve\n\n{}\n\n", super::curve_caption(c));
+    let (header, rows) = super::curve_rows(c);
+    table(&mut out, &header, &rows);
     out
 }

@@ -357,8 +357,7 @@ pub fn summary_rows(r: &EvalReport) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 /// The learning-curve table: one row per size, each figure the mean over seeds with its range.
-pub fn curve_rows(r: &EvalReport) -> Option<(Vec<String>, Vec<Vec<String>>)> {
-    let c = r.curve.as_ref()?;
+pub fn curve_rows(c: &crate::curve::Curve) -> (Vec<String>, Vec<Vec<String>>) {
     let header = vec![
         "labels".to_string(),
         "labelling".into(),
@@ -403,7 +402,13 @@ pub fn curve_rows(r: &EvalReport) -> Option<(Vec<String>, Vec<Vec<String>>)> {
             ]
         })
         .collect();
-    Some((header, rows))
+    (header, rows)
+}
+
+/// The curve for a terminal: its caption, then its table.
+pub fn curve_text(c: &crate::curve::Curve) -> String {
+    let (h, rows) = curve_rows(c);
+    format!("\n{}\n{}", curve_caption(c), text_table(&h, &rows))
 }
 
 /// One sentence on the curve: what it is and its cheapest sufficient size.
@@ -608,9 +613,8 @@ pub fn summary_text(r: &EvalReport) -> String {
         ));
         s.push_str(&text_table(&h, &rows));
     }
-    if let (Some(c), Some((h, rows))) = (&r.curve, curve_rows(r)) {
-        s.push_str(&format!("\n{}\n", curve_caption(c)));
-        s.push_str(&text_table(&h, &rows));
+    if let Some(c) = &r.curve {
+        s.push_str(&curve_text(c));
     }
     for w in &r.warnings {
         s.push_str(&format!("warning: {w}\n"));
