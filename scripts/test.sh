@@ -3,7 +3,8 @@
 #  - redis-server (Debian) for serve's shared-cache tests;
 #  - a Python venv (.venv-test) with the official `openai` client, scikit-learn, seqeval and
 #    `huggingface_hub`, for the cross-checks that drive distill with a client we did not write,
-#    recompute metrics, and share a Hugging Face cache with Python.
+#    recompute metrics, and share a Hugging Face cache with Python;
+#  - llama.cpp's Python server (.venv-llama, made by scripts/check_llama_cpp.sh) as a real upstream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -39,3 +40,9 @@ for check in scripts/verify/*.sh; do
   say "$check"
   bash "$check"
 done
+
+# A real OpenAI-compatible server we did not write: llama.cpp's (llama-cpp-python, building
+# llama.cpp takes ~6 minutes on 2 cores the first time) with SmolLM2-135M, behind teach and the
+# gateway, driven by the official openai client. The binary is the one `cargo test` built.
+say "scripts/check_llama_cpp.sh"
+DISTILL_BIN=target/debug/distill LLAMA_LIMIT=${LLAMA_LIMIT:-40} bash scripts/check_llama_cpp.sh
