@@ -216,6 +216,26 @@ fn spans_are_taught_with_offsets_and_context() {
     );
     let said = String::from_utf8_lossy(&o.stdout);
     assert!(said.contains("dev span F1"), "{said}");
+    let o = run(
+        dir,
+        &[
+            "train",
+            "--task",
+            "task.toml",
+            "--data",
+            "teacher.jsonl",
+            "--dev",
+            "test.jsonl",
+            "--out",
+            "tagger-dev",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--dev: a tagger holds out"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = common::distill_ok(
         dir,
         &[

@@ -90,6 +90,7 @@ fn label_sets_are_taught_learned_predicted_and_scored() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("linear/distill.json")).unwrap())
             .unwrap();
     assert!(meta["multilabel"].is_object(), "{meta}");
+    dev_file_replaces_the_split(dir, &meta);
 
     std::fs::write(
         dir.join("ask.jsonl"),
@@ -204,6 +205,59 @@ fn label_sets_are_taught_learned_predicted_and_scored() {
 /// `distill serve` with the student and the (sim) teacher behind it: chat completions answer
 /// `{"labels": [...]}` (again from the cache), `/v1/predict` (and `/v1/classify`) list each
 /// answer's labels, whether the student or the escalated teacher gave it.
+/// `train --dev FILE`: every teacher record trains, MixSNIPS's own dev split (gold) stops early
+/// and calibrates; a bad dev file is named; taggers and routers refuse the flag.
+fn dev_file_replaces_the_split(dir: &Path, split_meta: &serde_json::Value) {
+    let n_dev = mixsnips("dev.jsonl", &dir.join("dev.jsonl"), 4);
+    let args = |dev: &'static str, out: &'static str| {
+        vec![
+            "train",
+            "--task",
+            "task.toml",
+            "--data",
+            "teacher-train.jsonl",
+            "--student",
+            "linear",
+            "--dev",
+            dev,
+            "--out",
+            out,
+        ]
+    };
+    distill(dir, &args("dev.jsonl", "linear-dev"));
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("linear-dev/distill.json")).unwrap(),
+    )
+    .unwrap();
+    let split_total =
+        split_meta["n_train"].as_u64().unwrap() + split_meta["n_dev"].as_u64().unwrap();
+    assert_eq!(
+        meta["n_train"].as_u64(),
+        Some(split_total),
+        "no split of --data: {meta}"
+    );
+    assert_eq!(meta["n_dev"].as_u64(), Some(n_dev as u64), "{meta}");
+    assert_ne!(
+        meta["data_hash"], split_meta["data_hash"],
+        "the dev file is in the hash"
+    );
+    assert_ne!(meta["dev_accuracy"], split_meta["dev_accuracy"], "{meta}");
+
+    std::fs::write(
+        dir.join("bad-dev.jsonl"),
+        "{\"text\": \"play jazz\", \"intents\": [\"PlayMusic\"]}\n{\"text\": \"x\", \"intents\": [\"Nope\"]}\n",
+    )
+    .unwrap();
+    let o = run(dir, &args("bad-dev.jsonl", "linear-bad"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("bad-dev.jsonl") && err.contains("Nope"),
+        "{err}"
+    );
+    assert!(!dir.join("linear-bad").exists(), "nothing half-written");
+}
+
 fn serve_answers_label_lists(dir: &Path, teacher_url: &str) {
     let model = format!("mix={}", dir.join("linear").display());
     let task = dir.join("task.toml");

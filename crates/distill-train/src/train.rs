@@ -191,6 +191,30 @@ pub fn load_train_sources(
     ))
 }
 
+/// Replaces `data`'s dev split with every labelled example of `dev_path` (a teacher dataset or
+/// a labelled CSV/JSONL, read as a training source is): for data whose own split would leak,
+/// e.g. MixSNIPS, whose multi-intent requests reuse the same single-intent phrases, so a random
+/// dev split scores phrases the student trained on. `data` should be loaded with no split.
+pub fn with_dev_file(
+    mut data: TrainData,
+    spec: &TaskSpec,
+    dev_path: &Path,
+    label_column: Option<&str>,
+) -> Result<TrainData> {
+    let (dev, _) = load_train_data(spec, dev_path, 0.0, 0, label_column)?;
+    if !data.dev.is_empty() {
+        return Err(TrainError::Other(
+            "a dev file replaces the dev split: load the training data with no split".into(),
+        ));
+    }
+    data.dev = dev.train;
+    if let (Some(sets), Some(dev_sets)) = (data.sets.as_mut(), dev.sets) {
+        sets.dev = dev_sets.train;
+    }
+    data.data_hash = format!("{}+dev:{}", data.data_hash, dev.data_hash);
+    Ok(data)
+}
+
 /// One training example: the text and its label's index.
 pub type LabelledText = (String, usize);
 

@@ -73,6 +73,11 @@ pub struct Args {
     /// Fraction of each class held out as the dev split (early stopping, temperature fit).
     #[arg(long, default_value_t = 0.1)]
     pub dev_fraction: f64,
+    /// A labelled file (teacher dataset, CSV or JSONL) to use as the dev split instead of
+    /// holding out --dev-fraction of --data: for data whose examples share phrases, so a
+    /// random split would score the student on what it trained on (classify and multilabel).
+    #[arg(long, value_name = "FILE")]
+    pub dev: Option<PathBuf>,
     /// Epochs without dev-accuracy improvement before stopping (defaults: linear 3, encoder-head
     /// 5, encoder-finetune 5).
     #[arg(long)]
@@ -143,6 +148,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                 "--quantize: routers are not quantised (quantise a tier's student instead)"
             );
         }
+        if args.dev.is_some() {
+            anyhow::bail!("--dev: a router holds out --dev-fraction of its outcomes (a dev file is for classify and multilabel tasks)");
+        }
         return train_router(&args, &spec, &opts);
     }
     if args.quantize.is_some() && args.student == StudentKind::Linear {
@@ -155,13 +163,21 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         data: args.data.clone(),
         out_of_scope: args.out_of_scope_examples.clone(),
     };
-    let (data, report) = distill_train::train::load_train_sources(
+    let (mut data, report) = distill_train::train::load_train_sources(
         &spec,
         &sources,
-        args.dev_fraction,
+        if args.dev.is_some() {
+            0.0
+        } else {
+            args.dev_fraction
+        },
         args.seed,
         args.label_column.as_deref(),
     )?;
+    if let Some(dev) = &args.dev {
+        data = distill_train::train::with_dev_file(data, &spec, dev, args.label_column.as_deref())
+            .with_context(|| format!("--dev {}", dev.display()))?;
+    }
     if !g.quiet {
         let names: Vec<String> = args
             .data
@@ -268,6 +284,9 @@ fn train_tagger(args: &Args, spec: &TaskSpec, opts: &TrainOptions) -> anyhow::Re
     };
     if args.quantize.is_some() {
         anyhow::bail!("--quantize: taggers are not quantised yet");
+    }
+    if args.dev.is_some() {
+        anyhow::bail!("--dev: a tagger holds out --dev-fraction of its records (a dev file is for classify and multilabel tasks)");
     }
     let r = match args.student {
         StudentKind::Linear => distill_train::tagging::model::train_linear(
