@@ -403,9 +403,87 @@ fn spans_are_taught_with_offsets_and_context() {
         assert!(v.status.success() && out.contains("figures agree"), "{out}");
     }
 
+    api_through_the_cli(dir, &url, teacher_usd);
     curve_through_the_cli(dir, teacher_usd, num(&m["floor"]));
     serve_answers_spans(dir, &url);
     encoder_tagger_through_the_cli(dir);
+}
+
+/// `eval --api` on an extract task: a hosted model (the sim, priced as gpt-4o-mini) asked for
+/// every test input's spans with the question as context, scored against gold and the teacher,
+/// priced per input, and answered from the response cache on a second run.
+fn api_through_the_cli(dir: &Path, url: &str, teacher_usd: f64) {
+    let api = format!("openai:gpt-4o-mini@{url}");
+    let eval = |out: &str| {
+        let o = common::distill_ok(
+            dir,
+            &[
+                "eval",
+                "--task",
+                "task.toml",
+                "--model",
+                "tagger",
+                "--test",
+                "test.jsonl",
+                "--teacher-labels",
+                "teacher-test.jsonl",
+                "--api",
+                &api,
+                "--out",
+                out,
+            ],
+        );
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(out).join("metrics.json")).unwrap(),
+        )
+        .unwrap();
+        (String::from_utf8_lossy(&o.stdout).into_owned(), m)
+    };
+    let stats = || {
+        common::get_json(&url.replace("/v1", "/stats"))["billable"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = stats();
+    let (said, m) = eval("evals-api");
+    let n = m["n"].as_u64().unwrap();
+    let paid = stats() - before;
+    // One call per input, and a repair for the replies quoting text that is not there (the sim
+    // runs with --invalid-rate 0.1).
+    assert!(paid > n && paid < n + n / 4, "{paid} paid calls for {n} inputs");
+    assert!(
+        said.contains("openai:gpt-4o-mini vs gold: span F1"),
+        "{said}"
+    );
+    let a = &m["api"][0];
+    assert_eq!(a["name"], "openai:gpt-4o-mini", "{a}");
+    assert_eq!(a["base_url"].as_str(), Some(url), "{a}");
+    let f1 = a["vs_gold"]["exact"]["f1"]["value"].as_f64().unwrap();
+    assert!(
+        f1 > 0.8 && f1 <= 1.0,
+        "the sim answers from gold with mistakes: {a}"
+    );
+    assert!(
+        a["vs_teacher"]["exact"]["f1"]["value"].as_f64().is_some(),
+        "{a}"
+    );
+    let per = a["per_request_usd"].as_f64().unwrap();
+    assert!(
+        per > 0.0 && per < teacher_usd,
+        "gpt-4o-mini costs less than gpt-4o: {a}"
+    );
+    let steady = a["economics"]["steady_saving"].as_f64().unwrap();
+    assert!((steady - (1.0 - per / teacher_usd)).abs() < 1e-9, "{a}");
+    let md = std::fs::read_to_string(dir.join("evals-api/report.md")).unwrap();
+    assert!(
+        md.contains("| openai:gpt-4o-mini vs gold |") && md.contains("| openai:gpt-4o-mini |"),
+        "{md}"
+    );
+
+    // Again: every answer from the response cache, nothing paid, the same scores.
+    let (_, again) = eval("evals-api-again");
+    assert_eq!(stats() - before, paid, "the second run paid for calls");
+    assert_eq!(again["api"][0]["vs_gold"], a["vs_gold"]);
 }
 
 /// `eval --curve` on an extract task: linear taggers on 100, 300 and all of the teacher's

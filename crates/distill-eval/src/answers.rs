@@ -221,7 +221,7 @@ pub(crate) fn gather(
         });
     }
     for who in api_students {
-        let run = crate::api::run_api_student(
+        let crate::api::ApiRun { labels, bill: run } = crate::api::run_api_student(
             spec,
             who,
             &items.texts,
@@ -253,7 +253,7 @@ pub(crate) fn gather(
             name: who.name(),
             kind: OptionKind::Api,
             source: Some(run.base_url.clone()),
-            labels: run.labels,
+            labels,
             confidence: None,
             escalated: None,
             runtime: Some(Runtime {

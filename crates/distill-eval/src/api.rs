@@ -4,9 +4,10 @@
 //! prompt, retries, rate limits, response cache and ledger rows as the teacher.
 
 use crate::error::{EvalError, Result};
+use distill_core::spec::PromptInput;
 use distill_core::spec::Provider;
 use distill_core::TaskSpec;
-use distill_teach::{CallContext, ClientOptions, TeacherClient};
+use distill_teach::{CallContext, ClientOptions, LabelOutcome, TeacherClient};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -67,6 +68,11 @@ impl ApiStudentSpec {
 /// What an API student answered and what it cost.
 pub struct ApiRun {
     pub labels: Vec<Option<usize>>,
+    pub bill: ApiBill,
+}
+
+/// What every kind's API run shares: its price per request and how its calls went.
+pub struct ApiBill {
     /// Mean real-time cost per request at the model's price (cached answers priced as if paid,
     /// because in production they would be).
     pub per_request_usd: f64,
@@ -96,6 +102,31 @@ pub fn run_api_student(
     space: &crate::answer_space::AnswerSpace,
     opts: &ApiRunOptions,
 ) -> Result<ApiRun> {
+    let inputs: Vec<PromptInput> = texts.iter().map(PromptInput::from).collect();
+    let (outcomes, mut bill) = ask_all(spec, who, &inputs, opts)?;
+    let mut labels = Vec::with_capacity(texts.len());
+    for o in &outcomes {
+        let answer = o.output.as_ref().and_then(|out| out.answer_text());
+        let label = answer.as_deref().and_then(|l| space.index_of(l));
+        match (&o.output, &answer, label) {
+            (Some(_), Some(_), None) => bill.invalid += 1,
+            (Some(_), None, _) => bill.failed += 1,
+            _ => {}
+        }
+        labels.push(label);
+    }
+    Ok(ApiRun { labels, bill })
+}
+
+/// Asks `who` for every input (text and context) through the teach client, in input order:
+/// the outcomes and the bill. `invalid` and `failed` count the outcomes the client itself
+/// marked; a kind that rejects an answer it was given adds to `invalid`.
+pub fn ask_all(
+    spec: &TaskSpec,
+    who: &ApiStudentSpec,
+    inputs: &[PromptInput],
+    opts: &ApiRunOptions,
+) -> Result<(Vec<LabelOutcome>, ApiBill)> {
     let client = TeacherClient::new(
         spec,
         ClientOptions {
@@ -116,7 +147,7 @@ pub fn run_api_student(
         .build()
         .map_err(|e| EvalError::Other(format!("tokio runtime: {e}")))?;
     let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new(texts.len() as u64);
+        let b = indicatif::ProgressBar::new(inputs.len() as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "{prefix} {bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}",
@@ -131,13 +162,14 @@ pub fn run_api_student(
     let outcomes = rt.block_on(async {
         use futures::stream::{self, StreamExt};
         let ctx = CallContext::new("eval");
-        let mut results = vec![None; texts.len()];
+        let mut results = vec![None; inputs.len()];
         let mut spent = 0.0;
-        let mut stream = stream::iter(texts.iter().enumerate())
-            .map(|(i, t)| {
+        let mut stream = stream::iter(inputs.iter().enumerate())
+            .map(|(i, input)| {
                 let client = client.clone();
                 let ctx = ctx.clone();
-                async move { (i, client.label(t, &ctx).await) }
+                let input = *input;
+                async move { (i, client.label(input, &ctx).await) }
             })
             .buffer_unordered(opts.concurrency.max(1));
         while let Some((i, r)) = stream.next().await {
@@ -152,8 +184,8 @@ pub fn run_api_student(
         Ok::<_, EvalError>(results)
     })?;
     bar.finish_and_clear();
-    let mut run = ApiRun {
-        labels: Vec::with_capacity(texts.len()),
+    let outcomes: Vec<LabelOutcome> = outcomes.into_iter().flatten().collect();
+    let mut bill = ApiBill {
         per_request_usd: 0.0,
         batch_per_request_usd: 0.0,
         latency_ms: Vec::new(),
@@ -162,28 +194,24 @@ pub fn run_api_student(
         priced: client.price().is_some(),
         base_url: client.base_url().to_string(),
     };
-    for o in outcomes.into_iter().flatten() {
-        run.per_request_usd += client.cost(&o.usage, false);
-        run.batch_per_request_usd += client.cost(&o.usage, true);
+    for o in &outcomes {
+        bill.per_request_usd += client.cost(&o.usage, false);
+        bill.batch_per_request_usd += client.cost(&o.usage, true);
         if !o.cached {
-            run.latency_ms.push(o.latency_ms as f64);
+            bill.latency_ms.push(o.latency_ms as f64);
         }
-        let answer = o.output.as_ref().and_then(|out| out.answer_text());
-        let label = answer.as_deref().and_then(|l| space.index_of(l));
-        match (answer, label) {
-            (Some(_), None) => run.invalid += 1,
-            (None, _) if o.status == distill_core::record::RecordStatus::Invalid => {
-                run.invalid += 1
+        if o.output.is_none() {
+            if o.status == distill_core::record::RecordStatus::Invalid {
+                bill.invalid += 1;
+            } else {
+                bill.failed += 1;
             }
-            (None, _) => run.failed += 1,
-            _ => {}
         }
-        run.labels.push(label);
     }
-    let n = texts.len().max(1) as f64;
-    run.per_request_usd /= n;
-    run.batch_per_request_usd /= n;
-    Ok(run)
+    let n = inputs.len().max(1) as f64;
+    bill.per_request_usd /= n;
+    bill.batch_per_request_usd /= n;
+    Ok((outcomes, bill))
 }
 
 #[cfg(test)]

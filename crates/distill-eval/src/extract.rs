@@ -19,6 +19,7 @@
 //! ([`crate::report::extract`]), and `spans.json`
 //! (texts, reference and predicted spans, scores) for `scripts/verify/spans_vs_seqeval.py`.
 
+use crate::api::{ask_all, ApiRunOptions, ApiStudentSpec};
 use crate::cascade::{choose, split, CascadeChoice, CascadeItem};
 use crate::cost::{economics, Economics, HardwarePrices};
 use crate::curve::{draw, Curve, CurveOptions, CurvePoint, Scored};
@@ -65,6 +66,8 @@ pub struct ExtractReport {
     /// Present when the eval drew a learning curve (`--curve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<Curve>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api: Vec<ApiExtract>,
 }
 
 /// The tagger's and the cascade's bill against sending every input to the teacher.
@@ -108,6 +111,28 @@ pub struct ExtractEvalOptions<'a> {
     pub hardware: HardwarePrices,
     /// A learning curve drawn before (see [`curve`]), carried into the report.
     pub curve: Option<&'a Curve>,
+    /// Hosted models asked for the test inputs' spans (`--api`), with how to ask them.
+    pub api: &'a [ApiStudentSpec],
+    pub api_options: Option<&'a ApiRunOptions>,
+}
+
+/// A hosted model asked for every test input's spans (`--api`, with the task's prompt and
+/// context, through the teach client: cache, ledger, retries), scored like the tagger.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiExtract {
+    pub name: String,
+    pub base_url: String,
+    pub vs_gold: Option<SpanScores>,
+    /// Over the inputs the teacher has records for.
+    pub vs_teacher: Option<SpanScores>,
+    pub per_request_usd: f64,
+    pub batch_per_request_usd: f64,
+    /// Answers with no usable spans (counted as no spans).
+    pub invalid: usize,
+    pub failed: usize,
+    pub priced: bool,
+    /// Against the teacher alone, nothing one-time (absent without the teacher's cost).
+    pub economics: Option<Economics>,
 }
 
 fn other(e: impl std::fmt::Display) -> EvalError {
@@ -127,6 +152,7 @@ pub fn run(
     let slots = &spec.labels;
     let (mut texts, mut gold, mut pred, mut conf, mut keys) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut contexts = Vec::new();
     let mut without_gold: Option<u64> = None;
     // A test input and a teacher record are the same input when text and context are.
     let key = |text: &str, context: &distill_core::spec::Context| {
@@ -160,6 +186,7 @@ pub fn run(
             }
         }
         keys.push(key(&item.text, &item.context));
+        contexts.push(item.context);
         texts.push(item.text);
         pred.push(spans);
         conf.push(c as f64);
@@ -266,6 +293,50 @@ pub fn run(
         .filter(|&t| t > 0.0)
         .map(|t| extract_costs(t, predict_s / n as f64, &meta, cascade.as_ref(), o));
 
+    let mut api = Vec::new();
+    for who in o.api {
+        let opts = o
+            .api_options
+            .ok_or_else(|| other("--api: no client options were given"))?;
+        let inputs: Vec<distill_core::spec::PromptInput> = texts
+            .iter()
+            .zip(&contexts)
+            .map(|(text, context)| distill_core::spec::PromptInput { text, context })
+            .collect();
+        let (outcomes, mut bill) = ask_all(spec, who, &inputs, opts)?;
+        let mut spans = Vec::with_capacity(n);
+        for (out, text) in outcomes.iter().zip(&texts) {
+            match out.output.as_ref().and_then(|x| x.answer_text()) {
+                Some(a) => spans.push(parse_spans(&a, text, slots).unwrap_or_else(|_| {
+                    bill.invalid += 1;
+                    Vec::new()
+                })),
+                None => spans.push(Vec::new()),
+            }
+        }
+        api.push(ApiExtract {
+            name: who.name(),
+            base_url: bill.base_url.clone(),
+            vs_gold: has_gold.then(|| span_quality(&gold, &spans, names, seed)),
+            vs_teacher: have_teacher.then(|| {
+                span_quality(
+                    &on(&teacher_spans, &matched),
+                    &on(&spans, &matched),
+                    names,
+                    seed,
+                )
+            }),
+            per_request_usd: bill.per_request_usd,
+            batch_per_request_usd: bill.batch_per_request_usd,
+            invalid: bill.invalid,
+            failed: bill.failed,
+            priced: bill.priced,
+            economics: teacher_cost
+                .filter(|&t| t > 0.0)
+                .map(|t| economics(t, bill.per_request_usd, 0.0, o.volume_per_day)),
+        });
+    }
+
     let cascades = match &cascade {
         Some(c) => vec![ServedThreshold {
             model: model
@@ -296,6 +367,7 @@ pub fn run(
         teacher_cost_per_request_usd: teacher_cost,
         costs,
         curve: o.curve.cloned(),
+        api,
     };
     // What seqeval recomputes: every input against gold, else the matched ones against the
     // teacher (as `student_vs_teacher` is scored).
@@ -439,6 +511,7 @@ pub fn curve(
         let point = ExtractEvalOptions {
             force: true,
             curve: None,
+            api: &[],
             ..*o
         };
         let r = run(spec, &model_dir, &dir.join("eval"), &point)?;

@@ -293,10 +293,22 @@ fn extract(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
     let [model] = args.models.as_slice() else {
         anyhow::bail!("--model: an extract task is evaluated one tagger at a time");
     };
-    if !args.api.is_empty() {
-        anyhow::bail!("--api is not built for extract tasks yet");
-    }
     distill_train::device::set_threads(args.threads);
+    let api: Vec<distill_eval::api::ApiStudentSpec> = args
+        .api
+        .iter()
+        .map(|a| distill_eval::api::ApiStudentSpec::parse(a))
+        .collect::<Result<_, _>>()?;
+    let api_options = distill_eval::api::ApiRunOptions {
+        cache_path: Some(g.cache_path()),
+        ledger_path: Some(g.ledger_path()),
+        prices: Some(match &args.prices {
+            Some(p) => distill_core::prices::PriceTable::with_overrides(p)?,
+            None => distill_core::prices::PriceTable::builtin(),
+        }),
+        concurrency: args.api_concurrency,
+        progress: !g.quiet,
+    };
     let test = args
         .test
         .clone()
@@ -321,8 +333,10 @@ fn extract(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
             gpu_hour_usd: args.gpu_hour_usd,
         },
         curve: None,
+        api: &api,
+        api_options: Some(&api_options),
     };
-    // The curve first, so the report carries it.
+    // The curve first, so the report carries it (its points ask no --api model).
     let curve = match &args.curve {
         Some(sizes) => {
             let c = curve_options(args, &sizes.0, g)?;
@@ -350,6 +364,30 @@ fn extract(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
     line("student vs gold", &r.student_vs_gold);
     line("teacher vs gold", &r.teacher_vs_gold);
     line("student vs teacher", &r.student_vs_teacher);
+    for a in &r.api {
+        line(&format!("{} vs gold", a.name), &a.vs_gold);
+        line(&format!("{} vs teacher", a.name), &a.vs_teacher);
+        println!(
+            "{}: ${:.6}/input (Batch API ${:.6}){}",
+            a.name,
+            a.per_request_usd,
+            a.batch_per_request_usd,
+            if a.invalid + a.failed > 0 {
+                format!(
+                    "; {} invalid and {} failed answers count as no spans",
+                    a.invalid, a.failed
+                )
+            } else {
+                String::new()
+            }
+        );
+        if !a.priced {
+            eprintln!(
+                "warning: `{}` is not in the price table: its cost is shown as $0 (pass --prices FILE)",
+                a.name
+            );
+        }
+    }
     if let Some(c) = &r.cascade {
         println!(
             "cascade: threshold {:.4}, held-out exact inputs {:.4} vs floor {:.4} ({}), escalating {:.1}%",

@@ -318,6 +318,8 @@ fn extraction(
             volume_per_day: args.volume,
             hardware: distill_eval::cost::HardwarePrices::default(),
             curve: None,
+            api: &[],
+            api_options: None,
         },
     )
     .context("evaluating the tagger")?;

@@ -23,12 +23,24 @@ fn comparisons(r: &ExtractReport) -> [(&'static str, &Option<SpanScores>); 3] {
 }
 
 fn quality_table(r: &ExtractReport) -> Table {
+    let api: Vec<(String, &Option<SpanScores>)> = r
+        .api
+        .iter()
+        .flat_map(|a| {
+            [
+                (format!("{} vs gold", a.name), &a.vs_gold),
+                (format!("{} vs teacher", a.name), &a.vs_teacher),
+            ]
+        })
+        .collect();
     let rows = comparisons(r)
         .into_iter()
+        .map(|(name, q)| (name.to_string(), q))
+        .chain(api)
         .filter_map(|(name, q)| {
             let q = q.as_ref()?;
             Some(vec![
-                name.to_string(),
+                name,
                 format!(
                     "{:.4} [{:.4}, {:.4}]",
                     q.exact.f1.value, q.exact.f1.lo, q.exact.f1.hi
@@ -132,6 +144,19 @@ fn cost_table(r: &ExtractReport) -> Option<(String, Table, Vec<String>)> {
             ]);
         }
     }
+    for a in &r.api {
+        if let Some(e) = &a.economics {
+            rows.push(vec![
+                a.name.clone(),
+                usd(a.per_request_usd),
+                usd(e.monthly_usd),
+                usd(e.steady_monthly_usd),
+                pct(e.saving),
+                pct(e.steady_saving),
+                String::new(),
+            ]);
+        }
+    }
     let mut notes: Vec<String> = c
         .one_time
         .iter()
@@ -148,6 +173,27 @@ fn cost_table(r: &ExtractReport) -> Option<(String, Table, Vec<String>)> {
         "the tagger's $/input: {}",
         c.student_per_request_basis
     ));
+    for a in &r.api {
+        notes.push(format!(
+            "{}: real tokens × its price, mean of {} inputs (Batch API: {}){}{}",
+            a.name,
+            r.n,
+            usd(a.batch_per_request_usd),
+            if a.priced {
+                ""
+            } else {
+                "; not in the price table, shown as $0 (pass --prices FILE)"
+            },
+            if a.invalid + a.failed > 0 {
+                format!(
+                    "; {} invalid and {} failed answers count as no spans",
+                    a.invalid, a.failed
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
     Some((
         format!("Cost at {:.0} requests a day", c.volume_per_day),
         (
