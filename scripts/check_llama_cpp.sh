@@ -21,6 +21,8 @@
 #     streamed, capped (finish_reason length), a cached repeat, the ledger's three paid calls;
 #  7. stops the server (trap). A fresh state dir per run, so reruns repeat the whole check.
 set -euo pipefail
+# A relative DISTILL_BIN is the caller's, resolved before the cd.
+[ -z "${DISTILL_BIN:-}" ] || DISTILL_BIN=$(realpath "$DISTILL_BIN")
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export CARGO_INCREMENTAL=0

@@ -45,4 +45,4 @@ done
 # llama.cpp takes ~6 minutes on 2 cores the first time) with SmolLM2-135M, behind teach and the
 # gateway, driven by the official openai client. The binary is the one `cargo test` built.
 say "scripts/check_llama_cpp.sh"
-DISTILL_BIN=target/debug/distill LLAMA_LIMIT=${LLAMA_LIMIT:-40} bash scripts/check_llama_cpp.sh
+DISTILL_BIN=${CARGO_TARGET_DIR:-target}/debug/distill LLAMA_LIMIT=${LLAMA_LIMIT:-40} bash scripts/check_llama_cpp.sh

@@ -450,7 +450,10 @@ fn api_through_the_cli(dir: &Path, url: &str, teacher_usd: f64) {
     let paid = stats() - before;
     // One call per input, and a repair for the replies quoting text that is not there (the sim
     // runs with --invalid-rate 0.1).
-    assert!(paid > n && paid < n + n / 4, "{paid} paid calls for {n} inputs");
+    assert!(
+        paid > n && paid < n + n / 4,
+        "{paid} paid calls for {n} inputs"
+    );
     assert!(
         said.contains("openai:gpt-4o-mini vs gold: span F1"),
         "{said}"

@@ -202,11 +202,8 @@ fn label_sets_are_taught_learned_predicted_and_scored() {
     assert!(!check(&dir.join("evals")).status.success());
 }
 
-/// `distill serve` with the student and the (sim) teacher behind it: chat completions answer
-/// `{"labels": [...]}` (again from the cache), `/v1/predict` (and `/v1/classify`) list each
-/// answer's labels, whether the student or the escalated teacher gave it.
 /// `train --dev FILE`: every teacher record trains, MixSNIPS's own dev split (gold) stops early
-/// and calibrates; a bad dev file is named; taggers and routers refuse the flag.
+/// and calibrates; a bad dev file is named (extract_cli checks that a tagger refuses the flag).
 fn dev_file_replaces_the_split(dir: &Path, split_meta: &serde_json::Value) {
     let n_dev = mixsnips("dev.jsonl", &dir.join("dev.jsonl"), 4);
     let args = |dev: &'static str, out: &'static str| {
@@ -258,6 +255,9 @@ fn dev_file_replaces_the_split(dir: &Path, split_meta: &serde_json::Value) {
     assert!(!dir.join("linear-bad").exists(), "nothing half-written");
 }
 
+/// `distill serve` with the student and the (sim) teacher behind it: chat completions answer
+/// `{"labels": [...]}` (again from the cache), `/v1/predict` (and `/v1/classify`) list each
+/// answer's labels, whether the student or the escalated teacher gave it.
 fn serve_answers_label_lists(dir: &Path, teacher_url: &str) {
     let model = format!("mix={}", dir.join("linear").display());
     let task = dir.join("task.toml");

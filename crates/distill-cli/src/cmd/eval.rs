@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub out_of_scope: Vec<PathBuf>,
     /// Route tasks: the training route dataset (for the category-prior baseline). With --curve:
-    /// the teacher dataset (or labelled CSV/JSONL) whose first N labels each point trains on.
+    /// the teacher dataset (or, for classify and multilabel, a labelled CSV/JSONL) whose first N
+    /// labels each point trains on.
     #[arg(long, value_name = "FILE")]
     pub train: Option<PathBuf>,
     /// Draw a learning curve: train a student on the first N labels of --train for each N
@@ -299,15 +300,20 @@ fn extract(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
         .iter()
         .map(|a| distill_eval::api::ApiStudentSpec::parse(a))
         .collect::<Result<_, _>>()?;
-    let api_options = distill_eval::api::ApiRunOptions {
-        cache_path: Some(g.cache_path()),
-        ledger_path: Some(g.ledger_path()),
-        prices: Some(match &args.prices {
-            Some(p) => distill_core::prices::PriceTable::with_overrides(p)?,
-            None => distill_core::prices::PriceTable::builtin(),
-        }),
-        concurrency: args.api_concurrency,
-        progress: !g.quiet,
+    // The price table only matters to --api models: a bad --prices fails only evals that use it.
+    let api_options = if api.is_empty() {
+        None
+    } else {
+        Some(distill_eval::api::ApiRunOptions {
+            cache_path: Some(g.cache_path()),
+            ledger_path: Some(g.ledger_path()),
+            prices: Some(match &args.prices {
+                Some(p) => distill_core::prices::PriceTable::with_overrides(p)?,
+                None => distill_core::prices::PriceTable::builtin(),
+            }),
+            concurrency: args.api_concurrency,
+            progress: !g.quiet,
+        })
     };
     let test = args
         .test
@@ -334,7 +340,7 @@ fn extract(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
         },
         curve: None,
         api: &api,
-        api_options: Some(&api_options),
+        api_options: api_options.as_ref(),
     };
     // The curve first, so the report carries it (its points ask no --api model).
     let curve = match &args.curve {

@@ -173,27 +173,7 @@ fn cost_table(r: &ExtractReport) -> Option<(String, Table, Vec<String>)> {
         "the tagger's $/input: {}",
         c.student_per_request_basis
     ));
-    for a in &r.api {
-        notes.push(format!(
-            "{}: real tokens × its price, mean of {} inputs (Batch API: {}){}{}",
-            a.name,
-            r.n,
-            usd(a.batch_per_request_usd),
-            if a.priced {
-                ""
-            } else {
-                "; not in the price table, shown as $0 (pass --prices FILE)"
-            },
-            if a.invalid + a.failed > 0 {
-                format!(
-                    "; {} invalid and {} failed answers count as no spans",
-                    a.invalid, a.failed
-                )
-            } else {
-                String::new()
-            }
-        ));
-    }
+    notes.extend(api_notes(r));
     Some((
         format!("Cost at {:.0} requests a day", c.volume_per_day),
         (
@@ -210,6 +190,40 @@ fn cost_table(r: &ExtractReport) -> Option<(String, Table, Vec<String>)> {
         ),
         notes,
     ))
+}
+
+/// One line per `--api` model: what its $/input is made of and what went wrong.
+fn api_notes(r: &ExtractReport) -> Vec<String> {
+    r.api
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: {} per input, real tokens × its price, mean of {} inputs (Batch API: {}){}{}",
+                a.name,
+                usd(a.per_request_usd),
+                r.n,
+                usd(a.batch_per_request_usd),
+                if a.priced {
+                    ""
+                } else {
+                    "; not in the price table, shown as $0 (pass --prices FILE)"
+                },
+                if a.invalid + a.failed > 0 {
+                    format!(
+                        "; {} invalid and {} failed answers count as no spans",
+                        a.invalid, a.failed
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect()
+}
+
+/// Without the teacher's cost there is no Cost table: the hosted models' lines stand alone.
+fn api_section(r: &ExtractReport) -> Option<Vec<String>> {
+    (r.costs.is_none() && !r.api.is_empty()).then(|| api_notes(r))
 }
 
 fn intro(r: &ExtractReport) -> String {
@@ -232,6 +246,12 @@ pub fn render_markdown(r: &ExtractReport) -> String {
         let _ = writeln!(s, "\n## {title}\n");
         markdown::table(&mut s, &h, &rows);
         s.push('\n');
+        for n in notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    if let Some(notes) = api_section(r) {
+        s.push_str("\n## Hosted models\n\n");
         for n in notes {
             let _ = writeln!(s, "- {n}");
         }
@@ -274,6 +294,13 @@ pub fn render_html(r: &ExtractReport) -> String {
         let _ = write!(b, "<h2>{}</h2>", e(&title));
         b.push_str(&html::table(&h, &rows));
         b.push_str("<ul>");
+        for n in notes {
+            let _ = write!(b, "<li>{}</li>", e(&n));
+        }
+        b.push_str("</ul>");
+    }
+    if let Some(notes) = api_section(r) {
+        b.push_str("<h2>Hosted models</h2><ul>");
         for n in notes {
             let _ = write!(b, "<li>{}</li>", e(&n));
         }

@@ -158,8 +158,8 @@ pub struct RouteConfig {
     /// Cache key: fold the case of each message.
     #[serde(default)]
     pub case_fold: bool,
-    /// Cache key: drop each message's trailing punctuation (ASCII, and the full-width and
-    /// typographic sentence ends) and the spaces before it. Only the key: the upstream is sent
+    /// Cache key: drop each message's trailing punctuation (ASCII, the full-width and
+    /// typographic sentence ends, closing quotes) and the spaces before it. Only the key: the upstream is sent
     /// the client's text.
     #[serde(default)]
     pub strip_punctuation: bool,
