@@ -487,6 +487,47 @@ fn api_through_the_cli(dir: &Path, url: &str, teacher_usd: f64) {
     let (_, again) = eval("evals-api-again");
     assert_eq!(stats() - before, paid, "the second run paid for calls");
     assert_eq!(again["api"][0]["vs_gold"], a["vs_gold"]);
+
+    // Teacher records without a cost: no Cost table, and the hosted model's $/input still shown.
+    let free: Vec<String> = std::fs::read_to_string(dir.join("teacher-test.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["cost_usd"] = 0.0.into();
+            r.to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("teacher-free.jsonl"), free.join("\n") + "\n").unwrap();
+    common::distill_ok(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--model",
+            "tagger",
+            "--test",
+            "test.jsonl",
+            "--teacher-labels",
+            "teacher-free.jsonl",
+            "--api",
+            &api,
+            "--out",
+            "evals-api-free",
+        ],
+    );
+    assert_eq!(stats() - before, paid, "cached again");
+    let md = std::fs::read_to_string(dir.join("evals-api-free/report.md")).unwrap();
+    assert!(!md.contains("## Cost at"), "{md}");
+    assert!(
+        md.contains("## Hosted models")
+            && md.contains(&format!(
+                "- openai:gpt-4o-mini: {}",
+                distill_eval::report::fmt::usd(per)
+            )),
+        "{md}"
+    );
 }
 
 /// `eval --curve` on an extract task: linear taggers on 100, 300 and all of the teacher's

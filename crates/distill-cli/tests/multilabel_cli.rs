@@ -253,6 +253,15 @@ fn dev_file_replaces_the_split(dir: &Path, split_meta: &serde_json::Value) {
         "{err}"
     );
     assert!(!dir.join("linear-bad").exists(), "nothing half-written");
+    // A dev file replaces the split: asking for both is a usage error, not a silent choice.
+    let mut both = args("dev.jsonl", "linear-both");
+    both.extend(["--dev-fraction", "0.2"]);
+    let o = run(dir, &both);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("cannot be used with"),
+        "{err}"
+    );
 }
 
 /// `distill serve` with the student and the (sim) teacher behind it: chat completions answer

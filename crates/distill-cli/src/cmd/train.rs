@@ -76,7 +76,7 @@ pub struct Args {
     /// A labelled file (teacher dataset, CSV or JSONL) to use as the dev split instead of
     /// holding out --dev-fraction of --data: for data whose examples share phrases, so a
     /// random split would score the student on what it trained on (classify and multilabel).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "dev_fraction")]
     pub dev: Option<PathBuf>,
     /// Epochs without dev-accuracy improvement before stopping (defaults: linear 3, encoder-head
     /// 5, encoder-finetune 5).
