@@ -28,7 +28,7 @@ mod config;
 mod params;
 pub use config::{classifier_config_json, Activation, BertConfig};
 use params::{canonical_name, Init, ParamBuilder};
-pub use params::{LoadOptions, LoadReport};
+pub use params::{refuse_unused, LoadOptions, LoadReport};
 
 /// One padded batch on the model's device.
 #[derive(Debug, Clone)]

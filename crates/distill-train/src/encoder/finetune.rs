@@ -589,21 +589,9 @@ impl FinetuneStudent {
             &cfg,
             meta.labels.len(),
             device,
-            LoadOptions {
-                trainable: false,
-                init_missing_head: false,
-                seed: 0,
-            },
+            LoadOptions::inference(),
         )?;
-        if !report.unused.is_empty() {
-            return Err(TrainError::model(
-                dir,
-                format!(
-                    "model.safetensors has tensors this model does not use: {}",
-                    report.unused.join(", ")
-                ),
-            ));
-        }
+        report.refuse_unused(dir)?;
         let tok = TextTokenizer::from_file(&tok_path, max_len, cfg.pad_token_id)?;
         Ok(FinetuneStudent {
             meta,

@@ -345,15 +345,7 @@ pub fn load_backend(
             device,
             LoadOptions::inference(),
         )?;
-        if !report.unused.is_empty() {
-            return Err(TrainError::model(
-                dir,
-                format!(
-                    "model.safetensors has tensors a token classifier does not use: {}",
-                    report.unused.join(", ")
-                ),
-            ));
-        }
+        report.refuse_unused(dir)?;
         Forward::Candle(Box::new(model))
     };
     EncoderTagger::new(

@@ -39,6 +39,30 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
+impl LoadReport {
+    /// A trained student's checkpoint holds its model and nothing else: a leftover tensor means
+    /// the directory is not the model it claims to be.
+    pub fn refuse_unused(&self, dir: &Path) -> Result<()> {
+        refuse_unused(dir, self.unused.iter().map(String::as_str))
+    }
+}
+
+/// Refuses the checkpoint at `dir` when any tensor in `names` went unused (listed sorted).
+pub fn refuse_unused<'a>(dir: &Path, names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut names: Vec<&str> = names.into_iter().collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort_unstable();
+    Err(TrainError::model(
+        dir,
+        format!(
+            "model.safetensors has tensors this model does not use: {}",
+            names.join(", ")
+        ),
+    ))
+}
+
 /// Maps a checkpoint's tensor name to ours (`bert.`-prefixed, `LayerNorm.weight/bias`).
 /// `None` for non-parameter buffers.
 pub(super) fn canonical_name(name: &str) -> Option<String> {

@@ -124,16 +124,5 @@ pub(crate) fn take_tensor(
 
 /// Refuses tensors left over once a packed model took what it reads.
 pub(crate) fn unused(dir: &Path, extra: &ExtraTensors) -> Result<()> {
-    if extra.is_empty() {
-        return Ok(());
-    }
-    let mut names: Vec<&str> = extra.keys().map(String::as_str).collect();
-    names.sort();
-    Err(TrainError::model(
-        dir,
-        format!(
-            "model.safetensors has tensors this model does not use: {}",
-            names.join(", ")
-        ),
-    ))
+    crate::encoder::bert::refuse_unused(dir, extra.keys().map(String::as_str))
 }
