@@ -56,7 +56,7 @@ gguf=${LLAMA_GGUF:-$(find "$venv" -name 'SmolLM2-135M-Instruct*.gguf' -print -qu
 # --- the binary and the data ----------------------------------------------------------------
 # DISTILL_BIN: a binary built already (scripts/test.sh passes the one `cargo test` built).
 if [ -n "${DISTILL_BIN:-}" ]; then
-  bin=$(realpath "$DISTILL_BIN")
+  bin=$DISTILL_BIN
 else
   if [ -z "${DISTILL_BENCH_NO_BUILD:-}" ]; then
     say "building the release binary"

@@ -29,7 +29,7 @@ use crate::span_metrics::{span_quality, SpanScores};
 use distill_core::input::{read_inputs, Columns};
 use distill_core::spans::{parse_spans, Span};
 use distill_core::TaskSpec;
-use distill_train::tagging::model::{load, read_records, same_spans, TaggerMeta};
+use distill_train::tagging::model::{load, parse_records, read_records, same_spans, TaggerMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -111,9 +111,8 @@ pub struct ExtractEvalOptions<'a> {
     pub hardware: HardwarePrices,
     /// A learning curve drawn before (see [`curve`]), carried into the report.
     pub curve: Option<&'a Curve>,
-    /// Hosted models asked for the test inputs' spans (`--api`), with how to ask them.
-    pub api: &'a [ApiStudentSpec],
-    pub api_options: Option<&'a ApiRunOptions>,
+    /// Hosted models asked for the test inputs' spans (`--api`), and how to ask them.
+    pub api: Option<(&'a [ApiStudentSpec], &'a ApiRunOptions)>,
 }
 
 /// A hosted model asked for every test input's spans (`--api`, with the task's prompt and
@@ -294,10 +293,11 @@ pub fn run(
         .map(|t| extract_costs(t, predict_s / n as f64, &meta, cascade.as_ref(), o));
 
     let mut api = Vec::new();
-    for who in o.api {
-        let opts = o
-            .api_options
-            .ok_or_else(|| other("--api: no client options were given"))?;
+    let asked: Vec<(&ApiStudentSpec, &ApiRunOptions)> =
+        o.api.map_or(Vec::new(), |(models, opts)| {
+            models.iter().map(|m| (m, opts)).collect()
+        });
+    for (who, opts) in asked {
         let inputs: Vec<distill_core::spec::PromptInput> = texts
             .iter()
             .zip(&contexts)
@@ -464,9 +464,9 @@ pub fn curve(
     }
     let text = std::fs::read_to_string(&opts.train)
         .map_err(|e| EvalError::Other(format!("{}: {e}", opts.train.display())))?;
-    // read_records checks every record and skips blank lines, as this does: one line each.
+    // parse_records checks every record and skips blank lines, as this does: one line each.
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let records = read_records(&opts.train, spec).map_err(other)?;
+    let records = parse_records(&opts.train, &text, spec).map_err(other)?;
     let usable: Vec<&str> = lines
         .iter()
         .zip(&records)
@@ -511,7 +511,7 @@ pub fn curve(
         let point = ExtractEvalOptions {
             force: true,
             curve: None,
-            api: &[],
+            api: None,
             ..*o
         };
         let r = run(spec, &model_dir, &dir.join("eval"), &point)?;

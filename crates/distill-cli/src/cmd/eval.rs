@@ -339,8 +339,7 @@ fn extract(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
             gpu_hour_usd: args.gpu_hour_usd,
         },
         curve: None,
-        api: &api,
-        api_options: api_options.as_ref(),
+        api: api_options.as_ref().map(|opts| (api.as_slice(), opts)),
     };
     // The curve first, so the report carries it (its points ask no --api model).
     let curve = match &args.curve {
@@ -373,26 +372,9 @@ fn extract(args: &Args, spec: &TaskSpec, g: &Global) -> anyhow::Result<()> {
     for a in &r.api {
         line(&format!("{} vs gold", a.name), &a.vs_gold);
         line(&format!("{} vs teacher", a.name), &a.vs_teacher);
-        println!(
-            "{}: ${:.6}/input (Batch API ${:.6}){}",
-            a.name,
-            a.per_request_usd,
-            a.batch_per_request_usd,
-            if a.invalid + a.failed > 0 {
-                format!(
-                    "; {} invalid and {} failed answers count as no spans",
-                    a.invalid, a.failed
-                )
-            } else {
-                String::new()
-            }
-        );
-        if !a.priced {
-            eprintln!(
-                "warning: `{}` is not in the price table: its cost is shown as $0 (pass --prices FILE)",
-                a.name
-            );
-        }
+    }
+    for note in distill_eval::report::extract::api_notes(&r) {
+        println!("{note}");
     }
     if let Some(c) = &r.cascade {
         println!(

@@ -318,8 +318,7 @@ fn extraction(
             volume_per_day: args.volume,
             hardware: distill_eval::cost::HardwarePrices::default(),
             curve: None,
-            api: &[],
-            api_options: None,
+            api: None,
         },
     )
     .context("evaluating the tagger")?;

@@ -193,7 +193,7 @@ fn cost_table(r: &ExtractReport) -> Option<(String, Table, Vec<String>)> {
 }
 
 /// One line per `--api` model: what its $/input is made of and what went wrong.
-fn api_notes(r: &ExtractReport) -> Vec<String> {
+pub fn api_notes(r: &ExtractReport) -> Vec<String> {
     r.api
         .iter()
         .map(|a| {

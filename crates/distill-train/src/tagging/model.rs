@@ -145,6 +145,12 @@ pub struct SpanRecord {
 /// text and the task's slots (errors name file, line and field).
 pub fn read_records(path: &Path, spec: &TaskSpec) -> Result<Vec<SpanRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    parse_records(path, &text, spec)
+}
+
+/// [`read_records`] of `text`, already read from `path` (errors name it): one record per
+/// non-blank line, in order.
+pub fn parse_records(path: &Path, text: &str, spec: &TaskSpec) -> Result<Vec<SpanRecord>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
