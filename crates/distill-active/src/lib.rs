@@ -623,11 +623,12 @@ fn score_and_pick(
     embeddings: &mut Option<Vec<Vec<f32>>>,
 ) -> Result<Vec<usize>> {
     let student = distill_train::load_student(&dir.join("student"), &opts.train.device)?;
+    let head = student.meta().multilabel.as_ref();
     let mut scores = Vec::with_capacity(remaining.len());
     for chunk in remaining.chunks(256) {
         let texts: Vec<&str> = chunk.iter().map(|&i| pool[i].text.as_str()).collect();
         for p in student.predict_proba(&texts)? {
-            scores.push(strategy::uncertainty(&p, opts.measure));
+            scores.push(strategy::uncertainty(&p, head, opts.measure));
         }
     }
     let order = strategy::top_uncertain(

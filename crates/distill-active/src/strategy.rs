@@ -1,6 +1,7 @@
 //! Which unlabelled inputs to send to the teacher next. Pure functions of the student's
 //! probabilities (and, for `diverse`, embeddings), so each rule is tested on its own.
 
+use distill_train::objective::SigmoidHead;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -72,7 +73,22 @@ impl std::str::FromStr for Measure {
     }
 }
 
-pub fn uncertainty(p: &[f32], m: Measure) -> f64 {
+/// How unsure the student is of one input under `m`; higher = more worth labelling. `head` is
+/// a multilabel student's decision rule: its answer is one yes/no decision per label, so each
+/// measure is taken over those decisions rather than over `p` as one distribution (where two
+/// confidently given labels would look like a tie):
+/// - least confidence: 1 − the probability of the least sure decision (the cascade's confidence);
+/// - margin: 1 − the smallest distance of a label's probability from its threshold, as a
+///   fraction of the room on that side (0 at the threshold, 1 at 0 or 1);
+/// - entropy: the label set's entropy with labels independent (the sum of the binary entropies).
+pub fn uncertainty(p: &[f32], head: Option<&SigmoidHead>, m: Measure) -> f64 {
+    match head {
+        None => distribution_uncertainty(p, m),
+        Some(h) => decisions_uncertainty(p, h, m),
+    }
+}
+
+fn distribution_uncertainty(p: &[f32], m: Measure) -> f64 {
     let mut top = [0f64; 2];
     for &x in p {
         let x = x as f64;
@@ -85,12 +101,41 @@ pub fn uncertainty(p: &[f32], m: Measure) -> f64 {
     match m {
         Measure::LeastConfidence => 1.0 - top[0],
         Measure::Margin => 1.0 - (top[0] - top[1]),
+        Measure::Entropy => p.iter().map(|&x| plogp(x as f64)).sum(),
+    }
+}
+
+fn decisions_uncertainty(p: &[f32], head: &SigmoidHead, m: Measure) -> f64 {
+    match m {
+        Measure::LeastConfidence => 1.0 - head.decide(p).1 as f64,
+        Measure::Margin => {
+            let nearest = p
+                .iter()
+                .zip(&head.thresholds)
+                .map(|(&x, &t)| {
+                    let (x, t) = (x as f64, (t as f64).clamp(1e-6, 1.0 - 1e-6));
+                    if x >= t {
+                        (x - t) / (1.0 - t)
+                    } else {
+                        (t - x) / t
+                    }
+                })
+                .fold(1.0f64, f64::min);
+            1.0 - nearest
+        }
         Measure::Entropy => p
             .iter()
-            .map(|&x| x as f64)
-            .filter(|&x| x > 0.0)
-            .map(|x| -x * x.ln())
+            .map(|&x| plogp(x as f64) + plogp(1.0 - x as f64))
             .sum(),
+    }
+}
+
+/// −x ln x, 0 at 0.
+fn plogp(x: f64) -> f64 {
+    if x > 0.0 {
+        -x * x.ln()
+    } else {
+        0.0
     }
 }
 
@@ -170,16 +215,60 @@ mod tests {
         let split = [0.45f32, 0.45, 0.1];
         let flat = [0.34f32, 0.33, 0.33];
         for m in [Measure::LeastConfidence, Measure::Margin, Measure::Entropy] {
-            assert!(uncertainty(&sure, m) < uncertainty(&split, m), "{m:?}");
-            assert!(uncertainty(&sure, m) < uncertainty(&flat, m), "{m:?}");
+            assert!(
+                uncertainty(&sure, None, m) < uncertainty(&split, None, m),
+                "{m:?}"
+            );
+            assert!(
+                uncertainty(&sure, None, m) < uncertainty(&flat, None, m),
+                "{m:?}"
+            );
         }
         // Margin sees a two-way tie as the most uncertain; least confidence the flat one.
-        assert!(uncertainty(&split, Measure::Margin) > uncertainty(&flat, Measure::Margin) - 0.02);
         assert!(
-            uncertainty(&flat, Measure::LeastConfidence)
-                > uncertainty(&split, Measure::LeastConfidence)
+            uncertainty(&split, None, Measure::Margin)
+                > uncertainty(&flat, None, Measure::Margin) - 0.02
         );
-        assert!((uncertainty(&[0.5, 0.5], Measure::Entropy) - 2f64.ln() / 2.0 * 2.0).abs() < 1e-6);
+        assert!(
+            uncertainty(&flat, None, Measure::LeastConfidence)
+                > uncertainty(&split, None, Measure::LeastConfidence)
+        );
+        assert!(
+            (uncertainty(&[0.5, 0.5], None, Measure::Entropy) - 2f64.ln() / 2.0 * 2.0).abs() < 1e-6
+        );
+    }
+
+    #[test]
+    fn a_multilabel_student_is_unsure_of_its_decisions_not_of_a_distribution() {
+        let head = SigmoidHead {
+            temperatures: vec![1.0; 3],
+            thresholds: vec![0.5, 0.5, 0.2],
+            separator: "|".into(),
+            allow_empty: false,
+        };
+        // Two labels given with certainty is a sure answer, though as a distribution it is a tie.
+        let two_sure = [0.99f32, 0.99, 0.01];
+        let one_unsure = [0.99f32, 0.01, 0.25];
+        for m in [Measure::LeastConfidence, Measure::Margin, Measure::Entropy] {
+            assert!(
+                uncertainty(&two_sure, Some(&head), m) < uncertainty(&one_unsure, Some(&head), m),
+                "{m:?}"
+            );
+        }
+        assert!(
+            uncertainty(&two_sure, None, Measure::Margin)
+                > uncertainty(&one_unsure, None, Measure::Margin),
+            "read as one distribution, the sure pair looks like a tie"
+        );
+        // Margin is measured from each label's own threshold: 0.25 is just past label 2's 0.2.
+        let m = uncertainty(&one_unsure, Some(&head), Measure::Margin);
+        assert!((m - (1.0 - 0.05 / 0.8)).abs() < 1e-6, "{m}");
+        // Least confidence is 1 − the cascade's confidence of the whole set: label 2 is given
+        // at probability 0.25.
+        let lc = uncertainty(&one_unsure, Some(&head), Measure::LeastConfidence);
+        assert!((lc - 0.75).abs() < 1e-6, "{lc}");
+        let e = uncertainty(&[0.5, 0.5, 0.0], Some(&head), Measure::Entropy);
+        assert!((e - 2.0 * 2f64.ln()).abs() < 1e-6, "{e}");
     }
 
     #[test]

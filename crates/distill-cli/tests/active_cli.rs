@@ -202,3 +202,148 @@ fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+/// Every `step`-th line of a MixSNIPS file (grouped by intent mix: a spread slice keeps every
+/// intent present).
+fn mixsnips(file: &str, dst: &Path, step: usize) {
+    let src = repo().join("../shared/datasets/mixsnips").join(file);
+    let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let lines: Vec<&str> = text.lines().step_by(step).collect();
+    std::fs::write(dst, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn a_multilabel_round_takes_the_inputs_whose_least_sure_label_decision_is_least_sure() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    mixsnips("train.jsonl", &dir.join("train.jsonl"), 25);
+    mixsnips("test.jsonl", &dir.join("test.jsonl"), 5);
+    std::fs::copy(
+        repo().join("../shared/datasets/mixsnips/intents.json"),
+        dir.join("intents.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("datasets/mixsnips/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    let (mut sim, url) = sim_teacher(dir, "task.toml", &[]);
+    let out = ok(
+        dir,
+        &[
+            "teach",
+            "--task",
+            "task.toml",
+            "--input",
+            "train.jsonl",
+            "--out",
+            "active.jsonl",
+            "--base-url",
+            &url,
+            "--rpm",
+            "0",
+            "--tpm",
+            "0",
+            "--strategy",
+            "uncertainty",
+            "--uncertainty",
+            "least-confidence",
+            "--limit",
+            "450",
+            "--round-size",
+            "150",
+            "--threads",
+            "2",
+        ],
+    );
+    assert!(out.contains("labelled 450 of"), "{out}");
+    let journal = std::fs::read_to_string(dir.join("active.jsonl.rounds/selection.jsonl")).unwrap();
+    let rounds: Vec<HashSet<String>> = journal
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rounds.len(), 3);
+
+    // The scorer left behind is the one that picked the last round: by its own confidence (the
+    // cascade's: the least sure label decision), every pick is below every input left unlabelled.
+    // Read as one softmax-like distribution (1 − the top label's probability), it is not.
+    ok(
+        dir,
+        &[
+            "predict",
+            "--model",
+            "active.jsonl.rounds/student",
+            "--input",
+            "train.jsonl",
+            "--threads",
+            "2",
+            "--out",
+            "scored.jsonl",
+        ],
+    );
+    let (mut picked_max, mut rest_min) = (0f64, 1f64);
+    let (mut picked_top_max, mut rest_top_min) = (0f64, 1f64);
+    for line in std::fs::read_to_string(dir.join("scored.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = r["id"].as_str().unwrap();
+        let c = r["confidence"].as_f64().unwrap();
+        let top = r["top"][0]["p"].as_f64().unwrap();
+        if rounds[2].contains(id) {
+            picked_max = picked_max.max(c);
+            picked_top_max = picked_top_max.max(top);
+        } else if !rounds[0].contains(id) && !rounds[1].contains(id) {
+            rest_min = rest_min.min(c);
+            rest_top_min = rest_top_min.min(top);
+        }
+    }
+    assert!(
+        picked_max <= rest_min + 1e-6,
+        "a pick at confidence {picked_max} while {rest_min} was left"
+    );
+    assert!(
+        picked_top_max > rest_top_min,
+        "the top label's probability ranks the same way: the test cannot tell the measures apart"
+    );
+
+    // The recorded order draws a multilabel learning curve.
+    ok(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--test",
+            "test.jsonl",
+            "--train",
+            "active.jsonl",
+            "--curve",
+            "150,450",
+            "--curve-order",
+            "recorded",
+            "--curve-seeds",
+            "1",
+            "--out",
+            "ev",
+        ],
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ev/metrics.json")).unwrap())
+            .unwrap();
+    let rows = m["curve"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{}", m["curve"]);
+    assert_eq!(m["curve"]["points"][1]["n_labels"], 450);
+    let _ = sim.kill();
+    let _ = sim.wait();
+}

@@ -120,7 +120,9 @@ pub struct Args {
     #[arg(long, value_name = "STRATEGY", default_value = "all")]
     pub strategy: distill_active::Strategy,
     /// How `uncertainty` and `diverse` measure it: margin (top two probabilities),
-    /// least-confidence or entropy.
+    /// least-confidence or entropy. A multilabel student is measured over its per-label
+    /// decisions: the label nearest its threshold, the least sure decision, the sum of the
+    /// labels' binary entropies.
     #[arg(long, value_name = "MEASURE", default_value = "margin")]
     pub uncertainty: distill_active::Measure,
     /// Inputs labelled per round after the first.
