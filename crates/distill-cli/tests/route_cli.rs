@@ -169,6 +169,25 @@ fn mmlu_outcomes_import_train_and_eval_against_the_baselines() {
     );
     assert_eq!(p.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&p.stderr).contains("router"));
+    // Nor does it take a dev file: it holds out --dev-fraction of its outcomes per tier.
+    let t = distill(
+        dir,
+        &[
+            "train",
+            "--task",
+            "task.toml",
+            "--data",
+            "routes.train.jsonl",
+            "--dev",
+            "routes.test.jsonl",
+            "--out",
+            "router-dev",
+        ],
+    );
+    let err = String::from_utf8_lossy(&t.stderr);
+    assert_eq!(t.status.code(), Some(1), "{err}");
+    assert!(err.contains("--dev") && err.contains("router"), "{err}");
+    assert!(!dir.join("router-dev").exists());
 
     let out = ok(distill(
         dir,

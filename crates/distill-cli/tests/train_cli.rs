@@ -104,3 +104,41 @@ fn zero_patience_is_refused_naming_the_flag_and_writes_nothing() {
     );
     assert!(!d.path().join("m").exists());
 }
+
+#[test]
+fn a_dev_file_of_one_class_calibrates_and_an_empty_one_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    head_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 240);
+    // The first intent's rows only: a dev file need not hold every class (training data must).
+    head_csv(&banking77().join("train.csv"), &dir.join("dev.csv"), 20);
+    std::fs::copy(
+        banking77().join("categories.json"),
+        dir.join("categories.json"),
+    )
+    .unwrap();
+    let train = |dev: &str, out: &str| {
+        distill_train(dir, &["-q"])
+            .args(["--student", "linear", "--dev", dev, "--out", out])
+            .output()
+            .unwrap()
+    };
+    let o = train("dev.csv", "m");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("m/distill.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["n_dev"], 20, "{meta}");
+    assert_eq!(meta["n_train"], 240, "every --data example trains: {meta}");
+
+    // A header and no rows: named as the dev file, with nothing written.
+    std::fs::write(dir.join("empty.csv"), "text,category\n").unwrap();
+    let o = train("empty.csv", "e");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("empty.csv") && err.contains("no labelled examples for the dev split"),
+        "{err}"
+    );
+    assert!(!dir.join("e").exists());
+}

@@ -53,6 +53,32 @@ pub fn load_train_sources(
     seed: u64,
     label_column: Option<&str>,
 ) -> Result<(TrainData, DataReport)> {
+    load_for(
+        spec,
+        sources,
+        dev_fraction,
+        seed,
+        label_column,
+        Purpose::Training,
+    )
+}
+
+/// What a loaded file is for: training data must teach something (two classes, a positive
+/// label); a dev file only has to hold labelled examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Training,
+    Dev,
+}
+
+fn load_for(
+    spec: &TaskSpec,
+    sources: &TrainSources,
+    dev_fraction: f64,
+    seed: u64,
+    label_column: Option<&str>,
+    purpose: Purpose,
+) -> Result<(TrainData, DataReport)> {
     if !(0.0..1.0).contains(&dev_fraction) {
         return Err(TrainError::Other(format!(
             "--dev-fraction must be in [0, 1), got {dev_fraction}"
@@ -139,8 +165,12 @@ pub fn load_train_sources(
         } else {
             String::new()
         };
+        let what = match purpose {
+            Purpose::Training => "to train on",
+            Purpose::Dev => "for the dev split",
+        };
         return Err(TrainError::Data(format!(
-            "{}: no labelled examples to train on{why}",
+            "{}: no labelled examples {what}{why}",
             data_path.display()
         )));
     }
@@ -152,7 +182,7 @@ pub fn load_train_sources(
     }
     let classes_present = per_class.iter().filter(|&&n| n > 0).count();
     let multilabel = spec.labels.is_multilabel();
-    if classes_present < 2 && !multilabel {
+    if classes_present < 2 && !multilabel && purpose == Purpose::Training {
         return Err(TrainError::Data(format!(
             "{}: every example has the label `{}`; a classifier needs at least two classes in \
              its training data",
@@ -160,7 +190,7 @@ pub fn load_train_sources(
             spec.labels.names[examples[0].1[0]]
         )));
     }
-    if classes_present == 0 {
+    if classes_present == 0 && purpose == Purpose::Training {
         return Err(TrainError::Data(format!(
             "{}: no example has any label; a tagger needs positive examples",
             data_path.display()
@@ -201,7 +231,11 @@ pub fn with_dev_file(
     dev_path: &Path,
     label_column: Option<&str>,
 ) -> Result<TrainData> {
-    let (dev, _) = load_train_data(spec, dev_path, 0.0, 0, label_column)?;
+    let sources = TrainSources {
+        data: vec![dev_path.to_path_buf()],
+        out_of_scope: vec![],
+    };
+    let (dev, _) = load_for(spec, &sources, 0.0, 0, label_column, Purpose::Dev)?;
     if !data.dev.is_empty() {
         return Err(TrainError::Other(
             "a dev file replaces the dev split: load the training data with no split".into(),
