@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Label less on Banking77: learning curves of random against active selection, same student,
-# same sizes, three seeds each, all through the CLI and the sim-teacher (94% accurate, priced as
-# gpt-4o), offline:
+# Label less: learning curves of random against active selection, same student, same sizes,
+# three seeds each, all through the CLI and the sim-teacher (priced as gpt-4o), offline, on
+# Banking77 (TASK=banking77, the default) or MixSNIPS multilabel intents (TASK=mixsnips):
 #   random:       `distill eval --curve SIZES,all --curve-order random --curve-seeds 3` over the
 #                 fully labelled training set (each seed a different random sample);
 #   uncertainty:  three `distill teach --strategy uncertainty --select-seed S` runs to the largest
@@ -9,9 +9,11 @@
 # then, per strategy, the smallest size whose cascade is sufficient (held-out accuracy averaged over
 # the seeds meets the floor, escalating at most 2 points more than the full-data cascade) and its
 # labelling spend; the ratio active / random spend is printed last (target <= 0.40).
-# Usage: STRATEGIES="uncertainty diverse" STUDENT=linear scripts/bench/active_learning.sh [threads=2]
+# Usage: TASK=mixsnips STRATEGIES="uncertainty diverse" STUDENT=linear scripts/bench/active_learning.sh [threads=2]
 #   STUDENT scores the pool between rounds; CURVE_STUDENT (default STUDENT) is the student the curves
 #   train, e.g. STUDENT=linear CURVE_STUDENT=encoder-head SIZES=1000,2000,4000,6000.
+#   RANDOM_SIZES adds random-curve sizes past SIZES' largest (the active runs label up to that),
+#   so random's first sufficient size is not rounded up to `all` when it lies between.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -21,8 +23,14 @@ curve_student=${CURVE_STUDENT:-$student}
 strategies=${STRATEGIES:-uncertainty}
 sizes=${SIZES:-500,1000,2000,4000}
 round=${ROUND_SIZE:-250}
-data=$root/datasets/banking77
-[ -s "$data/train.csv" ] || data=$root/../shared/datasets/banking77
+task=${TASK:-banking77}
+case $task in
+  banking77) train=train.csv test=test.csv labels=categories.json ;;
+  mixsnips) train=train.jsonl test=test.jsonl labels=intents.json ;;
+  *) echo "TASK must be banking77 or mixsnips, got $task" >&2; exit 2 ;;
+esac
+data=$root/datasets/$task
+[ -s "$data/$train" ] || data=$root/../shared/datasets/$task
 . scripts/bench/lib.sh
 bin=$(distill_bin)
 base=${BASE:-$root/models/base/all-MiniLM-L6-v2}
@@ -30,8 +38,8 @@ work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
 cd "$work"
 echo "work dir: $work" >&2
-cp "$data/train.csv" "$data/test.csv" "$data/categories.json" .
-sed -e '/^base_url/d' "$root/datasets/banking77/task.toml" >task.toml
+cp "$data/$train" "$data/$test" "$data/$labels" .
+sed -e '/^base_url/d' "$root/datasets/$task/task.toml" >task.toml
 export DISTILL_STATE_DIR=$work/state RAYON_NUM_THREADS=$threads
 "$bin" -q sim-teacher --task task.toml --port 0 --latency-ms 0 --error-rate 0 >sim.url 2>/dev/null &
 sim=$!
@@ -39,19 +47,19 @@ trap 'kill $sim 2>/dev/null || true' EXIT
 for _ in $(seq 200); do [ -s sim.url ] && break; sleep 0.05; done
 url=$(head -n1 sim.url)
 teach() { "$bin" -q teach --task task.toml --base-url "$url" --concurrency 64 --rpm 0 --tpm 0 "$@" | tail -n 2 >&2; }
-[ -s teacher.jsonl ] || teach --input train.csv --out teacher.jsonl
-[ -s teacher-test.jsonl ] || teach --input test.csv --out teacher-test.jsonl
+[ -s teacher.jsonl ] || teach --input "$train" --out teacher.jsonl
+[ -s teacher-test.jsonl ] || teach --input "$test" --out teacher-test.jsonl
 largest=${sizes##*,}
-curve() { "$bin" -q eval --task task.toml --test test.csv --teacher-labels teacher-test.jsonl \
+curve() { "$bin" -q eval --task task.toml --test "$test" --teacher-labels teacher-test.jsonl \
   --curve-student "$curve_student" --base "$base" --threads "$threads" --force "$@" >/dev/null; }
 
 start=$(date +%s)
-curve --train teacher.jsonl --curve "$sizes,all" --curve-order random --curve-seeds 3 --out eval-random
+curve --train teacher.jsonl --curve "$sizes${RANDOM_SIZES:+,$RANDOM_SIZES},all" --curve-order random --curve-seeds 3 --out eval-random
 echo "random curve: $(( $(date +%s) - start )) s" >&2
 for strategy in $strategies; do
   for seed in 0 1 2; do
     start=$(date +%s)
-    [ -s "$strategy-$seed.jsonl" ] || teach --input train.csv --out "$strategy-$seed.jsonl" --strategy "$strategy" \
+    [ -s "$strategy-$seed.jsonl" ] || teach --input "$train" --out "$strategy-$seed.jsonl" --strategy "$strategy" \
       --select-seed "$seed" --limit "$largest" --round-size "$round" --select-student "$student" --base "$base" \
       --threads "$threads"
     curve --train "$strategy-$seed.jsonl" --curve "$sizes" --curve-order recorded --curve-seeds 1 \
