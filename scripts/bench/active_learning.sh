@@ -12,6 +12,7 @@
 # Usage: TASK=mixsnips STRATEGIES="uncertainty diverse" STUDENT=linear scripts/bench/active_learning.sh [threads=2]
 #   STUDENT scores the pool between rounds; CURVE_STUDENT (default STUDENT) is the student the curves
 #   train, e.g. STUDENT=linear CURVE_STUDENT=encoder-head SIZES=1000,2000,4000,6000.
+#   ROUND_SIZE (default 250) is the inputs per active round after the random seed round.
 #   RANDOM_SIZES adds random-curve sizes past SIZES' largest (the active runs label up to that),
 #   so random's first sufficient size is not rounded up to `all` when it lies between.
 set -euo pipefail

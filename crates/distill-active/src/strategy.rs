@@ -80,7 +80,11 @@ impl std::str::FromStr for Measure {
 /// - least confidence: 1 − the probability of the least sure decision (the cascade's confidence);
 /// - margin: 1 − the smallest distance of a label's probability from its threshold, as a
 ///   fraction of the room on that side (0 at the threshold, 1 at 0 or 1);
-/// - entropy: the label set's entropy with labels independent (the sum of the binary entropies).
+/// - entropy: the label set's entropy with labels independent (the sum of the binary entropies;
+///   conditioned on a non-empty set where the task forbids the empty answer).
+///
+/// A label given only because the task forbids an empty answer and none cleared its threshold
+/// counts as a decision with no margin.
 pub fn uncertainty(p: &[f32], head: Option<&SigmoidHead>, m: Measure) -> f64 {
     match head {
         None => distribution_uncertainty(p, m),
@@ -106,28 +110,58 @@ fn distribution_uncertainty(p: &[f32], m: Measure) -> f64 {
 }
 
 fn decisions_uncertainty(p: &[f32], head: &SigmoidHead, m: Measure) -> f64 {
+    let (set, confidence) = head.decide(p);
     match m {
-        Measure::LeastConfidence => 1.0 - head.decide(p).1 as f64,
+        Measure::LeastConfidence => 1.0 - confidence as f64,
         Measure::Margin => {
+            // A label given although below its threshold (the task forbids an empty answer and
+            // none cleared it) is a decision with no margin at all.
             let nearest = p
                 .iter()
                 .zip(&head.thresholds)
-                .map(|(&x, &t)| {
-                    let (x, t) = (x as f64, (t as f64).clamp(1e-6, 1.0 - 1e-6));
-                    if x >= t {
-                        (x - t) / (1.0 - t)
-                    } else {
-                        (t - x) / t
+                .enumerate()
+                .map(|(j, (&x, &t))| {
+                    let (x, t) = (x as f64, t as f64);
+                    match (set.binary_search(&j).is_ok(), x >= t) {
+                        (true, true) => (x - t) / (1.0 - t).max(1e-6),
+                        (false, false) => (t - x) / t.max(1e-6),
+                        _ => 0.0,
                     }
                 })
                 .fold(1.0f64, f64::min);
             1.0 - nearest
         }
-        Measure::Entropy => p
-            .iter()
-            .map(|&x| plogp(x as f64) + plogp(1.0 - x as f64))
-            .sum(),
+        Measure::Entropy => set_entropy(p, head.allow_empty),
     }
+}
+
+/// The entropy of the label set with labels independent: the sum of the binary entropies, or,
+/// where the empty set is no answer, that of the distribution conditioned on a non-empty set
+/// (H(S | S ≠ ∅) = (H(S) + P(∅) ln P(∅)) / Z + ln Z, Z = 1 − P(∅)), so a student that gives
+/// every label a low probability is unsure which one to force, not sure of the answer.
+fn set_entropy(p: &[f32], allow_empty: bool) -> f64 {
+    let h: f64 = p
+        .iter()
+        .map(|&x| plogp(x as f64) + plogp(1.0 - x as f64))
+        .sum();
+    if allow_empty {
+        return h;
+    }
+    let p_empty: f64 = p
+        .iter()
+        .map(|&x| 1.0 - (x as f64).clamp(0.0, 1.0))
+        .product();
+    let z = 1.0 - p_empty;
+    if z < 1e-9 {
+        // Every label near 0: the non-empty sets are then almost all single labels, in
+        // proportion to their probabilities.
+        let total: f64 = p.iter().map(|&x| (x as f64).max(0.0)).sum();
+        if total <= 0.0 {
+            return (p.len().max(1) as f64).ln();
+        }
+        return p.iter().map(|&x| plogp((x as f64).max(0.0) / total)).sum();
+    }
+    ((h - plogp(p_empty)) / z + z.ln()).max(0.0)
 }
 
 /// −x ln x, 0 at 0.
@@ -268,7 +302,50 @@ mod tests {
         let lc = uncertainty(&one_unsure, Some(&head), Measure::LeastConfidence);
         assert!((lc - 0.75).abs() < 1e-6, "{lc}");
         let e = uncertainty(&[0.5, 0.5, 0.0], Some(&head), Measure::Entropy);
+        let conditioned = (2.0 * 2f64.ln() - plogp(0.25)) / 0.75 + 0.75f64.ln();
+        assert!((e - conditioned).abs() < 1e-6, "{e} vs {conditioned}");
+        let open = SigmoidHead {
+            allow_empty: true,
+            ..head.clone()
+        };
+        let e = uncertainty(&[0.5, 0.5, 0.0], Some(&open), Measure::Entropy);
         assert!((e - 2.0 * 2f64.ln()).abs() < 1e-6, "{e}");
+    }
+
+    #[test]
+    fn a_label_forced_because_none_cleared_its_threshold_is_an_unsure_decision() {
+        // The task forbids an empty answer: with nothing above threshold the likeliest label is
+        // given at p = 0.05. That is a guess, not a sure "no" to every label.
+        let head = SigmoidHead {
+            temperatures: vec![1.0; 3],
+            thresholds: vec![0.5; 3],
+            separator: "|".into(),
+            allow_empty: false,
+        };
+        let guess = [0.05f32, 0.05, 0.01];
+        let clear = [0.6f32, 0.01, 0.01];
+        for m in [Measure::LeastConfidence, Measure::Margin, Measure::Entropy] {
+            assert!(
+                uncertainty(&guess, Some(&head), m) > uncertainty(&clear, Some(&head), m),
+                "{m:?}"
+            );
+        }
+        assert_eq!(uncertainty(&guess, Some(&head), Measure::Margin), 1.0);
+        // All near zero: the conditioned entropy stays finite (the labels' shares of a single pick).
+        let e = uncertainty(&[1e-12, 1e-12, 2e-12], Some(&head), Measure::Entropy);
+        assert!(
+            e.is_finite() && (e - (2.0 * plogp(0.25) + plogp(0.5))).abs() < 1e-6,
+            "{e}"
+        );
+        // Where the empty set is an answer, nothing above threshold is a sure empty answer.
+        let open = SigmoidHead {
+            allow_empty: true,
+            ..head
+        };
+        assert!(
+            uncertainty(&guess, Some(&open), Measure::Margin)
+                < uncertainty(&clear, Some(&open), Measure::Margin)
+        );
     }
 
     #[test]
