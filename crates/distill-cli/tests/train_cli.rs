@@ -110,15 +110,16 @@ fn a_dev_file_of_one_class_calibrates_and_an_empty_one_is_named() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     head_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 240);
-    // The first intent's rows only: a dev file need not hold every class (training data must).
-    head_csv(&banking77().join("train.csv"), &dir.join("dev.csv"), 20);
+    // Held-out rows of the first intent only: a dev file need not hold every class (training
+    // data must).
+    head_csv(&banking77().join("test.csv"), &dir.join("dev.csv"), 20);
     std::fs::copy(
         banking77().join("categories.json"),
         dir.join("categories.json"),
     )
     .unwrap();
     let train = |dev: &str, out: &str| {
-        distill_train(dir, &["-q"])
+        distill_train(dir, &[])
             .args(["--student", "linear", "--dev", dev, "--out", out])
             .output()
             .unwrap()
@@ -130,6 +131,13 @@ fn a_dev_file_of_one_class_calibrates_and_an_empty_one_is_named() {
             .unwrap();
     assert_eq!(meta["n_dev"], 20, "{meta}");
     assert_eq!(meta["n_train"], 240, "every --data example trains: {meta}");
+    // One class calibrates nothing: no temperature is fitted, and the user is told.
+    assert_eq!(meta["temperature"], 1.0, "{meta}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: --dev dev.csv: every example has the label `card_arrival`"),
+        "{err}"
+    );
 
     // A header and no rows: named as the dev file, with nothing written.
     std::fs::write(dir.join("empty.csv"), "text,category\n").unwrap();

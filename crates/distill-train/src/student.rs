@@ -220,9 +220,10 @@ pub fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
 }
 
 /// Fits the softmax temperature minimising dev negative log-likelihood (Guo et al. 2017),
-/// by golden-section search on log T in [0.05, 20].
+/// by golden-section search on log T in [0.05, 20]. A dev split of one class calibrates
+/// nothing (a student right on all of it drives T to the bound, every confidence to 1): T = 1.
 pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f32 {
-    if logits.is_empty() {
+    if logits.is_empty() || labels.iter().all(|&y| y == labels[0]) {
         return 1.0;
     }
     let nll = |t: f32| -> f64 {
@@ -444,8 +445,20 @@ mod tests {
         let logits: Vec<Vec<f32>> = (0..100).map(|_| vec![5.0, 0.0]).collect();
         let labels: Vec<usize> = (0..100).map(|i| i % 2).collect();
         assert!(fit_temperature(&logits, &labels) > 5.0);
-        let right: Vec<usize> = vec![0; 100];
-        assert!(fit_temperature(&logits, &right) < 1.0);
+        // Right every time, over two classes: sharpen.
+        let sure: Vec<Vec<f32>> = (0..100)
+            .map(|i| {
+                if i % 2 == 0 {
+                    vec![1.0, 0.0]
+                } else {
+                    vec![0.0, 1.0]
+                }
+            })
+            .collect();
+        assert!(fit_temperature(&sure, &labels) < 1.0);
+        // One class calibrates nothing, however right the logits are.
+        let one: Vec<usize> = vec![0; 100];
+        assert_eq!(fit_temperature(&logits, &one), 1.0);
     }
 
     #[test]
