@@ -272,14 +272,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_multilabel_student_is_unsure_of_its_decisions_not_of_a_distribution() {
-        let head = SigmoidHead {
-            temperatures: vec![1.0; 3],
-            thresholds: vec![0.5, 0.5, 0.2],
+    /// A multilabel decision rule with these thresholds, no temperatures, no empty answer.
+    fn head(thresholds: &[f32]) -> SigmoidHead {
+        SigmoidHead {
+            temperatures: vec![1.0; thresholds.len()],
+            thresholds: thresholds.to_vec(),
             separator: "|".into(),
             allow_empty: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_multilabel_student_is_unsure_of_its_decisions_not_of_a_distribution() {
+        let head = head(&[0.5, 0.5, 0.2]);
         // Two labels given with certainty is a sure answer, though as a distribution it is a tie.
         let two_sure = [0.99f32, 0.99, 0.01];
         let one_unsure = [0.99f32, 0.01, 0.25];
@@ -316,12 +321,7 @@ mod tests {
     fn a_label_forced_because_none_cleared_its_threshold_is_an_unsure_decision() {
         // The task forbids an empty answer: with nothing above threshold the likeliest label is
         // given at p = 0.05. That is a guess, not a sure "no" to every label.
-        let head = SigmoidHead {
-            temperatures: vec![1.0; 3],
-            thresholds: vec![0.5; 3],
-            separator: "|".into(),
-            allow_empty: false,
-        };
+        let head = head(&[0.5; 3]);
         let guess = [0.05f32, 0.05, 0.01];
         let clear = [0.6f32, 0.01, 0.01];
         for m in [Measure::LeastConfidence, Measure::Margin, Measure::Entropy] {

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{banking77, distill_in as run, every_nth_csv, get_json, repo, sim_teacher};
+use common::{
+    banking77, distill_in as run, every_nth_csv, get_json, mixsnips_every_nth, read_json, repo,
+    sim_teacher,
+};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -23,6 +26,31 @@ fn ids(path: &Path) -> Vec<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// `eval --curve SIZES --curve-order recorded` of `active.jsonl` on `test`: its metrics.json.
+fn recorded_curve(dir: &Path, test: &str, sizes: &str) -> serde_json::Value {
+    ok(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--test",
+            test,
+            "--train",
+            "active.jsonl",
+            "--curve",
+            sizes,
+            "--curve-order",
+            "recorded",
+            "--curve-seeds",
+            "1",
+            "--out",
+            "ev",
+        ],
+    );
+    read_json(&dir.join("ev/metrics.json"))
 }
 
 #[test]
@@ -174,60 +202,20 @@ fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
     );
 
     // The labels in selection order draw the curve of exactly this labelling.
-    ok(
-        dir,
-        &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--test",
-            "test.csv",
-            "--train",
-            "active.jsonl",
-            "--curve",
-            "200,600",
-            "--curve-order",
-            "recorded",
-            "--curve-seeds",
-            "1",
-            "--out",
-            "ev",
-        ],
-    );
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("ev/metrics.json")).unwrap())
-            .unwrap();
+    let m = recorded_curve(dir, "test.csv", "200,600");
     assert_eq!(m["curve"]["order"], "recorded");
     assert_eq!(m["curve"]["rows"].as_array().unwrap().len(), 2);
     let _ = sim.kill();
     let _ = sim.wait();
 }
 
-/// Every `step`-th line of a MixSNIPS file (grouped by intent mix: a spread slice keeps every
-/// intent present).
-fn mixsnips(file: &str, dst: &Path, step: usize) {
-    let src = repo().join("../shared/datasets/mixsnips").join(file);
-    let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-    let lines: Vec<&str> = text.lines().step_by(step).collect();
-    std::fs::write(dst, lines.join("\n") + "\n").unwrap();
-}
-
 #[test]
 fn a_multilabel_round_takes_the_inputs_whose_least_sure_label_decision_is_least_sure() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    mixsnips("train.jsonl", &dir.join("train.jsonl"), 25);
-    mixsnips("test.jsonl", &dir.join("test.jsonl"), 5);
-    std::fs::copy(
-        repo().join("../shared/datasets/mixsnips/intents.json"),
-        dir.join("intents.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("datasets/mixsnips/task.toml"),
-        dir.join("task.toml"),
-    )
-    .unwrap();
+    mixsnips_every_nth("train.jsonl", &dir.join("train.jsonl"), 25);
+    mixsnips_every_nth("test.jsonl", &dir.join("test.jsonl"), 5);
+    common::mixsnips_task(dir);
     let (mut sim, url) = sim_teacher(dir, "task.toml", &[]);
     let out = ok(
         dir,
@@ -318,29 +306,7 @@ fn a_multilabel_round_takes_the_inputs_whose_least_sure_label_decision_is_least_
     );
 
     // The recorded order draws a multilabel learning curve.
-    ok(
-        dir,
-        &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--test",
-            "test.jsonl",
-            "--train",
-            "active.jsonl",
-            "--curve",
-            "150,450",
-            "--curve-order",
-            "recorded",
-            "--curve-seeds",
-            "1",
-            "--out",
-            "ev",
-        ],
-    );
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("ev/metrics.json")).unwrap())
-            .unwrap();
+    let m = recorded_curve(dir, "test.jsonl", "150,450");
     let rows = m["curve"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{}", m["curve"]);
     assert_eq!(m["curve"]["points"][1]["n_labels"], 450);

@@ -6,36 +6,20 @@
 
 mod common;
 
-use common::{distill_in as run, distill_ok as distill, python_with_sklearn, repo, teach_via};
+use common::{
+    distill_in as run, distill_ok as distill, mixsnips_every_nth, python_with_sklearn, repo,
+    teach_via,
+};
 use std::path::Path;
 use std::process::Command;
-
-/// Every `step`-th line of a MixSNIPS file (the files are grouped by intent mix: a spread
-/// slice keeps every intent present), as is.
-fn mixsnips(file: &str, dst: &Path, step: usize) -> usize {
-    let src = repo().join("../shared/datasets/mixsnips").join(file);
-    let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-    let lines: Vec<&str> = text.lines().step_by(step).collect();
-    std::fs::write(dst, lines.join("\n") + "\n").unwrap();
-    lines.len()
-}
 
 #[test]
 fn label_sets_are_taught_learned_predicted_and_scored() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    let n_train = mixsnips("train.jsonl", &dir.join("train.jsonl"), 8);
-    let n_test = mixsnips("test.jsonl", &dir.join("test.jsonl"), 5);
-    std::fs::copy(
-        repo().join("../shared/datasets/mixsnips/intents.json"),
-        dir.join("intents.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("datasets/mixsnips/task.toml"),
-        dir.join("task.toml"),
-    )
-    .unwrap();
+    let n_train = mixsnips_every_nth("train.jsonl", &dir.join("train.jsonl"), 8);
+    let n_test = mixsnips_every_nth("test.jsonl", &dir.join("test.jsonl"), 5);
+    common::mixsnips_task(dir);
 
     let (sim, url) = common::sim_teacher(dir, "task.toml", &[]);
     let _sim = common::Proc {
@@ -205,7 +189,7 @@ fn label_sets_are_taught_learned_predicted_and_scored() {
 /// `train --dev FILE`: every teacher record trains, MixSNIPS's own dev split (gold) stops early
 /// and calibrates; a bad dev file is named (extract_cli checks that a tagger refuses the flag).
 fn dev_file_replaces_the_split(dir: &Path, split_meta: &serde_json::Value) {
-    let n_dev = mixsnips("dev.jsonl", &dir.join("dev.jsonl"), 4);
+    let n_dev = mixsnips_every_nth("dev.jsonl", &dir.join("dev.jsonl"), 4);
     let args = |dev: &'static str, out: &'static str| {
         vec![
             "train",

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{banking77, head_csv, repo};
+use common::{banking77, head_csv, read_json, repo};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -126,9 +126,7 @@ fn a_dev_file_of_one_class_calibrates_and_an_empty_one_is_named() {
     };
     let o = train("dev.csv", "m");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("m/distill.json")).unwrap())
-            .unwrap();
+    let meta = read_json(&dir.join("m/distill.json"));
     assert_eq!(meta["n_dev"], 20, "{meta}");
     assert_eq!(meta["n_train"], 240, "every --data example trains: {meta}");
     // One class calibrates nothing: no temperature is fitted, and the user is told.

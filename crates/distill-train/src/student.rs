@@ -314,6 +314,12 @@ impl TrainData {
     pub fn train_targets(&self) -> crate::objective::Targets {
         Self::targets(&self.train, self.sets.as_ref().map(|s| &s.train))
     }
+    /// The one label of a single-label dev split that holds no other (nothing to calibrate
+    /// against: see [`fit_temperature`]).
+    pub fn dev_single_class(&self) -> Option<usize> {
+        let (_, first) = self.dev.first()?;
+        (self.sets.is_none() && self.dev.iter().all(|(_, y)| y == first)).then_some(*first)
+    }
     /// The dev targets.
     pub fn dev_targets(&self) -> crate::objective::Targets {
         Self::targets(&self.dev, self.sets.as_ref().map(|s| &s.dev))

@@ -177,15 +177,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     if let Some(dev) = &args.dev {
         data = distill_train::train::with_dev_file(data, &spec, dev, args.label_column.as_deref())
             .with_context(|| format!("--dev {}", dev.display()))?;
-        let first = data.dev.first().map(|(_, y)| *y);
-        if data.sets.is_none() && data.dev.iter().all(|(_, y)| Some(*y) == first) {
+        if let Some(y) = data.dev_single_class() {
             eprintln!(
                 "warning: --dev {}: every example has the label `{}`; early stopping follows that \
                  label alone and no temperature is fitted (T = 1)",
                 dev.display(),
-                first
-                    .map(|y| spec.labels.names[y].as_str())
-                    .unwrap_or_default()
+                spec.labels.names[y]
             );
         }
     }

@@ -23,6 +23,36 @@ pub fn banking77() -> PathBuf {
     }
 }
 
+/// Every `step`-th line of a MixSNIPS file, as is (the files are grouped by intent mix: a
+/// spread slice keeps every intent present); returns how many lines it wrote.
+pub fn mixsnips_every_nth(file: &str, dst: &Path, step: usize) -> usize {
+    let src = repo().join("../shared/datasets/mixsnips").join(file);
+    let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let lines: Vec<&str> = text.lines().step_by(step).collect();
+    std::fs::write(dst, lines.join("\n") + "\n").unwrap();
+    lines.len()
+}
+
+/// A JSON file (a model's `distill.json`, an eval's `metrics.json`), parsed.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The worked MixSNIPS multilabel spec and its label file, copied into `dir`.
+pub fn mixsnips_task(dir: &Path) {
+    std::fs::copy(
+        repo().join("../shared/datasets/mixsnips/intents.json"),
+        dir.join("intents.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("datasets/mixsnips/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+}
+
 /// The header and the first `rows` records of a CSV (Banking77 has quoted multi-line fields,
 /// so records are cut with a quote-aware scan, not by lines).
 pub fn head_csv(src: &Path, dst: &Path, rows: usize) {
