@@ -94,6 +94,8 @@ enum Command {
     Predict(cmd::predict::Args),
     /// Make an int8 copy of an encoder student: faster on the CPU, same directory layout.
     Quantize(cmd::quantize::Args),
+    /// Average several trained students of one task into one (often surer and more accurate).
+    Ensemble(cmd::ensemble::Args),
     /// Evaluate students against the teacher: quality, cost, break-even, cascade threshold, report.
     Eval(cmd::eval::Args),
     /// Serve students behind an OpenAI-compatible API, escalating unsure inputs to the teacher.
@@ -127,6 +129,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a, &g),
         Command::Predict(a) => cmd::predict::run(a, &g),
         Command::Quantize(a) => cmd::quantize::run(a, &g),
+        Command::Ensemble(a) => cmd::ensemble::run(a, &g),
         Command::Eval(a) => cmd::eval::run(a, &g),
         Command::Serve(a) => cmd::serve::run(a, &g),
         Command::Gateway(a) => cmd::gateway::run(a, &g),

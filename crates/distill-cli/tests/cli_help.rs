@@ -31,6 +31,7 @@ fn every_subcommand_has_stable_help() {
         "train",
         "predict",
         "quantize",
+        "ensemble",
         "eval",
         "serve",
         "gateway",

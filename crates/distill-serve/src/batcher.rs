@@ -60,7 +60,9 @@ pub fn auto_workers(kind: StudentKind) -> usize {
         StudentKind::Linear => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
-        StudentKind::EncoderHead | StudentKind::EncoderFinetune => 1,
+        // An ensemble runs its members one after the other; an encoder member's pass already
+        // uses every core.
+        StudentKind::EncoderHead | StudentKind::EncoderFinetune | StudentKind::Ensemble => 1,
     }
 }
 

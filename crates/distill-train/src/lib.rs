@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod device;
 pub mod encoder;
+pub mod ensemble;
 pub mod error;
 pub mod linear;
 pub mod objective;

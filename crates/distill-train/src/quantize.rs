@@ -94,6 +94,13 @@ pub fn quantize_model_dir(src: &Path, out: &Path, force: bool) -> Result<ModelMe
                  dot products per input)",
             ))
         }
+        StudentKind::Ensemble => {
+            return Err(TrainError::model(
+                src,
+                "an ensemble is quantised member by member: quantise the encoder student and \
+                 build the ensemble from the int8 copy",
+            ))
+        }
     }
     if meta.quantization.is_some() {
         return Err(TrainError::model(src, "this model is already int8"));

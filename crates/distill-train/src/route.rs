@@ -82,7 +82,8 @@ pub struct RouterReport {
 /// tail, often the actual question or its choices, survives the tokenizer's truncation.
 pub fn router_max_chars(kind: StudentKind, max_len: Option<usize>) -> usize {
     let tokens = match kind {
-        StudentKind::Linear => return ROUTER_MAX_CHARS,
+        // Never a router: train refuses to train an ensemble.
+        StudentKind::Linear | StudentKind::Ensemble => return ROUTER_MAX_CHARS,
         StudentKind::EncoderFinetune => {
             max_len.unwrap_or(crate::encoder::finetune::DEFAULT_MAX_LEN)
         }

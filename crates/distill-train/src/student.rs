@@ -13,6 +13,8 @@ pub enum StudentKind {
     Linear,
     EncoderHead,
     EncoderFinetune,
+    /// Several trained students averaged (`distill ensemble`; not a `--student` of train).
+    Ensemble,
 }
 
 impl StudentKind {
@@ -21,6 +23,7 @@ impl StudentKind {
             StudentKind::Linear => "linear",
             StudentKind::EncoderHead => "encoder-head",
             StudentKind::EncoderFinetune => "encoder-finetune",
+            StudentKind::Ensemble => "ensemble",
         }
     }
 }
@@ -247,24 +250,32 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f32 {
     ((a + b) / 2.0).exp()
 }
 
-/// The identity of a trained model: SHA-256 over every file of its directory (names and
-/// contents, in name order). Two directories answer alike exactly when this matches, whatever
-/// their paths; an eval's cascade threshold is bound to it.
+/// The identity of a trained model: SHA-256 over every file of its directory and of the
+/// directories inside it (an ensemble's members), names relative to `dir` and contents, in name
+/// order. Two directories answer alike exactly when this matches, whatever their paths; an
+/// eval's cascade threshold is bound to it.
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
     use sha2::Digest;
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| TrainError::io(dir, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
+    fn files(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+        for e in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+            let p = e.map_err(|e| TrainError::io(dir, e))?.path();
+            let name = p
+                .file_name()
+                .map(|n| format!("{prefix}{}", n.to_string_lossy()))
+                .unwrap_or_default();
+            if p.is_dir() {
+                files(&p, &format!("{name}/"), out)?;
+            } else if p.is_file() {
+                out.push((name, p));
+            }
+        }
+        Ok(())
+    }
+    let mut names = Vec::new();
+    files(dir, "", &mut names)?;
     names.sort();
     let mut h = sha2::Sha256::new();
-    for p in names {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    for (name, p) in names {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
         let mut f = std::fs::File::open(&p).map_err(|e| TrainError::io(&p, e))?;
@@ -282,6 +293,9 @@ pub fn load_student(dir: &Path, device: &candle_core::Device) -> Result<Box<dyn 
         StudentKind::EncoderHead | StudentKind::EncoderFinetune => {
             crate::encoder::load(dir, meta, device)
         }
+        StudentKind::Ensemble => Ok(Box::new(crate::ensemble::EnsembleStudent::load(
+            dir, meta, device,
+        )?)),
     }
 }
 

@@ -340,6 +340,9 @@ pub fn train_on(data: &TrainData, kind: StudentKind, opts: &TrainOptions) -> Res
         StudentKind::Linear => crate::linear::train_linear(data, opts),
         StudentKind::EncoderHead => crate::encoder::train_head(data, opts),
         StudentKind::EncoderFinetune => crate::encoder::train_finetune(data, opts),
+        StudentKind::Ensemble => Err(crate::TrainError::Other(
+            "an ensemble is built from trained students by `distill ensemble`, not trained".into(),
+        )),
     }
 }
 

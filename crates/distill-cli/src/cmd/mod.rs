@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `Args` (clap) and `run(args, &Global)`.
 
 pub mod drift;
+pub mod ensemble;
 pub mod eval;
 pub mod export;
 pub mod gateway;

@@ -45,7 +45,8 @@ pub struct Args {
     /// Never download the base model (as HF_HUB_OFFLINE=1 does).
     #[arg(long)]
     pub offline: bool,
-    /// Where the students go (`<dir>/<task>-linear`, `<dir>/<task>-encoder-head`).
+    /// Where the students go (`<dir>/<task>-linear`, `<dir>/<task>-encoder-head` and, for a
+    /// single-label task, their mean `<dir>/<task>-ensemble`).
     #[arg(long, default_value = "models")]
     pub models_dir: PathBuf,
     /// Where the report goes (`<dir>/<task>-quickstart`).
@@ -242,6 +243,19 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
             },
             meta.dev_accuracy,
             t.elapsed().as_secs_f64()
+        );
+        models.push(out);
+    }
+    // The two students err on different inputs; their mean is the surer student the cascade
+    // wants (no data or training of its own: each member is calibrated already).
+    if models.len() >= 2 && !spec.labels.is_multilabel() {
+        let out = args.models_dir.join(format!("{}-ensemble", spec.name));
+        distill_train::ensemble::build(&models, &out, false)
+            .context("building the ensemble of the students")?;
+        eprintln!(
+            "      {}: the mean of the {} students' calibrated probabilities",
+            out.display(),
+            models.len()
         );
         models.push(out);
     }

@@ -312,6 +312,7 @@ fn train_tagger(args: &Args, spec: &TaskSpec, opts: &TrainOptions) -> anyhow::Re
             "--student encoder-head: an extract task trains `linear` (the linear tagger) or \
              `encoder-finetune` (BertForTokenClassification, fine-tuned)"
         ),
+        StudentKind::Ensemble => anyhow::bail!("an extract task has no ensemble student"),
     };
     let name = if args.student == StudentKind::Linear {
         "linear tagger"

@@ -29,9 +29,9 @@ pub fn load(dir: &Path, meta: ModelMeta, device: &Device) -> Result<Box<dyn Stud
             dir, meta, device,
         )?)),
         StudentKind::EncoderHead => head::load(dir, meta, device),
-        StudentKind::Linear => Err(TrainError::model(
+        StudentKind::Linear | StudentKind::Ensemble => Err(TrainError::model(
             dir,
-            "a linear student is not an encoder model",
+            format!("a {} student is not an encoder model", meta.kind.as_str()),
         )),
     }
 }
