@@ -166,17 +166,20 @@ fn an_ensemble_answers_with_its_members_mean_and_is_evaluated_like_any_student()
         .unwrap()
         .to_string();
     assert_eq!(metrics["cascade"]["model"], "ens");
+    let fingerprint = || distill_train::model_fingerprint(&dir.join("ens")).unwrap();
+    assert_eq!(fingerprint(), sha);
+    // A directory that is not the model's (a `.git`, a hub cache) leaves the identity alone.
+    std::fs::create_dir_all(dir.join("ens/.cache")).unwrap();
+    std::fs::write(dir.join("ens/.cache/x"), b"1").unwrap();
+    assert_eq!(fingerprint(), sha);
     // The threshold is bound to the members' files too: changing one changes the identity.
     let cfg = dir.join("ens/members/0-linear/config.json");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push('\n');
     std::fs::write(&cfg, text).unwrap();
-    assert_ne!(
-        distill_train::model_fingerprint(&dir.join("ens")).unwrap(),
-        sha
-    );
+    assert_ne!(fingerprint(), sha);
 
-    // Refusals: one member, an ensemble as a member, a multilabel member.
+    // Refusals: one member, an ensemble as a member, --out inside a member, a multilabel member.
     let e = refused(dir, &["ensemble", "--model", "lin", "--out", "one"]);
     assert!(e.contains("at least two students, got 1"), "{e}");
     let e = refused(
@@ -186,9 +189,16 @@ fn an_ensemble_answers_with_its_members_mean_and_is_evaluated_like_any_student()
         ],
     );
     assert!(
-        e.contains("ens") && e.contains("is an ensemble already"),
+        e.contains("model ens:") && e.contains("is an ensemble already"),
         "{e}"
     );
+    let e = refused(
+        dir,
+        &[
+            "ensemble", "--model", "lin", "--model", "head", "--out", "lin/ens",
+        ],
+    );
+    assert!(e.contains("is this member or inside it"), "{e}");
     mixsnips_task(dir);
     mixsnips_every_nth("train.jsonl", &dir.join("mix.jsonl"), 40);
     distill_ok(
@@ -210,10 +220,10 @@ fn an_ensemble_answers_with_its_members_mean_and_is_evaluated_like_any_student()
         ],
     );
     assert!(
-        e.contains("mix") && e.contains("is a multilabel student"),
+        e.contains("model mix:") && e.contains("is a multilabel student"),
         "{e}"
     );
-    for out in ["one", "nested", "multi"] {
+    for out in ["one", "nested", "multi", "lin/ens"] {
         assert!(!dir.join(out).exists(), "{out} was written");
     }
 }

@@ -250,21 +250,26 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f32 {
     ((a + b) / 2.0).exp()
 }
 
-/// The identity of a trained model: SHA-256 over every file of its directory and of the
-/// directories inside it (an ensemble's members), names relative to `dir` and contents, in name
-/// order. Two directories answer alike exactly when this matches, whatever their paths; an
+/// The identity of a trained model: SHA-256 over every file of its directory and, for an
+/// ensemble, of its `members/` tree (names relative to `dir` and contents, in name order). Other
+/// subdirectories (a `.git`, a hub download's `.cache`) are not the model and are left out, as
+/// they always were; symlinked directories are not followed. Two directories answer alike exactly when this matches, whatever their paths; an
 /// eval's cascade threshold is bound to it.
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
     use sha2::Digest;
     fn files(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
         for e in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
-            let p = e.map_err(|e| TrainError::io(dir, e))?.path();
+            let e = e.map_err(|e| TrainError::io(dir, e))?;
+            let p = e.path();
             let name = p
                 .file_name()
                 .map(|n| format!("{prefix}{}", n.to_string_lossy()))
                 .unwrap_or_default();
-            if p.is_dir() {
-                files(&p, &format!("{name}/"), out)?;
+            let real_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if real_dir {
+                if !prefix.is_empty() || name == crate::ensemble::MEMBERS_DIR {
+                    files(&p, &format!("{name}/"), out)?;
+                }
             } else if p.is_file() {
                 out.push((name, p));
             }
