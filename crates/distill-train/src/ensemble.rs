@@ -81,13 +81,6 @@ pub fn build(members: &[PathBuf], out: &Path, force: bool) -> Result<ModelMeta> 
         .enumerate()
         .map(|(i, m)| format!("{i}-{}", m.kind.as_str()))
         .collect();
-    let same = |f: fn(&ModelMeta) -> &String, mixed: &str| {
-        if metas.iter().all(|m| f(m) == f(first)) {
-            f(first).clone()
-        } else {
-            mixed.to_string()
-        }
-    };
     let train_wall_s: f64 = metas.iter().map(|m| m.train_wall_s).sum();
     let meta = ModelMeta {
         format_version: 1,
@@ -96,7 +89,11 @@ pub fn build(members: &[PathBuf], out: &Path, force: bool) -> Result<ModelMeta> 
         out_of_scope: first.out_of_scope.clone(),
         kind: StudentKind::Ensemble,
         base_model: metas.iter().find_map(|m| m.base_model.clone()),
-        data_hash: same(|m| &m.data_hash, "mixed"),
+        data_hash: if metas.iter().all(|m| m.data_hash == first.data_hash) {
+            first.data_hash.clone()
+        } else {
+            "mixed".into()
+        },
         label_source: first.label_source.clone(),
         n_train: metas.iter().map(|m| m.n_train).max().unwrap_or(0),
         n_dev: metas.iter().map(|m| m.n_dev).max().unwrap_or(0),
@@ -139,10 +136,7 @@ pub fn build(members: &[PathBuf], out: &Path, force: bool) -> Result<ModelMeta> 
         for (src, name) in members.iter().zip(&names) {
             copy_tree(src, &dir.join(MEMBERS_DIR).join(name))?;
         }
-        let p = dir.join("distill.json");
-        let body = serde_json::to_vec_pretty(&meta)
-            .map_err(|e| TrainError::Other(format!("distill.json: {e}")))?;
-        std::fs::write(&p, body).map_err(|e| TrainError::io(&p, e))
+        meta.write(dir)
     })?;
     Ok(meta)
 }
@@ -238,10 +232,6 @@ impl EnsembleStudent {
             ));
         }
         Ok(Self { meta, members })
-    }
-
-    pub fn members(&self) -> &[Box<dyn Student>] {
-        &self.members
     }
 }
 

@@ -205,10 +205,7 @@ pub fn quantize_model_dir(src: &Path, out: &Path, force: bool) -> Result<ModelMe
         }
         let weights = tmp.join(crate::encoder::weights::SINGLE);
         std::fs::write(&weights, &encoded).map_err(|e| TrainError::io(&weights, e))?;
-        let p = tmp.join("distill.json");
-        let text = serde_json::to_string_pretty(&meta)
-            .map_err(|e| TrainError::Other(format!("distill.json: {e}")))?;
-        std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e))
+        meta.write(tmp)
     })?;
     Ok(meta)
 }

@@ -122,6 +122,13 @@ impl ModelMeta {
         serde_json::from_str(&text)
             .map_err(|e| TrainError::model(dir, format!("distill.json: {e}")))
     }
+    /// Writes `dir/distill.json`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let p = dir.join("distill.json");
+        let body = serde_json::to_vec_pretty(self)
+            .map_err(|e| TrainError::Other(format!("distill.json: {e}")))?;
+        std::fs::write(&p, body).map_err(|e| TrainError::io(&p, e))
+    }
     pub fn label_set(&self) -> LabelSet {
         let mut set = LabelSet::new(self.labels.clone());
         set.out_of_scope = self.out_of_scope.clone();

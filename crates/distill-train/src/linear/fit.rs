@@ -108,10 +108,7 @@ pub fn train_linear(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> 
     let student = LinearStudent::from_parts(meta.clone(), model);
     write_model_dir(&opts.out, opts.force, |dir| {
         student.model().save(dir, &labels)?;
-        let p = dir.join("distill.json");
-        let body = serde_json::to_vec_pretty(student.meta())
-            .map_err(|e| TrainError::Other(format!("distill.json: {e}")))?;
-        std::fs::write(&p, body).map_err(|e| TrainError::io(&p, e))
+        student.meta().write(dir)
     })?;
     Ok(meta)
 }
