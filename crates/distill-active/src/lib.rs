@@ -20,7 +20,7 @@ pub mod strategy;
 
 use distill_core::{CoreError, TaskSpec};
 use distill_teach::{run_teach, TeachOptions};
-use distill_train::student::{StudentKind, TrainData, TrainOptions};
+use distill_train::student::{Student, StudentKind, TrainData, TrainOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
@@ -61,7 +61,8 @@ pub struct ActiveOptions {
     /// The first, random round (default: `round_size`).
     pub seed_size: Option<usize>,
     pub seed: u64,
-    /// The student that scores the pool (`linear` or `encoder-head`: seconds per round).
+    /// The student that scores the pool (`linear` or `encoder-head`: seconds per round; an
+    /// `encoder-head` scores the pool's embeddings, computed once per run).
     pub student: StudentKind,
     /// Device, threads, base encoder and embedding cache for that student.
     pub train: TrainOptions,
@@ -216,8 +217,10 @@ pub fn run_active(
     let mut paid = 0usize;
     let mut dev_history: Vec<f64> = Vec::new();
     let mut finished = 0;
-    // `diverse`: the whole pool embedded once per run (the base encoder is frozen).
-    let mut embeddings: Option<Vec<Vec<f32>>> = None;
+    // An `encoder-head` scorer and `diverse` need the pool in the base encoder's space: embedded
+    // once per run (the encoder is frozen), through the on-disk cache, so a resumed run and the
+    // scorer's own fits embed nothing twice.
+    let mut embeddings: Option<PoolEmbeddings> = None;
     let limit = opts.limit.unwrap_or(usize::MAX);
     let mut stopped = String::new();
     let mut complete = true;
@@ -613,6 +616,24 @@ fn train_scorer(
     Ok(meta.dev_accuracy)
 }
 
+/// The pool in the base encoder's embedding space, one row of `dim` floats per input.
+struct PoolEmbeddings {
+    rows: Vec<f32>,
+    dim: usize,
+}
+
+impl PoolEmbeddings {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.rows[i * self.dim..(i + 1) * self.dim]
+    }
+    /// Rows `idx`, concatenated.
+    fn gather(&self, idx: &[usize]) -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&i| self.row(i).iter().copied())
+            .collect()
+    }
+}
+
 /// Scores the unlabelled pool with the trained student and picks `k` of `remaining`.
 fn score_and_pick(
     opts: &ActiveOptions,
@@ -620,17 +641,26 @@ fn score_and_pick(
     pool: &[PoolItem],
     remaining: &[usize],
     k: usize,
-    embeddings: &mut Option<Vec<Vec<f32>>>,
+    embeddings: &mut Option<PoolEmbeddings>,
 ) -> Result<Vec<usize>> {
-    let student = distill_train::load_student(&dir.join("student"), &opts.train.device)?;
-    let head = student.meta().multilabel.as_ref();
-    let mut scores = Vec::with_capacity(remaining.len());
-    for chunk in remaining.chunks(256) {
-        let texts: Vec<&str> = chunk.iter().map(|&i| pool[i].text.as_str()).collect();
-        for p in student.predict_proba(&texts)? {
-            scores.push(strategy::uncertainty(&p, head, opts.measure));
-        }
+    let encoder_space =
+        opts.student == StudentKind::EncoderHead || opts.strategy == Strategy::Diverse;
+    if encoder_space && embeddings.is_none() {
+        *embeddings = Some(embed_pool(opts, pool)?);
     }
+    let probs = pool_proba(
+        opts,
+        &dir.join("student"),
+        pool,
+        remaining,
+        embeddings.as_ref(),
+    )?;
+    let head_ml = probs.1.as_ref();
+    let scores: Vec<f64> = probs
+        .0
+        .iter()
+        .map(|p| strategy::uncertainty(p, head_ml, opts.measure))
+        .collect();
     let order = strategy::top_uncertain(
         &scores,
         if opts.strategy == Strategy::Diverse {
@@ -639,22 +669,18 @@ fn score_and_pick(
             k
         },
     );
-    if opts.strategy != Strategy::Diverse {
+    let (Strategy::Diverse, Some(emb)) = (opts.strategy, embeddings.as_ref()) else {
         return Ok(order.into_iter().map(|j| remaining[j]).collect());
-    }
+    };
     // Diverse: k-centre greedy in the encoder's embedding space over the 4k most uncertain,
     // with every labelled input as a starting centre.
-    if embeddings.is_none() {
-        *embeddings = Some(embed_pool(opts, pool)?);
-    }
-    let all = embeddings.as_deref().unwrap_or_default();
     let candidates: Vec<usize> = order.iter().map(|&j| remaining[j]).collect();
     let remaining_set: HashSet<usize> = remaining.iter().copied().collect();
     let centres: Vec<Vec<f32>> = (0..pool.len())
         .filter(|i| !remaining_set.contains(i))
-        .map(|i| all[i].clone())
+        .map(|i| emb.row(i).to_vec())
         .collect();
-    let cand_emb: Vec<Vec<f32>> = candidates.iter().map(|&i| all[i].clone()).collect();
+    let cand_emb: Vec<Vec<f32>> = candidates.iter().map(|&i| emb.row(i).to_vec()).collect();
     let local: Vec<usize> = (0..candidates.len()).collect();
     Ok(strategy::k_centre(&local, &cand_emb, &centres, k)
         .into_iter()
@@ -662,21 +688,43 @@ fn score_and_pick(
         .collect())
 }
 
-/// Every pool input's sentence embedding under the base encoder (`--base`).
-fn embed_pool(opts: &ActiveOptions, pool: &[PoolItem]) -> Result<Vec<Vec<f32>>> {
-    let base = distill_train::encoder::base_of(&opts.train)?;
-    let enc = distill_train::encoder::embed::FrozenEncoder::load(
-        &base.dir,
-        None,
-        opts.train.threads,
-        &opts.train.device,
-    )?;
+/// The scoring student's calibrated probabilities for the `remaining` pool inputs, and its
+/// multilabel head. An `encoder-head` applies its head to the pool's embeddings (a
+/// millisecond) instead of running the encoder over the pool every round (minutes on a CPU).
+fn pool_proba(
+    opts: &ActiveOptions,
+    student_dir: &Path,
+    pool: &[PoolItem],
+    remaining: &[usize],
+    embeddings: Option<&PoolEmbeddings>,
+) -> Result<(Vec<Vec<f32>>, Option<distill_train::objective::SigmoidHead>)> {
+    if let (StudentKind::EncoderHead, Some(emb)) = (opts.student, embeddings) {
+        let meta = distill_train::student::ModelMeta::load(student_dir)?;
+        let student = distill_train::encoder::head::load_student(
+            student_dir,
+            meta,
+            &opts.train.device,
+            opts.train.threads,
+        )?;
+        let ml = student.meta().multilabel.clone();
+        return Ok((student.proba_of_embeddings(&emb.gather(remaining)), ml));
+    }
+    let student = distill_train::load_student(student_dir, &opts.train.device)?;
+    let mut probs = Vec::with_capacity(remaining.len());
+    for chunk in remaining.chunks(256) {
+        let texts: Vec<&str> = chunk.iter().map(|&i| pool[i].text.as_str()).collect();
+        probs.extend(student.predict_proba(&texts)?);
+    }
+    Ok((probs, student.meta().multilabel.clone()))
+}
+
+/// Every pool input's sentence embedding under the base encoder (`--base`), through the
+/// embedding cache the `encoder-head` scorer trains with.
+fn embed_pool(opts: &ActiveOptions, pool: &[PoolItem]) -> Result<PoolEmbeddings> {
     let texts: Vec<&str> = pool.iter().map(|p| p.text.as_str()).collect();
-    Ok(enc
-        .embed(&texts, 64)?
-        .chunks(enc.dim())
-        .map(<[f32]>::to_vec)
-        .collect())
+    let (rows, dim) =
+        distill_train::encoder::head::embed_cached(&opts.train, &texts, opts.progress)?;
+    Ok(PoolEmbeddings { rows, dim })
 }
 
 #[cfg(test)]

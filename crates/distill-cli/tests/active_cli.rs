@@ -313,3 +313,190 @@ fn a_multilabel_round_takes_the_inputs_whose_least_sure_label_decision_is_least_
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+/// The least-confident `round` of `student_dir`'s own `predict` output over `pool`, leaving out
+/// the ids in `labelled`: (the largest confidence among `picked`, the `k`-th smallest confidence
+/// among the inputs left, the ids of the `picked.len()` least confident).
+fn rank_by_own_predict(
+    dir: &Path,
+    student_dir: &str,
+    pool: &str,
+    labelled: &HashSet<String>,
+    picked: &HashSet<String>,
+    k: usize,
+) -> (f64, f64, HashSet<String>) {
+    ok(
+        dir,
+        &[
+            "predict",
+            "--model",
+            student_dir,
+            "--input",
+            pool,
+            "--threads",
+            "2",
+            "--out",
+            "scored.jsonl",
+        ],
+    );
+    let mut picked_max = 0f64;
+    let mut left: Vec<(f64, String)> = Vec::new();
+    for line in std::fs::read_to_string(dir.join("scored.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = r["id"].as_str().unwrap().to_string();
+        let c = r["confidence"].as_f64().unwrap();
+        if picked.contains(&id) {
+            picked_max = picked_max.max(c);
+        }
+        if !labelled.contains(&id) {
+            left.push((c, id));
+        }
+    }
+    left.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let least: HashSet<String> = left[..picked.len()]
+        .iter()
+        .map(|(_, id)| id.clone())
+        .collect();
+    (picked_max, left[k - 1].0, least)
+}
+
+#[test]
+fn an_encoder_head_scorer_picks_by_its_own_predictions_from_a_pool_embedded_once() {
+    let base = repo().join("models/base/all-MiniLM-L6-v2");
+    assert!(
+        base.join("model.safetensors").is_file(),
+        "{} missing: run scripts/setup.sh",
+        base.display()
+    );
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let pool = every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 10);
+    std::fs::copy(
+        banking77().join("categories.json"),
+        dir.join("categories.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("datasets/banking77/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    let (mut sim, url) = sim_teacher(dir, "task.toml", &[]);
+    let teach = |strategy: &str, out: &str| {
+        let o = ok(
+            dir,
+            &[
+                "teach",
+                "--task",
+                "task.toml",
+                "--input",
+                "train.csv",
+                "--out",
+                out,
+                "--base-url",
+                &url,
+                "--rpm",
+                "0",
+                "--tpm",
+                "0",
+                "--strategy",
+                strategy,
+                "--uncertainty",
+                "least-confidence",
+                "--select-student",
+                "encoder-head",
+                "--base",
+                base.to_str().unwrap(),
+                "--limit",
+                "300",
+                "--round-size",
+                "100",
+                "--threads",
+                "2",
+            ],
+        );
+        assert!(o.contains("labelled 300 of"), "{o}");
+        let journal =
+            std::fs::read_to_string(dir.join(format!("{out}.rounds/selection.jsonl"))).unwrap();
+        let rounds: Vec<HashSet<String>> = journal
+            .lines()
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                r["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(rounds.len(), 3);
+        rounds
+    };
+
+    // Uncertainty: the scorer left behind picked the last round, from the pool's cached
+    // embeddings. By its own `predict` output (the encoder run again on every text) each pick
+    // is at most as confident as every input left unlabelled.
+    let rounds = teach("uncertainty", "active.jsonl");
+    let labelled: HashSet<String> = rounds[0].union(&rounds[1]).cloned().collect();
+    let (picked_max, least_left, _) = rank_by_own_predict(
+        dir,
+        "active.jsonl.rounds/student",
+        "train.csv",
+        &labelled,
+        &rounds[2],
+        101,
+    );
+    assert!(
+        picked_max <= least_left + 1e-5,
+        "a pick at confidence {picked_max} while {least_left} was left"
+    );
+    // The pool was embedded once, into the cache the scorer's fits read: it holds each distinct
+    // pool text once and nothing else (16-byte header, 32-byte key + 384 f32 per text).
+    let texts: HashSet<String> = std::fs::read_to_string(dir.join("train.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(String::from)
+        .collect();
+    let caches: Vec<_> = std::fs::read_dir(dir.join("state/embeddings"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(caches.len(), 1, "{caches:?}");
+    let n = (std::fs::metadata(&caches[0]).unwrap().len() - 16) / (32 + 4 * 384);
+    assert!(
+        n as usize <= texts.len() && n as usize + 5 >= texts.len(),
+        "{n} cached embeddings for {} distinct pool lines of {pool}",
+        texts.len()
+    );
+
+    // Diverse: the round is drawn from the 4×100 least confident, spread out, so it is not
+    // simply the 100 least confident.
+    let rounds = teach("diverse", "diverse.jsonl");
+    let labelled: HashSet<String> = rounds[0].union(&rounds[1]).cloned().collect();
+    let (picked_max, fourth_k, least) = rank_by_own_predict(
+        dir,
+        "diverse.jsonl.rounds/student",
+        "train.csv",
+        &labelled,
+        &rounds[2],
+        400,
+    );
+    assert!(
+        picked_max <= fourth_k + 1e-5,
+        "a diverse pick at confidence {picked_max}, above the 400th least confident ({fourth_k})"
+    );
+    let same = rounds[2].intersection(&least).count();
+    assert!(
+        same < 90,
+        "{same} of 100 diverse picks are the least confident"
+    );
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    let _ = sim.kill();
+    let _ = sim.wait();
+}

@@ -97,6 +97,15 @@ pub const DEFAULT_CPU_CORE_HOUR_USD: f64 = 0.02;
 pub const DEFAULT_GPU_HOUR_USD: f64 = 2.5;
 
 impl ModelMeta {
+    /// One row of raw logits as calibrated probabilities: softmax(logits / temperature), or for
+    /// a multilabel student each label's sigmoid(logit / its temperature).
+    pub fn calibrated(&self, logits: &[f32]) -> Vec<f32> {
+        match &self.multilabel {
+            Some(h) => h.proba(logits),
+            None => softmax(logits, self.temperature.max(1e-3)),
+        }
+    }
+
     pub fn load(dir: &Path) -> Result<Self> {
         let p = dir.join("distill.json");
         let text = std::fs::read_to_string(&p).map_err(|e| {
@@ -171,15 +180,11 @@ pub trait Student: Send + Sync {
     /// Calibrated probabilities: softmax(logits / temperature), or for a multilabel student
     /// each label's sigmoid(logit / its temperature).
     fn predict_proba(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let t = self.meta().temperature.max(1e-3);
-        let head = self.meta().multilabel.as_ref();
+        let meta = self.meta();
         Ok(self
             .logits(texts)?
-            .into_iter()
-            .map(|row| match head {
-                Some(h) => h.proba(&row),
-                None => softmax(&row, t),
-            })
+            .iter()
+            .map(|row| meta.calibrated(row))
             .collect())
     }
 

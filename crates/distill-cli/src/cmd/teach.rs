@@ -131,7 +131,9 @@ pub struct Args {
     /// Inputs in the first, random round [default: --round-size].
     #[arg(long, value_name = "N")]
     pub seed_size: Option<usize>,
-    /// The student that scores the pool between rounds (linear or encoder-head: seconds).
+    /// The student that scores the pool between rounds: linear, or encoder-head (the pool is
+    /// embedded once per run, through the embedding cache, so a round takes seconds). The
+    /// scorer best matches the student the labels will train.
     #[arg(long, value_name = "KIND", default_value = "linear")]
     pub select_student: distill_train::StudentKind,
     /// Stop when that student's dev accuracy gained less than this over two rounds.

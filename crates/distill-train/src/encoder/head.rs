@@ -229,6 +229,17 @@ impl EncoderHeadStudent {
     pub fn encoder(&self) -> &FrozenEncoder {
         &self.encoder
     }
+    /// Calibrated probabilities for texts already embedded by this model's encoder (rows of
+    /// [`Self::embed`] or [`embed_cached`] with the options it was trained with): what
+    /// [`Student::predict_proba`] gives for those texts, without running the encoder again.
+    pub fn proba_of_embeddings(&self, emb: &[f32]) -> Vec<Vec<f32>> {
+        let n = emb.len() / self.encoder.dim().max(1);
+        self.head
+            .logits(emb, n)
+            .iter()
+            .map(|row| self.meta.calibrated(row))
+            .collect()
+    }
 }
 
 impl Student for EncoderHeadStudent {
@@ -249,6 +260,15 @@ fn default_threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
 
+/// `opts.threads`, or [`default_threads`] for 0.
+fn threads_of(opts: &TrainOptions) -> usize {
+    if opts.threads == 0 {
+        default_threads()
+    } else {
+        opts.threads
+    }
+}
+
 /// Loads an `encoder-head` model directory.
 pub fn load(dir: &Path, meta: ModelMeta, device: &Device) -> Result<Box<dyn Student>> {
     Ok(Box::new(load_student(
@@ -259,13 +279,18 @@ pub fn load(dir: &Path, meta: ModelMeta, device: &Device) -> Result<Box<dyn Stud
     )?))
 }
 
-/// [`load`] with the concrete type and an explicit thread count.
+/// [`load`] with the concrete type and an explicit thread count (0: the default).
 pub fn load_student(
     dir: &Path,
     meta: ModelMeta,
     device: &Device,
     threads: usize,
 ) -> Result<EncoderHeadStudent> {
+    let threads = if threads == 0 {
+        default_threads()
+    } else {
+        threads
+    };
     if meta.kind != StudentKind::EncoderHead {
         return Err(TrainError::model(
             dir,
@@ -362,6 +387,31 @@ pub struct EmbedStats {
     pub from_cache: usize,
     pub forward_calls: usize,
     pub seconds: f64,
+}
+
+/// The on-disk embedding cache of `encoder` under `opts.cache_dir` (or the default).
+fn open_cache(opts: &TrainOptions, encoder: &FrozenEncoder) -> Result<EmbeddingCache> {
+    let cache_dir = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+    EmbeddingCache::open(&cache_dir, &encoder.fingerprint()?, encoder.dim())
+}
+
+/// `texts` embedded by the base encoder an `encoder-head` trained with `opts` uses (row-major,
+/// [`FrozenEncoder::dim`] floats per text), through the same on-disk cache as training: a text
+/// embedded once is never embedded again, by this call or a later fit. Returns the rows and `dim`.
+pub fn embed_cached(
+    opts: &TrainOptions,
+    texts: &[&str],
+    progress: bool,
+) -> Result<(Vec<f32>, usize)> {
+    let base = super::base_of(opts)?.dir;
+    let threads = threads_of(opts);
+    let encoder = FrozenEncoder::load(&base, opts.max_len, threads, &opts.device)?;
+    let mut cache = open_cache(opts, &encoder)?;
+    let (rows, _) = embed_with_cache(&encoder, &mut cache, texts, progress)?;
+    Ok((rows, encoder.dim()))
 }
 
 /// Embeds `texts` through the cache: only texts the cache lacks reach the encoder.
@@ -674,17 +724,9 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
     let hp = HeadHyper::from_opts(opts)?;
     let resolved = super::base_of(opts)?;
     let base = resolved.dir.clone();
-    let threads = if opts.threads == 0 {
-        default_threads()
-    } else {
-        opts.threads
-    };
+    let threads = threads_of(opts);
     let encoder = FrozenEncoder::load(&base, opts.max_len, threads, &opts.device)?;
-    let cache_dir = opts
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
-    let mut cache = EmbeddingCache::open(&cache_dir, &encoder.fingerprint()?, encoder.dim())?;
+    let mut cache = open_cache(opts, &encoder)?;
 
     let texts: Vec<&str> = data
         .train
