@@ -91,6 +91,10 @@ struct Plan {
 struct Selection {
     round: usize,
     ids: Vec<String>,
+    /// The dev accuracy of the scorer trained before this round (when one was), journalled so a
+    /// resumed run's stop rule sees the same history as an uninterrupted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dev_accuracy: Option<f64>,
 }
 
 /// One round as it went.
@@ -215,7 +219,7 @@ pub fn run_active(
     let mut rounds = Vec::new();
     let mut spent = 0.0;
     let mut paid = 0usize;
-    let mut dev_history: Vec<f64> = Vec::new();
+    let mut dev_history: Vec<f64> = selections.iter().filter_map(|s| s.dev_accuracy).collect();
     let mut finished = 0;
     // An `encoder-head` scorer and `diverse` need the pool in the base encoder's space: embedded
     // once per run (the encoder is frozen), through the on-disk cache, so a resumed run and the
@@ -302,6 +306,7 @@ pub fn run_active(
                 let s = Selection {
                     round: r,
                     ids: picked.iter().map(|&i| pool[i].id.clone()).collect(),
+                    dev_accuracy,
                 };
                 append_selection(&journal, &s)?;
                 if opts.progress {
@@ -346,7 +351,7 @@ pub fn run_active(
                     round: r,
                     picked: ids.len(),
                     spent_usd: summary.cost_usd,
-                    dev_accuracy,
+                    dev_accuracy: selections[r].dev_accuracy,
                 });
                 if !summary.complete {
                     labelled.extend(ids.iter().cloned());
@@ -773,11 +778,17 @@ mod tests {
             &Selection {
                 round: 2,
                 ids: vec!["e".into()],
+                dev_accuracy: Some(0.5),
             },
         )
         .unwrap();
         let s = read_selections(&p).unwrap();
         assert_eq!(s.len(), 3);
         assert_eq!(s[2].ids, vec!["e".to_string()]);
+        assert_eq!(s[2].dev_accuracy, Some(0.5));
+        assert_eq!(
+            s[1].dev_accuracy, None,
+            "a journal written before it was kept reads"
+        );
     }
 }

@@ -500,3 +500,78 @@ fn an_encoder_head_scorer_picks_by_its_own_predictions_from_a_pool_embedded_once
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+#[test]
+fn a_resumed_stop_gain_run_stops_where_an_uninterrupted_one_does() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 3);
+    std::fs::copy(
+        banking77().join("categories.json"),
+        dir.join("categories.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("datasets/banking77/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+    let (mut sim, url) = sim_teacher(dir, "task.toml", &[]);
+    // A gain no round reaches: the rule stops at its first chance, the third scorer (round 3).
+    let teach = |out: &str, limit: &str| {
+        ok(
+            dir,
+            &[
+                "teach",
+                "--task",
+                "task.toml",
+                "--input",
+                "train.csv",
+                "--out",
+                out,
+                "--base-url",
+                &url,
+                "--rpm",
+                "0",
+                "--tpm",
+                "0",
+                "--strategy",
+                "uncertainty",
+                "--round-size",
+                "250",
+                "--stop-gain",
+                "1",
+                "--limit",
+                limit,
+                "--threads",
+                "2",
+            ],
+        )
+    };
+    let whole = teach("whole.jsonl", "1500");
+    assert!(
+        whole.contains("labelled 750 of") && whole.contains("< --stop-gain 1"),
+        "{whole}"
+    );
+    // The same run cut short after round 2 (here by its limit; kill -9 leaves the same journal),
+    // then continued: the scorers of rounds 1 and 2 come from the journal, so the third stops
+    // it at once, with nothing more bought.
+    let cut = teach("resumed.jsonl", "750");
+    assert!(cut.contains("stopped: the label limit (750)"), "{cut}");
+    let requests = get_json(&url.replace("/v1", "/stats"))["requests"].clone();
+    let resumed = teach("resumed.jsonl", "1500");
+    assert!(
+        resumed.contains("labelled 750 of") && resumed.contains("< --stop-gain 1"),
+        "{resumed}"
+    );
+    assert_eq!(
+        get_json(&url.replace("/v1", "/stats"))["requests"],
+        requests
+    );
+    assert_eq!(
+        ids(&dir.join("resumed.jsonl")),
+        ids(&dir.join("whole.jsonl"))
+    );
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
