@@ -168,6 +168,40 @@ fn an_ensemble_answers_with_its_members_mean_and_is_evaluated_like_any_student()
     assert_eq!(metrics["cascade"]["model"], "ens");
     let fingerprint = || distill_train::model_fingerprint(&dir.join("ens")).unwrap();
     assert_eq!(fingerprint(), sha);
+
+    // Served, it answers as `predict` does: the members' mean, the student answering every
+    // input at threshold 0 (no teacher is configured).
+    let texts: Vec<String> = std::fs::read_to_string(dir.join("ens.jsonl"))
+        .unwrap()
+        .lines()
+        .take(30)
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let model = format!("b77={}", dir.join("ens").display());
+    let (serve, addr) = common::start_serve(
+        &["--model", &model, "--threshold", "0"],
+        &dir.join("serve-state"),
+    );
+    let req = serde_json::json!({"model": "b77", "inputs": texts}).to_string();
+    let (status, body) = common::http(&addr, "POST", "/v1/classify", &req).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), texts.len(), "{body}");
+    for (a, (label, p)) in results.iter().zip(&ens) {
+        assert_eq!(a["source"], "student", "{a}");
+        assert_eq!(a["label"].as_str().unwrap(), label, "{a}");
+        let c = a["confidence"].as_f64().unwrap();
+        assert!(
+            (c - p[label]).abs() < 1e-5,
+            "served {c}, predict {}",
+            p[label]
+        );
+    }
+    drop(serve);
     // A directory that is not the model's (a `.git`, a hub cache) leaves the identity alone.
     std::fs::create_dir_all(dir.join("ens/.cache")).unwrap();
     std::fs::write(dir.join("ens/.cache/x"), b"1").unwrap();
