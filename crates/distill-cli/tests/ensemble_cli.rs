@@ -1,8 +1,9 @@
 //! `distill ensemble` as a user runs it, on a linear and an encoder-head student (the real
 //! all-MiniLM-L6-v2) trained on a Banking77 slice: the ensemble's probabilities are the mean of
-//! its members' (recomputed here from their own `predict` output), `eval` scores it with a
-//! cascade against the simulated teacher's labels and binds the threshold to every file of it, members included, and what cannot be
-//! averaged is refused with exit 1, naming the member and why, writing nothing.
+//! its members' (recomputed here from their own `predict` output), `serve` answers with them,
+//! `eval` scores it with a cascade against the simulated teacher's labels and binds the
+//! threshold to every file of it, members included, and what cannot be averaged is refused
+//! with exit 1, naming the member and why, writing nothing.
 
 mod common;
 
