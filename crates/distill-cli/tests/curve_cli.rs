@@ -134,6 +134,55 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
         sufficient.first().copied()
     );
 
+    // An encoder-head curve (its points share one embedding of the test set) draws the same way;
+    // at 600 labels the frozen encoder's head beats the linear student, as it does when trained
+    // and evaluated alone (an answer from another sentence's embedding would be near chance).
+    let base = repo().join("models/base/all-MiniLM-L6-v2");
+    assert!(
+        base.join("model.safetensors").is_file(),
+        "run scripts/setup.sh"
+    );
+    ok(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--test",
+            "test.csv",
+            "--teacher-labels",
+            "teacher-test.jsonl",
+            "--train",
+            "teacher.jsonl",
+            "--curve",
+            "200,600",
+            "--curve-seeds",
+            "2",
+            "--curve-student",
+            "encoder-head",
+            "--base",
+            base.to_str().unwrap(),
+            "--threads",
+            "2",
+            "--out",
+            "evals-head",
+        ],
+    );
+    let head: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("evals-head/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let head_rows = head["curve"]["rows"].as_array().unwrap();
+    assert_eq!(head_rows.len(), 2);
+    let (linear_600, head_600) = (
+        mean(&rows[1], "student_quality"),
+        mean(&head_rows[1], "student_quality"),
+    );
+    assert!(
+        head_600 > 0.6 && head_600 > linear_600,
+        "encoder-head {head_600} vs linear {linear_600} at 600 labels"
+    );
+
     let md = std::fs::read_to_string(dir.join("evals/report.md")).unwrap();
     assert!(md.contains("## Learning curve"), "{md}");
     let html = std::fs::read_to_string(dir.join("evals/report.html")).unwrap();

@@ -18,6 +18,7 @@ use distill_core::TaskSpec;
 use distill_train::student::{StudentKind, TrainData, TrainOptions};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// How far above the largest size's escalation a sufficient size's cascade may escalate.
 pub const ESCALATION_SLACK: f64 = 0.02;
@@ -287,6 +288,11 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
     // Every labelled example in the file's order (no dev split yet: each point splits its own).
     let (all, _) = distill_train::train::load_train_sources(spec, &sources, 0.0, 0, None)?;
     let device = distill_train::select_device(&eval.device)?;
+    // Every point's encoder-head shares the frozen `--base` encoder: the test set is embedded
+    // once for the whole curve, not once per point. (So a later point's timed compute is its
+    // head's; the encoder's share of a student's cost, about $0.01 a month at 10k requests a
+    // day on a CPU, is left out of those points' month-1 and later-month figures.)
+    let memo = Arc::new(distill_train::encoder::head::EmbeddingMemo::default());
     draw(all.train.len(), opts, eval.progress, |picked, seed, dir| {
         let n = picked.len();
         let prefix: Vec<(String, usize)> = picked.iter().map(|&i| all.train[i].clone()).collect();
@@ -341,7 +347,16 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
         t.progress = false;
         t.force = true;
         distill_train::train::train_on(&data, opts.student, &t)?;
-        let student = distill_train::load_student(&model_dir, &device)?;
+        let student: Box<dyn distill_train::Student> = match opts.student {
+            StudentKind::EncoderHead => {
+                let meta = distill_train::ModelMeta::load(&model_dir)?;
+                Box::new(
+                    distill_train::encoder::head::load_student(&model_dir, meta, &device, 0)?
+                        .with_memo(memo.clone()),
+                )
+            }
+            _ => distill_train::load_student(&model_dir, &device)?,
+        };
         let mut e = eval.clone();
         e.out = dir.join("eval");
         e.force = true;

@@ -378,6 +378,38 @@ fn saved_model_reloads_to_identical_predictions_and_matches_training_embeddings(
 }
 
 #[test]
+fn heads_sharing_an_embedding_memo_answer_as_alone_and_embed_each_sentence_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    write_tiny_bert(&base, 15);
+    let cache = tmp.path().join("cache");
+    let d = data();
+    for (name, kind) in [("a", "logistic"), ("b", "mlp")] {
+        head::train(&d, &options(tmp.path().join(name), &base, &cache, kind)).unwrap();
+    }
+    let concrete = |name: &str| {
+        let dir = tmp.path().join(name);
+        head::load_student(&dir, ModelMeta::load(&dir).unwrap(), &Device::Cpu, 2).unwrap()
+    };
+    let test: Vec<(String, usize)> = sentences(40, 3);
+    let texts: Vec<&str> = test.iter().map(|(t, _)| t.as_str()).collect();
+    let memo = std::sync::Arc::new(head::EmbeddingMemo::default());
+    for name in ["a", "b"] {
+        let alone = concrete(name).logits(&texts).unwrap();
+        let shared = concrete(name).with_memo(memo.clone());
+        let calls = shared.encoder().forward_calls();
+        assert_eq!(shared.logits(&texts).unwrap(), alone, "model {name}");
+        // The second model finds every sentence embedded by the first.
+        let ran = shared.encoder().forward_calls() - calls;
+        if name == "a" {
+            assert!(ran > 0);
+        } else {
+            assert_eq!(ran, 0, "model b ran its encoder {ran} times");
+        }
+    }
+}
+
+#[test]
 fn same_seed_gives_identical_model_files() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");

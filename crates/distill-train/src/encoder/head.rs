@@ -27,6 +27,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use super::base::DEFAULT_BASE;
@@ -219,6 +220,22 @@ pub struct EncoderHeadStudent {
     meta: ModelMeta,
     encoder: FrozenEncoder,
     head: Head,
+    memo: Option<Arc<EmbeddingMemo>>,
+}
+
+/// Sentence embeddings shared in memory by `encoder-head` models over one frozen encoder, so
+/// evaluating many heads on one test set (a learning curve: a model per size and seed) runs the
+/// encoder on each sentence once. Only models whose encoder is the same checkpoint and maximum
+/// length may share one: the models a curve trains from one `--base` are.
+#[derive(Default)]
+pub struct EmbeddingMemo {
+    rows: Mutex<HashMap<TextKey, Vec<f32>>>,
+}
+
+impl EmbeddingMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TextKey, Vec<f32>>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl EncoderHeadStudent {
@@ -228,6 +245,34 @@ impl EncoderHeadStudent {
     }
     pub fn encoder(&self) -> &FrozenEncoder {
         &self.encoder
+    }
+    /// Embeds through `memo`: a sentence any model sharing it embedded is not embedded again.
+    /// (A model timed through a warm memo measures its head, not its encoder.)
+    pub fn with_memo(mut self, memo: Arc<EmbeddingMemo>) -> Self {
+        self.memo = Some(memo);
+        self
+    }
+    fn embed_rows(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        let Some(memo) = &self.memo else {
+            return self.encoder.embed(texts, EMBED_BATCH);
+        };
+        let keys: Vec<TextKey> = texts.iter().map(|t| text_key(t)).collect();
+        let missing: Vec<usize> = {
+            let rows = memo.lock();
+            (0..texts.len())
+                .filter(|&i| !rows.contains_key(&keys[i]))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let batch: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
+            let computed = self.encoder.embed(&batch, EMBED_BATCH)?;
+            let mut rows = memo.lock();
+            for (&i, row) in missing.iter().zip(computed.chunks(self.encoder.dim())) {
+                rows.insert(keys[i], row.to_vec());
+            }
+        }
+        let rows = memo.lock();
+        Ok(keys.iter().flat_map(|k| rows[k].iter().copied()).collect())
     }
     /// Calibrated probabilities for texts already embedded by this model's encoder (rows of
     /// [`Self::embed`] or [`embed_cached`] with the options it was trained with): what
@@ -247,7 +292,7 @@ impl Student for EncoderHeadStudent {
         &self.meta
     }
     fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let emb = self.encoder.embed(texts, EMBED_BATCH)?;
+        let emb = self.embed_rows(texts)?;
         Ok(self.head.logits(&emb, texts.len()))
     }
     fn token_len(&self, text: &str) -> usize {
@@ -338,6 +383,7 @@ pub fn load_student(
         meta,
         encoder,
         head,
+        memo: None,
     })
 }
 
