@@ -704,10 +704,8 @@ fn pool_proba(
     embeddings: Option<&PoolEmbeddings>,
 ) -> Result<(Vec<Vec<f32>>, Option<distill_train::objective::SigmoidHead>)> {
     if let (StudentKind::EncoderHead, Some(emb)) = (opts.student, embeddings) {
-        let meta = distill_train::student::ModelMeta::load(student_dir)?;
-        let student = distill_train::encoder::head::load_student(
+        let student = distill_train::encoder::head::open(
             student_dir,
-            meta,
             &opts.train.device,
             opts.train.threads,
         )?;

@@ -348,13 +348,9 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
         t.force = true;
         distill_train::train::train_on(&data, opts.student, &t)?;
         let student: Box<dyn distill_train::Student> = match opts.student {
-            StudentKind::EncoderHead => {
-                let meta = distill_train::ModelMeta::load(&model_dir)?;
-                Box::new(
-                    distill_train::encoder::head::load_student(&model_dir, meta, &device, 0)?
-                        .with_memo(memo.clone()),
-                )
-            }
+            StudentKind::EncoderHead => Box::new(
+                distill_train::encoder::head::open(&model_dir, &device, 0)?.with_memo(memo.clone()),
+            ),
             _ => distill_train::load_student(&model_dir, &device)?,
         };
         let mut e = eval.clone();

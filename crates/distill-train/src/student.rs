@@ -265,8 +265,8 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f32 {
 /// The identity of a trained model: SHA-256 over every file of its directory and, for an
 /// ensemble, of its `members/` tree (names relative to `dir` and contents, in name order). Other
 /// subdirectories (a `.git`, a hub download's `.cache`) are not the model and are left out, as
-/// they always were; symlinked directories are not followed. Two directories answer alike exactly when this matches, whatever their paths; an
-/// eval's cascade threshold is bound to it.
+/// they always were; symlinked directories are not followed. Two directories answer alike
+/// exactly when this matches, whatever their paths; an eval's cascade threshold is bound to it.
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
     use sha2::Digest;
     fn files(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {

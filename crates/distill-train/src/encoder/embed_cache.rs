@@ -28,7 +28,8 @@ pub fn text_key(text: &str) -> TextKey {
 }
 
 pub struct EmbeddingCache {
-    path: PathBuf,
+    /// None: held in memory only ([`EmbeddingCache::in_memory`]).
+    path: Option<PathBuf>,
     dim: usize,
     index: HashMap<TextKey, usize>,
     rows: Vec<f32>,
@@ -40,7 +41,7 @@ impl EmbeddingCache {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let path = dir.join(format!("{fingerprint}.emb"));
         let mut cache = Self {
-            path,
+            path: Some(path),
             dim,
             index: HashMap::new(),
             rows: Vec::new(),
@@ -49,19 +50,32 @@ impl EmbeddingCache {
         Ok(cache)
     }
 
+    /// A cache that is never written to disk: embeddings shared within one process.
+    pub fn in_memory(dim: usize) -> Self {
+        Self {
+            path: None,
+            dim,
+            index: HashMap::new(),
+            rows: Vec::new(),
+        }
+    }
+
     fn record_len(&self) -> u64 {
         32 + 4 * self.dim as u64
     }
 
     fn read_existing(&mut self) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let mut bytes = Vec::new();
-        match File::open(&self.path) {
+        match File::open(path) {
             Ok(mut f) => {
                 f.read_to_end(&mut bytes)
-                    .map_err(|e| TrainError::io(&self.path, e))?;
+                    .map_err(|e| TrainError::io(path, e))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(TrainError::io(&self.path, e)),
+            Err(e) => return Err(TrainError::io(path, e)),
         }
         if bytes.len() < HEADER_LEN as usize {
             return Ok(()); // a header cut short: rewritten on the next append
@@ -69,14 +83,14 @@ impl EmbeddingCache {
         if &bytes[..8] != MAGIC {
             return Err(TrainError::Other(format!(
                 "{}: not a distill embedding cache (bad magic); delete it to rebuild",
-                self.path.display()
+                path.display()
             )));
         }
         let dim = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
         if dim != self.dim {
             return Err(TrainError::Other(format!(
                 "{}: cache holds {dim}-dimensional embeddings, the encoder gives {}; delete it to rebuild",
-                self.path.display(),
+                path.display(),
                 self.dim
             )));
         }
@@ -95,8 +109,9 @@ impl EmbeddingCache {
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The file, for a cache on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
     pub fn dim(&self) -> usize {
         self.dim
@@ -114,20 +129,23 @@ impl EmbeddingCache {
             .map(|&slot| &self.rows[slot * self.dim..(slot + 1) * self.dim])
     }
 
-    /// Adds embeddings (row i of `rows` belongs to `keys[i]`) in memory and on disk.
+    /// Adds embeddings (row i of `rows` belongs to `keys[i]`) in memory and, for a cache on
+    /// disk, to its file.
     pub fn insert_many(&mut self, keys: &[TextKey], rows: &[f32]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
         assert_eq!(rows.len(), keys.len() * self.dim, "one row per key");
-        let mut buf = Vec::with_capacity(keys.len() * self.record_len() as usize);
-        for (key, row) in keys.iter().zip(rows.chunks_exact(self.dim)) {
-            buf.extend_from_slice(key);
-            for v in row {
-                buf.extend_from_slice(&v.to_le_bytes());
+        if self.path.is_some() {
+            let mut buf = Vec::with_capacity(keys.len() * self.record_len() as usize);
+            for (key, row) in keys.iter().zip(rows.chunks_exact(self.dim)) {
+                buf.extend_from_slice(key);
+                for v in row {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                }
             }
+            self.append(&buf)?;
         }
-        self.append(&buf)?;
         for (key, row) in keys.iter().zip(rows.chunks_exact(self.dim)) {
             if !self.index.contains_key(key) {
                 let slot = self.rows.len() / self.dim;
@@ -139,13 +157,16 @@ impl EmbeddingCache {
     }
 
     fn append(&self, records: &[u8]) -> Result<()> {
-        let io = |e| TrainError::io(&self.path, e);
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let io = |e| TrainError::io(path, e);
         let mut f = OpenOptions::new()
             .create(true)
             .read(true)
             .write(true)
             .truncate(false)
-            .open(&self.path)
+            .open(path)
             .map_err(io)?;
         let len = f.metadata().map_err(io)?.len();
         if len < HEADER_LEN {
@@ -179,7 +200,10 @@ mod tests {
         let keys = [text_key("a"), text_key("b")];
         c.insert_many(&keys, &[1., 2., 3., 4., 5., 6.]).unwrap();
         // Simulate a crash mid-append.
-        let mut f = OpenOptions::new().append(true).open(c.path()).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(c.path().unwrap())
+            .unwrap();
         f.write_all(&[7u8; 10]).unwrap();
         drop(f);
         let mut c = EmbeddingCache::open(d.path(), "fp", 3).unwrap();

@@ -229,13 +229,8 @@ pub struct EncoderHeadStudent {
 /// length may share one: the models a curve trains from one `--base` are.
 #[derive(Default)]
 pub struct EmbeddingMemo {
-    rows: Mutex<HashMap<TextKey, Vec<f32>>>,
-}
-
-impl EmbeddingMemo {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TextKey, Vec<f32>>> {
-        self.rows.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    /// An in-memory [`EmbeddingCache`], made at the first model's dimension.
+    cache: Mutex<Option<EmbeddingCache>>,
 }
 
 impl EncoderHeadStudent {
@@ -256,23 +251,16 @@ impl EncoderHeadStudent {
         let Some(memo) = &self.memo else {
             return self.encoder.embed(texts, EMBED_BATCH);
         };
-        let keys: Vec<TextKey> = texts.iter().map(|t| text_key(t)).collect();
-        let missing: Vec<usize> = {
-            let rows = memo.lock();
-            (0..texts.len())
-                .filter(|&i| !rows.contains_key(&keys[i]))
-                .collect()
-        };
-        if !missing.is_empty() {
-            let batch: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
-            let computed = self.encoder.embed(&batch, EMBED_BATCH)?;
-            let mut rows = memo.lock();
-            for (&i, row) in missing.iter().zip(computed.chunks(self.encoder.dim())) {
-                rows.insert(keys[i], row.to_vec());
-            }
+        let mut guard = memo.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let dim = self.encoder.dim();
+        let cache = guard.get_or_insert_with(|| EmbeddingCache::in_memory(dim));
+        if cache.dim() != dim {
+            return Err(TrainError::Other(format!(
+                "an embedding memo of {}-dimensional rows shared with a {dim}-dimensional encoder",
+                cache.dim()
+            )));
         }
-        let rows = memo.lock();
-        Ok(keys.iter().flat_map(|k| rows[k].iter().copied()).collect())
+        Ok(embed_with_cache(&self.encoder, cache, texts, false)?.0)
     }
     /// Calibrated probabilities for texts already embedded by this model's encoder (rows of
     /// [`Self::embed`] or [`embed_cached`] with the options it was trained with): what
@@ -322,6 +310,11 @@ pub fn load(dir: &Path, meta: ModelMeta, device: &Device) -> Result<Box<dyn Stud
         device,
         default_threads(),
     )?))
+}
+
+/// [`load_student`] reading the directory's own `distill.json`.
+pub fn open(dir: &Path, device: &Device, threads: usize) -> Result<EncoderHeadStudent> {
+    load_student(dir, ModelMeta::load(dir)?, device, threads)
 }
 
 /// [`load`] with the concrete type and an explicit thread count (0: the default).
@@ -858,7 +851,7 @@ pub fn train(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> {
         "encoder_forward_calls": stats.forward_calls,
         "embed_s": stats.seconds,
         "head_s": head_s,
-        "embedding_cache": cache.path().display().to_string(),
+        "embedding_cache": cache.path().map(|p| p.display().to_string()),
     });
     meta.hyper = hyper;
 
