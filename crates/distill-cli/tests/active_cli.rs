@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    banking77, distill_in as run, every_nth_csv, get_json, mixsnips_every_nth, read_json, repo,
+    banking77, distill_in as run, every_nth_csv, get_json, mixsnips_every_nth, read_json,
     sim_teacher,
 };
 use std::collections::HashSet;
@@ -25,6 +25,55 @@ fn ids(path: &Path) -> Vec<String> {
                 .unwrap()
                 .to_string()
         })
+        .collect()
+}
+
+/// `distill teach` of `input` into `out` through the (sim) teacher at `url`, without rate limits,
+/// on 2 threads, with `flags` (the strategy and its stops).
+fn teach_args<'a>(input: &'a str, out: &'a str, url: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "teach",
+        "--task",
+        "task.toml",
+        "--input",
+        input,
+        "--out",
+        out,
+        "--base-url",
+        url,
+        "--rpm",
+        "0",
+        "--tpm",
+        "0",
+        "--threads",
+        "2",
+    ];
+    args.extend_from_slice(flags);
+    args
+}
+
+/// The input ids of each round journalled for the output `out`, in selection order.
+fn journal_rounds(dir: &Path, out: &str) -> Vec<Vec<String>> {
+    std::fs::read_to_string(dir.join(format!("{out}.rounds/selection.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// [`journal_rounds`], each round as a set.
+fn journal_round_sets(dir: &Path, out: &str) -> Vec<HashSet<String>> {
+    journal_rounds(dir, out)
+        .into_iter()
+        .map(|r| r.into_iter().collect())
         .collect()
 }
 
@@ -59,44 +108,20 @@ fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
     let dir = d.path();
     let pool = every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 3);
     every_nth_csv(&banking77().join("test.csv"), &dir.join("test.csv"), 4);
-    std::fs::copy(
-        banking77().join("categories.json"),
-        dir.join("categories.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("datasets/banking77/task.toml"),
-        dir.join("task.toml"),
-    )
-    .unwrap();
+    common::banking77_task(dir);
     let (mut sim, url) = sim_teacher(dir, "task.toml", &["--error-rate", "0"]);
-    let teach = |strategy: &str, out: &str, round: &str| {
-        vec![
-            "teach".to_string(),
-            "--task".into(),
-            "task.toml".into(),
-            "--input".into(),
-            "train.csv".into(),
-            "--out".into(),
-            out.into(),
-            "--base-url".into(),
-            url.clone(),
-            "--rpm".into(),
-            "0".into(),
-            "--tpm".into(),
-            "0".into(),
-            "--strategy".into(),
-            strategy.into(),
-            "--limit".into(),
-            "600".into(),
-            "--round-size".into(),
-            round.into(),
-            "--threads".into(),
-            "2".into(),
-        ]
+    let teach = |strategy: &'static str, out: &'static str, round: &'static str| {
+        let flags = [
+            "--strategy",
+            strategy,
+            "--limit",
+            "600",
+            "--round-size",
+            round,
+        ];
+        teach_args("train.csv", out, &url, &flags)
     };
-    let args = teach("uncertainty", "active.jsonl", "200");
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = teach("uncertainty", "active.jsonl", "200");
     let out = ok(dir, &a);
     assert!(out.contains("labelled 600 of"), "{out}");
     assert!(out.contains("stopped: the label limit (600)"), "{out}");
@@ -108,23 +133,10 @@ fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
         600,
         "no input labelled twice"
     );
-    let journal = std::fs::read_to_string(dir.join("active.jsonl.rounds/selection.jsonl")).unwrap();
-    let rounds: Vec<serde_json::Value> = journal
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rounds = journal_rounds(dir, "active.jsonl");
     assert_eq!(rounds.len(), 3);
     // The output is the rounds' labels in selection order.
-    let journalled: Vec<String> = rounds
-        .iter()
-        .flat_map(|r| {
-            r["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string())
-        })
-        .collect();
+    let journalled: Vec<String> = rounds.concat();
     assert_eq!(journalled, picked);
     let pool_ids: HashSet<String> = (1..=pool).map(|i| i.to_string()).collect();
     assert!(picked.iter().all(|id| pool_ids.contains(id)));
@@ -133,9 +145,7 @@ fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
     assert_eq!(stats["duplicates"], 0, "{stats}");
 
     // The uncertainty rounds are not a random sample: the same seed's random rounds differ.
-    let rargs = teach("random", "random.jsonl", "200");
-    let r: Vec<&str> = rargs.iter().map(String::as_str).collect();
-    ok(dir, &r);
+    ok(dir, &teach("random", "random.jsonl", "200"));
     let random = ids(&dir.join("random.jsonl"));
     assert_eq!(
         random[..200],
@@ -162,9 +172,7 @@ fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
     );
 
     // Another plan is refused, naming what changed, until --restart.
-    let changed = teach("uncertainty", "active.jsonl", "300");
-    let c: Vec<&str> = changed.iter().map(String::as_str).collect();
-    let o = run(dir, &c);
+    let o = run(dir, &teach("uncertainty", "active.jsonl", "300"));
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -174,14 +182,8 @@ fn rounds_are_chosen_by_the_student_labelled_once_and_resumed_for_free() {
 
     // A budget ends the labelling between rounds, the last round shrunk to what it can afford.
     let mut budget = teach("random", "budget.jsonl", "200");
-    budget.extend([
-        "--max-spend".to_string(),
-        "0.5".into(),
-        "--select-seed".into(),
-        "9".into(),
-    ]);
-    let b: Vec<&str> = budget.iter().map(String::as_str).collect();
-    let out = ok(dir, &b);
+    budget.extend(["--max-spend", "0.5", "--select-seed", "9"]);
+    let out = ok(dir, &budget);
     assert!(
         out.contains("stopped: the budget (") && out.contains("wrote budget.jsonl"),
         "{out}"
@@ -217,48 +219,22 @@ fn a_multilabel_round_takes_the_inputs_whose_least_sure_label_decision_is_least_
     mixsnips_every_nth("test.jsonl", &dir.join("test.jsonl"), 5);
     common::mixsnips_task(dir);
     let (mut sim, url) = sim_teacher(dir, "task.toml", &[]);
+    let flags = [
+        "--strategy",
+        "uncertainty",
+        "--uncertainty",
+        "least-confidence",
+        "--limit",
+        "450",
+        "--round-size",
+        "150",
+    ];
     let out = ok(
         dir,
-        &[
-            "teach",
-            "--task",
-            "task.toml",
-            "--input",
-            "train.jsonl",
-            "--out",
-            "active.jsonl",
-            "--base-url",
-            &url,
-            "--rpm",
-            "0",
-            "--tpm",
-            "0",
-            "--strategy",
-            "uncertainty",
-            "--uncertainty",
-            "least-confidence",
-            "--limit",
-            "450",
-            "--round-size",
-            "150",
-            "--threads",
-            "2",
-        ],
+        &teach_args("train.jsonl", "active.jsonl", &url, &flags),
     );
     assert!(out.contains("labelled 450 of"), "{out}");
-    let journal = std::fs::read_to_string(dir.join("active.jsonl.rounds/selection.jsonl")).unwrap();
-    let rounds: Vec<HashSet<String>> = journal
-        .lines()
-        .map(|l| {
-            let r: serde_json::Value = serde_json::from_str(l).unwrap();
-            r["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect()
-        })
-        .collect();
+    let rounds = journal_round_sets(dir, "active.jsonl");
     assert_eq!(rounds.len(), 3);
 
     // The scorer left behind is the one that picked the last round: by its own confidence (the
@@ -365,74 +341,30 @@ fn rank_by_own_predict(
 
 #[test]
 fn an_encoder_head_scorer_picks_by_its_own_predictions_from_a_pool_embedded_once() {
-    let base = repo().join("models/base/all-MiniLM-L6-v2");
-    assert!(
-        base.join("model.safetensors").is_file(),
-        "{} missing: run scripts/setup.sh",
-        base.display()
-    );
+    let base = common::minilm();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let pool = every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 10);
-    std::fs::copy(
-        banking77().join("categories.json"),
-        dir.join("categories.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("datasets/banking77/task.toml"),
-        dir.join("task.toml"),
-    )
-    .unwrap();
+    common::banking77_task(dir);
     let (mut sim, url) = sim_teacher(dir, "task.toml", &[]);
     let teach = |strategy: &str, out: &str| {
-        let o = ok(
-            dir,
-            &[
-                "teach",
-                "--task",
-                "task.toml",
-                "--input",
-                "train.csv",
-                "--out",
-                out,
-                "--base-url",
-                &url,
-                "--rpm",
-                "0",
-                "--tpm",
-                "0",
-                "--strategy",
-                strategy,
-                "--uncertainty",
-                "least-confidence",
-                "--select-student",
-                "encoder-head",
-                "--base",
-                base.to_str().unwrap(),
-                "--limit",
-                "300",
-                "--round-size",
-                "100",
-                "--threads",
-                "2",
-            ],
-        );
+        let flags = [
+            "--strategy",
+            strategy,
+            "--uncertainty",
+            "least-confidence",
+            "--select-student",
+            "encoder-head",
+            "--base",
+            base.to_str().unwrap(),
+            "--limit",
+            "300",
+            "--round-size",
+            "100",
+        ];
+        let o = ok(dir, &teach_args("train.csv", out, &url, &flags));
         assert!(o.contains("labelled 300 of"), "{o}");
-        let journal =
-            std::fs::read_to_string(dir.join(format!("{out}.rounds/selection.jsonl"))).unwrap();
-        let rounds: Vec<HashSet<String>> = journal
-            .lines()
-            .map(|l| {
-                let r: serde_json::Value = serde_json::from_str(l).unwrap();
-                r["ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap().to_string())
-                    .collect()
-            })
-            .collect();
+        let rounds = journal_round_sets(dir, out);
         assert_eq!(rounds.len(), 3);
         rounds
     };
@@ -506,47 +438,21 @@ fn a_resumed_stop_gain_run_stops_where_an_uninterrupted_one_does() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 3);
-    std::fs::copy(
-        banking77().join("categories.json"),
-        dir.join("categories.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("datasets/banking77/task.toml"),
-        dir.join("task.toml"),
-    )
-    .unwrap();
+    common::banking77_task(dir);
     let (mut sim, url) = sim_teacher(dir, "task.toml", &[]);
     // A gain no round reaches: the rule stops at its first chance, the third scorer (round 3).
     let teach = |out: &str, limit: &str| {
-        ok(
-            dir,
-            &[
-                "teach",
-                "--task",
-                "task.toml",
-                "--input",
-                "train.csv",
-                "--out",
-                out,
-                "--base-url",
-                &url,
-                "--rpm",
-                "0",
-                "--tpm",
-                "0",
-                "--strategy",
-                "uncertainty",
-                "--round-size",
-                "250",
-                "--stop-gain",
-                "1",
-                "--limit",
-                limit,
-                "--threads",
-                "2",
-            ],
-        )
+        let flags = [
+            "--strategy",
+            "uncertainty",
+            "--round-size",
+            "250",
+            "--stop-gain",
+            "1",
+            "--limit",
+            limit,
+        ];
+        ok(dir, &teach_args("train.csv", out, &url, &flags))
     };
     let whole = teach("whole.jsonl", "1500");
     assert!(

@@ -5,8 +5,36 @@
 mod common;
 
 use common::{
-    banking77, distill_in as run, distill_ok as ok, every_nth_csv, repo, sim_teacher, teach_via,
+    banking77, distill_in as run, distill_ok as ok, every_nth_csv, read_json, sim_teacher,
+    teach_via,
 };
+use std::path::Path;
+
+/// `distill eval --curve SIZES` of the sim-teacher's `teacher.jsonl` on `test.csv` into `out`,
+/// `extra` flags added.
+fn curve(dir: &Path, sizes: &str, out: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "eval",
+        "--task",
+        "task.toml",
+        "--test",
+        "test.csv",
+        "--teacher-labels",
+        "teacher-test.jsonl",
+        "--train",
+        "teacher.jsonl",
+        "--curve",
+        sizes,
+        "--curve-seeds",
+        "2",
+        "--threads",
+        "2",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    ok(dir, &args)
+}
 
 #[test]
 fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_sufficient() {
@@ -14,16 +42,7 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
     let dir = d.path();
     let n_train = every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 5);
     every_nth_csv(&banking77().join("test.csv"), &dir.join("test.csv"), 3);
-    std::fs::copy(
-        banking77().join("categories.json"),
-        dir.join("categories.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("datasets/banking77/task.toml"),
-        dir.join("task.toml"),
-    )
-    .unwrap();
+    common::banking77_task(dir);
 
     let (mut sim, url) = sim_teacher(dir, "task.toml", &["--error-rate", "0"]);
     for (input, out) in [
@@ -35,37 +54,14 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
     let _ = sim.kill();
     let _ = sim.wait();
 
-    let o = ok(
-        dir,
-        &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--test",
-            "test.csv",
-            "--teacher-labels",
-            "teacher-test.jsonl",
-            "--train",
-            "teacher.jsonl",
-            "--curve",
-            "200,600,all",
-            "--curve-seeds",
-            "2",
-            "--threads",
-            "2",
-            "--out",
-            "evals",
-        ],
-    );
+    let o = curve(dir, "200,600,all", "evals", &[]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         stdout.contains("Learning curve: `linear` students"),
         "{stdout}"
     );
 
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("evals/metrics.json")).unwrap())
-            .unwrap();
+    let m = read_json(&dir.join("evals/metrics.json"));
     let c = &m["curve"];
     let rows = c["rows"].as_array().unwrap();
     let points = c["points"].as_array().unwrap();
@@ -137,41 +133,19 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
     // An encoder-head curve (its points share one embedding of the test set) draws the same way;
     // at 600 labels the frozen encoder's head beats the linear student, as it does when trained
     // and evaluated alone (an answer from another sentence's embedding would be near chance).
-    let base = repo().join("models/base/all-MiniLM-L6-v2");
-    assert!(
-        base.join("model.safetensors").is_file(),
-        "run scripts/setup.sh"
-    );
-    ok(
+    let base = common::minilm();
+    curve(
         dir,
+        "200,600",
+        "evals-head",
         &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--test",
-            "test.csv",
-            "--teacher-labels",
-            "teacher-test.jsonl",
-            "--train",
-            "teacher.jsonl",
-            "--curve",
-            "200,600",
-            "--curve-seeds",
-            "2",
             "--curve-student",
             "encoder-head",
             "--base",
             base.to_str().unwrap(),
-            "--threads",
-            "2",
-            "--out",
-            "evals-head",
         ],
     );
-    let head: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("evals-head/metrics.json")).unwrap(),
-    )
-    .unwrap();
+    let head = read_json(&dir.join("evals-head/metrics.json"));
     let head_rows = head["curve"]["rows"].as_array().unwrap();
     assert_eq!(head_rows.len(), 2);
     let (linear_600, head_600) = (

@@ -45,12 +45,7 @@ fn refused(dir: &Path, args: &[&str]) -> String {
 
 #[test]
 fn an_ensemble_answers_with_its_members_mean_and_is_evaluated_like_any_student() {
-    let base = repo().join("models/base/all-MiniLM-L6-v2");
-    assert!(
-        base.join("model.safetensors").is_file(),
-        "{} missing: run scripts/setup.sh",
-        base.display()
-    );
+    let base = common::minilm();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 8);

@@ -18,12 +18,7 @@ fn ok(out: Output) -> String {
 
 #[test]
 fn an_int8_student_predicts_and_is_evaluated_beside_its_f32_parent() {
-    let base = repo().join("models/base/all-MiniLM-L6-v2");
-    assert!(
-        base.join("model.safetensors").is_file(),
-        "{} missing: run scripts/setup.sh",
-        base.display()
-    );
+    let base = common::minilm();
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 10);

@@ -53,6 +53,31 @@ pub fn mixsnips_task(dir: &Path) {
     .unwrap();
 }
 
+/// The worked Banking77 spec and its label file, copied into `dir` (`task.toml`).
+pub fn banking77_task(dir: &Path) {
+    std::fs::copy(
+        banking77().join("categories.json"),
+        dir.join("categories.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("datasets/banking77/task.toml"),
+        dir.join("task.toml"),
+    )
+    .unwrap();
+}
+
+/// The base encoder scripts/setup.sh installs (all-MiniLM-L6-v2); fails the test when missing.
+pub fn minilm() -> PathBuf {
+    let base = repo().join("models/base/all-MiniLM-L6-v2");
+    assert!(
+        base.join("model.safetensors").is_file(),
+        "{} missing: run scripts/setup.sh",
+        base.display()
+    );
+    base
+}
+
 /// The header and the first `rows` records of a CSV (Banking77 has quoted multi-line fields,
 /// so records are cut with a quote-aware scan, not by lines).
 pub fn head_csv(src: &Path, dst: &Path, rows: usize) {
