@@ -157,6 +157,29 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
         "encoder-head {head_600} vs linear {linear_600} at 600 labels"
     );
 
+    // An ensemble curve trains both of those students per point (same prefix, split and seed)
+    // and averages them, as the quickstart ships; the mean beats the linear student alone. A
+    // member answering from the wrong embeddings would drag it below the linear student.
+    curve(
+        dir,
+        "200,600",
+        "evals-ensemble",
+        &[
+            "--curve-student",
+            "ensemble",
+            "--base",
+            base.to_str().unwrap(),
+        ],
+    );
+    let ens = read_json(&dir.join("evals-ensemble/metrics.json"));
+    assert_eq!(ens["curve"]["student"], "ensemble");
+    let ens_rows = ens["curve"]["rows"].as_array().unwrap();
+    let ens_600 = mean(&ens_rows[1], "student_quality");
+    assert!(
+        ens_600 > linear_600 + 0.05,
+        "ensemble {ens_600} vs linear {linear_600} (encoder-head {head_600}) at 600 labels"
+    );
+
     let md = std::fs::read_to_string(dir.join("evals/report.md")).unwrap();
     assert!(md.contains("## Learning curve"), "{md}");
     let html = std::fs::read_to_string(dir.join("evals/report.html")).unwrap();
@@ -218,6 +241,26 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("`lots`"));
+    let o = run(
+        dir,
+        &[
+            "eval",
+            "--task",
+            "task.toml",
+            "--curve",
+            "200",
+            "--curve-student",
+            "forest",
+            "--out",
+            "e2",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`forest`") && err.contains("ensemble"),
+        "{err}"
+    );
     assert!(
         !dir.join("e2").exists(),
         "nothing is written for a refused curve"

@@ -15,7 +15,7 @@ use crate::error::{EvalError, Result};
 use crate::report::OptionKind;
 use crate::run::{run_eval_with, EvalOptions, NamedStudent};
 use distill_core::TaskSpec;
-use distill_train::student::{StudentKind, TrainData, TrainOptions};
+use distill_train::student::{Student, StudentKind, TrainData, TrainOptions};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -281,6 +281,13 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
                 .into(),
         ));
     }
+    if opts.student == StudentKind::Ensemble && spec.labels.is_multilabel() {
+        return Err(EvalError::Invalid(
+            "--curve-student ensemble averages single-label students; a multilabel task's \
+             curve trains `linear` or `encoder-head`"
+                .into(),
+        ));
+    }
     let sources = distill_train::train::TrainSources {
         data: vec![opts.train.clone()],
         out_of_scope: vec![],
@@ -341,17 +348,41 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
             label_source: all.label_source.clone(),
         };
         let model_dir = dir.join("model");
-        let mut t = opts.train_opts.clone();
-        t.out = model_dir.clone();
-        t.seed = 42 + seed;
-        t.progress = false;
-        t.force = true;
-        distill_train::train::train_on(&data, opts.student, &t)?;
-        let student: Box<dyn distill_train::Student> = match opts.student {
-            StudentKind::EncoderHead => Box::new(
-                distill_train::encoder::head::open(&model_dir, &device, 0)?.with_memo(memo.clone()),
-            ),
-            _ => distill_train::load_student(&model_dir, &device)?,
+        let train_one = |kind: StudentKind, out: PathBuf| -> Result<Box<dyn Student>> {
+            let mut t = opts.train_opts.clone();
+            t.out = out.clone();
+            t.seed = 42 + seed;
+            t.progress = false;
+            t.force = true;
+            distill_train::train::train_on(&data, kind, &t)?;
+            Ok(match kind {
+                StudentKind::EncoderHead => Box::new(
+                    distill_train::encoder::head::open(&out, &device, 0)?.with_memo(memo.clone()),
+                ),
+                _ => distill_train::load_student(&out, &device)?,
+            })
+        };
+        let student: Box<dyn Student> = if opts.student == StudentKind::Ensemble {
+            // What the quickstart ships: a linear student and an encoder-head trained on the
+            // same prefix, averaged. The members are trained beside the point and built into
+            // one ensemble directory, so its meta (summed training time, label source) is the
+            // one `distill ensemble` writes.
+            let kinds = [StudentKind::Linear, StudentKind::EncoderHead];
+            let dirs: Vec<PathBuf> = kinds
+                .iter()
+                .map(|k| dir.join(format!("member-{}", k.as_str())))
+                .collect();
+            let members = kinds
+                .iter()
+                .zip(&dirs)
+                .map(|(&k, d)| train_one(k, d.clone()))
+                .collect::<Result<Vec<_>>>()?;
+            let meta = distill_train::ensemble::build(&dirs, &model_dir, true)?;
+            Box::new(distill_train::ensemble::EnsembleStudent::from_members(
+                meta, members,
+            ))
+        } else {
+            train_one(opts.student, model_dir.clone())?
         };
         let mut e = eval.clone();
         e.out = dir.join("eval");

@@ -455,12 +455,15 @@ pub fn curve(
     progress: bool,
 ) -> Result<Curve> {
     use distill_train::StudentKind;
-    if opts.student == StudentKind::EncoderHead {
-        return Err(EvalError::Invalid(
-            "--curve-student encoder-head: an extract task's curve trains `linear` (the linear \
-             tagger) or `encoder-finetune`"
-                .into(),
-        ));
+    if matches!(
+        opts.student,
+        StudentKind::EncoderHead | StudentKind::Ensemble
+    ) {
+        return Err(EvalError::Invalid(format!(
+            "--curve-student {}: an extract task's curve trains `linear` (the linear tagger) or \
+             `encoder-finetune`",
+            opts.student.as_str()
+        )));
     }
     let text = std::fs::read_to_string(&opts.train)
         .map_err(|e| EvalError::Other(format!("{}: {e}", opts.train.display())))?;

@@ -233,6 +233,12 @@ impl EnsembleStudent {
         }
         Ok(Self { meta, members })
     }
+
+    /// An ensemble of members already loaded (the learning curve passes encoder-heads that
+    /// share one embedding memo); `meta` is the one [`build`] wrote for them.
+    pub fn from_members(meta: ModelMeta, members: Vec<Box<dyn Student>>) -> Self {
+        Self { meta, members }
+    }
 }
 
 impl Student for EnsembleStudent {

@@ -46,8 +46,10 @@ pub struct Args {
     /// those N labels charged) and mark the cheapest size whose cascade holds the floor.
     #[arg(long, value_name = "SIZES", value_parser = parse_curve_sizes)]
     pub curve: Option<CurveSizes>,
-    /// The student kind the learning curve trains (extract tasks: linear or encoder-finetune).
-    #[arg(long, value_name = "KIND", default_value = "linear")]
+    /// The student kind the learning curve trains: linear, encoder-head, encoder-finetune, or
+    /// ensemble (a linear student and an encoder-head per point, averaged, as the quickstart
+    /// ships; single-label tasks). Extract tasks: linear or encoder-finetune.
+    #[arg(long, value_name = "KIND", default_value = "linear", value_parser = parse_curve_student)]
     pub curve_student: distill_train::StudentKind,
     /// Seeds per curve size (each draws its own subset and trains with its own seed).
     #[arg(long, value_name = "N", default_value_t = 3)]
@@ -130,6 +132,14 @@ pub struct CurveSizes(pub Vec<distill_eval::curve::CurveSize>);
 
 fn parse_curve_sizes(s: &str) -> Result<CurveSizes, String> {
     distill_eval::curve::parse_sizes(s).map(CurveSizes)
+}
+
+/// A student kind `distill train` trains, or `ensemble` (which only a curve trains: its members).
+fn parse_curve_student(s: &str) -> Result<distill_train::StudentKind, String> {
+    match s {
+        "ensemble" => Ok(distill_train::StudentKind::Ensemble),
+        _ => s.parse().map_err(|e: String| format!("{e}, or ensemble")),
+    }
 }
 
 pub fn options(args: &Args, g: &Global) -> EvalOptions {
