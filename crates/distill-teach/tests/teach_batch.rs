@@ -286,6 +286,45 @@ async fn openai_resume_picks_up_the_submitted_batch() {
     resume_picks_up_the_batch("openai", "gpt-4o").await;
 }
 
+/// A rerun with a smaller --limit than the run that submitted a batch is refused: collecting
+/// only its first inputs and retiring the journal would forget the batch, and the full run
+/// after it would buy the rest again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smaller_limit_never_forgets_a_submitted_batch() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 60, "openai", "gpt-4o");
+    let sim = sim(&spec, |_| {}).await;
+    let mut first = opts(d.path(), &sim.base_url(), "t.jsonl");
+    first.batch_no_wait = true;
+    let s = run_teach(&spec, first).await.unwrap();
+    assert_eq!(s.batch_ids.len(), 1, "{s}");
+
+    let mut fewer = opts(d.path(), &sim.base_url(), "t.jsonl");
+    fewer.resume = true;
+    fewer.limit = Some(10);
+    let e = run_teach(&spec, fewer).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&s.batch_ids[0]) && e.contains("--limit 60"),
+        "{e}"
+    );
+    assert!(
+        d.path().join("t.jsonl.partial").exists(),
+        "the journal is kept"
+    );
+    assert!(!d.path().join("t.jsonl").exists());
+
+    let mut all = opts(d.path(), &sim.base_url(), "t.jsonl");
+    all.resume = true;
+    let s2 = run_teach(&spec, all).await.unwrap();
+    assert!(s2.complete, "{s2}");
+    let stats = sim.stats();
+    assert_eq!(stats.batches.created, 1, "{stats:?}");
+    assert_eq!(stats.requests, 0, "nothing bought in real time: {stats:?}");
+    assert_eq!(stats.billable, 60, "every input paid for once: {stats:?}");
+    assert_every_input_once(&read_records(&d.path().join("t.jsonl")), 60);
+    assert_paid_once(&stats, &ledger_rows(d.path()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_resume_picks_up_the_submitted_batch() {
     resume_picks_up_the_batch("anthropic", "claude-haiku-4-5").await;

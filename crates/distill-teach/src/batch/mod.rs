@@ -137,6 +137,29 @@ pub(crate) async fn run_batch(
     let (journal, recovered) = Journal::open(jpath, &header, opts.restart)?;
     reconcile(&client, &recovered.last_batch)?;
     let done = recovered.done;
+    // A batch submitted for more inputs than this run labels (a smaller --limit than the run
+    // that sent it) holds answers already paid for past `total`: collecting only the first
+    // `total` and then retiring the journal would forget the batch, and a later run would buy
+    // the rest again.
+    if let Some((b, past)) = recovered.batches.iter().find_map(|b| {
+        let past = b
+            .ordinals()
+            .filter(|&i| i >= total && !done.contains(i))
+            .max()?;
+        Some((b, past))
+    }) {
+        return Err(TeachError::file(
+            jpath,
+            format!(
+                "batch {} holds requests for inputs past this run's {total} (up to input {}), \
+                 answers already paid for: run with --limit {} or more (or without --limit) to \
+                 collect them",
+                b.id,
+                past + 1,
+                past + 1
+            ),
+        ));
+    }
     let resumed = (0..total).filter(|i| done.contains(*i)).count() as u64;
     let spent_before = recovered.spent_usd;
     let mut sink = Sink {
