@@ -357,7 +357,7 @@ pub fn run_active(
                     labelled.extend(ids.iter().cloned());
                     complete = false;
                     stopped = if summary.awaiting_batches {
-                        "round's batch submitted; run again with --resume to collect it".into()
+                        "round's batch submitted; run the same command again to collect it".into()
                     } else if summary.stopped_by_budget {
                         "the budget, in the middle of a round".into()
                     } else {

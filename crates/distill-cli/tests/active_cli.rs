@@ -481,3 +481,49 @@ fn a_resumed_stop_gain_run_stops_where_an_uninterrupted_one_does() {
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+/// With the Batch API each round is one batch; `--no-wait` submits a round and exits, and the
+/// same command again collects it and goes on: every input is paid for once.
+#[test]
+fn batch_rounds_are_one_batch_each_and_a_rerun_collects_them() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 10);
+    common::banking77_task(dir);
+    let (mut sim, url) = sim_teacher(dir, "task.toml", &["--error-rate", "0"]);
+    let flags = [
+        "--strategy",
+        "random",
+        "--limit",
+        "200",
+        "--round-size",
+        "100",
+        "--batch",
+        "--poll-secs",
+        "0.01",
+    ];
+    let mut submit = teach_args("train.csv", "active.jsonl", &url, &flags);
+    submit.push("--no-wait");
+    let out = ok(dir, &submit);
+    assert!(
+        out.contains("run the same command again to collect it"),
+        "{out}"
+    );
+    assert!(!dir.join("active.jsonl").exists(), "{out}");
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    assert_eq!(stats["batches"]["created"], 1, "{stats}");
+
+    let out = ok(dir, &teach_args("train.csv", "active.jsonl", &url, &flags));
+    assert!(out.contains("labelled 200 of"), "{out}");
+    assert_eq!(ids(&dir.join("active.jsonl")).len(), 200);
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    assert_eq!(
+        stats["batches"]["created"], 2,
+        "one batch per round: {stats}"
+    );
+    assert_eq!(stats["requests"], 0, "nothing in real time: {stats}");
+    assert_eq!(stats["unique_billable"], 200, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
