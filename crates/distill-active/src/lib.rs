@@ -18,11 +18,11 @@
 
 pub mod strategy;
 
-use distill_core::{CoreError, TaskSpec};
+use distill_core::{CoreError, RecordStatus, TaskSpec};
 use distill_teach::{run_teach, TeachOptions};
 use distill_train::student::{Student, StudentKind, TrainData, TrainOptions};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 pub use strategy::{Measure, Strategy};
@@ -335,8 +335,16 @@ pub fn run_active(
                 write_round_input(&input, &pool, &ids)?;
             }
             // A round labelled by an earlier run is not asked again: that would only turn its
-            // records into cache hits and lose what they cost.
-            let mut done = read_round(&output)?.filter(|f| f.records == ids.len());
+            // records into cache hits and lose what they cost. One with failed records is: its
+            // failed inputs are retried, its answered ones keep their records.
+            let earlier = read_round(&output)?.filter(|f| f.records == ids.len());
+            let mut done = None;
+            let mut answered = HashMap::new();
+            match earlier {
+                Some(f) if f.failed == 0 => done = Some(f),
+                Some(f) => answered = f.answered,
+                None => {}
+            }
             if done.is_none() {
                 let mut t = teach.clone();
                 t.input = Some(input);
@@ -353,7 +361,11 @@ pub fn run_active(
                     spent_usd: summary.cost_usd,
                     dev_accuracy: selections[r].dev_accuracy,
                 });
-                if !summary.complete {
+                if !answered.is_empty() && output.exists() {
+                    keep_answered(&output, &answered)?;
+                }
+                let failed = read_round(&output)?.map_or(0, |f| f.failed);
+                if !summary.complete || failed > 0 {
                     labelled.extend(ids.iter().cloned());
                     complete = false;
                     stopped = if summary.awaiting_batches {
@@ -361,7 +373,10 @@ pub fn run_active(
                     } else if summary.stopped_by_budget {
                         "the budget, in the middle of a round".into()
                     } else {
-                        "the round has failed records".into()
+                        format!(
+                            "round {r} has {failed} failed records (no answer after retries): \
+                             run the same command again to ask them again"
+                        )
                     };
                     break;
                 }
@@ -557,6 +572,10 @@ struct RoundFile {
     /// What its records cost, and how many were paid for (not cache hits).
     cost: f64,
     paid: usize,
+    /// Records with no answer (errors after retries): a rerun of the round asks them again.
+    failed: usize,
+    /// Every answered record's line, by input id.
+    answered: HashMap<String, String>,
 }
 
 fn read_round(path: &Path) -> Result<Option<RoundFile>> {
@@ -567,6 +586,8 @@ fn read_round(path: &Path) -> Result<Option<RoundFile>> {
         records: 0,
         cost: 0.0,
         paid: 0,
+        failed: 0,
+        answered: HashMap::new(),
     };
     for line in std::io::BufReader::new(f).lines() {
         let line = line.map_err(|e| CoreError::io(path, e))?;
@@ -577,9 +598,31 @@ fn read_round(path: &Path) -> Result<Option<RoundFile>> {
         if let Ok(r) = serde_json::from_str::<distill_core::TeacherRecord>(&line) {
             out.cost += r.cost_usd;
             out.paid += usize::from(r.cost_usd > 0.0);
+            if r.status == RecordStatus::Failed {
+                out.failed += 1;
+            } else {
+                out.answered.insert(r.id.clone(), line);
+            }
         }
     }
     Ok(Some(out))
+}
+
+/// Puts back the lines of the records an earlier run of the round answered: asked again, they
+/// came from the response cache as $0 hits, and the round would forget what they cost.
+fn keep_answered(path: &Path, earlier: &HashMap<String, String>) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
+    let mut bytes = Vec::with_capacity(text.len());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let id = serde_json::from_str::<distill_core::TeacherRecord>(line)
+            .ok()
+            .map(|r| r.id);
+        let kept = id.and_then(|id| earlier.get(&id));
+        bytes.extend_from_slice(kept.map_or(line, String::as_str).as_bytes());
+        bytes.push(b'\n');
+    }
+    distill_core::fsutil::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 /// Writes the first `n` rounds' records, in order, as the output dataset.

@@ -527,3 +527,76 @@ fn batch_rounds_are_one_batch_each_and_a_rerun_collects_them() {
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+/// A round whose inputs got no answer (errors after every retry) is not counted as labelled:
+/// the run stops and says so, and the same command again asks only those inputs, keeping the
+/// answered records as they were (nothing bought twice).
+#[test]
+fn a_round_with_failed_records_is_retried_by_a_rerun() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    every_nth_csv(&banking77().join("train.csv"), &dir.join("train.csv"), 200);
+    common::banking77_task(dir);
+    // Most requests fail, so most inputs are still unanswered after the client's retries.
+    let (mut sim, url) = sim_teacher(
+        dir,
+        "task.toml",
+        &["--error-rate", "0.95", "--retry-after-ms", "1"],
+    );
+    let flags = [
+        "--strategy",
+        "random",
+        "--limit",
+        "20",
+        "--round-size",
+        "20",
+    ];
+    let args = teach_args("train.csv", "active.jsonl", &url, &flags);
+    let round = dir.join("active.jsonl.rounds/round-000.jsonl");
+    let lines = |p: &Path| -> Vec<(String, String, String)> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let id = v["id"].as_str().unwrap().to_string();
+                (id, v["status"].as_str().unwrap().to_string(), l.to_string())
+            })
+            .collect()
+    };
+    let out = ok(dir, &args);
+    let first = lines(&round);
+    let failed = first.iter().filter(|(_, s, _)| s == "failed").count();
+    assert!(failed > 0, "the sim failed no input after retries: {out}");
+    assert!(
+        out.contains(&format!("round 0 has {failed} failed records")),
+        "{out}"
+    );
+    assert!(!dir.join("active.jsonl").exists(), "{out}");
+    let requests = |url: &str| {
+        get_json(&url.replace("/v1", "/stats"))["requests"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = requests(&url);
+
+    let out = ok(dir, &args);
+    // Each failed input is asked again (at least once); the answered ones are not.
+    assert!(
+        requests(&url) >= before + failed as u64,
+        "{failed} failed inputs, {} requests after {before}: {out}",
+        requests(&url)
+    );
+    let second = lines(&round);
+    assert_eq!(second.len(), 20);
+    for (id, status, line) in &first {
+        if status != "failed" {
+            let again = second.iter().find(|(i, _, _)| i == id).unwrap();
+            assert_eq!(&again.2, line, "an answered record is kept as it was");
+        }
+    }
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    assert_eq!(stats["duplicates"], 0, "nothing bought twice: {stats}");
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
