@@ -364,9 +364,9 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
         };
         let student: Box<dyn Student> = if opts.student == StudentKind::Ensemble {
             // What the quickstart ships: a linear student and an encoder-head trained on the
-            // same prefix, averaged. The members are trained beside the point and built into
-            // one ensemble directory, so its meta (summed training time, label source) is the
-            // one `distill ensemble` writes.
+            // same prefix, averaged. Its meta (summed training time, label source) is the one
+            // `distill ensemble` writes; the members are averaged as loaded, not copied into
+            // an ensemble directory (the encoder-head's is the whole encoder, ~90 MB a point).
             let kinds = [StudentKind::Linear, StudentKind::EncoderHead];
             let dirs: Vec<PathBuf> = kinds
                 .iter()
@@ -377,7 +377,7 @@ pub fn run_curve(spec: &TaskSpec, eval: &EvalOptions, opts: &CurveOptions) -> Re
                 .zip(&dirs)
                 .map(|(&k, d)| train_one(k, d.clone()))
                 .collect::<Result<Vec<_>>>()?;
-            let meta = distill_train::ensemble::build(&dirs, &model_dir, true)?;
+            let meta = distill_train::ensemble::describe(&dirs)?;
             Box::new(distill_train::ensemble::EnsembleStudent::from_members(
                 meta, members,
             ))

@@ -22,6 +22,31 @@ pub const MEMBERS_DIR: &str = "members";
 /// Builds an ensemble of the students in `members` at `out` (a new directory, swapped in
 /// whole; an existing model directory is replaced only with `force`).
 pub fn build(members: &[PathBuf], out: &Path, force: bool) -> Result<ModelMeta> {
+    // An --out inside a member would be copied into itself (the staging directory sits beside
+    // --out), and an --out equal to a member would replace it.
+    let out_abs = absolute(out);
+    if let Some(dir) = members.iter().find(|d| out_abs.starts_with(absolute(d))) {
+        return Err(TrainError::model(
+            dir,
+            format!(
+                "--out {} is this member or inside it: write the ensemble elsewhere",
+                out.display()
+            ),
+        ));
+    }
+    let meta = describe(members)?;
+    write_model_dir(out, force, |dir| {
+        for (src, name) in members.iter().zip(member_dirs(&meta)) {
+            copy_tree(src, &dir.join(name))?;
+        }
+        meta.write(dir)
+    })?;
+    Ok(meta)
+}
+
+/// The `distill.json` an ensemble of `members` gets, after checking they can be averaged;
+/// nothing is written (the learning curve averages members it holds in memory).
+pub fn describe(members: &[PathBuf]) -> Result<ModelMeta> {
     if members.len() < 2 {
         return Err(TrainError::Other(format!(
             "an ensemble needs at least two students, got {}",
@@ -33,17 +58,8 @@ pub fn build(members: &[PathBuf], out: &Path, force: bool) -> Result<ModelMeta> 
         .map(|m| ModelMeta::load(m))
         .collect::<Result<Vec<_>>>()?;
     let first = &metas[0];
-    // An --out inside a member would be copied into itself (the staging directory sits beside
-    // --out), and an --out equal to a member would replace it.
-    let out_abs = absolute(out);
     for (dir, m) in members.iter().zip(&metas) {
         let refuse = |why: String| Err(TrainError::model(dir, why));
-        if out_abs.starts_with(absolute(dir)) {
-            return refuse(format!(
-                "--out {} is this member or inside it: write the ensemble elsewhere",
-                out.display()
-            ));
-        }
         if m.label_source != first.label_source {
             return refuse(format!(
                 "learnt from `{}` labels, {} from `{}`: members must share their label source \
@@ -132,13 +148,17 @@ pub fn build(members: &[PathBuf], out: &Path, force: bool) -> Result<ModelMeta> 
         quantization: None,
         multilabel: None,
     };
-    write_model_dir(out, force, |dir| {
-        for (src, name) in members.iter().zip(&names) {
-            copy_tree(src, &dir.join(MEMBERS_DIR).join(name))?;
-        }
-        meta.write(dir)
-    })?;
     Ok(meta)
+}
+
+/// Each member's directory inside the ensemble's, in order (`hyper.members[].dir`).
+fn member_dirs(meta: &ModelMeta) -> Vec<String> {
+    meta.hyper["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["dir"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// `p` with symlinks resolved; a path not there yet resolves through its parent.
