@@ -337,14 +337,11 @@ pub fn run_active(
             // A round labelled by an earlier run is not asked again: that would only turn its
             // records into cache hits and lose what they cost. One with failed records is: its
             // failed inputs are retried, its answered ones keep their records.
-            let earlier = read_round(&output)?.filter(|f| f.records == ids.len());
-            let mut done = None;
-            let mut answered = HashMap::new();
-            match earlier {
-                Some(f) if f.failed == 0 => done = Some(f),
-                Some(f) => answered = f.answered,
-                None => {}
-            }
+            let (mut done, answered) = match read_round(&output)?.filter(|f| f.records == ids.len())
+            {
+                Some(f) if f.failed > 0 => (None, f.answered),
+                earlier => (earlier, HashMap::new()),
+            };
             if done.is_none() {
                 let mut t = teach.clone();
                 t.input = Some(input);
@@ -364,7 +361,8 @@ pub fn run_active(
                 if !answered.is_empty() && output.exists() {
                     keep_answered(&output, &answered)?;
                 }
-                let failed = read_round(&output)?.map_or(0, |f| f.failed);
+                let labelled_now = read_round(&output)?;
+                let failed = labelled_now.as_ref().map_or(0, |f| f.failed);
                 if !summary.complete || failed > 0 {
                     labelled.extend(ids.iter().cloned());
                     complete = false;
@@ -380,7 +378,7 @@ pub fn run_active(
                     };
                     break;
                 }
-                done = read_round(&output)?;
+                done = labelled_now;
             }
             let Some(done) = done else {
                 return Err(ActiveError::Invalid(format!(
