@@ -28,26 +28,10 @@ fn ids(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `distill teach` of `input` into `out` through the (sim) teacher at `url`, without rate limits,
-/// on 2 threads, with `flags` (the strategy and its stops).
+/// `distill teach --task task.toml` of `input` into `out` through the (sim) teacher at `url`,
+/// without rate limits, on 2 threads, with `flags` (the strategy and its stops).
 fn teach_args<'a>(input: &'a str, out: &'a str, url: &'a str, flags: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "teach",
-        "--task",
-        "task.toml",
-        "--input",
-        input,
-        "--out",
-        out,
-        "--base-url",
-        url,
-        "--rpm",
-        "0",
-        "--tpm",
-        "0",
-        "--threads",
-        "2",
-    ];
+    let mut args = common::teach_args("task.toml", input, out, url, &["--threads", "2"]);
     args.extend_from_slice(flags);
     args
 }

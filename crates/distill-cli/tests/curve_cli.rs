@@ -188,75 +188,36 @@ fn a_learning_curve_prices_each_size_by_its_own_labels_and_marks_the_cheapest_su
         .expect("a learning-curve section");
     assert!(html[at..].contains("<svg"), "the chart is drawn");
 
-    // Mistakes are named, not half-done.
-    let o = run(
-        dir,
+    // Mistakes are named, not half-done: `eval --task task.toml ARGS --out e2` exits with
+    // `code`; its stderr.
+    let refused = |args: &[&str], code: i32| -> String {
+        let mut all = vec!["eval", "--task", "task.toml"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--out", "e2"]);
+        let o = run(dir, &all);
+        assert_eq!(o.status.code(), Some(code), "{args:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = refused(&["--test", "test.csv", "--curve", "200"], 1);
+    assert!(err.contains("--train"));
+    let err = refused(
         &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--test",
-            "test.csv",
-            "--curve",
-            "200",
-            "--out",
-            "e2",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--train"));
-    let o = run(
-        dir,
-        &[
-            "eval",
-            "--task",
-            "task.toml",
             "--test",
             "test.csv",
             "--train",
             "teacher.jsonl",
             "--curve",
             "200,99999",
-            "--out",
-            "e2",
         ],
+        1,
     );
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("99999") && err.contains("teacher.jsonl"),
         "{err}"
     );
-    let o = run(
-        dir,
-        &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--curve",
-            "200,lots",
-            "--out",
-            "e2",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("`lots`"));
-    let o = run(
-        dir,
-        &[
-            "eval",
-            "--task",
-            "task.toml",
-            "--curve",
-            "200",
-            "--curve-student",
-            "forest",
-            "--out",
-            "e2",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(&["--curve", "200,lots"], 2);
+    assert!(err.contains("`lots`"));
+    let err = refused(&["--curve", "200", "--curve-student", "forest"], 2);
     assert!(
         err.contains("`forest`") && err.contains("ensemble"),
         "{err}"

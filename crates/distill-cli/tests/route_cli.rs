@@ -43,23 +43,10 @@ fn write_prompts(dir: &Path, recorded: &[serde_json::Value]) {
 /// `distill teach` of `dir/prompts.jsonl` into `out` through the sim at `url`, without rate
 /// limits, plus `extra`.
 fn teach_routes(dir: &Path, url: &str, out: &str, extra: &[&str]) -> Output {
-    let mut a = vec![
-        "teach",
-        "--task",
-        "task.toml",
-        "--input",
-        "prompts.jsonl",
-        "--out",
-        out,
-        "--base-url",
-        url,
-        "--rpm",
-        "0",
-        "--tpm",
-        "0",
-    ];
-    a.extend(extra);
-    distill(dir, &a)
+    distill(
+        dir,
+        &common::teach_args("task.toml", "prompts.jsonl", out, url, extra),
+    )
 }
 
 /// Imports the first `n` GSM8K outcomes into `dir/recorded.jsonl` (with `task.toml` there).

@@ -41,27 +41,23 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 
 /// The worked MixSNIPS multilabel spec and its label file, copied into `dir`.
 pub fn mixsnips_task(dir: &Path) {
-    std::fs::copy(
-        repo().join("../shared/datasets/mixsnips/intents.json"),
-        dir.join("intents.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("datasets/mixsnips/task.toml"),
-        dir.join("task.toml"),
-    )
-    .unwrap();
+    worked_task(
+        dir,
+        "mixsnips",
+        &repo().join("../shared/datasets/mixsnips/intents.json"),
+    );
 }
 
 /// The worked Banking77 spec and its label file, copied into `dir` (`task.toml`).
 pub fn banking77_task(dir: &Path) {
+    worked_task(dir, "banking77", &banking77().join("categories.json"));
+}
+
+/// `datasets/<example>/task.toml` and the label file it names (`labels`), copied into `dir`.
+fn worked_task(dir: &Path, example: &str, labels: &Path) {
+    std::fs::copy(labels, dir.join(labels.file_name().unwrap())).unwrap();
     std::fs::copy(
-        banking77().join("categories.json"),
-        dir.join("categories.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("datasets/banking77/task.toml"),
+        repo().join(format!("datasets/{example}/task.toml")),
         dir.join("task.toml"),
     )
     .unwrap();
@@ -141,8 +137,35 @@ pub fn distill_ok(dir: &Path, args: &[&str]) -> std::process::Output {
     o
 }
 
-/// `distill teach` of `input` into `out` through a (sim) teacher at `url`, without the real
-/// account's rate limits; asserts it succeeded.
+/// The arguments of `distill teach --task TASK` of `input` into `out` through a (sim) teacher
+/// at `url`, without the real account's rate limits, then `extra`.
+pub fn teach_args<'a>(
+    task: &'a str,
+    input: &'a str,
+    out: &'a str,
+    url: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "teach",
+        "--task",
+        task,
+        "--input",
+        input,
+        "--out",
+        out,
+        "--base-url",
+        url,
+        "--rpm",
+        "0",
+        "--tpm",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// [`teach_args`] run with 32 concurrent requests; asserts it succeeded.
 pub fn teach_via(
     dir: &Path,
     task: &str,
@@ -152,23 +175,7 @@ pub fn teach_via(
 ) -> std::process::Output {
     distill_ok(
         dir,
-        &[
-            "teach",
-            "--task",
-            task,
-            "--input",
-            input,
-            "--out",
-            out,
-            "--base-url",
-            url,
-            "--concurrency",
-            "32",
-            "--rpm",
-            "0",
-            "--tpm",
-            "0",
-        ],
+        &teach_args(task, input, out, url, &["--concurrency", "32"]),
     )
 }
 
