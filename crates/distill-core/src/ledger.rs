@@ -19,6 +19,12 @@ use std::sync::Mutex;
 /// Status of a row recorded before its call was sent and never completed.
 pub const IN_FLIGHT: &str = "in_flight";
 
+/// Status of an attempt that was sent and got no usable reply (it timed out, the connection
+/// dropped after the request went out, or a 2xx body could not be read). Providers finish and
+/// bill such requests, so the row stays, priced at its worst-case estimate, instead of
+/// vanishing from the ledger and from every cap that sums it.
+pub const UNANSWERED: &str = "unanswered";
+
 /// One change for [`Ledger::apply`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum LedgerOp {
@@ -46,7 +52,8 @@ pub struct LedgerRow {
     pub usage: Usage,
     pub cost_usd: f64,
     pub latency_ms: u64,
-    /// `ok`, `invalid` (answered but not a valid output), `error` (billed error), or
+    /// `ok`, `invalid` (answered but not a valid output), `error` (billed error),
+    /// `unanswered` (sent, no usable reply: priced at its estimate, see [`UNANSWERED`]), or
     /// `in_flight` (sent, outcome never recorded: the process died or is still waiting).
     pub status: String,
     pub batch_id: Option<String>,
@@ -100,6 +107,10 @@ pub struct SpendRow {
     /// their estimated cost): a process was killed while they were out, or is still running.
     #[serde(default)]
     pub in_flight: u64,
+    /// Calls among `calls` that were sent and got no usable reply ([`UNANSWERED`]), counted at
+    /// their estimated cost.
+    #[serde(default)]
+    pub unanswered: u64,
 }
 
 /// A connection of its own that copies the ledger's write-ahead log into the database
@@ -351,7 +362,7 @@ impl Ledger {
     }
 
     /// Drops an `in_flight` row whose call certainly was not billed (the provider refused it,
-    /// or every attempt failed before an answer).
+    /// or no attempt reached it).
     pub fn discard(&self, id: i64) -> Result<()> {
         self.apply(&[LedgerOp::Discard(id)]).map(drop)
     }
@@ -414,7 +425,8 @@ impl Ledger {
         let sql = format!(
             "SELECT {select_keys}, COUNT(*), SUM(prompt_tokens), SUM(cached_tokens),
                SUM(cache_write_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
-               COALESCE(SUM(cost_usd), 0), SUM(status = 'in_flight')
+               COALESCE(SUM(cost_usd), 0), SUM(status = 'in_flight'),
+               SUM(status = 'unanswered')
              FROM ledger WHERE (?1 IS NULL OR task = ?1) {group_sql}"
         );
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -442,6 +454,7 @@ impl Ledger {
                     },
                     cost_usd: r.get(7)?,
                     in_flight: opt(8)?,
+                    unanswered: opt(9)?,
                 })
             })
             .map_err(|e| self.err(e))?

@@ -672,11 +672,30 @@ cache = false
     assert_eq!(sim.stats().billable, 1);
     // Given up at the tier's timeout, not at the client's or never.
     assert!(waited >= Duration::from_secs(1), "{waited:?}");
-    // The abandoned call was never answered, so it is not billed; the fallback's call is.
+    // The abandoned call reached the tier, which may finish and bill it: it stays in the
+    // ledger as unanswered, at its estimate, beside the fallback's answered call; the spend
+    // metric counts both.
     let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
     let rows = ledger.rows_for_task("auto").unwrap();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].status, "ok");
+    let statuses: Vec<_> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["unanswered", "ok"], "{rows:?}");
+    assert_eq!(rows[0].model, "gpt-4o-mini");
+    assert!(rows[0].cost_usd > 0.0, "{rows:?}");
+    let spent: f64 = rows.iter().map(|r| r.cost_usd).sum();
+    let m = metrics_text(&http, &server).await;
+    let metered = |tier: &str| {
+        series(
+            &m,
+            &format!(
+                "distill_gateway_spend_usd_total{{route=\"auto\",tier=\"{tier}\",tag=\"default\"}}"
+            ),
+        )
+    };
+    assert!((metered("stuck") - rows[0].cost_usd).abs() < 1e-9, "{m}");
+    assert!(
+        (metered("stuck") + metered("steady") - spent).abs() < 1e-9,
+        "{m}"
+    );
 
     // A tier that answers in time is not held to the timeout.
     let (s, b) = chat(&http, &url, user("auto", "a quick question")).await;

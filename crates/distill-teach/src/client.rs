@@ -18,7 +18,7 @@ use crate::provider::{Msg, Reply, Wire};
 use crate::ratelimit::RateLimiter;
 use distill_core::conversation::Turn;
 use distill_core::input::InputItem;
-use distill_core::ledger::{Ledger, LedgerRow};
+use distill_core::ledger::{Ledger, LedgerRow, UNANSWERED};
 use distill_core::prices::{ModelPrice, PriceTable};
 use distill_core::spec::{PromptInput, ResponseFormat};
 use distill_core::{Provider, RecordStatus, TaskOutput, TaskSpec, TeacherRecord, Usage};
@@ -548,13 +548,15 @@ impl TeacherClient {
                 .await?
             {
                 Ok(ex) => ex,
-                Err(message) => {
+                Err(failure) => {
                     if attempt == 0 {
                         out.request_hash = self.hash_body(&self.wire.body(&msgs));
                         out.cached = false;
                     }
                     out.status = RecordStatus::Failed;
-                    out.error = Some(message);
+                    out.error = Some(failure.message);
+                    out.cost_usd += failure.cost;
+                    out.paid_calls += failure.paid_calls;
                     return Ok((out, pending));
                 }
             };
@@ -565,13 +567,13 @@ impl TeacherClient {
             out.cost_usd += ex.cost;
             out.latency_ms += ex.latency_ms;
             out.cached &= ex.cached;
-            out.paid_calls += u32::from(!ex.cached);
+            out.paid_calls += ex.paid_calls;
             out.raw = Some(ex.reply.text.clone());
             let parsed = parse_reply(&ex.reply.text, &self.spec, text, self.wire.format);
             if let Some(row) = pending
                 .ledger
                 .iter_mut()
-                .find(|r| r.request_hash == ex.hash)
+                .find(|r| r.request_hash == ex.hash && r.status != UNANSWERED)
             {
                 row.status = if parsed.is_ok() { "ok" } else { "invalid" }.into();
             }
@@ -645,11 +647,11 @@ impl TeacherClient {
                 cached: ex.cached,
                 request_hash: ex.hash,
             },
-            Err(message) => Completion {
+            Err(failure) => Completion {
                 text: None,
-                error: Some(message),
+                error: Some(failure.message),
                 usage: Usage::default(),
-                cost_usd: 0.0,
+                cost_usd: failure.cost,
                 latency_ms: 0,
                 cached: false,
                 request_hash: self.hash_body(&self.wire.body(msgs)),
@@ -732,6 +734,122 @@ model = "smollm2"
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (url, seen)
+    }
+
+    /// A provider answering its requests in turn as `script` says: `hang` (accepts the
+    /// request and never answers), `garbage` (200 with a body that is not a reply), anything
+    /// else the first label; the last entry repeats.
+    async fn scripted_provider(script: &'static [&'static str]) -> String {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    match script[i.min(script.len() - 1)] {
+                        "hang" => std::future::pending().await,
+                        "garbage" => (StatusCode::OK, "<html>upstream proxy</html>").into_response(),
+                        _ => axum::Json(serde_json::json!({
+                            "object": "chat.completion",
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "{\"label\": \"refund\"}"}}],
+                            "usage": {"prompt_tokens": 70, "completion_tokens": 9, "total_tokens": 79}
+                        }))
+                        .into_response(),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    /// Providers finish and bill a request whose client stopped waiting, and bill a 2xx whose
+    /// body is unreadable: such attempts stay in the ledger at their estimate and in the
+    /// record's cost (what --max-spend sums), instead of vanishing with the in-flight row.
+    #[tokio::test]
+    async fn attempts_without_a_usable_reply_stay_in_the_ledger_and_the_cost() {
+        let d = tempfile::tempdir().unwrap();
+        spec(d.path());
+        let toml = std::fs::read_to_string(d.path().join("task.toml"))
+            .unwrap()
+            .replace(
+                "model = \"smollm2\"",
+                "model = \"gpt-4o-mini\"\ntimeout_s = 1",
+            );
+        std::fs::write(d.path().join("task.toml"), toml).unwrap();
+        let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
+        let url = scripted_provider(&["hang", "hang", "hang", "ok", "garbage"]).await;
+        let ledger_path = d.path().join("ledger.db");
+        let c = TeacherClient::new(
+            &spec,
+            ClientOptions {
+                base_url: Some(url),
+                api_key: Some("k".into()),
+                ledger_path: Some(ledger_path.clone()),
+                max_retries: Some(1),
+                backoff_base: Some(Duration::from_millis(1)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ctx = CallContext::teach();
+        let ledger = Ledger::open(&ledger_path).unwrap();
+        let statuses = |hash: &str| -> Vec<String> {
+            let rows = ledger.rows_for_task("t").unwrap();
+            rows.into_iter()
+                .filter(|r| r.request_hash == hash)
+                .map(|r| r.status)
+                .collect()
+        };
+
+        // Both attempts time out: the record fails and still costs two estimates.
+        let a = c.label("where is my card?", &ctx).await.unwrap();
+        assert_eq!(a.status, RecordStatus::Failed);
+        assert!(
+            a.error.as_deref().unwrap().contains("timed out"),
+            "{:?}",
+            a.error
+        );
+        assert_eq!(a.paid_calls, 2);
+        assert!(a.cost_usd > 0.0);
+        assert_eq!(statuses(&a.request_hash), ["unanswered", "unanswered"]);
+
+        // The first attempt times out, the retry is answered: both are paid for.
+        let b = c.label("I want a refund", &ctx).await.unwrap();
+        assert_eq!(b.status, RecordStatus::Ok, "{:?}", b.error);
+        assert_eq!(b.paid_calls, 2);
+        // The answered attempt completes the row begun before the first was sent.
+        assert_eq!(statuses(&b.request_hash), ["ok", "unanswered"]);
+        let rows = ledger.rows_for_task("t").unwrap();
+        let cost_of = |status: &str| -> f64 {
+            rows.iter()
+                .filter(|r| r.request_hash == b.request_hash && r.status == status)
+                .map(|r| r.cost_usd)
+                .sum()
+        };
+        let answered = c.price().unwrap().cost(&b.usage, false);
+        assert!((cost_of("ok") - answered).abs() < 1e-12);
+        // The unanswered attempt is priced as if it wrote all of max_tokens.
+        assert!(cost_of("unanswered") > answered);
+        assert!((b.cost_usd - answered - cost_of("unanswered")).abs() < 1e-12);
+
+        // A 200 that is not a reply was billed all the same; it is not retried.
+        let g = c.label("hello there", &ctx).await.unwrap();
+        assert_eq!(g.status, RecordStatus::Failed);
+        assert_eq!(g.paid_calls, 1);
+        assert_eq!(statuses(&g.request_hash), ["unanswered"]);
+
+        let s = &ledger.summary(&[], None).unwrap()[0];
+        assert_eq!((s.calls, s.unanswered, s.in_flight), (5, 4, 0));
+        let total = a.cost_usd + b.cost_usd + g.cost_usd;
+        assert!(
+            (s.cost_usd - total).abs() < 1e-12,
+            "{} vs {total}",
+            s.cost_usd
+        );
     }
 
     #[test]

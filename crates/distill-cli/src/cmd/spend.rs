@@ -130,11 +130,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                 .map(|s| s.to_string()),
         )
         .collect()];
-    let (mut calls, mut usd, mut in_flight) = (0u64, 0f64, 0u64);
+    let (mut calls, mut usd, mut in_flight, mut unanswered) = (0u64, 0f64, 0u64, 0u64);
     for r in &rows {
         calls += r.calls;
         usd += r.cost_usd;
         in_flight += r.in_flight;
+        unanswered += r.unanswered;
         let mut line = r.keys.clone();
         line.extend([
             r.calls.to_string(),
@@ -168,6 +169,13 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             "of which {in_flight} call(s) were sent but their outcome was never recorded (a process \
              was killed while they were out, or is still running): counted at their worst-case \
              estimate, since the provider may have billed them"
+        );
+    }
+    if unanswered > 0 {
+        println!(
+            "of which {unanswered} call(s) were sent and got no usable reply (timed out, cut off, \
+             or unreadable): counted at their worst-case estimate, since providers bill requests \
+             they finished; --reconcile compares with the provider's own figures"
         );
     }
     if args.reconcile {

@@ -456,7 +456,12 @@ impl UpstreamCall {
                 })?;
             match sent {
                 Forwarded::Accepted(a) => break (*a, started),
-                Forwarded::Refused { status, body } => {
+                Forwarded::Refused {
+                    status,
+                    body,
+                    charged_usd,
+                } => {
+                    charge_unanswered(st, route, tag, &t.name, charged_usd);
                     // The client's request is at fault (or the key): the upstream's own error.
                     st.metrics.inc(
                         "distill_gateway_upstream_errors_total",
@@ -478,7 +483,12 @@ impl UpstreamCall {
                     );
                     return Ok(r);
                 }
-                Forwarded::GaveUp { status, message } => {
+                Forwarded::GaveUp {
+                    status,
+                    message,
+                    charged_usd,
+                } => {
+                    charge_unanswered(st, route, tag, &t.name, charged_usd);
                     let status = status
                         .map(|s| s.to_string())
                         .unwrap_or_else(|| "none".into());
@@ -595,6 +605,22 @@ fn next_tier(
             )))
         }
     }
+}
+
+/// A tier call that ended unaccepted after attempts that went out and got no reply: providers
+/// bill those, so their estimate counts against the budgets and the spend metric as the ledger
+/// counts it.
+fn charge_unanswered(st: &AppState, route: &Route, tag: &str, tier: &str, usd: f64) {
+    if usd <= 0.0 {
+        return;
+    }
+    st.budgets.record(&route.budget_key(), usd);
+    st.budgets.record(tag, usd);
+    st.metrics.add(
+        "distill_gateway_spend_usd_total",
+        &[("route", &route.cfg.name), ("tier", tier), ("tag", tag)],
+        usd,
+    );
 }
 
 /// Request counters shared by answered and cached requests.

@@ -3,8 +3,10 @@
 //! cached here; the caller decides what may be (a gateway route's cache policy).
 //!
 //! Ledger: a row is written `in_flight` (priced at the request's worst case) before the call
-//! is sent, and [`PaidCall::settle`] completes it with what the provider billed. A refused or
-//! never-answered call is not billed and its row is removed.
+//! is sent, and [`PaidCall::settle`] completes it with what the provider billed. A refused call,
+//! or one that never reached the provider, is not billed and its row is removed; an attempt
+//! that was sent and got no reply (a timeout, a connection cut after sending) stays as an
+//! `unanswered` row at its estimate, since providers bill requests they finished.
 
 use super::*;
 
@@ -19,16 +21,21 @@ pub struct Accepted {
 pub enum Forwarded {
     Accepted(Box<Accepted>),
     /// The provider answered with an error retrying cannot fix (400, 401, 404, 413, 422...):
-    /// its status and body, to relay to the caller. Not billed.
+    /// its status and body, to relay to the caller. Not billed, unless earlier attempts went
+    /// unanswered.
     Refused {
         status: u16,
         body: Vec<u8>,
+        /// What earlier unanswered attempts are charged (0 when none).
+        charged_usd: f64,
     },
     /// Retries exhausted on 408/409/429/5xx, timeouts or connection errors (a fallback tier's
-    /// cue). Not billed. The message never contains the API key.
+    /// cue). The message never contains the API key.
     GaveUp {
         status: Option<u16>,
         message: String,
+        /// What its unanswered attempts are charged (their estimates; 0 when none went out).
+        charged_usd: f64,
     },
 }
 
@@ -44,6 +51,8 @@ pub struct PaidCall {
     row: LedgerRow,
     started: Instant,
     price: Option<ModelPrice>,
+    /// What unanswered attempts before the accepted one are charged (already in the ledger).
+    unanswered_usd: f64,
 }
 
 impl PaidCall {
@@ -71,7 +80,7 @@ impl PaidCall {
     }
 
     /// Completes the ledger row with the billed usage and `status` (`ok`, `error`), waiting
-    /// for the commit; returns the call's cost.
+    /// for the commit; returns the call's cost, unanswered attempts before it included.
     pub async fn settle(mut self, usage: &Usage, status: &str) -> f64 {
         let cost = self.cost(usage);
         let result = match self.completed(usage, status, cost) {
@@ -82,7 +91,7 @@ impl PaidCall {
         if let Err(e) = result {
             tracing::warn!("could not settle a call in the ledger: {e}");
         }
-        cost
+        cost + self.unanswered_usd
     }
 
     /// [`Self::settle`] without waiting for a queued commit: for a stream the caller
@@ -98,7 +107,24 @@ impl PaidCall {
             }
             Some((Sink::Queued(w), row)) => w.complete_later(row),
         }
-        cost
+        cost + self.unanswered_usd
+    }
+}
+
+impl Sink {
+    /// Writes completed rows, waiting for a queued commit.
+    async fn write(&self, rows: Vec<LedgerRow>) -> Result<()> {
+        match self {
+            Sink::Direct(l) => l.append_many(&rows)?,
+            Sink::Queued(w) => {
+                for row in rows {
+                    w.complete(row).await.map_err(|e| {
+                        TeachError::Invalid(format!("cannot record an unanswered call: {e}"))
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -151,19 +177,32 @@ impl TeacherClient {
             (None, Some(l)) => (Some(Sink::Direct(l.clone())), Some(l.begin(&row)?)),
             (None, None) => (None, None),
         };
-        let discard = || async {
-            match (&sink, id) {
-                (Some(Sink::Direct(l)), Some(id)) => l.discard(id)?,
-                (Some(Sink::Queued(w)), Some(id)) => w.discard(id).await.map_err(|e| {
-                    TeachError::Invalid(format!("cannot remove an unbilled call's row: {e}"))
-                })?,
-                _ => {}
+        // A call that ends unaccepted: its unanswered attempts stay (the first completes the
+        // in-flight row); with none, nothing was billed and the row goes.
+        let close = |unanswered: u32| {
+            let (sink, row, timeout) = (&sink, &row, self.timeout);
+            async move {
+                match (sink, id) {
+                    (Some(s), _) if unanswered > 0 => {
+                        s.write(super::transport::unanswered_rows(
+                            row, id, unanswered, timeout,
+                        ))
+                        .await?
+                    }
+                    (Some(Sink::Direct(l)), Some(id)) => l.discard(id)?,
+                    (Some(Sink::Queued(w)), Some(id)) => w.discard(id).await.map_err(|e| {
+                        TeachError::Invalid(format!("cannot remove an unbilled call's row: {e}"))
+                    })?,
+                    _ => {}
+                }
+                Result::<()>::Ok(())
             }
-            Result::<()>::Ok(())
         };
         let url = self.wire.endpoint();
         let mut last = String::new();
         let mut last_status = None;
+        // Attempts sent that got no reply: each stays in the ledger (see the module's doc).
+        let mut unanswered = 0u32;
         for attempt in 0..=self.max_retries {
             let started = Instant::now();
             let mut req = self
@@ -182,6 +221,7 @@ impl TeacherClient {
                 Err(_) => {
                     last = format!("timed out after {:?}", self.timeout);
                     last_status = None;
+                    unanswered += 1;
                     if attempt < self.max_retries {
                         tokio::time::sleep(self.backoff(attempt)).await;
                     }
@@ -190,10 +230,20 @@ impl TeacherClient {
             };
             let wait = match sent {
                 Ok(resp) if resp.status().is_success() => {
+                    if let (Some(sink), true) = (&sink, unanswered > 0) {
+                        sink.write(super::transport::unanswered_rows(
+                            &row,
+                            None,
+                            unanswered,
+                            self.timeout,
+                        ))
+                        .await?;
+                    }
                     return Ok(Forwarded::Accepted(Box::new(Accepted {
                         response: resp,
                         call: PaidCall {
                             ledger: sink.zip(id),
+                            unanswered_usd: row.cost_usd * f64::from(unanswered),
                             row,
                             started,
                             price: self.price.clone(),
@@ -205,8 +255,12 @@ impl TeacherClient {
                     let after = retry_after(resp.headers());
                     let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
                     if !retryable(status) {
-                        discard().await?;
-                        return Ok(Forwarded::Refused { status, body });
+                        close(unanswered).await?;
+                        return Ok(Forwarded::Refused {
+                            status,
+                            body,
+                            charged_usd: row.cost_usd * f64::from(unanswered),
+                        });
                     }
                     let err = self.wire.parse_error(status, &body);
                     last = format!(
@@ -218,6 +272,8 @@ impl TeacherClient {
                     after.unwrap_or_else(|| self.backoff(attempt))
                 }
                 Err(e) => {
+                    // Past the connection, the request may have reached the provider.
+                    unanswered += u32::from(!e.is_connect());
                     last = if e.is_timeout() {
                         format!("timed out after {:?}", self.timeout)
                     } else {
@@ -235,10 +291,11 @@ impl TeacherClient {
                 tokio::time::sleep(wait).await;
             }
         }
-        discard().await?;
+        close(unanswered).await?;
         Ok(Forwarded::GaveUp {
             status: last_status,
             message: format!("gave up after {} attempts: {last}", self.max_retries + 1),
+            charged_usd: row.cost_usd * f64::from(unanswered),
         })
     }
 }

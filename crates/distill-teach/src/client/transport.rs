@@ -3,14 +3,45 @@
 //! rate limits, and the reply's cost.
 
 use super::*;
+use distill_core::ledger::UNANSWERED;
 
 /// One request/response exchange.
 pub(super) struct Exchange {
     pub(super) reply: Reply,
     pub(super) hash: String,
     pub(super) cached: bool,
+    /// What the reply was billed, plus any unanswered attempts before it.
     pub(super) cost: f64,
+    /// Attempts that may be billed: the one answered and any unanswered before it.
+    pub(super) paid_calls: u32,
     pub(super) latency_ms: u64,
+}
+
+/// A request that got no answer to use: why, and what its unanswered attempts are charged.
+pub(super) struct Failure {
+    pub(super) message: String,
+    pub(super) cost: f64,
+    /// Attempts that were sent and may be billed ([`UNANSWERED`]).
+    pub(super) paid_calls: u32,
+}
+
+/// The ledger rows of `attempts` unanswered attempts at `estimate`'s price: the first completes
+/// `intent` when given, the others are new rows.
+pub(super) fn unanswered_rows(
+    estimate: &LedgerRow,
+    intent: Option<i64>,
+    attempts: u32,
+    timeout: Duration,
+) -> Vec<LedgerRow> {
+    (0..attempts)
+        .map(|i| LedgerRow {
+            id: intent.filter(|_| i == 0),
+            ts: LedgerRow::now(),
+            latency_ms: timeout.as_millis() as u64,
+            status: UNANSWERED.into(),
+            ..estimate.clone()
+        })
+        .collect()
 }
 
 pub(super) enum Sent {
@@ -30,7 +61,7 @@ impl TeacherClient {
         ctx: &CallContext,
         pending: &mut Pending,
         prompt_tokens: u64,
-    ) -> Result<Result<Exchange, String>> {
+    ) -> Result<Result<Exchange, Failure>> {
         let body = self.wire.body(msgs);
         let hash = self.hash_body(&body);
         let hit = |reply: Reply| Exchange {
@@ -38,6 +69,7 @@ impl TeacherClient {
             hash: hash.clone(),
             cached: true,
             cost: 0.0,
+            paid_calls: 0,
             latency_ms: 0,
         };
         if let Some(r) = self.lookup(&hash)? {
@@ -77,18 +109,37 @@ impl TeacherClient {
         self.limiter
             .acquire(prompt_tokens + u64::from(self.wire.max_tokens))
             .await;
-        let intent = self.begin_call(&hash, ctx, prompt_tokens)?;
-        let sent = self.send(&body).await;
-        if !matches!(sent, Ok(Sent::Reply(..))) {
-            // Refused or never answered: not billed.
-            if let (Some(l), Some(id)) = (&self.ledger, intent) {
-                l.discard(id)?;
+        let estimate = self.estimate_row(&hash, ctx, prompt_tokens);
+        let intent = self.begin_call(&estimate)?;
+        let mut unanswered = 0;
+        let sent = self.send(&body, &mut unanswered).await;
+        // Attempts that went out and got no usable reply may be billed: they stay in the ledger
+        // and in this record's cost. A call refused or never sent is not billed.
+        let replied = matches!(sent, Ok(Sent::Reply(..)));
+        let charged = estimate.cost_usd * f64::from(unanswered);
+        let rows = unanswered_rows(
+            &estimate,
+            intent.filter(|_| !replied),
+            unanswered,
+            self.timeout,
+        );
+        if let Some(l) = &self.ledger {
+            match (&sent, intent) {
+                // The job stops: nothing journals these rows, so they are written now.
+                (Err(_), _) if !rows.is_empty() => l.append_many(&rows)?,
+                (Ok(_), _) if !rows.is_empty() => pending.ledger.extend(rows),
+                (_, Some(id)) if !replied => l.discard(id)?,
+                _ => {}
             }
         }
         let result = match sent? {
-            Sent::Failed(m) | Sent::SchemaRejected(m) => Ok(Err(m)),
+            Sent::Failed(message) | Sent::SchemaRejected(message) => Ok(Err(Failure {
+                message,
+                cost: charged,
+                paid_calls: unanswered,
+            })),
             Sent::Reply(reply, latency_ms) => {
-                let cost = self.cost(&reply.usage, false);
+                let billed = self.cost(&reply.usage, false);
                 pending.ledger.push(LedgerRow {
                     id: intent,
                     ts: LedgerRow::now(),
@@ -97,7 +148,7 @@ impl TeacherClient {
                     model: self.wire.model.clone(),
                     request_hash: hash.clone(),
                     usage: reply.usage,
-                    cost_usd: cost,
+                    cost_usd: billed,
                     latency_ms,
                     status: "ok".into(),
                     batch_id: None,
@@ -118,7 +169,8 @@ impl TeacherClient {
                     reply,
                     hash: hash.clone(),
                     cached: false,
-                    cost,
+                    cost: billed + charged,
+                    paid_calls: 1 + unanswered,
                     latency_ms,
                 }))
             }
@@ -127,18 +179,15 @@ impl TeacherClient {
         result
     }
 
-    /// Records a call about to be paid as an `in_flight` ledger row (priced as if the reply
-    /// used all of `max_tokens`), so a kill while it is out still shows in the ledger.
-    fn begin_call(&self, hash: &str, ctx: &CallContext, prompt_tokens: u64) -> Result<Option<i64>> {
-        let Some(ledger) = &self.ledger else {
-            return Ok(None);
-        };
+    /// A call about to be paid, priced as if the reply used all of `max_tokens`: the
+    /// `in_flight` row written before it is sent, and each unanswered attempt's row.
+    fn estimate_row(&self, hash: &str, ctx: &CallContext, prompt_tokens: u64) -> LedgerRow {
         let usage = Usage {
             prompt_tokens,
             completion_tokens: u64::from(self.wire.max_tokens),
             ..Default::default()
         };
-        let row = LedgerRow {
+        LedgerRow {
             id: None,
             ts: LedgerRow::now(),
             task: self.spec.name.clone(),
@@ -153,8 +202,16 @@ impl TeacherClient {
             price_version: self.prices.version.clone(),
             source: ctx.source.clone(),
             tag: ctx.tag.clone(),
-        };
-        Ok(Some(ledger.begin(&row)?))
+        }
+    }
+
+    /// Records a call about to be paid as an `in_flight` ledger row, so a kill while it is
+    /// out still shows in the ledger.
+    fn begin_call(&self, estimate: &LedgerRow) -> Result<Option<i64>> {
+        match &self.ledger {
+            Some(ledger) => Ok(Some(ledger.begin(estimate)?)),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn backoff(&self, attempt: u32) -> Duration {
@@ -181,9 +238,9 @@ impl TeacherClient {
 
     /// POSTs a request body; when the server rejects `json_schema`, switches this client to
     /// `json_object` + schema and resends at once (the rejection is not a retry).
-    async fn send(&self, body: &serde_json::Value) -> Result<Sent> {
+    async fn send(&self, body: &serde_json::Value, unanswered: &mut u32) -> Result<Sent> {
         let (bytes, json_schema) = self.wire_bytes(body);
-        match self.send_bytes(bytes, json_schema).await? {
+        match self.send_bytes(bytes, json_schema, unanswered).await? {
             Sent::SchemaRejected(message) => {
                 if !self.schema_as_json_object.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -194,7 +251,7 @@ impl TeacherClient {
                     );
                 }
                 let (bytes, _) = self.wire_bytes(body);
-                Ok(match self.send_bytes(bytes, false).await? {
+                Ok(match self.send_bytes(bytes, false, unanswered).await? {
                     Sent::SchemaRejected(m) => Sent::Failed(m),
                     other => other,
                 })
@@ -205,8 +262,14 @@ impl TeacherClient {
 
     /// POSTs with retries on 408/409/429/5xx/529 and connection errors. `json_schema`: the
     /// bytes ask for `response_format: json_schema`, so a rejection of it is reported as
-    /// [`Sent::SchemaRejected`] instead of retried or fatal.
-    async fn send_bytes(&self, bytes: Vec<u8>, json_schema: bool) -> Result<Sent> {
+    /// [`Sent::SchemaRejected`] instead of retried or fatal. Counts in `unanswered` the
+    /// attempts that reached the provider and got no usable reply (see [`UNANSWERED`]).
+    async fn send_bytes(
+        &self,
+        bytes: Vec<u8>,
+        json_schema: bool,
+        unanswered: &mut u32,
+    ) -> Result<Sent> {
         let url = self.wire.endpoint();
         let mut last = String::new();
         for attempt in 0..=self.max_retries {
@@ -227,6 +290,8 @@ impl TeacherClient {
                     let body = match resp.bytes().await {
                         Ok(b) => b,
                         Err(e) => {
+                            // An error status is not billed; a 2xx one was, cut or not.
+                            *unanswered += u32::from((200..300).contains(&status));
                             last =
                                 format!("reading the reply: {}", redact(&e.to_string(), &self.key));
                             tokio::time::sleep(self.backoff(attempt)).await;
@@ -237,7 +302,10 @@ impl TeacherClient {
                     if (200..300).contains(&status) {
                         return Ok(match self.wire.parse_reply(&body) {
                             Ok(r) => Sent::Reply(r, latency),
-                            Err(m) => Sent::Failed(m),
+                            Err(m) => {
+                                *unanswered += 1;
+                                Sent::Failed(m)
+                            }
                         });
                     }
                     let err = self.wire.parse_error(status, &body);
@@ -272,6 +340,8 @@ impl TeacherClient {
                 }
                 Err(e) => {
                     let msg = redact(&e.to_string(), &self.key);
+                    // Past the connection, the request may have reached the provider.
+                    *unanswered += u32::from(!e.is_connect());
                     if e.is_connect() && attempt == self.max_retries {
                         return Err(TeachError::Unreachable {
                             url: self.wire.base_url.clone(),
