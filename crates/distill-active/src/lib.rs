@@ -199,6 +199,15 @@ pub fn run_active(
     let pool = read_pool(spec, &opts.pool)?;
     let dir = rounds_dir(&opts.out);
     if opts.restart && dir.exists() {
+        // A round's teach journal may hold a batch that is paid for and not yet collected.
+        for r in 0.. {
+            let round = dir.join(format!("round-{r:03}.jsonl"));
+            let journal = distill_teach::runner::journal_path(&round);
+            if !journal.exists() && !round.exists() {
+                break;
+            }
+            distill_teach::journal::check_forgettable(&journal)?;
+        }
         std::fs::remove_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| CoreError::io(&dir, e))?;

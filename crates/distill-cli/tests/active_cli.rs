@@ -496,6 +496,18 @@ fn batch_rounds_are_one_batch_each_and_a_rerun_collects_them() {
     assert!(!dir.join("active.jsonl").exists(), "{out}");
     let stats = get_json(&url.replace("/v1", "/stats"));
     assert_eq!(stats["batches"]["created"], 1, "{stats}");
+    // --restart would delete the round's journal, and with it the batch paid for: refused.
+    let mut restart = teach_args("train.csv", "active.jsonl", &url, &flags);
+    restart.push("--restart");
+    let o = run(dir, &restart);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--restart would forget 1 submitted batch(es)"),
+        "{err}"
+    );
+    assert!(dir
+        .join("active.jsonl.rounds/round-000.jsonl.partial")
+        .exists());
 
     let out = ok(dir, &teach_args("train.csv", "active.jsonl", &url, &flags));
     assert!(out.contains("labelled 200 of"), "{out}");

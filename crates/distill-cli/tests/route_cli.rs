@@ -447,6 +447,26 @@ fn route_teach_through_the_batch_api_in_two_rounds() {
     assert!(!dir.join("routes.jsonl").exists());
     let stats = get_json(&url.replace("/v1", "/stats"));
     assert_eq!(stats["batches"]["created"], 2, "{stats}");
+    // A smaller --limit, or --restart, would forget the submitted batches (paid for, nowhere
+    // else): refused, the journal kept, nothing submitted.
+    for (extra, says) in [
+        (&["--resume", "--limit", "10"][..], "--limit that run had"),
+        (
+            &["--restart"][..],
+            "--restart would forget 2 submitted batch(es)",
+        ),
+    ] {
+        let o = teach(&[&["--no-wait"], extra].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(says),
+            "{extra:?}: {err}"
+        );
+        assert!(dir.join("routes.jsonl.partial").exists());
+    }
+    let stats = get_json(&url.replace("/v1", "/stats"));
+    assert_eq!(stats["batches"]["created"], 2, "{stats}");
+    assert_eq!(stats["requests"], 0, "{stats}");
     // 2: collects the tiers' batches, submits the judge round, leaves.
     ok(teach(&["--no-wait", "--resume"]));
     assert!(!dir.join("routes.jsonl").exists());

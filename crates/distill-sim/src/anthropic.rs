@@ -482,6 +482,9 @@ pub(crate) async fn create_batch(
         let _ = tokio::task::spawn_blocking(move || run_batch(&st2, &id, req.requests, cancelled))
             .await;
     });
+    if state.lose_batch_create() {
+        return crate::openai::bad_gateway();
+    }
     json_response(StatusCode::OK, &obj)
 }
 

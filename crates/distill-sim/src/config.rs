@@ -29,6 +29,9 @@ pub struct SimConfig {
     pub batch_expire_after: Option<usize>,
     /// Time a batch stays `in_progress` before its results appear.
     pub batch_completion_ms: u64,
+    /// The first N batch creations are carried out (the batch exists and runs) but answered
+    /// `502 Bad Gateway`, as a proxy in front of the provider does when it gives up waiting.
+    pub batch_creates_lost: usize,
     /// The delay advertised in `retry-after-ms` on injected 429s (`retry-after` rounds it up
     /// to whole seconds).
     pub retry_after_ms: u64,
@@ -53,6 +56,7 @@ impl SimConfig {
             seed: 0,
             batch_expire_after: None,
             batch_completion_ms: 200,
+            batch_creates_lost: 0,
             retry_after_ms: 100,
             require_api_key: true,
             replay: None,

@@ -789,7 +789,19 @@ pub(crate) async fn create_batch(
     }
     let obj = batch.object();
     write(&state.batches).entry(id).or_insert(batch);
+    if state.lose_batch_create() {
+        return bad_gateway();
+    }
     json_response(StatusCode::OK, &obj)
+}
+
+/// What a proxy in front of the provider answers when it gave up waiting for it.
+pub(crate) fn bad_gateway() -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        "<html><body><h1>502 Bad Gateway</h1></body></html>",
+    )
+        .into_response()
 }
 
 fn finish_cancelled(state: &Shared, id: &str, lines: u64) {

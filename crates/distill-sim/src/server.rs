@@ -28,6 +28,8 @@ pub(crate) struct AppState {
     pub require_api_key: bool,
     pub batch_expire_after: Option<usize>,
     pub batch_completion: Duration,
+    /// Batch creations still to be answered 502 after they are carried out.
+    pub batch_creates_lost: std::sync::atomic::AtomicUsize,
     pub seed: u64,
     /// `http://host:port`, for URLs the server hands out (Anthropic `results_url`).
     pub origin: String,
@@ -39,6 +41,15 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// Whether this batch creation's answer is lost on its way back (see
+    /// [`crate::SimConfig::batch_creates_lost`]).
+    pub fn lose_batch_create(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.batch_creates_lost
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     pub fn next_id(&self, prefix: &str) -> String {
         let n = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!(
@@ -256,6 +267,7 @@ fn build_state(config: SimConfig, addr: SocketAddr) -> Result<AppState> {
         require_api_key: config.require_api_key,
         batch_expire_after: config.batch_expire_after,
         batch_completion: Duration::from_millis(config.batch_completion_ms),
+        batch_creates_lost: std::sync::atomic::AtomicUsize::new(config.batch_creates_lost),
         seed: config.seed,
         origin: format!("http://{addr}"),
         models,

@@ -21,6 +21,14 @@ pub enum TeachError {
     },
     #[error("cannot reach the teacher at {url}: {message}")]
     Unreachable { url: String, message: String },
+    /// A request that must not run twice (creating a batch) failed in a way that does not
+    /// say whether the provider carried it out (a 5xx from a proxy, a timeout).
+    #[error("{what} at {url} may or may not have happened: {message}")]
+    Uncertain {
+        what: String,
+        url: String,
+        message: String,
+    },
     #[error("response cache {path}: {source}")]
     Cache {
         path: PathBuf,

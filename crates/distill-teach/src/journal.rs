@@ -10,7 +10,9 @@
 //!
 //! `--batch` adds one line per submitted provider batch, written (and fsync'd) as soon as the
 //! provider accepts it: `{"batch": <BatchRef>}`. A rerun polls those batches by id instead of
-//! submitting their inputs again.
+//! submitting their inputs again. Once a batch's results are stored, `{"collected": "<id>"}`
+//! says so: `--restart` refuses to forget a journal holding a batch without one, since its
+//! answers are paid for and nowhere else.
 //!
 //! The header records everything that shapes the requests (provider, endpoint, model,
 //! prompts, label set, schema, parameters: [`RequestShape`]), so a rerun after the spec
@@ -155,6 +157,21 @@ pub fn encode_batch_line(batch: &BatchRef) -> Vec<u8> {
     v
 }
 
+#[derive(Serialize, Deserialize)]
+struct CollectedLine {
+    collected: String,
+}
+
+/// The journal line saying batch `id`'s results are stored (with its newline).
+pub fn encode_collected_line(id: &str) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&CollectedLine {
+        collected: id.to_string(),
+    })
+    .unwrap_or_default();
+    v.push(b'\n');
+    v
+}
+
 /// Answers a Batch API round brought into the response cache: their ledger rows and cache
 /// entries, journalled before SQLite sees them, like a record's.
 #[derive(Serialize, Deserialize)]
@@ -252,6 +269,54 @@ pub struct Recovered {
     pub lines: u64,
     /// Provider batches submitted by earlier `--batch` runs, in submission order.
     pub batches: Vec<BatchRef>,
+    /// Ids of the batches whose results were stored (a `collected` line).
+    pub collected: std::collections::HashSet<String>,
+    /// Inputs with any record, failed ones included.
+    pub recorded: Ordinals,
+}
+
+impl Recovered {
+    /// Submitted batches whose answers may not be stored yet: no `collected` line, and (for a
+    /// batch of inputs) some input without a record. Journals from before `collected` lines
+    /// existed are judged by their records alone, so a round batch (no inputs) counts.
+    pub fn uncollected(&self) -> Vec<&BatchRef> {
+        self.batches
+            .iter()
+            .filter(|b| {
+                !self.collected.contains(&b.id)
+                    && (b.round.is_some() || b.ordinals().any(|i| !self.recorded.contains(i)))
+            })
+            .collect()
+    }
+}
+
+/// Refuses to delete the journal at `path` (for `--restart`) while it holds batches whose
+/// answers are paid for and not stored: forgetting them would buy every one again.
+pub fn check_forgettable(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let rec = recover(path, None)?;
+    let open = rec.uncollected();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = open
+        .iter()
+        .map(|b| format!("{} ({} requests)", b.id, b.n))
+        .collect();
+    Err(TeachError::file(
+        path,
+        format!(
+            "--restart would forget {} submitted batch(es) whose answers have not been \
+             collected: {}. They are paid for and stored nowhere else, so starting over would buy \
+             them again. Run the same command without --restart to collect them first (with the \
+             spec they were submitted with, if it has changed since), or cancel them at the \
+             provider and delete this file",
+            open.len(),
+            ids.join(", ")
+        ),
+    ))
 }
 
 pub struct Journal {
@@ -274,10 +339,11 @@ impl Journal {
         restart: bool,
     ) -> Result<(Journal, Recovered)> {
         if restart && path.exists() {
+            check_forgettable(path)?;
             std::fs::remove_file(path).map_err(|e| TeachError::io(path, e))?;
         }
         if path.exists() {
-            let rec = recover(path, header)?;
+            let rec = recover(path, Some(header))?;
             let file = OpenOptions::new()
                 .append(true)
                 .open(path)
@@ -357,7 +423,8 @@ pub fn encode_line<R: Serialize>(
     buf.push(b'\n');
 }
 
-fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
+/// Reads a journal; `header`, when given, must match the one it was written under.
+fn recover(path: &Path, header: Option<&JournalHeader>) -> Result<Recovered> {
     let file = File::open(path).map_err(|e| TeachError::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut line = Vec::new();
@@ -384,7 +451,7 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
                     format!("line 1: not a distill journal ({e}); delete it to start over"),
                 )
             })?;
-            if let Some(why) = h.mismatch(header) {
+            if let Some(why) = header.and_then(|now| h.mismatch(now)) {
                 return Err(TeachError::file(
                     path,
                     format!(
@@ -401,6 +468,13 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
             if let Ok(b) = serde_json::from_slice::<BatchLine>(&line) {
                 good_end = offset;
                 rec.batches.push(b.batch);
+                continue;
+            }
+        }
+        if complete && line.starts_with(b"{\"collected\":") {
+            if let Ok(c) = serde_json::from_slice::<CollectedLine>(&line) {
+                good_end = offset;
+                rec.collected.insert(c.collected);
                 continue;
             }
         }
@@ -432,6 +506,7 @@ fn recover(path: &Path, header: &JournalHeader) -> Result<Recovered> {
         };
         good_end = offset;
         rec.lines += 1;
+        rec.recorded.insert(head.i);
         let status: StatusOnly = serde_json::from_str(head.r.get())
             .map_err(|e| TeachError::file(path, format!("line {lineno}: field `r.status`: {e}")))?;
         if status.status == RecordStatus::Failed {
@@ -620,5 +695,63 @@ mod tests {
         assert!(!std::fs::read_to_string(&path)
             .unwrap()
             .contains("tier:ch\""));
+    }
+
+    /// `--restart` may forget a journal only when every batch in it is collected: marked so,
+    /// or (a journal from before the marks) every input it carries has a record. A round
+    /// batch has no inputs to judge by, so without its mark it counts as uncollected; so does
+    /// any batch in a journal whose spec has changed (the header is not checked).
+    #[test]
+    fn only_collected_batches_may_be_forgotten() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out.jsonl.partial");
+        let batch = |id: &str, round: Option<&str>| BatchRef {
+            id: id.into(),
+            provider: "openai".into(),
+            n: 2,
+            ranges: vec![[0, 2]],
+            round: round.map(str::to_string),
+        };
+        let record = |i: u64, status: &str| {
+            let mut buf = Vec::new();
+            encode_line(
+                &mut buf,
+                i,
+                1,
+                &serde_json::json!({"id": i.to_string(), "status": status}),
+                &Pending::default(),
+            );
+            buf
+        };
+        let (mut j, _) = Journal::open(&path, &header(), false).unwrap();
+        j.append(&encode_batch_line(&batch("b_inputs", None)))
+            .unwrap();
+        let refused = check_forgettable(&path).unwrap_err().to_string();
+        assert!(refused.contains("b_inputs (2 requests)"), "{refused}");
+        // A failed record is a collected answer too (the batch said why).
+        j.append(&record(0, "ok")).unwrap();
+        j.append(&record(1, "failed")).unwrap();
+        check_forgettable(&path).unwrap();
+
+        j.append(&encode_batch_line(&batch("b_round", Some("tier:a"))))
+            .unwrap();
+        let refused = check_forgettable(&path).unwrap_err().to_string();
+        assert!(
+            refused.contains("b_round") && !refused.contains("b_inputs"),
+            "{refused}"
+        );
+        j.append(&encode_collected_line("b_round")).unwrap();
+        check_forgettable(&path).unwrap();
+        drop(j);
+        // Another job's header: still read, still judged.
+        let mut other = header();
+        other.model = "c".into();
+        let (mut j, rec) = Journal::open(&path, &header(), false).unwrap();
+        assert_eq!(rec.collected.len(), 1);
+        j.append(&encode_batch_line(&batch("b_late", Some("judge:j"))))
+            .unwrap();
+        drop(j);
+        assert!(Journal::open(&path, &other, true).is_err());
+        assert!(path.exists(), "a refused restart keeps the journal");
     }
 }

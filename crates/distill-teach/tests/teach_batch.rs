@@ -325,6 +325,81 @@ async fn a_smaller_limit_never_forgets_a_submitted_batch() {
     assert_paid_once(&stats, &ledger_rows(d.path()));
 }
 
+/// `--restart` while a submitted batch is uncollected is refused: deleting the journal would
+/// forget a batch that is paid for, and the fresh run would submit (and pay for) every input
+/// again. Once collected, nothing stops a restart, and it is free (the cache answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_never_forgets_a_submitted_batch() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 60, "openai", "gpt-4o");
+    let sim = sim(&spec, |_| {}).await;
+    let mut first = opts(d.path(), &sim.base_url(), "t.jsonl");
+    first.batch_no_wait = true;
+    let s = run_teach(&spec, first).await.unwrap();
+    assert_eq!(s.batch_ids.len(), 1, "{s}");
+
+    let mut again = opts(d.path(), &sim.base_url(), "t.jsonl");
+    again.restart = true;
+    let e = run_teach(&spec, again).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&s.batch_ids[0])
+            && e.contains("--restart would forget")
+            && e.contains("t.jsonl.partial"),
+        "{e}"
+    );
+    assert!(
+        d.path().join("t.jsonl.partial").exists(),
+        "the journal is kept"
+    );
+    assert_eq!(sim.stats().batches.created, 1);
+
+    let mut collect = opts(d.path(), &sim.base_url(), "t.jsonl");
+    collect.resume = true;
+    assert!(run_teach(&spec, collect).await.unwrap().complete);
+    let mut restart = opts(d.path(), &sim.base_url(), "t.jsonl");
+    restart.restart = true;
+    let s3 = run_teach(&spec, restart).await.unwrap();
+    assert!(s3.complete, "{s3}");
+    assert_eq!(s3.cached, 60, "{s3}");
+    let stats = sim.stats();
+    assert_eq!(stats.batches.created, 1, "{stats:?}");
+    assert_eq!(stats.billable, 60, "every input paid for once: {stats:?}");
+    assert_paid_once(&stats, &ledger_rows(d.path()));
+}
+
+/// A batch creation answered 502 may have been carried out (a proxy gave up waiting while
+/// the provider went on). Sending it again made a second batch, every request billed twice.
+/// OpenAI: the batch is found by its metadata and used. Anthropic (no metadata): the run stops
+/// and says how to check, rather than risk a second batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_created_behind_a_502_is_found_not_created_twice() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 40, "openai", "gpt-4o");
+    let openai = sim(&spec, |c| c.batch_creates_lost = 1).await;
+    let s = run_teach(&spec, opts(d.path(), &openai.base_url(), "t.jsonl"))
+        .await
+        .unwrap();
+    assert!(s.complete, "{s}");
+    assert_every_input_once(&read_records(&d.path().join("t.jsonl")), 40);
+    let stats = openai.stats();
+    assert_eq!(stats.batches.created, 1, "{stats:?}");
+    assert_eq!(stats.billable, 40, "every input paid for once: {stats:?}");
+    assert_paid_once(&stats, &ledger_rows(d.path()));
+
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 40, "anthropic", "claude-haiku-4-5");
+    let claude = sim(&spec, |c| c.batch_creates_lost = 1).await;
+    let e = run_teach(&spec, opts(d.path(), &claude.base_url(), "t.jsonl"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("502") && e.contains("may or may not have happened") && e.contains("Console"),
+        "{e}"
+    );
+    assert_eq!(claude.stats().batches.created, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_resume_picks_up_the_submitted_batch() {
     resume_picks_up_the_batch("anthropic", "claude-haiku-4-5").await;

@@ -59,6 +59,10 @@ pub struct Args {
     /// How long a batch stays in progress before its results are ready, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub batch_completion_ms: u64,
+    /// Carry out the first N batch creations but answer them 502 Bad Gateway, as a proxy
+    /// that gave up waiting on the provider does (the batch exists and runs, and bills).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub batch_creates_lost: usize,
     /// Delay advertised in retry-after-ms on injected 429s (retry-after rounds up to seconds).
     #[arg(long, default_value_t = 100)]
     pub retry_after_ms: u64,
@@ -84,6 +88,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     config.seed = args.seed;
     config.batch_expire_after = args.batch_expire_after;
     config.batch_completion_ms = args.batch_completion_ms;
+    config.batch_creates_lost = args.batch_creates_lost;
     config.retry_after_ms = args.retry_after_ms;
     config.require_api_key = !args.no_auth;
     config.replay = args.replay.clone();

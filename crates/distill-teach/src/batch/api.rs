@@ -189,7 +189,13 @@ impl Api<'_> {
                 )[..16]
                     .to_string();
                 if look_for_orphans && adoptable.is_none() {
-                    *adoptable = Some(self.orphans(job_key, known).await);
+                    // Best effort: without the listing, a batch is submitted as if none were.
+                    *adoptable = Some(self.orphans(job_key, known).await.unwrap_or_else(|e| {
+                        tracing::warn!(
+                            "cannot list batches to find one an interrupted run submitted: {e}"
+                        );
+                        HashMap::new()
+                    }));
                 }
                 let orphan = adoptable.as_mut().and_then(|m| m.remove(&chunk_key));
                 let adopted = match orphan {
@@ -227,22 +233,8 @@ impl Api<'_> {
                         "completion_window": "24h",
                         "metadata": {"distill_job": job_key, "distill_chunk": chunk_key, "distill_task": self.spec.name},
                     });
-                    let batch = self
-                        .call(
-                            "creating the batch",
-                            &format!("{}/batches", self.base()),
-                            Body::Json(serde_json::to_vec(&create).unwrap_or_default()),
-                            false,
-                        )
-                        .await?;
-                    let id = str_field(&batch, "id", "the batch reply")?;
-                    if batch.get("status").and_then(Value::as_str) == Some("failed") {
-                        tracing::warn!(
-                            "batch {id} failed validation: {}; its requests will be sent in real time",
-                            batch.get("errors").cloned().unwrap_or(serde_json::Value::Null)
-                        );
-                    }
-                    id
+                    self.create_once(&create, &chunk_key, &chunk.ids, job_key, known)
+                        .await?
                 }
             }
             Provider::Anthropic => {
@@ -257,7 +249,21 @@ impl Api<'_> {
                         Body::Json(body),
                         false,
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| match e {
+                        TeachError::Uncertain { what, url, message } => TeachError::Uncertain {
+                            what,
+                            url,
+                            message: format!(
+                                "{message}. Anthropic message batches carry no tag to find them \
+                                 by, so the run stops here rather than risk a second batch: look \
+                                 for a new one in the Console (Message Batches) and cancel it \
+                                 before running again, or the rerun pays for these {n} requests \
+                                 twice"
+                            ),
+                        },
+                        e => e,
+                    })?;
                 str_field(&batch, "id", "the message batch reply")?
             }
         };
@@ -268,6 +274,80 @@ impl Api<'_> {
             ranges,
             round: None,
         })
+    }
+
+    /// Creates an OpenAI batch from an uploaded file, exactly once. A creation whose outcome is
+    /// uncertain (a 502 from a proxy that gave up while OpenAI went on) is not simply sent
+    /// again: the batch would exist twice, each billed. The batches listing is asked first
+    /// for one tagged with this chunk's key that holds exactly its requests; only when there
+    /// is none is the creation retried.
+    async fn create_once(
+        &self,
+        create: &Value,
+        chunk_key: &str,
+        ids: &[String],
+        job_key: &str,
+        known: &HashSet<String>,
+    ) -> Result<String> {
+        let url = format!("{}/batches", self.base());
+        let body = serde_json::to_vec(create).unwrap_or_default();
+        let max = self.client.max_retries();
+        let mut attempt = 0;
+        loop {
+            let message = match self
+                .call("creating the batch", &url, Body::Json(body.clone()), false)
+                .await
+            {
+                Ok(batch) => {
+                    let id = str_field(&batch, "id", "the batch reply")?;
+                    if batch.get("status").and_then(Value::as_str) == Some("failed") {
+                        tracing::warn!(
+                            "batch {id} failed validation: {}; its requests will be sent in real time",
+                            batch.get("errors").cloned().unwrap_or(serde_json::Value::Null)
+                        );
+                    }
+                    return Ok(id);
+                }
+                Err(TeachError::Uncertain { message, .. }) => message,
+                Err(e) => return Err(e),
+            };
+            tokio::time::sleep(self.client.retry_delay(attempt)).await;
+            let found = self.orphans(job_key, known).await.map_err(|e| {
+                uncertain(
+                    "creating the batch",
+                    &url,
+                    format!(
+                        "{message}; and listing batches to see whether it was created failed \
+                         ({e}). Run the same command again: it looks for the batch (tagged \
+                         distill_chunk={chunk_key}) before creating another"
+                    ),
+                )
+            })?;
+            match found.get(chunk_key) {
+                Some(o) if self.holds_exactly(o, ids).await => {
+                    tracing::info!(
+                        "creating the batch failed ({message}), but it was created: using {}",
+                        o.id
+                    );
+                    return Ok(o.id.clone());
+                }
+                _ if attempt < max => {
+                    tracing::warn!(
+                        "creating the batch failed ({message}); it was not created, trying again"
+                    );
+                    attempt += 1;
+                }
+                _ => {
+                    return Err(TeachError::Unreachable {
+                        url,
+                        message: format!(
+                            "creating the batch: {message} (after {} attempts)",
+                            attempt + 1
+                        ),
+                    })
+                }
+            }
+        }
     }
 
     /// Whether an orphan batch's input file holds exactly the requests `ids` (each
@@ -310,12 +390,12 @@ impl Api<'_> {
     }
 
     /// OpenAI batches tagged with this job's key that the journal does not know:
-    /// `distill_chunk` → the batch. Best effort: a listing error only logs.
+    /// `distill_chunk` → the batch.
     pub(crate) async fn orphans(
         &self,
         job_key: &str,
         known: &HashSet<String>,
-    ) -> HashMap<String, Orphan> {
+    ) -> Result<HashMap<String, Orphan>> {
         let mut out = HashMap::new();
         let mut after: Option<String> = None;
         for _ in 0..10 {
@@ -323,15 +403,7 @@ impl Api<'_> {
             if let Some(a) = &after {
                 url.push_str(&format!("&after={a}"));
             }
-            let page = match self.call("listing batches", &url, Body::None, true).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot list batches to find one an interrupted run submitted: {e}"
-                    );
-                    break;
-                }
-            };
+            let page = self.call("listing batches", &url, Body::None, true).await?;
             let data = page.get("data").and_then(Value::as_array);
             for b in data.into_iter().flatten() {
                 let meta = b.get("metadata").unwrap_or(&Value::Null);
@@ -358,7 +430,7 @@ impl Api<'_> {
                 break;
             }
         }
-        out
+        Ok(out)
     }
 
     pub(crate) async fn poll(&self, b: &BatchRef) -> Result<Poll> {
@@ -454,7 +526,9 @@ impl Api<'_> {
 
     /// One batch-API call with retries on 408/409/429/5xx and connection errors. A call that
     /// is not `idempotent` (creating a batch) is only retried when it certainly did not run:
-    /// the connection failed or the server answered 429/5xx.
+    /// the connection failed, or the provider answered 429 (rate limited) or 529 (overloaded).
+    /// Any other failure of it (a 5xx, often a proxy that gave up waiting while the provider
+    /// went on; a timeout; a cut reply) is [`TeachError::Uncertain`]: the caller finds out.
     pub(crate) async fn raw(
         &self,
         what: &str,
@@ -510,13 +584,16 @@ impl Api<'_> {
                                 });
                             }
                             last = format!("HTTP {status} {}: {message}", err.kind);
+                            if !idempotent && !matches!(status, 429 | 529) {
+                                return Err(uncertain(what, url, last));
+                            }
                             after.unwrap_or_else(|| c.retry_delay(attempt))
                         }
                         Err(e) => {
                             last =
                                 format!("reading the reply: {}", redact(&e.to_string(), c.key()));
                             if !idempotent {
-                                break;
+                                return Err(uncertain(what, url, last));
                             }
                             c.retry_delay(attempt)
                         }
@@ -525,7 +602,7 @@ impl Api<'_> {
                 Err(e) => {
                     last = redact(&e.to_string(), c.key());
                     if !idempotent && !e.is_connect() {
-                        break;
+                        return Err(uncertain(what, url, last));
                     }
                     c.retry_delay(attempt)
                 }
@@ -539,6 +616,14 @@ impl Api<'_> {
             url: url.to_string(),
             message: format!("{what}: {last}"),
         })
+    }
+}
+
+fn uncertain(what: &str, url: &str, message: String) -> TeachError {
+    TeachError::Uncertain {
+        what: what.to_string(),
+        url: url.to_string(),
+        message,
     }
 }
 

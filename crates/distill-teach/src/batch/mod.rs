@@ -46,7 +46,10 @@ pub(crate) mod prefetch;
 
 use crate::client::{CallContext, LabelOutcome, Pending, TeacherClient};
 use crate::error::{Result, TeachError};
-use crate::journal::{encode_batch_line, encode_line, BatchRef, Journal, JournalHeader, Ordinals};
+use crate::journal::{
+    encode_batch_line, encode_collected_line, encode_line, BatchRef, Journal, JournalHeader,
+    Ordinals,
+};
 use crate::label::parse_reply;
 use crate::runner::{finish, progress_bar, reconcile, TeachOptions, TeachSummary};
 pub use api::{answered_count, custom_id};
@@ -57,6 +60,7 @@ use distill_core::{RecordStatus, TaskSpec, TeacherRecord};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -423,7 +427,7 @@ async fn collect(
         }
     }
     if n == 0 {
-        return Ok(());
+        return sink.journal.append(&encode_collected_line(&b.id));
     }
     let (answered, retried, rejected) = results.values().fold((0, 0, 0), |a, r| match r {
         ItemResult::Reply(_) => (a.0 + 1, a.1, a.2),
@@ -474,7 +478,8 @@ async fn collect(
             results.len()
         );
     }
-    resolve(client, ctx, sink, items, Some(&b.id), concurrency).await
+    resolve(client, ctx, sink, items, Some(&b.id), concurrency).await?;
+    sink.journal.append(&encode_collected_line(&b.id))
 }
 
 /// Turns items into records (a batch reply, a real-time call, or a failure) and writes them.
@@ -497,20 +502,33 @@ async fn resolve(
     // moment one finishes, before `ready_chunks` hands the finished one to the journal, so
     // without the slots a kill could find `concurrency` calls in flight *plus* the answers
     // finished but not yet journalled, all paid again by the rerun.
+    //
+    // A fatal error (a revoked key, an exhausted quota) stops new calls, but the calls already
+    // out are waited for and their answers journalled: dropping them would cancel requests the
+    // provider is billing, and the rerun would pay for them again.
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut stream = futures::stream::iter(items)
         .map(|(ordinal, item, result)| {
             let client = client.clone();
             let ctx = ctx.clone();
             let batch_id = batch_id.map(str::to_string);
-            let slots = slots.clone();
+            let (slots, stop) = (slots.clone(), stop.clone());
             async move {
                 let slot = slots
                     .acquire_owned()
                     .await
                     .map_err(|_| TeachError::Invalid("scheduler closed".into()))?;
-                let done = one(&client, &ctx, ordinal, item, result, batch_id).await?;
-                Ok::<_, TeachError>((done, slot))
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                match one(&client, &ctx, ordinal, item, result, batch_id).await {
+                    Ok(done) => Ok(Some((done, slot))),
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        Err(e)
+                    }
+                }
             }
         })
         .buffer_unordered(concurrency)
@@ -521,10 +539,11 @@ async fn resolve(
         let mut held = Vec::with_capacity(chunk.len());
         for r in chunk {
             match r {
-                Ok((d, slot)) => {
+                Ok(Some((d, slot))) => {
                     done.push(d);
                     held.push(slot);
                 }
+                Ok(None) => {}
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -534,9 +553,6 @@ async fn resolve(
         sink.write(client, done)?;
         // Journalled (and ledgered): the slots may go to the next calls.
         drop(held);
-        if first_err.is_some() {
-            break;
-        }
     }
     match first_err {
         Some(e) => Err(e),
@@ -766,5 +782,138 @@ model = "gpt-4o"
         let rows = client.ledger().unwrap().rows_for_task("t").unwrap();
         assert_eq!(rows.len(), 3, "{rows:?}");
         assert!(rows.iter().all(|r| r.status == "ok"), "{rows:?}");
+    }
+
+    /// A fatal error on one item (here a 401: the key was revoked) stops new calls, but the
+    /// calls already out are waited for and journalled. Breaking off at the error dropped
+    /// them: requests the provider answered (and bills) were lost, and bought again on rerun.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_error_keeps_the_answers_already_on_their_way() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("task.toml"),
+            "name = \"t\"\nkind = \"classify\"\n[input]\npath = \"in.csv\"\n[labels]\n\
+             values = [\"card_arrival\", \"refund\"]\n[teacher]\nprovider = \"openai\"\nmodel = \"gpt-4o\"\n",
+        )
+        .unwrap();
+        let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
+        // The others are answered only once the client has the refusal in hand: it removes
+        // the refused call's in-flight ledger row and, in the same step, hands the error to
+        // `resolve`, before any other answer can be ready.
+        let ledger = d.path().join("ledger.db");
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, r, l) = (seen.clone(), refused.clone(), ledger.clone());
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move |body: String| {
+                let (s, refused, ledger) = (s.clone(), r.clone(), l.clone());
+                async move {
+                    use axum::response::IntoResponse;
+                    use std::sync::atomic::Ordering::SeqCst;
+                    s.fetch_add(1, SeqCst);
+                    if body.contains("revoked") {
+                        refused.store(true, SeqCst);
+                        return (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            axum::Json(serde_json::json!({"error": {"message": "key revoked",
+                                "type": "invalid_request_error", "code": "invalid_api_key"}})),
+                        )
+                            .into_response();
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        let in_flight: i64 = rusqlite::Connection::open(&ledger)
+                            .and_then(|c| {
+                                c.query_row(
+                                    "SELECT COUNT(*) FROM ledger WHERE status = 'in_flight'",
+                                    [],
+                                    |r| r.get(0),
+                                )
+                            })
+                            .unwrap_or(i64::MAX);
+                        if (refused.load(SeqCst) && in_flight <= 3) || Instant::now() > deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    axum::Json(serde_json::json!({
+                        "object": "chat.completion",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "{\"label\": \"refund\"}"}}],
+                        "usage": {"prompt_tokens": 70, "completion_tokens": 9, "total_tokens": 79}
+                    }))
+                    .into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let jpath = d.path().join("teacher.jsonl.partial");
+        let client = Arc::new(
+            TeacherClient::new(
+                &spec,
+                ClientOptions {
+                    base_url: Some(url),
+                    api_key: Some("k".into()),
+                    ledger_path: Some(ledger),
+                    max_retries: Some(0),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let header = JournalHeader {
+            distill_journal: JOURNAL_VERSION,
+            task: "t".into(),
+            input_sha256: "x".into(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            request: client.request_shape(),
+        };
+        let (journal, _) = Journal::open(&jpath, &header, false).unwrap();
+        let mut sink = Sink {
+            journal,
+            done: Ordinals::default(),
+            summary: TeachSummary::default(),
+            buf: Vec::new(),
+        };
+        let texts = [
+            "revoked",
+            "a refund",
+            "my card",
+            "a refund please",
+            "one more",
+        ];
+        let items = (0u64..)
+            .zip(texts)
+            .map(|(i, text)| {
+                let item = InputItem {
+                    context: Default::default(),
+                    id: i.to_string(),
+                    text: text.into(),
+                    gold: None,
+                    line: i + 2,
+                    turns: None,
+                };
+                (i, item, Some(ItemResult::Retry("batch_expired".into())))
+            })
+            .collect();
+        let ctx = CallContext::teach();
+        let e = resolve(&client, &ctx, &mut sink, items, Some("batch_1"), 4)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("key revoked"), "{e}");
+        // Four went out together; the fifth was never sent.
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
+        assert_eq!(sink.summary.ok, 3, "the answers on their way were dropped");
+        drop(sink);
+        let (_, rec) = Journal::open(&jpath, &header, false).unwrap();
+        assert_eq!(rec.done.len(), 3);
+        let rows = client.ledger().unwrap().rows_for_task("t").unwrap();
+        let statuses: Vec<_> = rows.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(statuses, ["ok"; 3], "{rows:?}");
     }
 }

@@ -16,7 +16,9 @@ use super::{MAX_BATCH_BYTES, MAX_BATCH_REQUESTS, WRITE_GROUP};
 use crate::cache::CacheEntry;
 use crate::client::{CallContext, Pending, TeacherClient};
 use crate::error::Result;
-use crate::journal::{encode_batch_line, encode_fetched_line, BatchRef, Journal};
+use crate::journal::{
+    encode_batch_line, encode_collected_line, encode_fetched_line, BatchRef, Journal,
+};
 use crate::runner::{progress_bar, TeachOptions};
 use distill_core::ledger::LedgerRow;
 use serde_json::Value;
@@ -47,6 +49,8 @@ pub(crate) struct Prefetch<'j> {
     journal: &'j mut Journal,
     /// Batches recorded by earlier runs of the job.
     earlier: Vec<BatchRef>,
+    /// Those of them whose results were stored (the journal's `collected` lines).
+    collected: HashSet<String>,
     job_key: String,
     /// The job has run before: look for batches it submitted but did not journal.
     look_for_orphans: bool,
@@ -74,6 +78,7 @@ impl<'j> Prefetch<'j> {
     pub fn new(
         journal: &'j mut Journal,
         earlier: Vec<BatchRef>,
+        collected: HashSet<String>,
         job_key: String,
         look_for_orphans: bool,
         spent_before: f64,
@@ -82,6 +87,7 @@ impl<'j> Prefetch<'j> {
         Prefetch {
             journal,
             earlier,
+            collected,
             job_key,
             look_for_orphans,
             max_spend: opts.max_spend,
@@ -120,6 +126,23 @@ impl<'j> Prefetch<'j> {
             let mut in_batch: HashSet<u64> = HashSet::new();
             let mut submitted: HashSet<&str> = HashSet::new();
             for b in self.earlier.iter().filter(|b| b.round.as_deref() == name) {
+                // Requests this run does not send (a smaller --limit than the run that
+                // submitted them): their answers are paid for, and once this job finishes
+                // and retires its journal, nothing would collect them.
+                if !self.collected.contains(&b.id) {
+                    if let Some(past) = b.ordinals().find(|i| !hash_of.contains_key(i)) {
+                        return Err(crate::error::TeachError::file(
+                            self.journal.path(),
+                            format!(
+                                "batch {} (round {}) holds requests this run does not send \
+                                 (request {past} and maybe more; a smaller --limit than the run \
+                                 that submitted it?), answers already paid for: run with the \
+                                 --limit that run had (or none) to collect them",
+                                b.id, round.name
+                            ),
+                        ));
+                    }
+                }
                 let mut owes = false;
                 for q in b.ordinals().filter_map(|i| hash_of.get(&i)) {
                     in_batch.insert(q.ordinal);
@@ -327,6 +350,7 @@ impl<'j> Prefetch<'j> {
             }
         }
         self.store(client, &round.name, pending)?;
+        self.journal.append(&encode_collected_line(&b.id))?;
         if unanswered > 0 {
             tracing::warn!(
                 "batch {}: {unanswered} of {} requests not answered (expired, cancelled or \

@@ -335,6 +335,7 @@ pub async fn run_route_teach(spec: &TaskSpec, opts: TeachOptions) -> Result<Teac
         let mut pf = Prefetch::new(
             &mut journal,
             std::mem::take(&mut recovered.batches),
+            std::mem::take(&mut recovered.collected),
             header.job_key(),
             had_journal,
             recovered.spent_usd,
