@@ -348,7 +348,10 @@ pub fn run_active(
             // failed inputs are retried, its answered ones keep their records.
             let (mut done, answered) = match read_round(&output)?.filter(|f| f.records == ids.len())
             {
-                Some(f) if f.failed > 0 => (None, f.answered),
+                Some(f) if f.failed > 0 => {
+                    carry_failed(&output, &f)?;
+                    (None, f.answered)
+                }
                 earlier => (earlier, HashMap::new()),
             };
             if done.is_none() {
@@ -358,8 +361,10 @@ pub fn run_active(
                 t.limit = None;
                 t.restart = false;
                 t.resume = false;
-                // A round job's cap includes its own earlier runs (the teach journal keeps them).
-                t.max_spend = opts.max_spend.map(|m| (m - spent).max(0.0));
+                // A round job's cap includes its own earlier runs: the teach journal keeps those
+                // of an unfinished job, the carried cost those whose failed records are retried.
+                let carried = read_retried(&output)?.map_or(0.0, |r| r.cost_usd);
+                t.max_spend = opts.max_spend.map(|m| (m - spent - carried).max(0.0));
                 let summary = rt.block_on(run_teach(&round_spec(spec), t))?;
                 rounds.push(RoundSummary {
                     round: r,
@@ -581,6 +586,9 @@ struct RoundFile {
     paid: usize,
     /// Records with no answer (errors after retries): a rerun of the round asks them again.
     failed: usize,
+    /// What those cost (attempts sent and never answered are billed) and how many were paid.
+    failed_cost: f64,
+    failed_paid: usize,
     /// Every answered record's line, by input id.
     answered: HashMap<String, String>,
 }
@@ -594,6 +602,8 @@ fn read_round(path: &Path) -> Result<Option<RoundFile>> {
         cost: 0.0,
         paid: 0,
         failed: 0,
+        failed_cost: 0.0,
+        failed_paid: 0,
         answered: HashMap::new(),
     };
     for line in std::io::BufReader::new(f).lines() {
@@ -607,12 +617,70 @@ fn read_round(path: &Path) -> Result<Option<RoundFile>> {
             out.paid += usize::from(r.cost_usd > 0.0);
             if r.status == RecordStatus::Failed {
                 out.failed += 1;
+                out.failed_cost += r.cost_usd;
+                out.failed_paid += usize::from(r.cost_usd > 0.0);
             } else {
                 out.answered.insert(r.id.clone(), line);
             }
         }
     }
+    if let Some(r) = read_retried(path)? {
+        // Until the rerun replaces the file, its failed records are still in it.
+        let (cost, paid) = if r.output_sha256 == distill_core::fsutil::sha256_file(path)? {
+            (
+                r.cost_usd - out.failed_cost,
+                r.paid - out.failed_paid.min(r.paid),
+            )
+        } else {
+            (r.cost_usd, r.paid)
+        };
+        out.cost += cost;
+        out.paid += paid;
+    }
     Ok(Some(out))
+}
+
+/// What the failed records of a round's earlier runs cost. A rerun asks those inputs again
+/// and its records replace theirs, so without this the attempts they paid for (sent, never
+/// answered, billed all the same) would vanish from the round's cost and from `--max-spend`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Retried {
+    cost_usd: f64,
+    paid: usize,
+    /// The round file they were last read from: a rerun killed before its teach job rewrote
+    /// the file finds the same file and does not count them twice.
+    output_sha256: String,
+}
+
+fn retried_path(output: &Path) -> PathBuf {
+    output.with_extension("retried.json")
+}
+
+fn read_retried(output: &Path) -> Result<Option<Retried>> {
+    let path = retried_path(output);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ActiveError::Invalid(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CoreError::io(&path, e).into()),
+    }
+}
+
+/// Adds the failed records of `round` (read from `output`) to what the round's earlier runs
+/// cost, before a rerun replaces them.
+fn carry_failed(output: &Path, round: &RoundFile) -> Result<()> {
+    let sha = distill_core::fsutil::sha256_file(output)?;
+    let mut r = read_retried(output)?.unwrap_or_default();
+    if r.output_sha256 == sha {
+        return Ok(());
+    }
+    r.cost_usd += round.failed_cost;
+    r.paid += round.failed_paid;
+    r.output_sha256 = sha;
+    let bytes = serde_json::to_vec_pretty(&r).unwrap_or_default();
+    distill_core::fsutil::write_atomic(retried_path(output), &bytes)?;
+    Ok(())
 }
 
 /// Puts back the lines of the records an earlier run of the round answered: asked again, they
@@ -783,6 +851,45 @@ fn embed_pool(opts: &ActiveOptions, pool: &[PoolItem]) -> Result<PoolEmbeddings>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A round retried for its failed records keeps what those cost: each rerun's records
+    /// replace the earlier ones, and the attempts that went unanswered were billed. Carrying
+    /// the same file twice (a rerun killed before its teach job rewrote it) counts it once.
+    #[test]
+    fn a_retried_round_keeps_what_its_failed_attempts_cost() {
+        let d = tempfile::tempdir().unwrap();
+        let output = d.path().join("round-000.jsonl");
+        let write = |records: &[(&str, &str, f64)]| {
+            let lines: String = records
+                .iter()
+                .map(|(id, status, cost)| {
+                    format!(
+                        "{}\n",
+                        serde_json::json!({"id": id, "text": id, "status": status,
+                            "provider": "openai", "model": "gpt-4o", "cost_usd": cost})
+                    )
+                })
+                .collect();
+            std::fs::write(&output, lines).unwrap();
+        };
+        let cost = || read_round(&output).unwrap().unwrap().cost;
+        write(&[("a", "ok", 0.1), ("b", "ok", 0.1), ("c", "failed", 0.05)]);
+        let first = read_round(&output).unwrap().unwrap();
+        assert_eq!((first.failed, first.paid), (1, 3));
+        carry_failed(&output, &first).unwrap();
+        carry_failed(&output, &first).unwrap();
+        // The same file, read again before the rerun rewrote it: still what it cost.
+        assert!((cost() - 0.25).abs() < 1e-12, "{}", cost());
+        // The rerun: `c` failed again (its new attempts cost 0.03), then a rerun answers it.
+        write(&[("a", "ok", 0.1), ("b", "ok", 0.1), ("c", "failed", 0.03)]);
+        assert!((cost() - 0.28).abs() < 1e-12, "{}", cost());
+        carry_failed(&output, &read_round(&output).unwrap().unwrap()).unwrap();
+        write(&[("a", "ok", 0.1), ("b", "ok", 0.1), ("c", "ok", 0.02)]);
+        let last = read_round(&output).unwrap().unwrap();
+        // Every attempt paid: 0.25 + 0.03 + 0.02.
+        assert!((last.cost - 0.30).abs() < 1e-12, "{}", last.cost);
+        assert_eq!((last.failed, last.paid), (0, 5));
+    }
 
     #[test]
     fn the_stop_rule_needs_two_rounds_of_small_gains() {

@@ -42,6 +42,7 @@ impl Escalator for TeachEscalator {
             let teach_ctx = distill_teach::CallContext {
                 source: ctx.source.clone(),
                 tag: ctx.tag.clone(),
+                guard: None,
             };
             let out = self
                 .client

@@ -322,7 +322,8 @@ async fn sim_content(base: &str, text: &str) -> String {
         .to_string()
 }
 
-/// An upstream that records what it is sent. Prompts containing `reject` get a 400; streams
+/// An upstream that records what it is sent. Prompts containing `reject` get a 400, those
+/// containing `garbage` a 200 whose body is not JSON; streams
 /// containing `hang` send one chunk and then nothing, until the test ends; prompts containing
 /// `slow` are answered once the gate is notified.
 async fn recording_upstream() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -346,6 +347,9 @@ async fn recording_upstream_gated(
                 let text = v.to_string();
                 if text.contains("slow") {
                     gate.notified().await;
+                }
+                if text.contains("garbage") {
+                    return (axum::http::StatusCode::OK, "<html>upstream proxy</html>").into_response();
                 }
                 if text.contains("reject") {
                     return (
@@ -464,6 +468,23 @@ cache = false
     assert_eq!(e["error"]["message"], "bad thing");
     let ledger = Ledger::open(dir.path().join("ledger.db")).unwrap();
     assert_eq!(ledger.rows_for_task("capped").unwrap().len(), 3);
+
+    // A 200 that is not an answer was billed with no usage to read: charged at its estimate
+    // (its prompt and all 100 capped tokens), in the ledger and in the spend metric.
+    let (s, e) = chat(&http, &url, user("auto", "garbage please")).await;
+    assert_eq!(s, 502, "{e}");
+    let rows = ledger.rows_for_task("capped").unwrap();
+    let last = rows.last().unwrap();
+    assert_eq!(last.status, "unanswered", "{rows:?}");
+    assert_eq!(last.usage.completion_tokens, 100, "{last:?}");
+    assert!(last.cost_usd > 0.0);
+    let m = metrics_text(&http, &server).await;
+    let spent: f64 = rows.iter().map(|r| r.cost_usd).sum();
+    let metered = series(
+        &m,
+        "distill_gateway_spend_usd_total{route=\"capped\",tier=\"only\",tag=\"default\"}",
+    );
+    assert!((metered - spent).abs() < 1e-9, "{metered} vs {spent}\n{m}");
     server.shutdown().await.unwrap();
 }
 

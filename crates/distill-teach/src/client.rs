@@ -68,6 +68,21 @@ pub struct CallContext {
     pub source: String,
     /// Free-form tag (serve's `X-Distill-Tag`).
     pub tag: Option<String>,
+    /// The job's budget, asked before a retry that follows an unanswered attempt.
+    pub guard: Option<SpendGuard>,
+}
+
+/// Asked before retrying a call whose last attempt went unanswered (and may be billed): `true`
+/// when the job's budget has room for another attempt costing the given dollars, and holds
+/// it; `false` to give the call up. A call's reservation covers one answer; each unanswered
+/// attempt costs as much again, so without this a run of timeouts could overshoot the cap.
+#[derive(Clone)]
+pub struct SpendGuard(pub std::sync::Arc<dyn Fn(f64) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for SpendGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpendGuard")
+    }
 }
 
 impl CallContext {
@@ -75,6 +90,7 @@ impl CallContext {
         CallContext {
             source: source.into(),
             tag: None,
+            guard: None,
         }
     }
     pub fn teach() -> Self {
@@ -259,10 +275,13 @@ impl TeacherClient {
         }
         let key = resolve_api_key(&key_spec, &base_url, opts.api_key.as_deref())?;
         let wire = Wire::from_spec(spec, &base_url, provider, &model);
+        // A connection that is not made in time fails as a connection error (never sent, not
+        // billed) before the request's own timeout can fire and count it as unanswered.
+        let timeout = Duration::from_secs(spec.teacher.timeout_s.max(1));
         let mut http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(1024)
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10).min(timeout / 2));
         if is_loopback(&base_url) {
             http = http.no_proxy();
         }
@@ -298,7 +317,7 @@ impl TeacherClient {
             price,
             max_retries: opts.max_retries.unwrap_or(6),
             backoff_base: opts.backoff_base.unwrap_or(Duration::from_millis(250)),
-            timeout: Duration::from_secs(spec.teacher.timeout_s.max(1)),
+            timeout,
             recent: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             schema_as_json_object: AtomicBool::new(false),
@@ -543,12 +562,14 @@ impl TeacherClient {
         };
         let mut prompt_tokens = self.prompt_tokens(input);
         for attempt in 0..2 {
-            let ex = match self
-                .exchange(&msgs, ctx, &mut pending, prompt_tokens)
-                .await?
-            {
-                Ok(ex) => ex,
-                Err(failure) => {
+            let ex = match self.exchange(&msgs, ctx, &mut pending, prompt_tokens).await {
+                Ok(Ok(ex)) => ex,
+                Err(e) => {
+                    // The job stops here: what the record's first call was billed stays.
+                    self.persist(&pending)?;
+                    return Err(e);
+                }
+                Ok(Err(failure)) => {
                     if attempt == 0 {
                         out.request_hash = self.hash_body(&self.wire.body(&msgs));
                         out.cached = false;
@@ -737,8 +758,8 @@ model = "smollm2"
     }
 
     /// A provider answering its requests in turn as `script` says: `hang` (accepts the
-    /// request and never answers), `garbage` (200 with a body that is not a reply), anything
-    /// else the first label; the last entry repeats.
+    /// request and never answers), `garbage` (200 with a body that is not a reply), `502` (a
+    /// proxy's Bad Gateway), anything else the first label; the last entry repeats.
     async fn scripted_provider(script: &'static [&'static str]) -> String {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let app = axum::Router::new().route(
@@ -749,6 +770,7 @@ model = "smollm2"
                     match script[i.min(script.len() - 1)] {
                         "hang" => std::future::pending().await,
                         "garbage" => (StatusCode::OK, "<html>upstream proxy</html>").into_response(),
+                        "502" => (StatusCode::BAD_GATEWAY, "<html>502</html>").into_response(),
                         _ => axum::Json(serde_json::json!({
                             "object": "chat.completion",
                             "choices": [{"index": 0, "finish_reason": "stop",
@@ -781,7 +803,7 @@ model = "smollm2"
             );
         std::fs::write(d.path().join("task.toml"), toml).unwrap();
         let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
-        let url = scripted_provider(&["hang", "hang", "hang", "ok", "garbage"]).await;
+        let url = scripted_provider(&["hang", "hang", "hang", "ok", "garbage", "502", "ok"]).await;
         let ledger_path = d.path().join("ledger.db");
         let c = TeacherClient::new(
             &spec,
@@ -842,14 +864,75 @@ model = "smollm2"
         assert_eq!(g.paid_calls, 1);
         assert_eq!(statuses(&g.request_hash), ["unanswered"]);
 
+        // A proxy's 502 does not say the provider did not go on: retried, and charged.
+        let p = c.label("my card is late", &ctx).await.unwrap();
+        assert_eq!((p.status, p.paid_calls), (RecordStatus::Ok, 2));
+        assert_eq!(statuses(&p.request_hash), ["ok", "unanswered"]);
+
         let s = &ledger.summary(&[], None).unwrap()[0];
-        assert_eq!((s.calls, s.unanswered, s.in_flight), (5, 4, 0));
-        let total = a.cost_usd + b.cost_usd + g.cost_usd;
+        assert_eq!((s.calls, s.unanswered, s.in_flight), (7, 5, 0));
+        let total = a.cost_usd + b.cost_usd + g.cost_usd + p.cost_usd;
         assert!(
             (s.cost_usd - total).abs() < 1e-12,
             "{} vs {total}",
             s.cost_usd
         );
+    }
+
+    /// `--max-spend`'s guard is asked before a retry that follows an unanswered attempt (which
+    /// costs as much as an answer): refused, the call gives up instead of overshooting.
+    #[tokio::test]
+    async fn a_retry_after_an_unanswered_attempt_asks_the_budget_first() {
+        let d = tempfile::tempdir().unwrap();
+        spec(d.path());
+        let toml = std::fs::read_to_string(d.path().join("task.toml"))
+            .unwrap()
+            .replace(
+                "model = \"smollm2\"",
+                "model = \"gpt-4o-mini\"\ntimeout_s = 1",
+            );
+        std::fs::write(d.path().join("task.toml"), toml).unwrap();
+        let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
+        let url = scripted_provider(&["hang"]).await;
+        let c = TeacherClient::new(
+            &spec,
+            ClientOptions {
+                base_url: Some(url),
+                api_key: Some("k".into()),
+                max_retries: Some(3),
+                backoff_base: Some(Duration::from_millis(1)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for room in [0usize, 1] {
+            let asked = Arc::new(Mutex::new(Vec::new()));
+            let a = asked.clone();
+            let mut ctx = CallContext::teach();
+            ctx.guard = Some(SpendGuard(Arc::new(move |usd| {
+                let mut a = a.lock().unwrap();
+                a.push(usd);
+                a.len() <= room
+            })));
+            let o = c
+                .label(&format!("where is my card {room}?"), &ctx)
+                .await
+                .unwrap();
+            assert_eq!(o.status, RecordStatus::Failed);
+            assert!(
+                o.error.as_deref().unwrap().contains("--max-spend"),
+                "{:?}",
+                o.error
+            );
+            // Each unanswered attempt but the last asked for room; the first refusal stops it.
+            assert_eq!(o.paid_calls as usize, room + 1, "{o:?}");
+            let asked = asked.lock().unwrap();
+            assert_eq!(asked.len(), room + 1);
+            assert!(
+                (asked[0] * (room + 1) as f64 - o.cost_usd).abs() < 1e-12,
+                "{asked:?} {o:?}"
+            );
+        }
     }
 
     #[test]

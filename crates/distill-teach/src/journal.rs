@@ -271,14 +271,16 @@ pub struct Recovered {
     pub batches: Vec<BatchRef>,
     /// Ids of the batches whose results were stored (a `collected` line).
     pub collected: std::collections::HashSet<String>,
-    /// Inputs with any record, failed ones included.
+    /// Inputs with a record (failed ones included) written after the last batch that holds
+    /// them.
     pub recorded: Ordinals,
 }
 
 impl Recovered {
     /// Submitted batches whose answers may not be stored yet: no `collected` line, and (for a
-    /// batch of inputs) some input without a record. Journals from before `collected` lines
-    /// existed are judged by their records alone, so a round batch (no inputs) counts.
+    /// batch of inputs) some input without a record since the batch was submitted (which also
+    /// judges journals from before `collected` lines, and a kill before the line). A round
+    /// batch has no inputs to judge by: without its line it counts.
     pub fn uncollected(&self) -> Vec<&BatchRef> {
         self.batches
             .iter()
@@ -467,6 +469,11 @@ fn recover(path: &Path, header: Option<&JournalHeader>) -> Result<Recovered> {
         if complete && line.starts_with(b"{\"batch\":") {
             if let Ok(b) = serde_json::from_slice::<BatchLine>(&line) {
                 good_end = offset;
+                // A record from before the batch is not its answer. (A round batch numbers its
+                // requests, not inputs.)
+                if b.batch.round.is_none() {
+                    b.batch.ordinals().for_each(|i| rec.recorded.remove(i));
+                }
                 rec.batches.push(b.batch);
                 continue;
             }
@@ -724,6 +731,9 @@ mod tests {
             buf
         };
         let (mut j, _) = Journal::open(&path, &header(), false).unwrap();
+        // Failed in real time, then sent in a batch: the old records are not its answers.
+        j.append(&record(0, "failed")).unwrap();
+        j.append(&record(1, "failed")).unwrap();
         j.append(&encode_batch_line(&batch("b_inputs", None)))
             .unwrap();
         let refused = check_forgettable(&path).unwrap_err().to_string();
@@ -743,15 +753,28 @@ mod tests {
         j.append(&encode_collected_line("b_round")).unwrap();
         check_forgettable(&path).unwrap();
         drop(j);
-        // Another job's header: still read, still judged.
+        // A restart after the spec changed: with everything collected it goes ahead...
         let mut other = header();
         other.model = "c".into();
+        let copy = d.path().join("copy.partial");
+        std::fs::copy(&path, &copy).unwrap();
+        let (_, fresh) = Journal::open(&copy, &other, true).unwrap();
+        assert_eq!((fresh.lines, fresh.batches.len()), (0, 0), "{fresh:?}");
+        // ...and with a batch out it is refused, naming it, the journal kept.
         let (mut j, rec) = Journal::open(&path, &header(), false).unwrap();
         assert_eq!(rec.collected.len(), 1);
         j.append(&encode_batch_line(&batch("b_late", Some("judge:j"))))
             .unwrap();
         drop(j);
-        assert!(Journal::open(&path, &other, true).is_err());
+        let refused = Journal::open(&path, &other, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            refused.contains("--restart would forget 1 submitted batch(es)")
+                && refused.contains("b_late"),
+            "{refused}"
+        );
         assert!(path.exists(), "a refused restart keeps the journal");
     }
 }

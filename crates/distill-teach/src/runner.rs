@@ -534,7 +534,7 @@ pub(crate) async fn run_items<L: Labeler>(
             }
             None => 0.0,
         };
-        let (labeler, tx, budget, fatal, stop, summary, bar, ctx) = (
+        let (labeler, tx, budget, fatal, stop, summary, bar, mut ctx) = (
             labeler.clone(),
             tx.clone(),
             budget.clone(),
@@ -544,13 +544,27 @@ pub(crate) async fn run_items<L: Labeler>(
             bar.clone(),
             ctx.clone(),
         );
+        // What this input's retries after unanswered attempts have added to its reservation.
+        let extra = Arc::new(Mutex::new(0.0f64));
+        if let Some(max) = opts.max_spend {
+            let (budget, extra) = (budget.clone(), extra.clone());
+            ctx.guard = Some(crate::client::SpendGuard(Arc::new(move |usd| {
+                let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
+                if b.spent + b.reserved + usd > max {
+                    return false;
+                }
+                b.reserved += usd;
+                *extra.lock().unwrap_or_else(|p| p.into_inner()) += usd;
+                true
+            })));
+        }
         tokio::spawn(async move {
             let res = labeler.label(item, ctx).await;
             match res {
                 Ok(outcome) => {
                     let spent = {
                         let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
-                        b.reserved -= reserve;
+                        b.reserved -= reserve + *extra.lock().unwrap_or_else(|p| p.into_inner());
                         b.spent += outcome.cost_usd;
                         b.spent
                     };

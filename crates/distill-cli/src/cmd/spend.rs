@@ -175,7 +175,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         println!(
             "of which {unanswered} call(s) were sent and got no usable reply (timed out, cut off, \
              or unreadable): counted at their worst-case estimate, since providers bill requests \
-             they finished; --reconcile compares with the provider's own figures"
+             they finished (the provider's usage page says what they came to)"
         );
     }
     if args.reconcile {

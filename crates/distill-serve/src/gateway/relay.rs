@@ -402,6 +402,7 @@ impl UpstreamCall {
         let ctx = CallContext {
             source: "gateway".into(),
             tag: (tag != DEFAULT_TAG).then(|| tag.to_string()),
+            guard: None,
         };
         let mut fallback_from = None;
         let mut tried = Vec::new();
@@ -552,11 +553,12 @@ impl UpstreamCall {
         let answer = match read {
             Ok(a) => a,
             Err(why) => {
-                let usage = Usage {
-                    prompt_tokens,
-                    ..Default::default()
-                };
-                accepted.call.settle(&usage, "error").await;
+                // Billed, but with no usage to read: charged at its estimate, as the teach
+                // client charges an unreadable reply.
+                let usage = accepted.call.estimate();
+                let status = distill_core::ledger::UNANSWERED;
+                let cost = accepted.call.settle(&usage, status).await;
+                job.account(cost, &usage, None, status);
                 return Err(bad_gateway(format!("tier `{}` {why}", gw.tiers[tier].name)));
             }
         };

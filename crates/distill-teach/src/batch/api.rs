@@ -120,6 +120,7 @@ pub async fn answered_count(client: &TeacherClient, batch_id: &str) -> Result<u6
 }
 
 /// A batch found on the provider, tagged with this job's key, that the journal does not list.
+#[derive(Clone)]
 pub(crate) struct Orphan {
     pub(crate) id: String,
     pub(crate) input_file_id: String,
@@ -311,33 +312,54 @@ impl Api<'_> {
                 Err(TeachError::Uncertain { message, .. }) => message,
                 Err(e) => return Err(e),
             };
-            tokio::time::sleep(self.client.retry_delay(attempt)).await;
-            let found = self.orphans(job_key, known).await.map_err(|e| {
-                uncertain(
-                    "creating the batch",
-                    &url,
-                    format!(
-                        "{message}; and listing batches to see whether it was created failed \
-                         ({e}). Run the same command again: it looks for the batch (tagged \
-                         distill_chunk={chunk_key}) before creating another"
-                    ),
-                )
-            })?;
-            match found.get(chunk_key) {
-                Some(o) if self.holds_exactly(o, ids).await => {
+            // A listing can lag a batch just made: look a few times before deciding it was not.
+            let mut found = None;
+            for look in 0..3 {
+                tokio::time::sleep(self.client.retry_delay(attempt + look + 2)).await;
+                let listed = self.orphans(job_key, known).await.map_err(|e| {
+                    uncertain(
+                        "creating the batch",
+                        &url,
+                        format!(
+                            "{message}; and listing batches to see whether it was created \
+                             failed ({e}). Run the same command again: it looks for the batch \
+                             (tagged distill_chunk={chunk_key}) before creating another"
+                        ),
+                    )
+                })?;
+                if let Some(o) = listed.get(chunk_key) {
+                    found = Some(o.clone());
+                    break;
+                }
+            }
+            match found {
+                // Its tag is a hash of exactly these requests' ids: never create another.
+                Some(o) if self.holds_exactly(&o, ids).await => {
                     tracing::info!(
                         "creating the batch failed ({message}), but it was created: using {}",
                         o.id
                     );
-                    return Ok(o.id.clone());
+                    return Ok(o.id);
                 }
-                _ if attempt < max => {
+                Some(o) => {
+                    return Err(uncertain(
+                        "creating the batch",
+                        &url,
+                        format!(
+                            "{message}; batch {} carries this chunk's tag, but its input file \
+                             could not be checked. Run the same command again: it checks the \
+                             batch again instead of creating another",
+                            o.id
+                        ),
+                    ))
+                }
+                None if attempt < max => {
                     tracing::warn!(
                         "creating the batch failed ({message}); it was not created, trying again"
                     );
                     attempt += 1;
                 }
-                _ => {
+                None => {
                     return Err(TeachError::Unreachable {
                         url,
                         message: format!(

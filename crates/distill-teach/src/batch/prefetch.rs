@@ -154,6 +154,10 @@ impl<'j> Prefetch<'j> {
                 }
                 if owes {
                     waiting.push((r, b.clone()));
+                } else if !self.collected.contains(&b.id) {
+                    // Stored by a run killed before it could say so.
+                    self.journal.append(&encode_collected_line(&b.id))?;
+                    self.collected.insert(b.id.clone());
                 }
             }
             let api = Api {
@@ -351,6 +355,7 @@ impl<'j> Prefetch<'j> {
         }
         self.store(client, &round.name, pending)?;
         self.journal.append(&encode_collected_line(&b.id))?;
+        self.collected.insert(b.id.clone());
         if unanswered > 0 {
             tracing::warn!(
                 "batch {}: {unanswered} of {} requests not answered (expired, cancelled or \

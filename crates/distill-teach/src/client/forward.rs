@@ -60,6 +60,12 @@ impl PaidCall {
     pub fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
+    /// The usage the call was recorded under before it was sent: its prompt and a reply of
+    /// all its `max_tokens` (what an unreadable reply is charged at).
+    pub fn estimate(&self) -> Usage {
+        self.row.usage
+    }
+
     /// What `usage` costs at the tier's price.
     pub fn cost(&self, usage: &Usage) -> f64 {
         self.price
@@ -252,6 +258,7 @@ impl TeacherClient {
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    unanswered += u32::from(super::transport::proxy_gave_up(status));
                     let after = retry_after(resp.headers());
                     let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
                     if !retryable(status) {

@@ -25,6 +25,12 @@ pub(super) struct Failure {
     pub(super) paid_calls: u32,
 }
 
+/// A 502 or 504: a proxy in front of the provider gave up waiting for it, which does not say
+/// the provider did not answer (and bill) the request.
+pub(super) fn proxy_gave_up(status: u16) -> bool {
+    matches!(status, 502 | 504)
+}
+
 /// The ledger rows of `attempts` unanswered attempts at `estimate`'s price: the first completes
 /// `intent` when given, the others are new rows.
 pub(super) fn unanswered_rows(
@@ -112,7 +118,8 @@ impl TeacherClient {
         let estimate = self.estimate_row(&hash, ctx, prompt_tokens);
         let intent = self.begin_call(&estimate)?;
         let mut unanswered = 0;
-        let sent = self.send(&body, &mut unanswered).await;
+        let may_retry = || ctx.guard.as_ref().is_none_or(|g| (g.0)(estimate.cost_usd));
+        let sent = self.send(&body, &mut unanswered, &may_retry).await;
         // Attempts that went out and got no usable reply may be billed: they stay in the ledger
         // and in this record's cost. A call refused or never sent is not billed.
         let replied = matches!(sent, Ok(Sent::Reply(..)));
@@ -238,9 +245,17 @@ impl TeacherClient {
 
     /// POSTs a request body; when the server rejects `json_schema`, switches this client to
     /// `json_object` + schema and resends at once (the rejection is not a retry).
-    async fn send(&self, body: &serde_json::Value, unanswered: &mut u32) -> Result<Sent> {
+    async fn send(
+        &self,
+        body: &serde_json::Value,
+        unanswered: &mut u32,
+        may_retry: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Sent> {
         let (bytes, json_schema) = self.wire_bytes(body);
-        match self.send_bytes(bytes, json_schema, unanswered).await? {
+        match self
+            .send_bytes(bytes, json_schema, unanswered, may_retry)
+            .await?
+        {
             Sent::SchemaRejected(message) => {
                 if !self.schema_as_json_object.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -251,10 +266,12 @@ impl TeacherClient {
                     );
                 }
                 let (bytes, _) = self.wire_bytes(body);
-                Ok(match self.send_bytes(bytes, false, unanswered).await? {
-                    Sent::SchemaRejected(m) => Sent::Failed(m),
-                    other => other,
-                })
+                Ok(
+                    match self.send_bytes(bytes, false, unanswered, may_retry).await? {
+                        Sent::SchemaRejected(m) => Sent::Failed(m),
+                        other => other,
+                    },
+                )
             }
             other => Ok(other),
         }
@@ -263,16 +280,25 @@ impl TeacherClient {
     /// POSTs with retries on 408/409/429/5xx/529 and connection errors. `json_schema`: the
     /// bytes ask for `response_format: json_schema`, so a rejection of it is reported as
     /// [`Sent::SchemaRejected`] instead of retried or fatal. Counts in `unanswered` the
-    /// attempts that reached the provider and got no usable reply (see [`UNANSWERED`]).
+    /// attempts that reached the provider and got no usable reply (see [`UNANSWERED`]); an
+    /// attempt after one of those is sent only if `may_retry` (the job's budget) agrees.
     async fn send_bytes(
         &self,
         bytes: Vec<u8>,
         json_schema: bool,
         unanswered: &mut u32,
+        may_retry: &(dyn Fn() -> bool + Sync),
     ) -> Result<Sent> {
         let url = self.wire.endpoint();
         let mut last = String::new();
+        let budget_stop = |last: &str, attempts: u32| {
+            Sent::Failed(format!(
+                "gave up after {attempts} attempts: {last}; the budget (--max-spend) leaves no \
+                 room for another attempt that may be billed"
+            ))
+        };
         for attempt in 0..=self.max_retries {
+            let unanswered_before = *unanswered;
             let started = Instant::now();
             let mut req = self
                 .http
@@ -294,6 +320,12 @@ impl TeacherClient {
                             *unanswered += u32::from((200..300).contains(&status));
                             last =
                                 format!("reading the reply: {}", redact(&e.to_string(), &self.key));
+                            if *unanswered > unanswered_before
+                                && attempt < self.max_retries
+                                && !may_retry()
+                            {
+                                return Ok(budget_stop(&last, attempt + 1));
+                            }
                             tokio::time::sleep(self.backoff(attempt)).await;
                             continue;
                         }
@@ -308,6 +340,8 @@ impl TeacherClient {
                             }
                         });
                     }
+                    // A proxy's 502/504: it gave up waiting, and the provider may have gone on.
+                    *unanswered += u32::from(proxy_gave_up(status));
                     let err = self.wire.parse_error(status, &body);
                     let message = redact(&err.message, &self.key);
                     if json_schema && rejects_json_schema(status, &message) {
@@ -357,6 +391,9 @@ impl TeacherClient {
                 }
             };
             if attempt < self.max_retries {
+                if *unanswered > unanswered_before && !may_retry() {
+                    return Ok(budget_stop(&last, attempt + 1));
+                }
                 tracing::debug!("retrying in {wait:?}: {last}");
                 tokio::time::sleep(wait).await;
             }
