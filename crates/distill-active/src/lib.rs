@@ -346,14 +346,16 @@ pub fn run_active(
             // A round labelled by an earlier run is not asked again: that would only turn its
             // records into cache hits and lose what they cost. One with failed records is: its
             // failed inputs are retried, its answered ones keep their records.
-            let (mut done, answered) = match read_round(&output)?.filter(|f| f.records == ids.len())
-            {
-                Some(f) if f.failed > 0 => {
-                    carry_failed(&output, &f)?;
-                    (None, f.answered)
-                }
-                earlier => (earlier, HashMap::new()),
-            };
+            // What the round's earlier runs paid (its answered records, which come back from
+            // the cache at $0, and every failed attempt): the rerun's cap leaves it out.
+            let (mut done, answered, earlier_cost) =
+                match read_round(&output)?.filter(|f| f.records == ids.len()) {
+                    Some(f) if f.failed > 0 => {
+                        carry_failed(&output, &f)?;
+                        (None, f.answered, f.cost)
+                    }
+                    earlier => (earlier, HashMap::new(), 0.0),
+                };
             if done.is_none() {
                 let mut t = teach.clone();
                 t.input = Some(input);
@@ -362,9 +364,8 @@ pub fn run_active(
                 t.restart = false;
                 t.resume = false;
                 // A round job's cap includes its own earlier runs: the teach journal keeps those
-                // of an unfinished job, the carried cost those whose failed records are retried.
-                let carried = read_retried(&output)?.map_or(0.0, |r| r.cost_usd);
-                t.max_spend = opts.max_spend.map(|m| (m - spent - carried).max(0.0));
+                // of an unfinished job, `earlier_cost` those of a finished one being retried.
+                t.max_spend = opts.max_spend.map(|m| (m - spent - earlier_cost).max(0.0));
                 let summary = rt.block_on(run_teach(&round_spec(spec), t))?;
                 rounds.push(RoundSummary {
                     round: r,
@@ -626,7 +627,7 @@ fn read_round(path: &Path) -> Result<Option<RoundFile>> {
     }
     if let Some(r) = read_retried(path)? {
         // Until the rerun replaces the file, its failed records are still in it.
-        let (cost, paid) = if r.output_sha256 == distill_core::fsutil::sha256_file(path)? {
+        let (cost, paid) = if r.output_stamp == stamp(path)? {
             (
                 r.cost_usd - out.failed_cost,
                 r.paid - out.failed_paid.min(r.paid),
@@ -647,9 +648,22 @@ fn read_round(path: &Path) -> Result<Option<RoundFile>> {
 struct Retried {
     cost_usd: f64,
     paid: usize,
-    /// The round file they were last read from: a rerun killed before its teach job rewrote
-    /// the file finds the same file and does not count them twice.
-    output_sha256: String,
+    /// The round file they were last read from ([`stamp`]): a rerun killed before its teach
+    /// job rewrote the file finds the same file and does not count them twice.
+    output_stamp: String,
+}
+
+/// Tells one writing of a file from another: its content and its modification time (a rerun
+/// that fails exactly as the last one did writes the same bytes, later).
+fn stamp(path: &Path) -> Result<String> {
+    let sha = distill_core::fsutil::sha256_file(path)?;
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(|e| CoreError::io(path, e))?;
+    let ns = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{sha}:{ns}"))
 }
 
 fn retried_path(output: &Path) -> PathBuf {
@@ -670,14 +684,14 @@ fn read_retried(output: &Path) -> Result<Option<Retried>> {
 /// Adds the failed records of `round` (read from `output`) to what the round's earlier runs
 /// cost, before a rerun replaces them.
 fn carry_failed(output: &Path, round: &RoundFile) -> Result<()> {
-    let sha = distill_core::fsutil::sha256_file(output)?;
+    let stamp = stamp(output)?;
     let mut r = read_retried(output)?.unwrap_or_default();
-    if r.output_sha256 == sha {
+    if r.output_stamp == stamp {
         return Ok(());
     }
     r.cost_usd += round.failed_cost;
     r.paid += round.failed_paid;
-    r.output_sha256 = sha;
+    r.output_stamp = stamp;
     let bytes = serde_json::to_vec_pretty(&r).unwrap_or_default();
     distill_core::fsutil::write_atomic(retried_path(output), &bytes)?;
     Ok(())
@@ -854,11 +868,14 @@ mod tests {
 
     /// A round retried for its failed records keeps what those cost: each rerun's records
     /// replace the earlier ones, and the attempts that went unanswered were billed. Carrying
-    /// the same file twice (a rerun killed before its teach job rewrote it) counts it once.
+    /// the same file twice (a rerun killed before its teach job rewrote it) counts it once; a
+    /// rerun that failed exactly as the last one did (the same bytes, written later) counts.
     #[test]
     fn a_retried_round_keeps_what_its_failed_attempts_cost() {
         let d = tempfile::tempdir().unwrap();
         let output = d.path().join("round-000.jsonl");
+        // Each writing is a second later than the last, as a rerun's would be.
+        let written = std::cell::Cell::new(std::time::SystemTime::now());
         let write = |records: &[(&str, &str, f64)]| {
             let lines: String = records
                 .iter()
@@ -871,6 +888,13 @@ mod tests {
                 })
                 .collect();
             std::fs::write(&output, lines).unwrap();
+            written.set(written.get() + std::time::Duration::from_secs(1));
+            std::fs::File::options()
+                .write(true)
+                .open(&output)
+                .unwrap()
+                .set_modified(written.get())
+                .unwrap();
         };
         let cost = || read_round(&output).unwrap().unwrap().cost;
         write(&[("a", "ok", 0.1), ("b", "ok", 0.1), ("c", "failed", 0.05)]);
@@ -880,15 +904,19 @@ mod tests {
         carry_failed(&output, &first).unwrap();
         // The same file, read again before the rerun rewrote it: still what it cost.
         assert!((cost() - 0.25).abs() < 1e-12, "{}", cost());
-        // The rerun: `c` failed again (its new attempts cost 0.03), then a rerun answers it.
+        // A rerun: `c` failed again just as before (the same bytes, paid again).
+        write(&[("a", "ok", 0.1), ("b", "ok", 0.1), ("c", "failed", 0.05)]);
+        assert!((cost() - 0.30).abs() < 1e-12, "{}", cost());
+        carry_failed(&output, &read_round(&output).unwrap().unwrap()).unwrap();
+        // Another: `c` failed again (its new attempts cost 0.03), then one answers it.
         write(&[("a", "ok", 0.1), ("b", "ok", 0.1), ("c", "failed", 0.03)]);
-        assert!((cost() - 0.28).abs() < 1e-12, "{}", cost());
+        assert!((cost() - 0.33).abs() < 1e-12, "{}", cost());
         carry_failed(&output, &read_round(&output).unwrap().unwrap()).unwrap();
         write(&[("a", "ok", 0.1), ("b", "ok", 0.1), ("c", "ok", 0.02)]);
         let last = read_round(&output).unwrap().unwrap();
-        // Every attempt paid: 0.25 + 0.03 + 0.02.
-        assert!((last.cost - 0.30).abs() < 1e-12, "{}", last.cost);
-        assert_eq!((last.failed, last.paid), (0, 5));
+        // Every attempt paid: 0.25 + 0.05 + 0.03 + 0.02.
+        assert!((last.cost - 0.35).abs() < 1e-12, "{}", last.cost);
+        assert_eq!((last.failed, last.paid), (0, 6));
     }
 
     #[test]

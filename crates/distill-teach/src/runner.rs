@@ -490,9 +490,15 @@ pub(crate) async fn run_items<L: Labeler>(
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let ctx = CallContext::teach();
     let mut stopped_by_budget = false;
+    // A retry the budget refused: the job stops as over budget (its journal kept).
+    let refused = Arc::new(AtomicBool::new(false));
     let reader = read_inputs(&input, spec.input.format, &Columns::from(&spec.input))?;
     for (ordinal, item) in (0u64..).zip(reader) {
         if ordinal >= total || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if refused.load(Ordering::Relaxed) {
+            stopped_by_budget = true;
             break;
         }
         let item = item?;
@@ -547,10 +553,11 @@ pub(crate) async fn run_items<L: Labeler>(
         // What this input's retries after unanswered attempts have added to its reservation.
         let extra = Arc::new(Mutex::new(0.0f64));
         if let Some(max) = opts.max_spend {
-            let (budget, extra) = (budget.clone(), extra.clone());
+            let (budget, extra, refused) = (budget.clone(), extra.clone(), refused.clone());
             ctx.guard = Some(crate::client::SpendGuard(Arc::new(move |usd| {
                 let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
                 if b.spent + b.reserved + usd > max {
+                    refused.store(true, Ordering::Relaxed);
                     return false;
                 }
                 b.reserved += usd;
@@ -592,6 +599,8 @@ pub(crate) async fn run_items<L: Labeler>(
                         .await;
                 }
                 Err(e) => {
+                    budget.lock().unwrap_or_else(|p| p.into_inner()).reserved -=
+                        reserve + *extra.lock().unwrap_or_else(|p| p.into_inner());
                     stop.store(true, Ordering::Relaxed);
                     fatal
                         .lock()
@@ -616,6 +625,7 @@ pub(crate) async fn run_items<L: Labeler>(
         return Err(e);
     }
     written?;
+    let stopped_by_budget = stopped_by_budget || refused.load(Ordering::Relaxed);
     let mut summary = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     summary.stopped_by_budget = stopped_by_budget;
     summary.elapsed = started.elapsed();

@@ -472,6 +472,56 @@ async fn a_changed_prompt_is_never_resumed_silently() {
     }
 }
 
+/// Attempts that time out are billed (the provider finishes them), so each costs what an
+/// answer would. A retry after one asks the budget first: a run of timeouts stops the job as
+/// over budget, under its cap, with its journal kept, instead of retrying past the cap (or
+/// finishing "complete" with the spend forgotten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_after_timeouts_stay_within_max_spend() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = task(d.path(), 8, "timeout_s = 1");
+    let mut c = SimConfig::new(spec.clone());
+    c.latency_ms = 3_000;
+    let sim = SimServer::start(c, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let client = client(d.path(), &spec, &sim.base_url());
+    let estimate = distill_teach::dry_run::Estimator::new(&spec, &client)
+        .worst_case_cost(&client, &read_inputs_of(&spec)[0]);
+    let cap = 20.0 * estimate;
+    let run = || {
+        let mut o = opts(d.path(), &sim.base_url(), "t.jsonl");
+        o.max_spend = Some(cap);
+        o.max_retries = Some(3);
+        o
+    };
+    let s = run_teach(&spec, run()).await.unwrap();
+    assert!(s.stopped_by_budget && !s.complete, "{s}");
+    assert_eq!(s.failed, 8, "{s}");
+    assert!(
+        s.cost_usd <= cap + 1e-12,
+        "{} over the cap {cap}",
+        s.cost_usd
+    );
+    // More than one attempt each on average: retries went out while there was room.
+    assert!(s.paid_calls > 8, "{s}");
+    let rows = Ledger::open(d.path().join("state/ledger.db"))
+        .unwrap()
+        .rows_for_task("banking77")
+        .unwrap();
+    assert!(rows.iter().all(|r| r.status == "unanswered"), "{rows:?}");
+    let ledgered: f64 = rows.iter().map(|r| r.cost_usd).sum();
+    assert!((ledgered - s.cost_usd).abs() < 1e-9, "{ledgered} vs {s}");
+    assert!(
+        d.path().join("t.jsonl.partial").exists(),
+        "the journal is kept"
+    );
+    // The next run knows what the first spent.
+    let s2 = run_teach(&spec, run()).await.unwrap();
+    assert!((s2.earlier_cost_usd - s.cost_usd).abs() < 1e-9, "{s2}");
+    assert!(s.cost_usd + s2.cost_usd <= cap + 1e-12, "{s2}");
+}
+
 /// `--max-spend` caps the job: re-running a job stopped by its budget spends nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_spend_caps_the_job_across_runs() {

@@ -558,7 +558,12 @@ impl UpstreamCall {
                 let usage = accepted.call.estimate();
                 let status = distill_core::ledger::UNANSWERED;
                 let cost = accepted.call.settle(&usage, status).await;
-                job.account(cost, &usage, None, status);
+                // The tokens metric counts what was seen: the prompt.
+                let seen = Usage {
+                    prompt_tokens: usage.prompt_tokens,
+                    ..Default::default()
+                };
+                job.account(cost, &seen, None, status);
                 return Err(bad_gateway(format!("tier `{}` {why}", gw.tiers[tier].name)));
             }
         };

@@ -199,8 +199,12 @@ impl Api<'_> {
                     }));
                 }
                 let orphan = adoptable.as_mut().and_then(|m| m.remove(&chunk_key));
+                let holds = match &orphan {
+                    Some(o) => self.holds_exactly(o, &chunk.ids).await?,
+                    None => false,
+                };
                 let adopted = match orphan {
-                    Some(o) if self.holds_exactly(&o, &chunk.ids).await => {
+                    Some(o) if holds => {
                         tracing::info!(
                             "adopting batch {}, submitted by an interrupted run of this job",
                             o.id
@@ -334,7 +338,7 @@ impl Api<'_> {
             }
             match found {
                 // Its tag is a hash of exactly these requests' ids: never create another.
-                Some(o) if self.holds_exactly(&o, ids).await => {
+                Some(o) if self.holds_exactly(&o, ids).await? => {
                     tracing::info!(
                         "creating the batch failed ({message}), but it was created: using {}",
                         o.id
@@ -346,9 +350,8 @@ impl Api<'_> {
                         "creating the batch",
                         &url,
                         format!(
-                            "{message}; batch {} carries this chunk's tag, but its input file \
-                             could not be checked. Run the same command again: it checks the \
-                             batch again instead of creating another",
+                            "{message}; batch {} carries this chunk's tag but holds other \
+                             requests: look at it before running again",
                             o.id
                         ),
                     ))
@@ -373,8 +376,9 @@ impl Api<'_> {
     }
 
     /// Whether an orphan batch's input file holds exactly the requests `ids` (each
-    /// `custom_id` carries its input's ordinal and request hash). Any doubt means no.
-    pub(crate) async fn holds_exactly(&self, orphan: &Orphan, ids: &[String]) -> bool {
+    /// `custom_id` carries its input's ordinal and request hash); an error when the file
+    /// cannot be read, which says neither.
+    pub(crate) async fn holds_exactly(&self, orphan: &Orphan, ids: &[String]) -> Result<bool> {
         let url = format!("{}/files/{}/content", self.base(), orphan.input_file_id);
         let bytes = match self
             .raw(
@@ -387,8 +391,16 @@ impl Api<'_> {
         {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!("cannot read the input file of batch {}: {e}", orphan.id);
-                return false;
+                return Err(uncertain(
+                    "checking an earlier batch",
+                    &url,
+                    format!(
+                        "cannot read the input file of batch {}, tagged as this job's ({e}); \
+                         the run stops rather than risk creating a second batch: run the same \
+                         command again",
+                        orphan.id
+                    ),
+                ))
             }
         };
         let mut theirs: Vec<String> = Vec::with_capacity(ids.len());
@@ -401,14 +413,14 @@ impl Api<'_> {
                     .and_then(Value::as_str)
                     .map(str::to_string)
             }) else {
-                return false;
+                return Ok(false);
             };
             theirs.push(cid);
         }
         let mut ours = ids.to_vec();
         ours.sort_unstable();
         theirs.sort_unstable();
-        ours == theirs
+        Ok(ours == theirs)
     }
 
     /// OpenAI batches tagged with this job's key that the journal does not know:

@@ -316,8 +316,10 @@ impl TeacherClient {
                     let body = match resp.bytes().await {
                         Ok(b) => b,
                         Err(e) => {
-                            // An error status is not billed; a 2xx one was, cut or not.
-                            *unanswered += u32::from((200..300).contains(&status));
+                            // An error status is not billed; a 2xx one was, cut or not, and a
+                            // proxy's 502/504 may have been.
+                            *unanswered +=
+                                u32::from((200..300).contains(&status) || proxy_gave_up(status));
                             last =
                                 format!("reading the reply: {}", redact(&e.to_string(), &self.key));
                             if *unanswered > unanswered_before

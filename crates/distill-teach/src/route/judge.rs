@@ -88,9 +88,17 @@ impl Labeler for RouteLabeler {
         let mut error = None;
         let (judge_spec, judge) = &self.judge;
         for (tier, client) in &self.tiers {
-            let (answer, p) = match &item.turns {
-                Some(turns) => client.complete_turns_deferred(turns, &ctx).await?,
-                None => client.complete_deferred(&item.text, &ctx).await?,
+            let asked = match &item.turns {
+                Some(turns) => client.complete_turns_deferred(turns, &ctx).await,
+                None => client.complete_deferred(&item.text, &ctx).await,
+            };
+            // The job stops on a fatal error: what the record's earlier calls were billed stays.
+            let (answer, p) = match asked {
+                Ok(a) => a,
+                Err(e) => {
+                    self.client().persist(&pending)?;
+                    return Err(e);
+                }
             };
             pending.ledger.extend(p.ledger);
             pending.cache.extend(p.cache);
@@ -126,7 +134,13 @@ impl Labeler for RouteLabeler {
                         text,
                         self.references.get(&item.id).map(String::as_str),
                     );
-                    let (verdict, p) = judge.complete_deferred(&prompt, &ctx).await?;
+                    let (verdict, p) = match judge.complete_deferred(&prompt, &ctx).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            self.client().persist(&pending)?;
+                            return Err(e);
+                        }
+                    };
                     pending.ledger.extend(p.ledger);
                     pending.cache.extend(p.cache);
                     usage.add(&verdict.usage);
