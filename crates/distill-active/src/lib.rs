@@ -348,13 +348,15 @@ pub fn run_active(
             // failed inputs are retried, its answered ones keep their records.
             // What the round's earlier runs paid (its answered records, which come back from
             // the cache at $0, and every failed attempt): the rerun's cap leaves it out.
-            let (mut done, answered, earlier_cost) =
+            restore_answered(&output)?;
+            let (mut done, earlier_cost) =
                 match read_round(&output)?.filter(|f| f.records == ids.len()) {
                     Some(f) if f.failed > 0 => {
                         carry_failed(&output, &f)?;
-                        (None, f.answered, f.cost)
+                        save_answered(&output, &f.answered)?;
+                        (None, f.cost)
                     }
-                    earlier => (earlier, HashMap::new(), 0.0),
+                    earlier => (earlier, 0.0),
                 };
             if done.is_none() {
                 let mut t = teach.clone();
@@ -373,9 +375,7 @@ pub fn run_active(
                     spent_usd: summary.cost_usd,
                     dev_accuracy: selections[r].dev_accuracy,
                 });
-                if !answered.is_empty() && output.exists() {
-                    keep_answered(&output, &answered)?;
-                }
+                restore_answered(&output)?;
                 let labelled_now = read_round(&output)?;
                 let failed = labelled_now.as_ref().map_or(0, |f| f.failed);
                 if !summary.complete || failed > 0 {
@@ -697,6 +697,47 @@ fn carry_failed(output: &Path, round: &RoundFile) -> Result<()> {
     Ok(())
 }
 
+/// Where a round's answered lines wait while its failed inputs are asked again: a kill after
+/// the rerun's teach job wrote the round (its answered records as $0 cache hits) and before
+/// they were put back would otherwise lose what they cost.
+fn answered_path(output: &Path) -> PathBuf {
+    output.with_extension("answered.jsonl")
+}
+
+/// Keeps the answered lines of a round about to be retried ([`restore_answered`] puts them
+/// back).
+fn save_answered(output: &Path, answered: &HashMap<String, String>) -> Result<()> {
+    let path = answered_path(output);
+    let mut bytes = Vec::new();
+    for line in answered.values() {
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+    }
+    distill_core::fsutil::write_atomic(&path, &bytes)?;
+    Ok(())
+}
+
+/// Puts the lines [`save_answered`] kept back into the round file (whoever wrote it since),
+/// then drops them.
+fn restore_answered(output: &Path) -> Result<()> {
+    let path = answered_path(output);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let earlier: HashMap<String, String> = text
+        .lines()
+        .filter_map(|l| {
+            let r = serde_json::from_str::<distill_core::TeacherRecord>(l).ok()?;
+            Some((r.id, l.to_string()))
+        })
+        .collect();
+    if output.exists() {
+        keep_answered(output, &earlier)?;
+    }
+    std::fs::remove_file(&path).map_err(|e| CoreError::io(&path, e))?;
+    Ok(())
+}
+
 /// Puts back the lines of the records an earlier run of the round answered: asked again, they
 /// came from the response cache as $0 hits, and the round would forget what they cost.
 fn keep_answered(path: &Path, earlier: &HashMap<String, String>) -> Result<()> {
@@ -710,7 +751,10 @@ fn keep_answered(path: &Path, earlier: &HashMap<String, String>) -> Result<()> {
         bytes.extend_from_slice(kept.map_or(line, String::as_str).as_bytes());
         bytes.push(b'\n');
     }
-    distill_core::fsutil::write_atomic(path, &bytes)?;
+    // Unchanged, the file is left as it is: its stamp says which failures were carried.
+    if bytes != text.as_bytes() {
+        distill_core::fsutil::write_atomic(path, &bytes)?;
+    }
     Ok(())
 }
 
@@ -917,6 +961,44 @@ mod tests {
         // Every attempt paid: 0.25 + 0.05 + 0.03 + 0.02.
         assert!((last.cost - 0.35).abs() < 1e-12, "{}", last.cost);
         assert_eq!((last.failed, last.paid), (0, 6));
+    }
+
+    /// A kill after a retried round's teach job wrote the round (its answered records as $0
+    /// cache hits) and before they were put back: the next run puts them back first.
+    #[test]
+    fn answered_lines_survive_a_kill_before_they_are_put_back() {
+        let d = tempfile::tempdir().unwrap();
+        let output = d.path().join("round-000.jsonl");
+        let line = |id: &str, status: &str, cost: f64| {
+            serde_json::json!({"id": id, "text": id, "status": status,
+                "provider": "openai", "model": "gpt-4o", "cost_usd": cost})
+            .to_string()
+        };
+        std::fs::write(
+            &output,
+            format!("{}\n{}\n", line("a", "ok", 0.1), line("b", "failed", 0.0)),
+        )
+        .unwrap();
+        let earlier = read_round(&output).unwrap().unwrap();
+        save_answered(&output, &earlier.answered).unwrap();
+        // The rerun's teach job: `a` from the cache, `b` answered now; then the kill.
+        std::fs::write(
+            &output,
+            format!("{}\n{}\n", line("a", "ok", 0.0), line("b", "ok", 0.2)),
+        )
+        .unwrap();
+        restore_answered(&output).unwrap();
+        let round = read_round(&output).unwrap().unwrap();
+        assert!((round.cost - 0.3).abs() < 1e-12, "{}", round.cost);
+        assert!(!answered_path(&output).exists());
+        // Lines kept that the file already holds: it is not rewritten (its stamp says which
+        // failures were carried).
+        save_answered(&output, &round.answered).unwrap();
+        let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&output).unwrap());
+        let before = inode();
+        restore_answered(&output).unwrap();
+        assert!(!answered_path(&output).exists());
+        assert_eq!(inode(), before, "rewritten");
     }
 
     #[test]
