@@ -12,8 +12,10 @@
 //!
 //! Files, beside the output `OUT`: `OUT.rounds/plan.json` (what the selection depends on; a
 //! changed plan is refused rather than silently mixed), `selection.jsonl` (one line per round:
-//! its input ids), `round-NNN.input.jsonl` and `round-NNN.jsonl` (each round's teach job), and
-//! `student/` (the scoring student, trained on the round files so far). `OUT` is written, the
+//! its input ids), `round-NNN.input.jsonl` and `round-NNN.jsonl` (each round's teach job),
+//! `round-NNN.retried.json` and `round-NNN.answered.jsonl` (a round retried for its failed
+//! records: what those cost, and the answered lines until they are put back), and `student/`
+//! (the scoring student, trained on the round files so far). `OUT` is written, the
 //! rounds in order, when the run stops.
 
 pub mod strategy;
