@@ -162,6 +162,8 @@ pub struct Completion {
     pub latency_ms: u64,
     /// Answered from the cache (nothing paid).
     pub cached: bool,
+    /// Attempts that may be billed: the one answered and any unanswered before it.
+    pub paid_calls: u32,
     pub request_hash: String,
 }
 
@@ -666,6 +668,7 @@ impl TeacherClient {
                 cost_usd: ex.cost,
                 latency_ms: ex.latency_ms,
                 cached: ex.cached,
+                paid_calls: ex.paid_calls,
                 request_hash: ex.hash,
             },
             Err(failure) => Completion {
@@ -675,6 +678,7 @@ impl TeacherClient {
                 cost_usd: failure.cost,
                 latency_ms: 0,
                 cached: false,
+                paid_calls: failure.paid_calls,
                 request_hash: self.hash_body(&self.wire.body(msgs)),
             },
         };

@@ -161,7 +161,7 @@ impl StreamState {
                     continue;
                 }
                 let usage = self.usage.unwrap_or_default();
-                let cost = self.call.as_ref().map(|c| c.cost(&usage)).unwrap_or(0.0);
+                let cost = self.call.as_ref().map(|c| c.charged(&usage)).unwrap_or(0.0);
                 v["distill"] =
                     serde_json::to_value(self.job.meter_for(cost, &usage)).unwrap_or(Value::Null);
                 self.ready.push_back(sse(&v.to_string()));
@@ -200,7 +200,7 @@ impl StreamState {
             return None;
         }
         let usage = self.billed_usage();
-        let cost = self.call.as_ref().map(|c| c.cost(&usage)).unwrap_or(0.0);
+        let cost = self.call.as_ref().map(|c| c.charged(&usage)).unwrap_or(0.0);
         let f = self.first.as_ref();
         let field = |k: &str| f.and_then(|f| f.get(k)).cloned().unwrap_or(Value::Null);
         let meter = self.job.meter_for(cost, &usage);

@@ -66,6 +66,12 @@ impl PaidCall {
         self.row.usage
     }
 
+    /// What the call comes to if the reply used `usage`: that, plus the attempts before it
+    /// that went unanswered ([`Self::settle`] returns the same).
+    pub fn charged(&self, usage: &Usage) -> f64 {
+        self.cost(usage) + self.unanswered_usd
+    }
+
     /// What `usage` costs at the tier's price.
     pub fn cost(&self, usage: &Usage) -> f64 {
         self.price

@@ -106,7 +106,12 @@ impl Labeler for RouteLabeler {
             cost += answer.cost_usd;
             let from_batch = self.fetched.contains(&answer.request_hash);
             cached &= answer.cached && !from_batch;
-            paid += u32::from((!answer.cached || from_batch) && answer.text.is_some());
+            // A batch answer was paid by this job, though it reads from the cache now.
+            paid += if from_batch {
+                u32::from(answer.text.is_some())
+            } else {
+                answer.paid_calls
+            };
             let mut outcome = TierOutcome {
                 tier: tier.name.clone(),
                 model: tier.model.clone(),
@@ -147,7 +152,11 @@ impl Labeler for RouteLabeler {
                     cost += verdict.cost_usd;
                     let from_batch = self.fetched.contains(&verdict.request_hash);
                     cached &= verdict.cached && !from_batch;
-                    paid += u32::from((!verdict.cached || from_batch) && verdict.text.is_some());
+                    paid += if from_batch {
+                        u32::from(verdict.text.is_some())
+                    } else {
+                        verdict.paid_calls
+                    };
                     outcome.judge_cost_usd = judge.cost(&verdict.usage, false);
                     match verdict
                         .text
