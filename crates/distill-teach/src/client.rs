@@ -497,6 +497,15 @@ impl TeacherClient {
         Ok(out)
     }
 
+    /// `result`, after writing `pending` when it is an error: the job stops there, and what a
+    /// record's earlier calls were billed stays in the ledger.
+    pub fn persist_on_error<T>(&self, result: Result<T>, pending: &Pending) -> Result<T> {
+        if result.is_err() {
+            self.persist(pending)?;
+        }
+        result
+    }
+
     /// Writes pending ledger rows and cache entries, then drops them from the in-memory map.
     pub fn persist(&self, pending: &Pending) -> Result<()> {
         if let Some(l) = &self.ledger {
@@ -564,14 +573,10 @@ impl TeacherClient {
         };
         let mut prompt_tokens = self.prompt_tokens(input);
         for attempt in 0..2 {
-            let ex = match self.exchange(&msgs, ctx, &mut pending, prompt_tokens).await {
-                Ok(Ok(ex)) => ex,
-                Err(e) => {
-                    // The job stops here: what the record's first call was billed stays.
-                    self.persist(&pending)?;
-                    return Err(e);
-                }
-                Ok(Err(failure)) => {
+            let exchanged = self.exchange(&msgs, ctx, &mut pending, prompt_tokens).await;
+            let ex = match self.persist_on_error(exchanged, &pending)? {
+                Ok(ex) => ex,
+                Err(failure) => {
                     if attempt == 0 {
                         out.request_hash = self.hash_body(&self.wire.body(&msgs));
                         out.cached = false;
@@ -792,35 +797,51 @@ model = "smollm2"
         url
     }
 
+    /// [`spec`] with a priced model and a 1 s timeout, so unanswered attempts cost something
+    /// and come quickly.
+    fn priced_spec(dir: &std::path::Path) -> TaskSpec {
+        spec(dir);
+        let toml = std::fs::read_to_string(dir.join("task.toml"))
+            .unwrap()
+            .replace(
+                "model = \"smollm2\"",
+                "model = \"gpt-4o-mini\"\ntimeout_s = 1",
+            );
+        std::fs::write(dir.join("task.toml"), toml).unwrap();
+        TaskSpec::load(dir.join("task.toml")).unwrap()
+    }
+
+    /// A client of `url` retrying `max_retries` times at once, ledgering to `ledger`.
+    fn scripted_client(
+        spec: &TaskSpec,
+        url: String,
+        max_retries: u32,
+        ledger: Option<PathBuf>,
+    ) -> TeacherClient {
+        TeacherClient::new(
+            spec,
+            ClientOptions {
+                base_url: Some(url),
+                api_key: Some("k".into()),
+                ledger_path: ledger,
+                max_retries: Some(max_retries),
+                backoff_base: Some(Duration::from_millis(1)),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
     /// Providers finish and bill a request whose client stopped waiting, and bill a 2xx whose
     /// body is unreadable: such attempts stay in the ledger at their estimate and in the
     /// record's cost (what --max-spend sums), instead of vanishing with the in-flight row.
     #[tokio::test]
     async fn attempts_without_a_usable_reply_stay_in_the_ledger_and_the_cost() {
         let d = tempfile::tempdir().unwrap();
-        spec(d.path());
-        let toml = std::fs::read_to_string(d.path().join("task.toml"))
-            .unwrap()
-            .replace(
-                "model = \"smollm2\"",
-                "model = \"gpt-4o-mini\"\ntimeout_s = 1",
-            );
-        std::fs::write(d.path().join("task.toml"), toml).unwrap();
-        let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
+        let spec = priced_spec(d.path());
         let url = scripted_provider(&["hang", "hang", "hang", "ok", "garbage", "502", "ok"]).await;
         let ledger_path = d.path().join("ledger.db");
-        let c = TeacherClient::new(
-            &spec,
-            ClientOptions {
-                base_url: Some(url),
-                api_key: Some("k".into()),
-                ledger_path: Some(ledger_path.clone()),
-                max_retries: Some(1),
-                backoff_base: Some(Duration::from_millis(1)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let c = scripted_client(&spec, url, 1, Some(ledger_path.clone()));
         let ctx = CallContext::teach();
         let ledger = Ledger::open(&ledger_path).unwrap();
         let statuses = |hash: &str| -> Vec<String> {
@@ -888,27 +909,9 @@ model = "smollm2"
     #[tokio::test]
     async fn a_retry_after_an_unanswered_attempt_asks_the_budget_first() {
         let d = tempfile::tempdir().unwrap();
-        spec(d.path());
-        let toml = std::fs::read_to_string(d.path().join("task.toml"))
-            .unwrap()
-            .replace(
-                "model = \"smollm2\"",
-                "model = \"gpt-4o-mini\"\ntimeout_s = 1",
-            );
-        std::fs::write(d.path().join("task.toml"), toml).unwrap();
-        let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
+        let spec = priced_spec(d.path());
         let url = scripted_provider(&["hang"]).await;
-        let c = TeacherClient::new(
-            &spec,
-            ClientOptions {
-                base_url: Some(url),
-                api_key: Some("k".into()),
-                max_retries: Some(3),
-                backoff_base: Some(Duration::from_millis(1)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let c = scripted_client(&spec, url, 3, None);
         for room in [0usize, 1] {
             let asked = Arc::new(Mutex::new(Vec::new()));
             let a = asked.clone();

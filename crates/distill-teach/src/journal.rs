@@ -149,10 +149,14 @@ struct BatchLine {
 
 /// The journal line recording a submitted batch (with its newline).
 pub fn encode_batch_line(batch: &BatchRef) -> Vec<u8> {
-    let mut v = serde_json::to_vec(&BatchLine {
+    json_line(&BatchLine {
         batch: batch.clone(),
     })
-    .unwrap_or_default();
+}
+
+/// `value` as one JSON line, newline included.
+fn json_line(value: &impl Serialize) -> Vec<u8> {
+    let mut v = serde_json::to_vec(value).unwrap_or_default();
     v.push(b'\n');
     v
 }
@@ -164,12 +168,9 @@ struct CollectedLine {
 
 /// The journal line saying batch `id`'s results are stored (with its newline).
 pub fn encode_collected_line(id: &str) -> Vec<u8> {
-    let mut v = serde_json::to_vec(&CollectedLine {
+    json_line(&CollectedLine {
         collected: id.to_string(),
     })
-    .unwrap_or_default();
-    v.push(b'\n');
-    v
 }
 
 /// Answers a Batch API round brought into the response cache: their ledger rows and cache

@@ -494,11 +494,7 @@ pub(crate) async fn run_items<L: Labeler>(
     let refused = Arc::new(AtomicBool::new(false));
     let reader = read_inputs(&input, spec.input.format, &Columns::from(&spec.input))?;
     for (ordinal, item) in (0u64..).zip(reader) {
-        if ordinal >= total || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if refused.load(Ordering::Relaxed) {
-            stopped_by_budget = true;
+        if ordinal >= total || stop.load(Ordering::Relaxed) || refused.load(Ordering::Relaxed) {
             break;
         }
         let item = item?;
@@ -567,11 +563,13 @@ pub(crate) async fn run_items<L: Labeler>(
         }
         tokio::spawn(async move {
             let res = labeler.label(item, ctx).await;
+            // Its reservation, and what its retries added to it: released either way.
+            let held = reserve + *extra.lock().unwrap_or_else(|p| p.into_inner());
             match res {
                 Ok(outcome) => {
                     let spent = {
                         let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
-                        b.reserved -= reserve + *extra.lock().unwrap_or_else(|p| p.into_inner());
+                        b.reserved -= held;
                         b.spent += outcome.cost_usd;
                         b.spent
                     };
@@ -599,8 +597,7 @@ pub(crate) async fn run_items<L: Labeler>(
                         .await;
                 }
                 Err(e) => {
-                    budget.lock().unwrap_or_else(|p| p.into_inner()).reserved -=
-                        reserve + *extra.lock().unwrap_or_else(|p| p.into_inner());
+                    budget.lock().unwrap_or_else(|p| p.into_inner()).reserved -= held;
                     stop.store(true, Ordering::Relaxed);
                     fatal
                         .lock()

@@ -6,7 +6,9 @@ use distill_core::ledger::{Ledger, LedgerRow};
 use distill_core::prices::PriceTable;
 use distill_core::{RecordStatus, TaskSpec, TeacherRecord};
 use distill_sim::{SimConfig, SimServer, Stats};
-use distill_teach::{run_teach, ClientOptions, TeachError, TeachOptions, TeacherClient};
+use distill_teach::{
+    run_teach, ClientOptions, TeachError, TeachOptions, TeachSummary, TeacherClient,
+};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -286,18 +288,25 @@ async fn openai_resume_picks_up_the_submitted_batch() {
     resume_picks_up_the_batch("openai", "gpt-4o").await;
 }
 
+/// A 60-input job that submits its one batch and leaves (`--no-wait`), writing `t.jsonl`'s
+/// journal in `dir`.
+async fn submit_and_leave(dir: &Path) -> (TaskSpec, SimServer, TeachSummary) {
+    let spec = task(dir, 60, "openai", "gpt-4o");
+    let sim = sim(&spec, |_| {}).await;
+    let mut first = opts(dir, &sim.base_url(), "t.jsonl");
+    first.batch_no_wait = true;
+    let s = run_teach(&spec, first).await.unwrap();
+    assert_eq!(s.batch_ids.len(), 1, "{s}");
+    (spec, sim, s)
+}
+
 /// A rerun with a smaller --limit than the run that submitted a batch is refused: collecting
 /// only its first inputs and retiring the journal would forget the batch, and the full run
 /// after it would buy the rest again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_smaller_limit_never_forgets_a_submitted_batch() {
     let d = tempfile::tempdir().unwrap();
-    let spec = task(d.path(), 60, "openai", "gpt-4o");
-    let sim = sim(&spec, |_| {}).await;
-    let mut first = opts(d.path(), &sim.base_url(), "t.jsonl");
-    first.batch_no_wait = true;
-    let s = run_teach(&spec, first).await.unwrap();
-    assert_eq!(s.batch_ids.len(), 1, "{s}");
+    let (spec, sim, s) = submit_and_leave(d.path()).await;
 
     let mut fewer = opts(d.path(), &sim.base_url(), "t.jsonl");
     fewer.resume = true;
@@ -331,12 +340,7 @@ async fn a_smaller_limit_never_forgets_a_submitted_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_never_forgets_a_submitted_batch() {
     let d = tempfile::tempdir().unwrap();
-    let spec = task(d.path(), 60, "openai", "gpt-4o");
-    let sim = sim(&spec, |_| {}).await;
-    let mut first = opts(d.path(), &sim.base_url(), "t.jsonl");
-    first.batch_no_wait = true;
-    let s = run_teach(&spec, first).await.unwrap();
-    assert_eq!(s.batch_ids.len(), 1, "{s}");
+    let (spec, sim, s) = submit_and_leave(d.path()).await;
 
     let mut again = opts(d.path(), &sim.base_url(), "t.jsonl");
     again.restart = true;

@@ -462,7 +462,9 @@ impl UpstreamCall {
                     body,
                     charged_usd,
                 } => {
-                    charge_unanswered(st, route, tag, &t.name, charged_usd);
+                    if charged_usd > 0.0 {
+                        charge(st, route, tag, &t.name, charged_usd);
+                    }
                     // The client's request is at fault (or the key): the upstream's own error.
                     st.metrics.inc(
                         "distill_gateway_upstream_errors_total",
@@ -489,7 +491,9 @@ impl UpstreamCall {
                     message,
                     charged_usd,
                 } => {
-                    charge_unanswered(st, route, tag, &t.name, charged_usd);
+                    if charged_usd > 0.0 {
+                        charge(st, route, tag, &t.name, charged_usd);
+                    }
                     let status = status
                         .map(|s| s.to_string())
                         .unwrap_or_else(|| "none".into());
@@ -614,13 +618,10 @@ fn next_tier(
     }
 }
 
-/// A tier call that ended unaccepted after attempts that went out and got no reply: providers
-/// bill those, so their estimate counts against the budgets and the spend metric as the ledger
-/// counts it.
-fn charge_unanswered(st: &AppState, route: &Route, tag: &str, tier: &str, usd: f64) {
-    if usd <= 0.0 {
-        return;
-    }
+/// Counts `usd` spent on `tier` for `route` and `tag`: against their budgets and in the spend
+/// metric. Also for a tier call that ended unaccepted after attempts that went out and got no
+/// reply: providers bill those, so their estimate counts as the ledger counts it.
+fn charge(st: &AppState, route: &Route, tag: &str, tier: &str, usd: f64) {
     st.budgets.record(&route.budget_key(), usd);
     st.budgets.record(tag, usd);
     st.metrics.add(
@@ -718,15 +719,12 @@ impl Settle {
     pub(super) fn account(&self, cost: f64, usage: &Usage, finish: Option<&str>, outcome: &str) {
         let st = &self.st;
         let route = &self.gw.routes[self.ri];
-        st.budgets.record(&route.budget_key(), cost);
-        st.budgets.record(&self.tag, cost);
+        charge(st, route, &self.tag, &self.meter.tier, cost);
         let labels = [
             ("route", route.cfg.name.as_str()),
             ("tier", self.meter.tier.as_str()),
             ("tag", self.tag.as_str()),
         ];
-        st.metrics
-            .add("distill_gateway_spend_usd_total", &labels, cost);
         st.metrics.add(
             "distill_gateway_tokens_total",
             &[labels[0], labels[1], ("kind", "prompt")],

@@ -702,16 +702,10 @@ mod tests {
         (url, seen)
     }
 
-    /// Batch items retried in real time hold their concurrency slot until their record is
-    /// journalled (the README's "Paid once"): the next call starts only after the answer in
-    /// hand is in the journal. Without the slots `buffer_unordered` started the next call
-    /// first, so a kill could find `--concurrency` calls out plus the answers not yet
-    /// journalled, all paid again on resume (the CLI's sigkill test saw 5 at concurrency 4).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_retried_item_keeps_its_slot_until_its_record_is_journalled() {
-        let d = tempfile::tempdir().unwrap();
+    /// A two-label classification task (`t`, gpt-4o) in `dir`.
+    fn two_label_task(dir: &Path) -> TaskSpec {
         std::fs::write(
-            d.path().join("task.toml"),
+            dir.join("task.toml"),
             r#"
 name = "t"
 kind = "classify"
@@ -725,15 +719,22 @@ model = "gpt-4o"
 "#,
         )
         .unwrap();
-        let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
-        let ledger = d.path().join("ledger.db");
-        let jpath = d.path().join("teacher.jsonl.partial");
-        let (url, seen) = locking_server(ledger.clone(), jpath.clone()).await;
+        TaskSpec::load(dir.join("task.toml")).unwrap()
+    }
+
+    /// A client of `url` (no retries) ledgering to `ledger`, and a sink journalling to `jpath`.
+    fn retrying(
+        spec: &TaskSpec,
+        url: String,
+        ledger: PathBuf,
+        jpath: &Path,
+    ) -> (Arc<TeacherClient>, JournalHeader, Sink) {
         let client = Arc::new(
             TeacherClient::new(
-                &spec,
+                spec,
                 ClientOptions {
                     base_url: Some(url),
+                    api_key: Some("k".into()),
                     ledger_path: Some(ledger),
                     max_retries: Some(0),
                     ..Default::default()
@@ -749,26 +750,51 @@ model = "gpt-4o"
             model: "gpt-4o".into(),
             request: client.request_shape(),
         };
-        let (journal, _) = Journal::open(&jpath, &header, false).unwrap();
-        let mut sink = Sink {
+        let (journal, _) = Journal::open(jpath, &header, false).unwrap();
+        let sink = Sink {
             journal,
             done: Ordinals::default(),
             summary: TeachSummary::default(),
             buf: Vec::new(),
         };
-        let items = (0..3u64)
-            .map(|i| {
+        (client, header, sink)
+    }
+
+    /// Items whose batch expired, so each is asked in real time.
+    fn expired(texts: &[impl AsRef<str>]) -> Vec<(u64, InputItem, Option<ItemResult>)> {
+        (0u64..)
+            .zip(texts)
+            .map(|(i, text)| {
                 let item = InputItem {
                     context: Default::default(),
                     id: i.to_string(),
-                    text: format!("I want a refund for order {i}"),
+                    text: text.as_ref().into(),
                     gold: None,
                     line: i + 2,
                     turns: None,
                 };
                 (i, item, Some(ItemResult::Retry("batch_expired".into())))
             })
+            .collect()
+    }
+
+    /// Batch items retried in real time hold their concurrency slot until their record is
+    /// journalled (the README's "Paid once"): the next call starts only after the answer in
+    /// hand is in the journal. Without the slots `buffer_unordered` started the next call
+    /// first, so a kill could find `--concurrency` calls out plus the answers not yet
+    /// journalled, all paid again on resume (the CLI's sigkill test saw 5 at concurrency 4).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_item_keeps_its_slot_until_its_record_is_journalled() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = two_label_task(d.path());
+        let ledger = d.path().join("ledger.db");
+        let jpath = d.path().join("teacher.jsonl.partial");
+        let (url, seen) = locking_server(ledger.clone(), jpath.clone()).await;
+        let (client, _, mut sink) = retrying(&spec, url, ledger, &jpath);
+        let texts: Vec<String> = (0..3)
+            .map(|i| format!("I want a refund for order {i}"))
             .collect();
+        let items = expired(&texts);
         let ctx = CallContext::teach();
         resolve(&client, &ctx, &mut sink, items, Some("batch_1"), 1)
             .await
@@ -790,13 +816,7 @@ model = "gpt-4o"
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fatal_error_keeps_the_answers_already_on_their_way() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("task.toml"),
-            "name = \"t\"\nkind = \"classify\"\n[input]\npath = \"in.csv\"\n[labels]\n\
-             values = [\"card_arrival\", \"refund\"]\n[teacher]\nprovider = \"openai\"\nmodel = \"gpt-4o\"\n",
-        )
-        .unwrap();
-        let spec = TaskSpec::load(d.path().join("task.toml")).unwrap();
+        let spec = two_label_task(d.path());
         // The others are answered only once the client has the refusal in hand: it removes
         // the refused call's in-flight ledger row and, in the same step, hands the error to
         // `resolve`, before any other answer can be ready.
@@ -852,34 +872,7 @@ model = "gpt-4o"
         tokio::spawn(async move { axum::serve(listener, app).await });
 
         let jpath = d.path().join("teacher.jsonl.partial");
-        let client = Arc::new(
-            TeacherClient::new(
-                &spec,
-                ClientOptions {
-                    base_url: Some(url),
-                    api_key: Some("k".into()),
-                    ledger_path: Some(ledger),
-                    max_retries: Some(0),
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        );
-        let header = JournalHeader {
-            distill_journal: JOURNAL_VERSION,
-            task: "t".into(),
-            input_sha256: "x".into(),
-            provider: "openai".into(),
-            model: "gpt-4o".into(),
-            request: client.request_shape(),
-        };
-        let (journal, _) = Journal::open(&jpath, &header, false).unwrap();
-        let mut sink = Sink {
-            journal,
-            done: Ordinals::default(),
-            summary: TeachSummary::default(),
-            buf: Vec::new(),
-        };
+        let (client, header, mut sink) = retrying(&spec, url, ledger, &jpath);
         let texts = [
             "revoked",
             "a refund",
@@ -887,20 +880,7 @@ model = "gpt-4o"
             "a refund please",
             "one more",
         ];
-        let items = (0u64..)
-            .zip(texts)
-            .map(|(i, text)| {
-                let item = InputItem {
-                    context: Default::default(),
-                    id: i.to_string(),
-                    text: text.into(),
-                    gold: None,
-                    line: i + 2,
-                    turns: None,
-                };
-                (i, item, Some(ItemResult::Retry("batch_expired".into())))
-            })
-            .collect();
+        let items = expired(&texts);
         let ctx = CallContext::teach();
         let e = resolve(&client, &ctx, &mut sink, items, Some("batch_1"), 4)
             .await

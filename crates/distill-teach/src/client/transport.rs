@@ -291,12 +291,6 @@ impl TeacherClient {
     ) -> Result<Sent> {
         let url = self.wire.endpoint();
         let mut last = String::new();
-        let budget_stop = |last: &str, attempts: u32| {
-            Sent::Failed(format!(
-                "gave up after {attempts} attempts: {last}; the budget (--max-spend) leaves no \
-                 room for another attempt that may be billed"
-            ))
-        };
         for attempt in 0..=self.max_retries {
             let unanswered_before = *unanswered;
             let started = Instant::now();
@@ -309,92 +303,95 @@ impl TeacherClient {
             for (k, v) in self.wire.auth_headers(&self.key) {
                 req = req.header(k, v);
             }
-            let wait = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let after = retry_after(resp.headers());
-                    let body = match resp.bytes().await {
-                        Ok(b) => b,
-                        Err(e) => {
-                            // An error status is not billed; a 2xx one was, cut or not, and a
-                            // proxy's 502/504 may have been.
-                            *unanswered +=
-                                u32::from((200..300).contains(&status) || proxy_gave_up(status));
-                            last =
-                                format!("reading the reply: {}", redact(&e.to_string(), &self.key));
-                            if *unanswered > unanswered_before
-                                && attempt < self.max_retries
-                                && !may_retry()
-                            {
-                                return Ok(budget_stop(&last, attempt + 1));
+            // How long to wait before the next attempt (a cut reply breaks out early).
+            let wait = 'attempt: {
+                match req.send().await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let after = retry_after(resp.headers());
+                        let body = match resp.bytes().await {
+                            Ok(b) => b,
+                            Err(e) => {
+                                // An error status is not billed; a 2xx one was, cut or not, and a
+                                // proxy's 502/504 may have been.
+                                *unanswered += u32::from(
+                                    (200..300).contains(&status) || proxy_gave_up(status),
+                                );
+                                last = format!(
+                                    "reading the reply: {}",
+                                    redact(&e.to_string(), &self.key)
+                                );
+                                break 'attempt self.backoff(attempt);
                             }
-                            tokio::time::sleep(self.backoff(attempt)).await;
-                            continue;
+                        };
+                        let latency = started.elapsed().as_millis() as u64;
+                        if (200..300).contains(&status) {
+                            return Ok(match self.wire.parse_reply(&body) {
+                                Ok(r) => Sent::Reply(r, latency),
+                                Err(m) => {
+                                    *unanswered += 1;
+                                    Sent::Failed(m)
+                                }
+                            });
                         }
-                    };
-                    let latency = started.elapsed().as_millis() as u64;
-                    if (200..300).contains(&status) {
-                        return Ok(match self.wire.parse_reply(&body) {
-                            Ok(r) => Sent::Reply(r, latency),
-                            Err(m) => {
-                                *unanswered += 1;
-                                Sent::Failed(m)
-                            }
-                        });
+                        // A proxy's 502/504: it gave up waiting, and the provider may have gone on.
+                        *unanswered += u32::from(proxy_gave_up(status));
+                        let err = self.wire.parse_error(status, &body);
+                        let message = redact(&err.message, &self.key);
+                        if json_schema && rejects_json_schema(status, &message) {
+                            return Ok(Sent::SchemaRejected(format!(
+                                "HTTP {status} {}: {message}",
+                                err.kind
+                            )));
+                        }
+                        let quota = matches!(
+                            err.kind.as_str(),
+                            "insufficient_quota" | "billing_error" | "billing_hard_limit_reached"
+                        );
+                        if quota || (400..=404).contains(&status) {
+                            return Err(TeachError::Fatal {
+                                provider: format!(
+                                    "{} at {}",
+                                    self.wire.provider.as_str(),
+                                    self.wire.base_url
+                                ),
+                                status,
+                                kind: err.kind,
+                                message,
+                            });
+                        }
+                        last = format!("HTTP {status} {}: {message}", err.kind);
+                        if !super::forward::retryable(status) {
+                            return Ok(Sent::Failed(last));
+                        }
+                        after.unwrap_or_else(|| self.backoff(attempt))
                     }
-                    // A proxy's 502/504: it gave up waiting, and the provider may have gone on.
-                    *unanswered += u32::from(proxy_gave_up(status));
-                    let err = self.wire.parse_error(status, &body);
-                    let message = redact(&err.message, &self.key);
-                    if json_schema && rejects_json_schema(status, &message) {
-                        return Ok(Sent::SchemaRejected(format!(
-                            "HTTP {status} {}: {message}",
-                            err.kind
-                        )));
+                    Err(e) => {
+                        let msg = redact(&e.to_string(), &self.key);
+                        // Past the connection, the request may have reached the provider.
+                        *unanswered += u32::from(!e.is_connect());
+                        if e.is_connect() && attempt == self.max_retries {
+                            return Err(TeachError::Unreachable {
+                                url: self.wire.base_url.clone(),
+                                message: format!("{msg} (after {} attempts)", attempt + 1),
+                            });
+                        }
+                        last = if e.is_timeout() {
+                            format!("timed out after {:?}", self.timeout)
+                        } else {
+                            format!("request failed: {msg}")
+                        };
+                        self.backoff(attempt)
                     }
-                    let quota = matches!(
-                        err.kind.as_str(),
-                        "insufficient_quota" | "billing_error" | "billing_hard_limit_reached"
-                    );
-                    if quota || (400..=404).contains(&status) {
-                        return Err(TeachError::Fatal {
-                            provider: format!(
-                                "{} at {}",
-                                self.wire.provider.as_str(),
-                                self.wire.base_url
-                            ),
-                            status,
-                            kind: err.kind,
-                            message,
-                        });
-                    }
-                    last = format!("HTTP {status} {}: {message}", err.kind);
-                    if !super::forward::retryable(status) {
-                        return Ok(Sent::Failed(last));
-                    }
-                    after.unwrap_or_else(|| self.backoff(attempt))
-                }
-                Err(e) => {
-                    let msg = redact(&e.to_string(), &self.key);
-                    // Past the connection, the request may have reached the provider.
-                    *unanswered += u32::from(!e.is_connect());
-                    if e.is_connect() && attempt == self.max_retries {
-                        return Err(TeachError::Unreachable {
-                            url: self.wire.base_url.clone(),
-                            message: format!("{msg} (after {} attempts)", attempt + 1),
-                        });
-                    }
-                    last = if e.is_timeout() {
-                        format!("timed out after {:?}", self.timeout)
-                    } else {
-                        format!("request failed: {msg}")
-                    };
-                    self.backoff(attempt)
                 }
             };
             if attempt < self.max_retries {
                 if *unanswered > unanswered_before && !may_retry() {
-                    return Ok(budget_stop(&last, attempt + 1));
+                    return Ok(Sent::Failed(format!(
+                        "gave up after {} attempts: {last}; the budget (--max-spend) leaves no \
+                         room for another attempt that may be billed",
+                        attempt + 1
+                    )));
                 }
                 tracing::debug!("retrying in {wait:?}: {last}");
                 tokio::time::sleep(wait).await;

@@ -92,14 +92,7 @@ impl Labeler for RouteLabeler {
                 Some(turns) => client.complete_turns_deferred(turns, &ctx).await,
                 None => client.complete_deferred(&item.text, &ctx).await,
             };
-            // The job stops on a fatal error: what the record's earlier calls were billed stays.
-            let (answer, p) = match asked {
-                Ok(a) => a,
-                Err(e) => {
-                    self.client().persist(&pending)?;
-                    return Err(e);
-                }
-            };
+            let (answer, p) = self.client().persist_on_error(asked, &pending)?;
             pending.ledger.extend(p.ledger);
             pending.cache.extend(p.cache);
             usage.add(&answer.usage);
@@ -139,13 +132,8 @@ impl Labeler for RouteLabeler {
                         text,
                         self.references.get(&item.id).map(String::as_str),
                     );
-                    let (verdict, p) = match judge.complete_deferred(&prompt, &ctx).await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            self.client().persist(&pending)?;
-                            return Err(e);
-                        }
-                    };
+                    let graded = judge.complete_deferred(&prompt, &ctx).await;
+                    let (verdict, p) = self.client().persist_on_error(graded, &pending)?;
                     pending.ledger.extend(p.ledger);
                     pending.cache.extend(p.cache);
                     usage.add(&verdict.usage);
