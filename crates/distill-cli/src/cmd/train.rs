@@ -53,15 +53,16 @@ pub struct Args {
     /// Examples per optimiser step (defaults: linear 64, encoder-finetune 32).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Peak learning rate, AdamW (defaults: linear 0.02, encoder-finetune 1e-4 with 10% warm-up
-    /// and linear decay).
+    /// Learning rate (defaults: linear 32, plain SGD on the batch-mean gradient with averaged
+    /// weights; encoder-finetune 1e-4 peak, AdamW with 10% warm-up and linear decay).
     #[arg(long)]
     pub lr: Option<f64>,
     /// encoder-finetune: learning rate of the freshly initialised head (pooler, classifier) as a
     /// multiple of --lr (default 10).
     #[arg(long)]
     pub head_lr_mult: Option<f64>,
-    /// Weight decay, decoupled AdamW decay (defaults: linear 1e-4, encoder-finetune 0.01).
+    /// Weight decay, decoupled: each step shrinks a weight it changes by lr × this (defaults:
+    /// linear 0, encoder-finetune 0.01).
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Longest input in tokens for encoder students (longer inputs are truncated).

@@ -1,9 +1,19 @@
-//! Fitting the linear student: mini-batch AdamW on the exact sparse softmax cross-entropy
-//! gradient, with lazy moments (only rows a batch touches are updated, as in LazyAdam), decoupled
-//! weight decay on those rows, and early stopping on dev accuracy.
+//! Fitting the linear student: mini-batch SGD on the exact sparse gradient of the objective
+//! (softmax cross-entropy or per-label binary cross-entropy), only the rows a batch touches
+//! updated, and early stopping on dev accuracy of the *averaged* weights (an exponential moving
+//! average over steps, bias-corrected, kept lazily per row).
+//!
+//! Why plain SGD and not Adam: on TF-IDF n-grams Adam gives every rare n-gram a full-size step,
+//! so the model memorises through them; the dev accuracy of a MixSNIPS model dipped for several
+//! epochs after the first and then crept back, and patience stopped it on the dip (seeds 42, 1,
+//! 2, 3: 85.2% to 88.4% exact-set on test). SGD's steps scale with how often a feature occurs,
+//! which heads for the same kind of solution as an L2-regularised logistic regression, and
+//! averaging the iterates removes the noise of a large step: 88.5% to 89.8% on MixSNIPS, and
+//! Banking77 gains a little (91.1% to 91.4%, mean of 3 seeds; more on a few thousand examples).
+//! Figures: scripts/bench/multilabel_linear.sh and the README's Benchmarks.
 //!
 //! Determinism: the batch order comes from the seed, the forward pass is per example, and the
-//! gradient is accumulated in example order, so two runs with one seed give identical weights
+//! step is applied in example order, so two runs with one seed give identical weights
 //! whatever the thread count.
 
 use super::features::{FeatureConfig, SparseRow, Vocab};
@@ -33,11 +43,12 @@ pub struct LinearHyper {
 }
 
 impl LinearHyper {
-    /// Defaults tuned on Banking77 (a dev split of the training set), overridable by flags.
+    /// Defaults chosen on dev data only: Banking77 (a dev split of train) and MixSNIPS (half of
+    /// its dev split scoring models stopped on the other half); overridable by flags.
     pub fn from_options(opts: &TrainOptions) -> Self {
         Self {
-            lr: opts.lr.unwrap_or(0.02),
-            weight_decay: opts.weight_decay.unwrap_or(1e-4),
+            lr: opts.lr.unwrap_or(DEFAULT_LR),
+            weight_decay: opts.weight_decay.unwrap_or(0.0),
             batch_size: opts.batch_size.unwrap_or(64).max(1),
             max_epochs: opts.epochs.unwrap_or(30).max(1),
             patience: opts.patience.unwrap_or(3),
@@ -46,6 +57,14 @@ impl LinearHyper {
         }
     }
 }
+
+/// SGD step size on the batch-mean gradient. TF-IDF rows have norm ≤ √2 (two unit-norm
+/// families), so one example moves a weight by at most about `DEFAULT_LR / batch_size`.
+pub const DEFAULT_LR: f64 = 32.0;
+
+/// The weights' moving average spans at most this many steps, and at most half an epoch (a
+/// few hundred examples would otherwise average over many epochs of a changing model).
+const AVERAGE_STEPS: f32 = 100.0;
 
 /// Trains a linear student on `data`, writes its model directory to `opts.out` and returns its
 /// `distill.json`.
@@ -100,7 +119,8 @@ pub fn train_linear(data: &TrainData, opts: &TrainOptions) -> Result<ModelMeta> 
             "class_balanced": hyper.class_balanced,
             "best_epoch": stats.best_epoch,
             "num_features": model.vocab.len(),
-            "optimizer": "lazy AdamW, exact sparse gradient",
+            "optimizer": "sparse SGD, exact gradient, averaged weights",
+            "average_decay": stats.average_decay,
         }),
         quantization: None,
         multilabel,
@@ -136,9 +156,84 @@ pub fn calibrate(
 #[derive(Debug, Clone)]
 pub struct FitStats {
     pub epochs_run: usize,
+    /// Per-step decay of the weights' moving average.
+    pub average_decay: f32,
     pub best_epoch: usize,
     pub best_dev_accuracy: f64,
     pub wall_s: f64,
+}
+
+/// An exponential moving average of the weights over SGD steps, bias-corrected (it starts at
+/// zero), brought up to date only when a row changes: a row's value stays put between the steps
+/// that touch it, so `k` steps of it enter the average at once as `β^k·avg + (1 − β^k)·w`,
+/// exactly what `k` dense updates would give.
+struct Average {
+    beta: f32,
+    n_classes: usize,
+    /// Not yet bias-corrected.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    /// The last step each row of `weight` includes.
+    synced: Vec<u32>,
+}
+
+impl Average {
+    fn new(beta: f32, rows: usize, n_classes: usize) -> Self {
+        Self {
+            beta,
+            n_classes,
+            weight: vec![0.0; rows * n_classes],
+            bias: vec![0.0; n_classes],
+            synced: vec![0; rows],
+        }
+    }
+
+    /// Called before step `step` changes row `f` (value `w`): takes the steps since the row
+    /// was last brought up to date into the average. True at the row's first change in this
+    /// step (at step 1 it may say false, but every row is still zero then).
+    fn touch(&mut self, f: usize, w: &[f32], step: usize) -> bool {
+        let before = step as u32 - 1;
+        let k = before.saturating_sub(self.synced[f]);
+        if k == 0 {
+            return false;
+        }
+        let keep = self.beta.powi(k as i32);
+        let a = &mut self.weight[f * self.n_classes..(f + 1) * self.n_classes];
+        for (a, &w) in a.iter_mut().zip(w) {
+            *a = keep * *a + (1.0 - keep) * w;
+        }
+        self.synced[f] = before;
+        true
+    }
+
+    /// The bias changes every step: one dense update after it.
+    fn step_bias(&mut self, b: &[f32]) {
+        for (a, &b) in self.bias.iter_mut().zip(b) {
+            *a = self.beta * *a + (1.0 - self.beta) * b;
+        }
+    }
+
+    /// The bias-corrected average after `step` steps into `out_w`/`out_b` (the average itself
+    /// is left as it is: rows still catch up when next touched).
+    fn read(&self, weight: &[f32], step: usize, out_w: &mut [f32], out_b: &mut [f32]) {
+        let c = self.n_classes;
+        let (beta, step) = (self.beta, step as u32);
+        let correct = 1.0 / (1.0 - beta.powi(step as i32)).max(f32::MIN_POSITIVE);
+        self.weight
+            .par_chunks(c)
+            .zip(self.synced.par_iter())
+            .zip(weight.par_chunks(c))
+            .zip(out_w.par_chunks_mut(c))
+            .for_each(|(((a, &synced), w), out)| {
+                let keep = beta.powi((step - synced) as i32);
+                for ((&a, &w), o) in a.iter().zip(w).zip(out.iter_mut()) {
+                    *o = (keep * a + (1.0 - keep) * w) * correct;
+                }
+            });
+        for (o, &a) in out_b.iter_mut().zip(&self.bias) {
+            *o = a * correct;
+        }
+    }
 }
 
 fn dev_score(model: &LinearModel, rows: &[SparseRow], targets: &Targets) -> f64 {
@@ -218,17 +313,12 @@ pub fn fit(
         indicatif::ProgressBar::hidden()
     };
 
-    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
     let lr = h.lr as f32;
-    let wd = h.weight_decay as f32;
-    let mut m = vec![0.0f32; r * c];
-    let mut v = vec![0.0f32; r * c];
-    let (mut mb, mut vb) = (vec![0.0f32; c], vec![0.0f32; c]);
-    // Scratch for the sparse gradient: slot_of[row] is the row's place in `touched`.
-    let mut slot_of = vec![u32::MAX; r];
-    let mut touched: Vec<u32> = Vec::new();
-    let mut grad: Vec<f32> = Vec::new();
-    let mut gb = vec![0.0f32; c];
+    let shrink = 1.0 - lr * h.weight_decay as f32;
+    let steps_per_epoch = rows.len().div_ceil(h.batch_size).max(1) as f32;
+    let beta = 1.0 - 1.0 / AVERAGE_STEPS.min(steps_per_epoch / 2.0).max(1.0);
+    let mut average = Average::new(beta, r, c);
+    let (mut avg_w, mut avg_b) = (vec![0.0f32; r * c], vec![0.0f32; c]);
 
     let mut order: Vec<usize> = (0..rows.len()).collect();
     let mut rng = SplitMix64::new(seed);
@@ -256,30 +346,6 @@ pub fn fit(
                 })
                 .collect();
 
-            // Backward: accumulate the sparse gradient in example order (deterministic).
-            touched.clear();
-            grad.clear();
-            gb.iter_mut().for_each(|g| *g = 0.0);
-            for (&i, (loss, di)) in batch.iter().zip(&d) {
-                loss_sum += *loss as f64;
-                for (g, x) in gb.iter_mut().zip(di) {
-                    *g += x;
-                }
-                let row = &rows[i];
-                for (&f, &val) in row.idx.iter().zip(&row.val) {
-                    let mut s = slot_of[f as usize];
-                    if s == u32::MAX {
-                        s = touched.len() as u32;
-                        slot_of[f as usize] = s;
-                        touched.push(f);
-                        grad.extend(std::iter::repeat_n(0.0, c));
-                    }
-                    let g = &mut grad[s as usize * c..(s as usize + 1) * c];
-                    for (gi, x) in g.iter_mut().zip(di) {
-                        *gi += val * x;
-                    }
-                }
-            }
             let batch_loss: f32 = d.iter().map(|(l, _)| *l).sum::<f32>() * scale;
             if !batch_loss.is_finite() {
                 bar.finish_and_clear();
@@ -290,57 +356,63 @@ pub fn fit(
                 });
             }
 
-            // Lazy AdamW step on the touched rows only.
-            let t = step as i32;
-            let bc1 = 1.0 - b1.powi(t);
-            let bc2 = 1.0 - b2.powi(t);
-            let step_size = lr / bc1;
-            let upd = |w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], decay: bool| {
-                for j in 0..g.len() {
-                    m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                    v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                    if decay {
-                        w[j] -= lr * wd * w[j];
-                    }
-                    w[j] -= step_size * m[j] / ((v[j] / bc2).sqrt() + eps);
+            // Backward and SGD step at once (the step is linear in the gradient), in example
+            // order (deterministic): each row a batch touches moves by -lr · Σ x_f · dL/dz.
+            for (&i, (loss, di)) in batch.iter().zip(&d) {
+                loss_sum += *loss as f64;
+                for (b, x) in model.bias.iter_mut().zip(di) {
+                    *b -= lr * x;
                 }
-            };
-            for (s, &f) in touched.iter().enumerate() {
-                let f = f as usize;
-                let span = f * c..(f + 1) * c;
-                upd(
-                    &mut model.weight[span.clone()],
-                    &mut m[span.clone()],
-                    &mut v[span],
-                    &grad[s * c..(s + 1) * c],
-                    true,
-                );
-                slot_of[f] = u32::MAX;
+                let row = &rows[i];
+                for (&f, &val) in row.idx.iter().zip(&row.val) {
+                    let f = f as usize;
+                    let w = &mut model.weight[f * c..(f + 1) * c];
+                    if average.touch(f, w, step) {
+                        w.iter_mut().for_each(|w| *w *= shrink);
+                    }
+                    let k = lr * val;
+                    for (w, x) in w.iter_mut().zip(di) {
+                        *w -= k * x;
+                    }
+                }
             }
-            upd(&mut model.bias, &mut mb, &mut vb, &gb, false);
+            average.step_bias(&model.bias);
         }
+        // Score (and keep) the averaged weights; training goes on from the raw ones.
+        average.read(&model.weight, step, &mut avg_w, &mut avg_b);
+        std::mem::swap(&mut model.weight, &mut avg_w);
+        std::mem::swap(&mut model.bias, &mut avg_b);
         epochs_run = epoch;
         let train_loss = loss_sum / rows.len().max(1) as f64;
         bar.inc(1);
-        if dev_rows.is_empty() {
+        let acc = (!dev_rows.is_empty()).then(|| dev_score(&model, &dev_rows, &dev_targets));
+        let last = epoch == h.max_epochs;
+        let Some(acc) = acc else {
             bar.set_message(format!("loss {train_loss:.4}"));
+            if !last {
+                std::mem::swap(&mut model.weight, &mut avg_w);
+                std::mem::swap(&mut model.bias, &mut avg_b);
+            }
             continue;
-        }
-        let acc = dev_score(&model, &dev_rows, &dev_targets);
+        };
         bar.set_message(format!(
             "loss {train_loss:.4} dev acc {acc:.4} (best {:.4})",
             best.0.max(acc)
         ));
         tracing::info!(epoch, train_loss, dev_accuracy = acc, "linear epoch");
-        if acc > best.0 {
+        // A tie keeps the later, longer-trained weights (a small dev split ties often) but
+        // does not reset patience, so a plateau still stops.
+        if acc >= best.0 {
+            since_best = if acc > best.0 { 0 } else { since_best + 1 };
             best = (acc, epoch);
             best_w = Some((model.weight.clone(), model.bias.clone()));
-            since_best = 0;
         } else {
             since_best += 1;
-            if since_best >= h.patience {
-                break;
-            }
+        }
+        std::mem::swap(&mut model.weight, &mut avg_w);
+        std::mem::swap(&mut model.bias, &mut avg_b);
+        if since_best >= h.patience {
+            break;
         }
     }
     bar.finish_and_clear();
@@ -354,9 +426,73 @@ pub fn fit(
         model,
         FitStats {
             epochs_run,
+            average_decay: beta,
             best_epoch: best.1,
             best_dev_accuracy: best.0,
             wall_s: start.elapsed().as_secs_f64(),
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lazy average must be the dense one: every row's EMA over every step, bias-corrected,
+    /// whichever steps touched it (some rows every step, some never, some twice in one step).
+    #[test]
+    fn the_lazy_average_is_the_dense_moving_average() {
+        let (rows, c, beta) = (6usize, 3usize, 0.9f32);
+        let mut w = vec![0.0f32; rows * c];
+        let mut b = vec![0.0f32; c];
+        let mut lazy = Average::new(beta, rows, c);
+        let (mut dense_w, mut dense_b) = (vec![0.0f32; rows * c], vec![0.0f32; c]);
+        let mut rng = SplitMix64::new(7);
+        let (mut out_w, mut out_b) = (vec![0.0f32; rows * c], vec![0.0f32; c]);
+        for step in 1..=40usize {
+            // Row 0 every step, row 5 never, the others at random, row 1 sometimes twice.
+            let mut touched = vec![0usize];
+            for f in 1..5 {
+                if rng.next_u64().is_multiple_of(3) {
+                    touched.push(f);
+                }
+            }
+            if step.is_multiple_of(4) {
+                touched.push(1);
+            }
+            for &f in &touched {
+                let row = &mut w[f * c..(f + 1) * c];
+                lazy.touch(f, row, step);
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x += ((step * 7 + f * 3 + j) % 11) as f32 / 10.0 - 0.5;
+                }
+            }
+            b.iter_mut().for_each(|x| *x += 0.1);
+            lazy.step_bias(&b);
+            for (a, &x) in dense_w.iter_mut().zip(&w) {
+                *a = beta * *a + (1.0 - beta) * x;
+            }
+            for (a, &x) in dense_b.iter_mut().zip(&b) {
+                *a = beta * *a + (1.0 - beta) * x;
+            }
+            if step.is_multiple_of(10) {
+                lazy.read(&w, step, &mut out_w, &mut out_b);
+                let correct = 1.0 / (1.0 - beta.powi(step as i32));
+                for (k, (&got, &want)) in out_w.iter().zip(&dense_w).enumerate() {
+                    let want = want * correct;
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "step {step}, weight {k}: lazy {got} vs dense {want}"
+                    );
+                }
+                for (&got, &want) in out_b.iter().zip(&dense_b) {
+                    assert!((got - want * correct).abs() < 1e-5, "bias {got}");
+                }
+            }
+        }
+        assert!(
+            out_w[5 * c..].iter().all(|&x| x == 0.0),
+            "an untouched row stays zero"
+        );
+    }
 }
