@@ -236,8 +236,15 @@ impl Average {
     }
 }
 
-fn dev_score(model: &LinearModel, rows: &[SparseRow], targets: &Targets) -> f64 {
-    let logits: Vec<Vec<f32>> = rows.par_iter().map(|r| model.logits_row(r)).collect();
+fn dev_score(weight: &[f32], bias: &[f32], c: usize, rows: &[SparseRow], targets: &Targets) -> f64 {
+    let logits: Vec<Vec<f32>> = rows
+        .par_iter()
+        .map(|r| {
+            let mut z = bias.to_vec();
+            logits_into(weight, c, r, &mut z);
+            z
+        })
+        .collect();
     targets.score(&logits)
 }
 
@@ -378,23 +385,16 @@ pub fn fit(
             }
             average.step_bias(&model.bias);
         }
-        // Score (and keep) the averaged weights; training goes on from the raw ones.
-        average.read(&model.weight, step, &mut avg_w, &mut avg_b);
-        std::mem::swap(&mut model.weight, &mut avg_w);
-        std::mem::swap(&mut model.bias, &mut avg_b);
         epochs_run = epoch;
         let train_loss = loss_sum / rows.len().max(1) as f64;
         bar.inc(1);
-        let acc = (!dev_rows.is_empty()).then(|| dev_score(&model, &dev_rows, &dev_targets));
-        let last = epoch == h.max_epochs;
-        let Some(acc) = acc else {
+        if dev_rows.is_empty() {
             bar.set_message(format!("loss {train_loss:.4}"));
-            if !last {
-                std::mem::swap(&mut model.weight, &mut avg_w);
-                std::mem::swap(&mut model.bias, &mut avg_b);
-            }
             continue;
-        };
+        }
+        // Score (and keep) the averaged weights; training goes on from the raw ones.
+        average.read(&model.weight, step, &mut avg_w, &mut avg_b);
+        let acc = dev_score(&avg_w, &avg_b, c, &dev_rows, &dev_targets);
         bar.set_message(format!(
             "loss {train_loss:.4} dev acc {acc:.4} (best {:.4})",
             best.0.max(acc)
@@ -405,12 +405,10 @@ pub fn fit(
         if acc >= best.0 {
             since_best = if acc > best.0 { 0 } else { since_best + 1 };
             best = (acc, epoch);
-            best_w = Some((model.weight.clone(), model.bias.clone()));
+            best_w = Some((avg_w.clone(), avg_b.clone()));
         } else {
             since_best += 1;
         }
-        std::mem::swap(&mut model.weight, &mut avg_w);
-        std::mem::swap(&mut model.bias, &mut avg_b);
         if since_best >= h.patience {
             break;
         }
@@ -420,6 +418,9 @@ pub fn fit(
         model.weight = w;
         model.bias = b;
     } else {
+        average.read(&model.weight, step, &mut avg_w, &mut avg_b);
+        model.weight = avg_w;
+        model.bias = avg_b;
         best = (0.0, epochs_run);
     }
     Ok((
